@@ -1,0 +1,37 @@
+"""Typed domain errors. They are raised in `shared/` and the pipelines, and translated only at
+the edges: one readable line and an exit code in a CLI, a 4xx/5xx JSON body in the API."""
+
+from __future__ import annotations
+
+
+class FTIError(Exception):
+    """Base class of every error this system raises on purpose."""
+
+
+class ConfigurationError(FTIError):
+    """A setting is missing, malformed or unsafe."""
+
+
+class SourceError(FTIError):
+    """Raw input cannot be read: missing file or column, corrupted content, wrong types."""
+
+
+class ValidationFailed(FTIError):
+    """Too large a share of the input broke the data contract; nothing was written."""
+
+    def __init__(self, message: str, *, bad_rows: int, total_rows: int) -> None:
+        super().__init__(message)
+        self.bad_rows = bad_rows
+        self.total_rows = total_rows
+
+
+class SchemaMismatch(FTIError):
+    """A feature group exists with a different schema than the definition asks for."""
+
+
+class FeatureGroupNotFound(FTIError):
+    """The feature group (or the requested table version) does not exist in the store."""
+
+
+class StoreUnavailable(FTIError):
+    """A feature store backend (offline or online) cannot be reached."""

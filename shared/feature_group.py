@@ -1,0 +1,94 @@
+"""Declarative feature group definitions.
+
+A feature group is a versioned table of features keyed by a primary key and an event time. Its
+pandera schema is the single source of its columns, dtypes, value checks and per-feature
+descriptions: the feature pipeline validates against it, the store creates tables from it, and
+the catalog documents it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandera.polars as pa
+import polars as pl
+
+UTC_TIMESTAMP = pl.Datetime("us", "UTC")
+
+
+@dataclass(frozen=True)
+class FeatureGroup:
+    name: str
+    version: int
+    primary_key: tuple[str, ...]
+    event_time: str
+    schema: pa.DataFrameSchema
+    online: bool
+    description: str
+    # Columns stored offline (for lineage, labels, monitoring) but never served as features.
+    non_features: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        missing = [c for c in (*self.primary_key, self.event_time) if c not in self.schema.columns]
+        if missing:
+            raise ValueError(f"feature group {self.name}: key columns {missing} not in its schema")
+
+    @property
+    def table_name(self) -> str:
+        return f"{self.name}_v{self.version}"
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.schema.columns)
+
+    @property
+    def feature_names(self) -> list[str]:
+        keys = {*self.primary_key, self.event_time, *self.non_features}
+        return [c for c in self.schema.columns if c not in keys]
+
+    @property
+    def polars_schema(self) -> pl.Schema:
+        return pl.Schema({name: col.dtype.type for name, col in self.schema.columns.items()})
+
+    def descriptions(self) -> dict[str, str]:
+        return {name: col.description or "" for name, col in self.schema.columns.items()}
+
+    def conform(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Select the group's columns in order and cast them to its dtypes (no value checks)."""
+        return frame.select(
+            [pl.col(name).cast(dtype) for name, dtype in self.polars_schema.items()]
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        """What the offline table remembers about its definition (stored in the Delta table)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "primary_key": list(self.primary_key),
+            "event_time": self.event_time,
+            "online": self.online,
+            "description": self.description,
+            "columns": {n: str(t) for n, t in self.polars_schema.items()},
+        }
+
+    def metadata_json(self) -> str:
+        return json.dumps(self.metadata(), sort_keys=True)
+
+
+def schema_differences(stored: dict[str, Any], group: FeatureGroup) -> list[str]:
+    """Human-readable differences between a stored definition and the code's definition."""
+    wanted = group.metadata()
+    diffs: list[str] = []
+    for key in ("primary_key", "event_time"):
+        if stored.get(key) != wanted[key]:
+            diffs.append(f"{key}: stored {stored.get(key)!r}, defined {wanted[key]!r}")
+    stored_cols: dict[str, str] = stored.get("columns", {})
+    for name, dtype in wanted["columns"].items():
+        if name not in stored_cols:
+            diffs.append(f"column {name!r} ({dtype}) is new")
+        elif stored_cols[name] != dtype:
+            diffs.append(f"column {name!r}: stored {stored_cols[name]}, defined {dtype}")
+    diffs += [f"column {n!r} was removed" for n in stored_cols if n not in wanted["columns"]]
+    return diffs

@@ -1,0 +1,124 @@
+"""The embedded default store: Delta Lake offline + SQLite or Redis online."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import polars as pl
+from deltalake.exceptions import DeltaError
+
+from shared.feature_group import FeatureGroup
+from shared.feature_store.offline_delta import DeltaOfflineStore, OnConflict
+from shared.feature_store.point_in_time import point_in_time_join
+from shared.feature_store.protocol import (
+    GroupInfo,
+    JoinRequest,
+    MaterializeResult,
+    OnlineStore,
+    WriteResult,
+)
+
+log = logging.getLogger(__name__)
+
+
+def latest_per_key(group: FeatureGroup, rows: pl.DataFrame) -> pl.DataFrame:
+    """The newest row (by event time) of every primary key."""
+    return rows.sort(group.event_time).unique(subset=list(group.primary_key), keep="last")
+
+
+class LocalFeatureStore:
+    def __init__(self, offline: DeltaOfflineStore, online: OnlineStore) -> None:
+        self.offline = offline
+        self.online = online
+
+    def register(self, group: FeatureGroup) -> None:
+        self.offline.register(group)
+
+    def insert(
+        self, group: FeatureGroup, rows: pl.DataFrame, *, on_conflict: OnConflict = "update"
+    ) -> WriteResult:
+        return self.offline.insert(group, rows, on_conflict=on_conflict)
+
+    def read(
+        self,
+        group: FeatureGroup,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        *,
+        version: int | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> pl.DataFrame:
+        return self.offline.read(group, start, end, version=version, columns=columns)
+
+    def table_version(self, group: FeatureGroup) -> int | None:
+        return self.offline.version(group)
+
+    def materialize(self, group: FeatureGroup) -> MaterializeResult:
+        if not group.online:
+            raise ValueError(f"feature group {group.name} is offline-only")
+        to_version = self.offline.version(group)
+        from_version = self.online.materialized_version(group.table_name)
+        if to_version is None or from_version == to_version:
+            return MaterializeResult(group.table_name, 0, from_version, to_version)
+        rows = self.offline.read(group)
+        if from_version is not None:
+            try:
+                changed = self.offline.changed_keys(group, from_version)
+                rows = rows.join(changed, on=list(group.primary_key), how="semi")
+            except DeltaError as exc:  # e.g. the change feed was vacuumed: fall back to all keys
+                log.warning("change feed of %s unavailable (%s); full refresh", group.name, exc)
+        written = self.online.write(group, latest_per_key(group, rows))
+        self.online.set_materialized_version(group.table_name, to_version)
+        return MaterializeResult(group.table_name, written, from_version, to_version)
+
+    def get_online_features(self, group: FeatureGroup, keys: pl.DataFrame) -> pl.DataFrame:
+        return self.online.read(group, keys)
+
+    def point_in_time_join(
+        self,
+        spine: pl.DataFrame,
+        spine_time: str,
+        requests: Sequence[JoinRequest],
+        *,
+        versions: dict[str, int] | None = None,
+        keep_event_times: bool = False,
+    ) -> pl.DataFrame:
+        """Join ``requests`` onto ``spine``; ``versions`` pins tables (group name -> version)."""
+        versions = versions or {}
+        latest = spine.select(pl.col(spine_time).max()).item()
+        frames = []
+        for request in requests:
+            group = request.group
+            earliest = None
+            if request.tolerance is not None:
+                earliest = spine.select(pl.col(spine_time).min()).item() - request.tolerance
+            end = None if latest is None else latest + timedelta(microseconds=1)
+            columns = [*group.primary_key, group.event_time, *request.feature_list()]
+            frame = self.offline.read(
+                group, earliest, end, version=versions.get(group.name), columns=columns
+            )
+            frames.append((request, frame))
+        return point_in_time_join(spine, spine_time, frames, keep_event_times=keep_event_times)
+
+    def catalog(self) -> list[GroupInfo]:
+        return [
+            GroupInfo(
+                name=meta["name"],
+                version=int(meta["version"]),
+                primary_key=tuple(meta["primary_key"]),
+                event_time=meta["event_time"],
+                online=bool(meta["online"]),
+                rows=meta["rows"],
+                table_version=meta["table_version"],
+                columns=dict(meta["columns"]),
+                online_materialized_version=(
+                    self.online.materialized_version(meta["table_name"]) if meta["online"] else None
+                ),
+            )
+            for meta in self.offline.list_tables()
+        ]
+
+    def close(self) -> None:
+        self.online.close()

@@ -1,0 +1,193 @@
+"""Offline store: one Delta Lake table per feature group version, under a folder or s3:// root.
+
+Every insert is one Delta MERGE keyed on primary key + event time, i.e. one atomic commit: a
+process killed mid-write leaves the previous table version intact (its half-written Parquet files
+are unreferenced and removed by VACUUM), and re-inserting identical rows commits nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.fs as pafs
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import TableNotFoundError
+
+from shared.errors import FeatureGroupNotFound, SchemaMismatch, StoreUnavailable
+from shared.feature_group import FeatureGroup, schema_differences
+from shared.feature_store.protocol import WriteResult
+
+log = logging.getLogger(__name__)
+
+OnConflict = Literal["update", "keep"]
+
+
+def _quote(name: str) -> str:
+    return f"`{name}`"
+
+
+class DeltaOfflineStore:
+    def __init__(self, root: str, storage_options: dict[str, str] | None = None) -> None:
+        self.root = root.rstrip("/")
+        self.storage_options = storage_options or None
+
+    def uri(self, group: FeatureGroup) -> str:
+        return f"{self.root}/{group.table_name}"
+
+    def _table(self, group: FeatureGroup, version: int | None = None) -> DeltaTable:
+        try:
+            return DeltaTable(self.uri(group), version=version, storage_options=self.storage_options)
+        except TableNotFoundError as exc:
+            raise FeatureGroupNotFound(
+                f"feature group {group.table_name} has no offline table at {self.uri(group)}; "
+                "run the feature pipeline (backfill) first"
+            ) from exc
+        except OSError as exc:
+            raise StoreUnavailable(f"offline store {self.root} unreachable: {exc}") from exc
+
+    def exists(self, group: FeatureGroup) -> bool:
+        try:
+            self._table(group)
+        except FeatureGroupNotFound:
+            return False
+        return True
+
+    # -- definition -------------------------------------------------------------------------
+
+    def stored_metadata(self, group: FeatureGroup) -> dict[str, Any]:
+        description = self._table(group).metadata().description or "{}"
+        return dict(json.loads(description))
+
+    def register(self, group: FeatureGroup) -> None:
+        if self.exists(group):
+            diffs = schema_differences(self.stored_metadata(group), group)
+            if diffs:
+                raise SchemaMismatch(
+                    f"feature group {group.table_name} exists with a different schema: "
+                    + "; ".join(diffs)
+                    + f". Bump the version of {group.name!r} instead of changing it in place."
+                )
+            return
+        empty = pl.DataFrame(schema=group.polars_schema)
+        write_deltalake(
+            self.uri(group),
+            empty.to_arrow(),
+            mode="error",
+            name=group.table_name,
+            description=group.metadata_json(),
+            # The change data feed lets materialization find only the keys that changed.
+            configuration={"delta.enableChangeDataFeed": "true"},
+            storage_options=self.storage_options,
+        )
+        log.info("created offline table %s", self.uri(group))
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def insert(
+        self, group: FeatureGroup, rows: pl.DataFrame, *, on_conflict: OnConflict = "update"
+    ) -> WriteResult:
+        rows = group.conform(rows)
+        keys = [*group.primary_key, group.event_time]
+        duplicated = rows.select(keys).is_duplicated().sum()
+        if duplicated:
+            raise ValueError(
+                f"{group.table_name}: {duplicated} rows share a primary key + event time; "
+                "deduplicate before inserting"
+            )
+        table = self._table(group)
+        if rows.is_empty():
+            return WriteResult(group.table_name, 0, 0, 0, table.version())
+        on = " AND ".join(f"t.{_quote(k)} = s.{_quote(k)}" for k in keys)
+        merge = table.merge(
+            rows.to_arrow(),
+            predicate=on,
+            source_alias="s",
+            target_alias="t",
+            # One commit; a conflicting concurrent writer makes this fail, never interleave.
+            merge_schema=False,
+        )
+        values = [c for c in group.columns if c not in keys]
+        if on_conflict == "update" and values:
+            changed = " OR ".join(f"(t.{_quote(c)} IS DISTINCT FROM s.{_quote(c)})" for c in values)
+            merge = merge.when_matched_update_all(predicate=changed)
+        metrics = merge.when_not_matched_insert_all().execute()
+        result = WriteResult(
+            group=group.table_name,
+            rows_in=rows.height,
+            inserted=int(metrics["num_target_rows_inserted"]),
+            updated=int(metrics["num_target_rows_updated"]),
+            table_version=self._table(group).version(),
+        )
+        log.info("upserted %s", result)
+        return result
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def read(
+        self,
+        group: FeatureGroup,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        *,
+        version: int | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> pl.DataFrame:
+        table = self._table(group, version)
+        frame = pl.scan_delta(table)
+        if start is not None:
+            frame = frame.filter(pl.col(group.event_time) >= start)
+        if end is not None:
+            frame = frame.filter(pl.col(group.event_time) < end)
+        if columns is not None:
+            frame = frame.select(columns)
+        return frame.collect()
+
+    def version(self, group: FeatureGroup) -> int | None:
+        if not self.exists(group):
+            return None
+        return self._table(group).version()
+
+    def row_count(self, group: FeatureGroup) -> int:
+        return int(pl.scan_delta(self._table(group)).select(pl.len()).collect().item())
+
+    def changed_keys(self, group: FeatureGroup, after_version: int) -> pl.DataFrame:
+        """Primary keys touched by commits after ``after_version`` (from the change data feed)."""
+        table = self._table(group)
+        if table.version() <= after_version:
+            return pl.DataFrame(schema={k: group.polars_schema[k] for k in group.primary_key})
+        feed = table.load_cdf(starting_version=after_version + 1, columns=list(group.primary_key))
+        changes = pl.DataFrame(feed.read_all())
+        return changes.select(group.primary_key).unique()
+
+    def history(self, group: FeatureGroup, limit: int = 10) -> list[dict[str, Any]]:
+        return list(self._table(group).history(limit))
+
+    def list_tables(self) -> list[dict[str, Any]]:
+        """Stored metadata of every feature group table under the root (for the catalog)."""
+        try:
+            fs, base = pafs.FileSystem.from_uri(self.root)
+            entries = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        except (OSError, pa.ArrowException) as exc:
+            raise StoreUnavailable(f"cannot list offline root {self.root}: {exc}") from exc
+        found = []
+        for entry in sorted(entries, key=lambda e: e.base_name):
+            if entry.type != pafs.FileType.Directory:
+                continue
+            try:
+                table = DeltaTable(f"{self.root}/{entry.base_name}", storage_options=self.storage_options)
+            except TableNotFoundError:
+                continue
+            meta = json.loads(table.metadata().description or "{}")
+            if "primary_key" in meta:
+                rows = pl.scan_delta(table).select(pl.len()).collect().item()
+                found.append(
+                    meta
+                    | {"table_name": entry.base_name, "rows": int(rows), "table_version": table.version()}
+                )
+        return found

@@ -1,0 +1,129 @@
+"""Online store in one SQLite file (WAL mode): the embedded default for a single host."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import polars as pl
+
+from shared.errors import StoreUnavailable
+from shared.feature_group import FeatureGroup
+from shared.feature_store.online_codec import align_to_keys, from_storable, storable
+
+_SQL_TYPES = {pl.Int8: "INTEGER", pl.Int16: "INTEGER", pl.Int32: "INTEGER", pl.Int64: "INTEGER",
+              pl.Float32: "REAL", pl.Float64: "REAL", pl.Boolean: "INTEGER", pl.String: "TEXT",
+              pl.Date: "INTEGER"}
+# SQLite caps bound parameters per statement (32,766 since 3.32): read big key sets in chunks.
+_MAX_PARAMS = 30_000
+
+
+def _sql_type(dtype: pl.DataType) -> str:
+    if isinstance(dtype, pl.Datetime):
+        return "INTEGER"
+    return _SQL_TYPES.get(dtype.base_type(), "TEXT")  # type: ignore[call-overload]
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class SQLiteOnlineStore:
+    def __init__(self, path: Path, timeout_s: float = 1.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(
+                self.path, timeout=timeout_s, check_same_thread=False, isolation_level=None
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS _materialization "
+                "(table_name TEXT PRIMARY KEY, offline_version INTEGER NOT NULL)"
+            )
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"online store {self.path} unusable: {exc}") from exc
+        self._lock = threading.Lock()
+        self._ready: set[str] = set()
+
+    def _ensure_table(self, group: FeatureGroup) -> None:
+        if group.table_name in self._ready:
+            return
+        cols = ", ".join(f"{_ident(n)} {_sql_type(t)}" for n, t in group.polars_schema.items())
+        pk = ", ".join(_ident(k) for k in group.primary_key)
+        self._conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {_ident(group.table_name)} ({cols}, PRIMARY KEY ({pk}))"
+        )
+        self._ready.add(group.table_name)
+
+    def write(self, group: FeatureGroup, rows: pl.DataFrame) -> int:
+        if rows.is_empty():
+            return 0
+        values = storable(group, rows).rows()
+        names = ", ".join(_ident(c) for c in group.columns)
+        marks = ", ".join("?" for _ in group.columns)
+        sql = f"INSERT OR REPLACE INTO {_ident(group.table_name)} ({names}) VALUES ({marks})"
+        with self._lock:
+            self._ensure_table(group)
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.executemany(sql, values)
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._conn.execute("ROLLBACK")
+                raise StoreUnavailable(f"online write to {group.table_name} failed: {exc}") from exc
+        return len(values)
+
+    def read(self, group: FeatureGroup, keys: pl.DataFrame) -> pl.DataFrame:
+        pk = list(group.primary_key)
+        unique_keys = keys.select(pk).unique(maintain_order=True).rows()
+        found: list[tuple[object, ...]] = []
+        names = ", ".join(_ident(c) for c in group.columns)
+        per_key = len(pk)
+        chunk = max(1, _MAX_PARAMS // per_key)
+        with self._lock:
+            self._ensure_table(group)
+            for i in range(0, len(unique_keys), chunk):
+                part = unique_keys[i : i + chunk]
+                row_marks = ", ".join("(" + ", ".join("?" * per_key) + ")" for _ in part)
+                key_cols = ", ".join(_ident(k) for k in pk)
+                sql = (
+                    f"SELECT {names} FROM {_ident(group.table_name)} "
+                    f"WHERE ({key_cols}) IN (VALUES {row_marks})"
+                )
+                params = [v for key in part for v in key]
+                try:
+                    found += self._conn.execute(sql, params).fetchall()
+                except sqlite3.Error as exc:
+                    raise StoreUnavailable(f"online read of {group.table_name} failed: {exc}") from exc
+        return align_to_keys(group, keys, from_storable(group, found))
+
+    def materialized_version(self, table_name: str) -> int | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT offline_version FROM _materialization WHERE table_name = ?", (table_name,)
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    def set_materialized_version(self, table_name: str, version: int) -> None:
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO _materialization VALUES (?, ?)", (table_name, version)
+            )
+
+    def row_count(self, group: FeatureGroup) -> int:
+        with self._lock:
+            self._ensure_table(group)
+            return int(self._conn.execute(f"SELECT count(*) FROM {_ident(group.table_name)}").fetchone()[0])
+
+    def ping(self) -> None:
+        try:
+            with self._lock:
+                self._conn.execute("SELECT 1").fetchone()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"online store {self.path} unusable: {exc}") from exc
+
+    def close(self) -> None:
+        self._conn.close()

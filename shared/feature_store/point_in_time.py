@@ -1,0 +1,75 @@
+"""Point-in-time (backward as-of) join of a spine with feature groups.
+
+Pure functions over Polars frames: reading the groups happens in the store. Used by the training
+pipeline (training data) and the batch job (scoring data), so both see exactly the feature values
+that were known at each row's timestamp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import polars as pl
+
+from shared.feature_store.protocol import JoinRequest
+
+_ROW = "__spine_row"
+
+
+def event_time_column(request: JoinRequest) -> str:
+    """Name of the matched row's event time in the output (kept when asked, for audits)."""
+    return f"{request.prefix or request.group.name + '__'}event_time"
+
+
+def _prepare_right(request: JoinRequest, frame: pl.DataFrame, spine: pl.DataFrame) -> pl.DataFrame:
+    group = request.group
+    pairs = request.key_pairs()
+    features = request.feature_list()
+    unknown = [f for f in features if f not in frame.columns]
+    if unknown:
+        raise ValueError(f"{group.name}: features {unknown} are not in the group")
+    renames = {g: s for s, g in pairs} | {f: request.prefix + f for f in features}
+    renames[group.event_time] = event_time_column(request)
+    right = frame.select([*[g for _, g in pairs], group.event_time, *features]).rename(renames)
+    # Keys must have the spine's dtypes (e.g. Categorical vs String) for the `by` match.
+    right = right.with_columns(pl.col(s).cast(spine.schema[s]) for s, _ in pairs)
+    # Sorted explicitly: join_asof does not check per-group order and silently mismatches
+    # on unsorted input (polars #18014, #21693).
+    return right.sort(event_time_column(request))
+
+
+def point_in_time_join(
+    spine: pl.DataFrame,
+    spine_time: str,
+    groups: Sequence[tuple[JoinRequest, pl.DataFrame]],
+    *,
+    keep_event_times: bool = False,
+) -> pl.DataFrame:
+    """Attach to every spine row the latest feature values with event time <= its timestamp.
+
+    Every spine row is kept, in its original order, including rows that share a key and a
+    timestamp; a row with no match (or a null timestamp) gets nulls.
+    """
+    if spine_time not in spine.columns:
+        raise ValueError(f"spine has no timestamp column {spine_time!r}")
+    indexed = spine.with_row_index(_ROW)
+    timed = indexed.filter(pl.col(spine_time).is_not_null()).sort(spine_time)
+    untimed = indexed.filter(pl.col(spine_time).is_null())
+    for request, frame in groups:
+        pairs = request.key_pairs()
+        right = _prepare_right(request, frame, spine)
+        event_col = event_time_column(request)
+        right = right.with_columns(pl.col(event_col).cast(spine.schema[spine_time]))
+        timed = timed.join_asof(
+            right,
+            left_on=spine_time,
+            right_on=event_col,
+            by=[s for s, _ in pairs],
+            strategy="backward",
+            tolerance=request.tolerance,
+            check_sortedness=False,  # both sides are sorted on the time column just above
+        )
+        if not keep_event_times:
+            timed = timed.drop(event_col)
+    joined = pl.concat([timed, untimed], how="diagonal_relaxed") if untimed.height else timed
+    return joined.sort(_ROW).drop(_ROW)

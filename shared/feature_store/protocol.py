@@ -1,0 +1,141 @@
+"""The feature store contract every backend (local Delta+SQLite/Redis, Hopsworks) fulfils."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol, runtime_checkable
+
+import polars as pl
+
+from shared.feature_group import FeatureGroup
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    group: str
+    rows_in: int
+    inserted: int
+    updated: int
+    table_version: int | None
+
+    @property
+    def changed(self) -> bool:
+        return self.inserted + self.updated > 0
+
+
+@dataclass(frozen=True)
+class MaterializeResult:
+    group: str
+    keys_written: int
+    from_version: int | None
+    to_version: int | None
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    name: str
+    version: int
+    primary_key: tuple[str, ...]
+    event_time: str
+    online: bool
+    rows: int
+    table_version: int | None
+    columns: dict[str, str]
+    descriptions: dict[str, str] = field(default_factory=dict)
+    online_materialized_version: int | None = None
+
+
+@dataclass(frozen=True)
+class JoinRequest:
+    """One feature group to join onto a spine, as of the spine's timestamp.
+
+    ``spine_keys`` names the spine columns matching the group's primary key, in order (default:
+    same names). ``prefix`` is put in front of the group's feature names so groups never clash.
+    """
+
+    group: FeatureGroup
+    features: Sequence[str] | None = None
+    spine_keys: Sequence[str] | None = None
+    prefix: str = ""
+    tolerance: timedelta | None = None
+
+    def key_pairs(self) -> list[tuple[str, str]]:
+        spine = list(self.spine_keys or self.group.primary_key)
+        if len(spine) != len(self.group.primary_key):
+            raise ValueError(
+                f"{self.group.name}: spine keys {spine} do not match primary key "
+                f"{list(self.group.primary_key)}"
+            )
+        return list(zip(spine, self.group.primary_key, strict=True))
+
+    def feature_list(self) -> list[str]:
+        return list(self.features) if self.features is not None else self.group.feature_names
+
+
+@runtime_checkable
+class OnlineStore(Protocol):
+    """Latest value per primary key, for low-latency serving."""
+
+    def write(self, group: FeatureGroup, rows: pl.DataFrame) -> int: ...
+
+    def read(self, group: FeatureGroup, keys: pl.DataFrame) -> pl.DataFrame:
+        """Rows for ``keys`` (primary-key columns) in the same order; missing keys give nulls."""
+        ...
+
+    def materialized_version(self, table_name: str) -> int | None:
+        """Offline table version last materialized for this group table (None: never)."""
+        ...
+
+    def set_materialized_version(self, table_name: str, version: int) -> None: ...
+
+    def ping(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class FeatureStore(Protocol):
+    """Feature groups offline (history, time travel) and online (latest per key)."""
+
+    def register(self, group: FeatureGroup) -> None:
+        """Create the group, or check that the existing one has the same schema."""
+        ...
+
+    def insert(self, group: FeatureGroup, rows: pl.DataFrame) -> WriteResult:
+        """Atomic upsert on primary key + event time; re-inserting the same rows is a no-op."""
+        ...
+
+    def read(
+        self,
+        group: FeatureGroup,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        *,
+        version: int | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> pl.DataFrame:
+        """Offline rows with start <= event time < end, optionally as of a table version."""
+        ...
+
+    def table_version(self, group: FeatureGroup) -> int | None: ...
+
+    def materialize(self, group: FeatureGroup) -> MaterializeResult:
+        """Push the latest row per key to the online store (only keys that changed)."""
+        ...
+
+    def get_online_features(self, group: FeatureGroup, keys: pl.DataFrame) -> pl.DataFrame: ...
+
+    def point_in_time_join(
+        self,
+        spine: pl.DataFrame,
+        spine_time: str,
+        requests: Sequence[JoinRequest],
+        *,
+        versions: dict[str, int] | None = None,
+    ) -> pl.DataFrame: ...
+
+    def catalog(self) -> list[GroupInfo]: ...
+
+    def close(self) -> None: ...
