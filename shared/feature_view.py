@@ -1,0 +1,312 @@
+"""The feature view of the flight-delay model: which label and features, from which groups, how.
+
+A feature view is the contract between the feature store and a model (the mlfs-book shape):
+flights are the spine; route stats, carrier stats, origin weather and planes are joined point in
+time (backward as-of, at the scheduled departure); the on-demand features of
+:mod:`shared.on_demand` are computed from the flight itself. A registered model stores
+:meth:`FeatureView.describe`, so batch and online inference ask the model which features to read.
+
+The same functions build the labeled training frame and the scoring frame of the batch job, and
+:func:`attach_online_features` builds the online one, so the three paths cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import polars as pl
+
+from shared.errors import FeatureGroupNotFound
+from shared.feature_definitions import (
+    AIRPORT_WEATHER,
+    CARRIER_STATS,
+    FLIGHTS,
+    NYC_TZ,
+    PLANES,
+    ROUTE_STATS,
+)
+from shared.feature_group import FeatureGroup
+from shared.feature_store import FeatureStore, JoinRequest
+from shared.on_demand import with_on_demand_features
+
+
+@dataclass(frozen=True)
+class FeatureView:
+    name: str
+    version: int
+    spine: FeatureGroup
+    label: str
+    # Columns that identify a row (kept in every frame, never fed to the model).
+    entity_columns: tuple[str, ...]
+    # Spine columns used directly as features.
+    spine_features: tuple[str, ...]
+    joins: tuple[JoinRequest, ...]
+    # On-demand features the model uses (a subset of shared.on_demand.ON_DEMAND_FEATURES).
+    on_demand: tuple[str, ...]
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        available = {*self.spine_features, *self.on_demand, *self.joined_columns}
+        unknown = [f for f in (*self.numeric, *self.categorical) if f not in available]
+        if unknown:
+            raise ValueError(f"feature view {self.name}: unknown features {unknown}")
+        both = set(self.numeric) & set(self.categorical)
+        if both:
+            raise ValueError(
+                f"feature view {self.name}: {sorted(both)} are numeric and categorical"
+            )
+
+    @property
+    def joined_columns(self) -> list[str]:
+        return [r.prefix + f for r in self.joins for f in r.feature_list()]
+
+    @property
+    def features(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+    @property
+    def groups(self) -> list[FeatureGroup]:
+        return [self.spine, *(r.group for r in self.joins)]
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable description, stored with every model version trained on the view."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "spine": {"group": self.spine.name, "version": self.spine.version},
+            "spine_time": self.spine.event_time,
+            "label": self.label,
+            "entity_columns": list(self.entity_columns),
+            "joins": [
+                {
+                    "group": r.group.name,
+                    "group_version": r.group.version,
+                    "spine_keys": [s for s, _ in r.key_pairs()],
+                    "features": r.feature_list(),
+                    "prefix": r.prefix,
+                    "tolerance_s": None if r.tolerance is None else r.tolerance.total_seconds(),
+                }
+                for r in self.joins
+            ],
+            "on_demand": list(self.on_demand),
+            "numeric": list(self.numeric),
+            "categorical": list(self.categorical),
+        }
+
+
+_STATS = ("flights", "delay_rate", "mean_dep_delay", "cancel_rate")
+_STAT_FEATURES = tuple(f"{s}_{d}d" for d in (7, 28) for s in _STATS)
+_WEATHER = (
+    "temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip", "pressure", "visib"
+)  # fmt: skip
+
+FLIGHT_DELAY_VIEW = FeatureView(
+    name="flight_delay",
+    version=1,
+    spine=FLIGHTS,
+    label="is_delayed",
+    entity_columns=(
+        "flight_id",
+        "sched_dep_utc",
+        "flight_date",
+        "sched_dep_time",
+        "carrier",
+        "flight",
+        "tailnum",
+        "origin",
+        "dest",
+    ),
+    spine_features=("carrier", "origin", "dest", "distance"),
+    joins=(
+        # Daily stats are valid from local midnight and describe days strictly before; after 28
+        # days without a row every rolling window is empty anyway, so older rows are not used.
+        JoinRequest(ROUTE_STATS, _STAT_FEATURES, prefix="route_", tolerance=timedelta(days=28)),
+        JoinRequest(CARRIER_STATS, _STAT_FEATURES, prefix="carrier_", tolerance=timedelta(days=28)),
+        # Hourly observations: one more than three hours old says little about the departure.
+        JoinRequest(AIRPORT_WEATHER, _WEATHER, prefix="wx_", tolerance=timedelta(hours=3)),
+        # The prefix makes `plane_year_built`, the input of on-demand `plane_age_years`.
+        JoinRequest(
+            PLANES,
+            ("year_built", "seats", "engines", "plane_type", "manufacturer", "engine"),
+            prefix="plane_",
+        ),
+    ),
+    # month and day_of_year are left out on purpose: with a time split (train Jan-Sep, test
+    # Nov-Dec) their test values never occur in training. The cyclic season pair generalises.
+    on_demand=(
+        "sched_hour",
+        "sched_minute_of_day",
+        "weekday",
+        "is_weekend",
+        "time_of_day_sin",
+        "time_of_day_cos",
+        "season_sin",
+        "season_cos",
+        "plane_age_years",
+    ),
+    numeric=(
+        "distance",
+        *(f"route_{f}" for f in _STAT_FEATURES),
+        *(f"carrier_{f}" for f in _STAT_FEATURES),
+        *(f"wx_{f}" for f in _WEATHER),
+        "plane_seats",
+        "plane_engines",
+        "plane_age_years",
+        "sched_minute_of_day",
+        "is_weekend",
+        "time_of_day_sin",
+        "time_of_day_cos",
+        "season_sin",
+        "season_cos",
+    ),
+    categorical=(
+        "carrier",
+        "origin",
+        "dest",
+        "sched_hour",
+        "weekday",
+        "plane_plane_type",
+        "plane_manufacturer",
+        "plane_engine",
+    ),
+)
+
+
+def local_day_start_utc(day: date) -> datetime:
+    """The UTC instant of local (New York) midnight starting ``day``."""
+    return datetime.combine(day, time(0), tzinfo=ZoneInfo(NYC_TZ)).astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class LabeledFrame:
+    """Training rows of a date window, and what was left out and why."""
+
+    frame: pl.DataFrame
+    rows_read: int
+    unlabeled: int  # cancelled flights: no departure, so no label
+    table_versions: dict[str, int]
+
+
+def pinned_versions(store: FeatureStore, view: FeatureView) -> dict[str, int]:
+    """Current table version of every group the view reads (all later reads pin to them)."""
+    versions: dict[str, int] = {}
+    for group in view.groups:
+        version = store.table_version(group)
+        if version is None:
+            raise FeatureGroupNotFound(
+                f"feature group {group.table_name} is empty or missing; run the feature pipeline"
+            )
+        versions[group.name] = version
+    return versions
+
+
+def read_spine(
+    store: FeatureStore,
+    view: FeatureView,
+    start: date,
+    end: date,
+    *,
+    versions: Mapping[str, int] | None = None,
+) -> pl.DataFrame:
+    """Spine rows whose local flight date is in [start, end), sorted by departure then id."""
+    version = (versions or {}).get(view.spine.name)
+    frame = store.read(
+        view.spine,
+        local_day_start_utc(start) - timedelta(days=1),
+        local_day_start_utc(end) + timedelta(days=1),
+        version=version,
+    )
+    frame = frame.filter((pl.col("flight_date") >= start) & (pl.col("flight_date") < end))
+    # A stable order makes the training data (and its hash) independent of file layout.
+    return frame.sort([view.spine.event_time, "flight_id"])
+
+
+def feature_frame(
+    store: FeatureStore,
+    view: FeatureView,
+    spine: pl.DataFrame,
+    *,
+    versions: Mapping[str, int] | None = None,
+    extra_columns: Sequence[str] = (),
+) -> pl.DataFrame:
+    """Entity columns, every feature of the view and ``extra_columns`` for each spine row.
+
+    Point in time: each joined value has an event time at or before the row's scheduled
+    departure. Every spine row is kept in order; a row with no match gets nulls.
+    """
+    joined = store.point_in_time_join(
+        spine, view.spine.event_time, list(view.joins), versions=dict(versions or {})
+    )
+    joined = with_on_demand_features(joined)
+    return joined.select(_unique([*view.entity_columns, *view.features, *extra_columns]))
+
+
+def build_training_frame(
+    store: FeatureStore,
+    view: FeatureView,
+    start: date,
+    end: date,
+    *,
+    versions: Mapping[str, int] | None = None,
+) -> LabeledFrame:
+    """Labeled rows for flights with local date in [start, end); cancelled flights counted out."""
+    pinned = dict(versions) if versions is not None else pinned_versions(store, view)
+    spine = read_spine(store, view, start, end, versions=pinned)
+    labeled = spine.filter(pl.col(view.label).is_not_null())
+    frame = feature_frame(store, view, labeled, versions=pinned, extra_columns=[view.label])
+    return LabeledFrame(
+        frame=frame,
+        rows_read=spine.height,
+        unlabeled=spine.height - labeled.height,
+        table_versions=pinned,
+    )
+
+
+def build_scoring_frame(
+    store: FeatureStore,
+    view: FeatureView,
+    flights: pl.DataFrame,
+    *,
+    versions: Mapping[str, int] | None = None,
+) -> pl.DataFrame:
+    """Feature rows for scheduled ``flights`` (spine columns; no outcome needed), in order."""
+    missing = [c for c in (view.spine.event_time, *view.entity_columns) if c not in flights.columns]
+    if missing:
+        raise ValueError(f"flights to score lack columns {missing}")
+    spine = flights.select(
+        [pl.col(c).cast(view.spine.polars_schema[c]) for c in view.spine.columns if c in flights]
+    )
+    return feature_frame(store, view, spine, versions=versions)
+
+
+def attach_online_features(
+    store: FeatureStore, view: FeatureView, requests: pl.DataFrame
+) -> pl.DataFrame:
+    """Online twin of :func:`feature_frame`: latest online values per key, same column names.
+
+    ``requests`` holds the spine's request fields (carrier, origin, dest, distance, tailnum,
+    flight_date, sched_dep_time, ...). Keys unknown online give nulls, imputed by the MDT.
+    """
+    frame = requests
+    for request in view.joins:
+        pairs = request.key_pairs()
+        keys = requests.select(
+            pl.col(s).cast(request.group.polars_schema[g]).alias(g) for s, g in pairs
+        )
+        rows = store.get_online_features(request.group, keys)
+        frame = frame.hstack(
+            rows.select(pl.col(f).alias(request.prefix + f) for f in request.feature_list())
+        )
+    frame = with_on_demand_features(frame)
+    present = [c for c in view.entity_columns if c in frame.columns]
+    return frame.select(_unique([*present, *view.features]))
+
+
+def _unique(names: Sequence[str]) -> list[str]:
+    """Names in first-seen order without repeats (entity columns can also be features)."""
+    return list(dict.fromkeys(names))
