@@ -165,6 +165,27 @@ PLANES = FeatureGroup(
     ),
 )
 
+QUARANTINE = FeatureGroup(
+    name="quarantine",
+    version=1,
+    primary_key=("source", "row_hash"),
+    event_time="key_time",
+    online=False,
+    description="Raw input rows rejected by validation, with every rule each one broke.",
+    non_features=("raw", "rules", "first_run_id", "quarantined_at"),
+    schema=pa.DataFrameSchema(
+        {
+            "source": _key(pl.String, "raw table the row came from (flights, weather, planes)"),
+            "row_hash": _key(pl.String, "sha256 of source + raw row: re-runs never duplicate it"),
+            "key_time": _key(UTC_TIMESTAMP, "constant (the epoch): rows are keyed by content"),
+            "raw": _key(pl.String, "the raw row as JSON, exactly as read"),
+            "rules": _key(pl.String, "every rule the row broke, '; '-separated"),
+            "first_run_id": _key(pl.String, "the run that first quarantined it"),
+            "quarantined_at": _key(UTC_TIMESTAMP, "when it was first quarantined"),
+        }
+    ),
+)
+
 FEATURE_GROUPS: dict[str, FeatureGroup] = {
     g.name: g for g in (FLIGHTS, ROUTE_STATS, CARRIER_STATS, AIRPORT_WEATHER, PLANES)
 }

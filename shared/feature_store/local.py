@@ -10,7 +10,7 @@ import polars as pl
 from deltalake.exceptions import DeltaError
 
 from shared.feature_group import FeatureGroup
-from shared.feature_store.offline_delta import DeltaOfflineStore, OnConflict
+from shared.feature_store.offline_delta import DeltaOfflineStore
 from shared.feature_store.point_in_time import point_in_time_join
 from shared.feature_store.protocol import (
     GroupInfo,
@@ -36,10 +36,8 @@ class LocalFeatureStore:
     def register(self, group: FeatureGroup) -> None:
         self.offline.register(group)
 
-    def insert(
-        self, group: FeatureGroup, rows: pl.DataFrame, *, on_conflict: OnConflict = "update"
-    ) -> WriteResult:
-        return self.offline.insert(group, rows, on_conflict=on_conflict)
+    def insert(self, group: FeatureGroup, rows: pl.DataFrame) -> WriteResult:
+        return self.offline.insert(group, rows)
 
     def read(
         self,

@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -24,8 +24,6 @@ from shared.feature_group import FeatureGroup, schema_differences
 from shared.feature_store.protocol import WriteResult
 
 log = logging.getLogger(__name__)
-
-OnConflict = Literal["update", "keep"]
 
 
 def _quote(name: str) -> str:
@@ -42,7 +40,9 @@ class DeltaOfflineStore:
 
     def _table(self, group: FeatureGroup, version: int | None = None) -> DeltaTable:
         try:
-            return DeltaTable(self.uri(group), version=version, storage_options=self.storage_options)
+            return DeltaTable(
+                self.uri(group), version=version, storage_options=self.storage_options
+            )
         except TableNotFoundError as exc:
             raise FeatureGroupNotFound(
                 f"feature group {group.table_name} has no offline table at {self.uri(group)}; "
@@ -89,9 +89,7 @@ class DeltaOfflineStore:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def insert(
-        self, group: FeatureGroup, rows: pl.DataFrame, *, on_conflict: OnConflict = "update"
-    ) -> WriteResult:
+    def insert(self, group: FeatureGroup, rows: pl.DataFrame) -> WriteResult:
         rows = group.conform(rows)
         keys = [*group.primary_key, group.event_time]
         duplicated = rows.select(keys).is_duplicated().sum()
@@ -113,7 +111,7 @@ class DeltaOfflineStore:
             merge_schema=False,
         )
         values = [c for c in group.columns if c not in keys]
-        if on_conflict == "update" and values:
+        if values:
             changed = " OR ".join(f"(t.{_quote(c)} IS DISTINCT FROM s.{_quote(c)})" for c in values)
             merge = merge.when_matched_update_all(predicate=changed)
         metrics = merge.when_not_matched_insert_all().execute()
@@ -180,7 +178,9 @@ class DeltaOfflineStore:
             if entry.type != pafs.FileType.Directory:
                 continue
             try:
-                table = DeltaTable(f"{self.root}/{entry.base_name}", storage_options=self.storage_options)
+                table = DeltaTable(
+                    f"{self.root}/{entry.base_name}", storage_options=self.storage_options
+                )
             except TableNotFoundError:
                 continue
             meta = json.loads(table.metadata().description or "{}")
@@ -188,6 +188,10 @@ class DeltaOfflineStore:
                 rows = pl.scan_delta(table).select(pl.len()).collect().item()
                 found.append(
                     meta
-                    | {"table_name": entry.base_name, "rows": int(rows), "table_version": table.version()}
+                    | {
+                        "table_name": entry.base_name,
+                        "rows": int(rows),
+                        "table_version": table.version(),
+                    }
                 )
         return found

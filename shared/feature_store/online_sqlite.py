@@ -12,9 +12,17 @@ from shared.errors import StoreUnavailable
 from shared.feature_group import FeatureGroup
 from shared.feature_store.online_codec import align_to_keys, from_storable, storable
 
-_SQL_TYPES = {pl.Int8: "INTEGER", pl.Int16: "INTEGER", pl.Int32: "INTEGER", pl.Int64: "INTEGER",
-              pl.Float32: "REAL", pl.Float64: "REAL", pl.Boolean: "INTEGER", pl.String: "TEXT",
-              pl.Date: "INTEGER"}
+_SQL_TYPES = {
+    pl.Int8: "INTEGER",
+    pl.Int16: "INTEGER",
+    pl.Int32: "INTEGER",
+    pl.Int64: "INTEGER",
+    pl.Float32: "REAL",
+    pl.Float64: "REAL",
+    pl.Boolean: "INTEGER",
+    pl.String: "TEXT",
+    pl.Date: "INTEGER",
+}
 # SQLite caps bound parameters per statement (32,766 since 3.32): read big key sets in chunks.
 _MAX_PARAMS = 30_000
 
@@ -97,7 +105,9 @@ class SQLiteOnlineStore:
                 try:
                     found += self._conn.execute(sql, params).fetchall()
                 except sqlite3.Error as exc:
-                    raise StoreUnavailable(f"online read of {group.table_name} failed: {exc}") from exc
+                    raise StoreUnavailable(
+                        f"online read of {group.table_name} failed: {exc}"
+                    ) from exc
         return align_to_keys(group, keys, from_storable(group, found))
 
     def materialized_version(self, table_name: str) -> int | None:
@@ -116,7 +126,9 @@ class SQLiteOnlineStore:
     def row_count(self, group: FeatureGroup) -> int:
         with self._lock:
             self._ensure_table(group)
-            return int(self._conn.execute(f"SELECT count(*) FROM {_ident(group.table_name)}").fetchone()[0])
+            return int(
+                self._conn.execute(f"SELECT count(*) FROM {_ident(group.table_name)}").fetchone()[0]
+            )
 
     def ping(self) -> None:
         try:

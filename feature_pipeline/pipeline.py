@@ -1,0 +1,248 @@
+"""The feature pipeline run: E -> V -> MIT -> A -> C -> write, chunk by chunk, then materialize.
+
+All I/O happens here; the steps are pure functions over Polars frames. Each chunk of the window is
+validated completely before any of it is written, and every write is one atomic upsert per
+feature group, so a run killed at any point leaves every table at a consistent version and
+re-running the window completes it without duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import pandera.polars as pa
+import polars as pl
+from rich.progress import Progress, TaskID
+
+from feature_pipeline.compress import compress
+from feature_pipeline.extract import Source, Window
+from feature_pipeline.features.daily_stats import LOOKBACK_DAYS, rolling_stats
+from feature_pipeline.features.flights import FLIGHT_RAW_COLUMNS, typed_flights
+from feature_pipeline.features.planes import PLANE_RAW_COLUMNS, typed_planes
+from feature_pipeline.features.weather import WEATHER_RAW_COLUMNS, typed_weather
+from feature_pipeline.settings import FeaturePipelineSettings
+from feature_pipeline.summary import RunSummary
+from feature_pipeline.validate import Validated, split_valid, stamp_quarantine
+from shared.errors import FTIError, ValidationFailed
+from shared.feature_definitions import (
+    AIRPORT_WEATHER,
+    CARRIER_STATS,
+    FLIGHTS,
+    PLANES,
+    QUARANTINE,
+    ROUTE_STATS,
+)
+from shared.feature_group import FeatureGroup
+from shared.feature_store import FeatureStore, open_feature_store
+
+log = logging.getLogger(__name__)
+
+WRITE_ORDER: tuple[FeatureGroup, ...] = (
+    FLIGHTS,
+    AIRPORT_WEATHER,
+    PLANES,
+    ROUTE_STATS,
+    CARRIER_STATS,
+)
+ONLINE_GROUPS = tuple(g for g in WRITE_ORDER if g.online)
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """Everything one chunk will write: feature rows per group and the quarantined rows."""
+
+    window: Window
+    validated: tuple[Validated, ...]
+    features: dict[str, pl.DataFrame]
+
+
+# -- validation ------------------------------------------------------------------------------
+
+
+def flights_schema(airports: set[str]) -> pa.DataFrameSchema:
+    """The flights group's contract plus: destinations must be known airports."""
+    known = sorted(airports)
+    known_airport = pa.Check(
+        lambda data: data.lazyframe.select(pl.col(data.key).is_in(known)),
+        name="known_airport",
+        error="destination is not a known FAA airport code",
+    )
+    return FLIGHTS.schema.update_column(
+        "dest", checks=[*FLIGHTS.schema.columns["dest"].checks, known_airport]
+    )
+
+
+def validate_flights(raw: pl.DataFrame, airports: set[str]) -> Validated:
+    return split_valid(
+        "flights",
+        typed_flights(raw),
+        flights_schema(airports),
+        FLIGHT_RAW_COLUMNS,
+        key=list(FLIGHTS.primary_key),
+    )
+
+
+def validate_weather(raw: pl.DataFrame) -> Validated:
+    return split_valid(
+        "weather",
+        typed_weather(raw),
+        AIRPORT_WEATHER.schema,
+        WEATHER_RAW_COLUMNS,
+        key=[*AIRPORT_WEATHER.primary_key, AIRPORT_WEATHER.event_time],
+    )
+
+
+def validate_planes(raw: pl.DataFrame) -> Validated:
+    return split_valid(
+        "planes", typed_planes(raw), PLANES.schema, PLANE_RAW_COLUMNS, key=list(PLANES.primary_key)
+    )
+
+
+def enforce_bad_share(validated: Validated, max_share: float) -> None:
+    if validated.bad_share <= max_share:
+        return
+    top = validated.quarantine["rules"].str.split("; ").explode().value_counts(sort=True).head(3)
+    common = ", ".join(f"{r} ({n:,})" for r, n in top.iter_rows())
+    raise ValidationFailed(
+        f"{validated.source}: {validated.quarantine.height:,} of {validated.rows_read:,} rows "
+        f"({validated.bad_share:.1%}) broke the data contract, above the allowed "
+        f"{max_share:.1%}; most common: {common}. Nothing was written; fix the input or raise "
+        "FTI_MAX_BAD_SHARE.",
+        bad_rows=validated.quarantine.height,
+        total_rows=validated.rows_read,
+    )
+
+
+# -- one chunk -------------------------------------------------------------------------------
+
+
+def build_chunk(
+    source: Source, window: Window, airports: set[str], *, with_planes: bool, max_bad_share: float
+) -> ChunkResult:
+    """Extract, validate, transform and aggregate one window; nothing is written here."""
+    flights = validate_flights(source.flights(window), airports)
+    lookback = Window(
+        window.start - timedelta(days=LOOKBACK_DAYS), window.start - timedelta(days=1)
+    )
+    # The lookback rows feed the rolling statistics only; their own window reports on them.
+    history = validate_flights(source.flights(lookback), airports).valid.filter(
+        pl.col("flight_date").is_between(lookback.start, lookback.end)
+    )
+    weather = validate_weather(source.weather(window))
+    validated = [flights, weather]
+    if with_planes:
+        validated.append(validate_planes(source.planes()))
+    for v in validated:
+        enforce_bad_share(v, max_bad_share)
+
+    outcomes = pl.concat([history, flights.valid])
+    last_day = window.end + timedelta(days=1)  # tomorrow's stats describe today: serve them next
+    features = {
+        FLIGHTS.name: flights.valid,
+        AIRPORT_WEATHER.name: weather.valid,
+        ROUTE_STATS.name: rolling_stats(outcomes, ["origin", "dest"], window.start, last_day),
+        CARRIER_STATS.name: rolling_stats(outcomes, ["carrier"], window.start, last_day),
+    }
+    if with_planes:
+        features[PLANES.name] = validated[2].valid
+    return ChunkResult(window, tuple(validated), {n: f for n, f in features.items() if f.height})
+
+
+def new_quarantine_rows(store: FeatureStore, rows: pl.DataFrame) -> pl.DataFrame:
+    """Only rows not quarantined before: a row keeps the run and time it was first seen."""
+    if rows.is_empty() or store.table_version(QUARANTINE) is None:
+        return rows
+    known = store.read(QUARANTINE, columns=list(QUARANTINE.primary_key))
+    return rows.join(known, on=list(QUARANTINE.primary_key), how="anti")
+
+
+def write_chunk(store: FeatureStore, chunk: ChunkResult, summary: RunSummary) -> None:
+    for v in chunk.validated:
+        counts = summary.source(v.source)
+        counts.rows_read += v.rows_read
+        counts.quarantined += v.quarantine.height
+        counts.deduplicated += v.deduplicated
+    for group in WRITE_ORDER:
+        rows = chunk.features.get(group.name)
+        if rows is None:
+            continue
+        result = store.insert(group, compress(group, rows))
+        counts = summary.group(group.name)
+        counts.rows_written += result.rows_in
+        counts.inserted += result.inserted
+        counts.updated += result.updated
+        counts.table_version = result.table_version
+    quarantined = stamp_quarantine(
+        [v.quarantine for v in chunk.validated if v.quarantine.height],
+        summary.run_id,
+        datetime.now(UTC),
+    )
+    if quarantined.height:
+        result = store.insert(QUARANTINE, new_quarantine_rows(store, quarantined))
+        summary.group(QUARANTINE.name).table_version = result.table_version
+        summary.group(QUARANTINE.name).inserted += result.inserted
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+@contextmanager
+def _step(progress: Progress | None, task: TaskID | None, label: str) -> Iterator[None]:
+    if progress is not None and task is not None:
+        progress.update(task, description=label)
+    yield
+    if progress is not None and task is not None:
+        progress.advance(task)
+
+
+def run_backfill(
+    settings: FeaturePipelineSettings,
+    start: date,
+    end: date,
+    *,
+    command: str = "backfill",
+    progress: Progress | None = None,
+) -> RunSummary:
+    """Fill the feature store for the local days [start, end] (inclusive)."""
+    window = Window(start, end)
+    summary = RunSummary(
+        run_id=f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}",
+        command=command,
+        window=f"{start}..{end}",
+    )
+    began = time.perf_counter()
+    chunks = window.chunks(settings.chunk_days)
+    task = progress.add_task(command, total=2 * len(chunks) + 1) if progress else None
+    store = open_feature_store(settings)
+    try:
+        source = Source(settings.source, settings.source_storage_options)
+        for group in (*WRITE_ORDER, QUARANTINE):
+            store.register(group)
+        airports = source.airport_codes()
+        for i, chunk_window in enumerate(chunks):
+            with _step(progress, task, f"validate {chunk_window.start}..{chunk_window.end}"):
+                chunk = build_chunk(
+                    source,
+                    chunk_window,
+                    airports,
+                    with_planes=i == 0,
+                    max_bad_share=settings.max_bad_share,
+                )
+            with _step(progress, task, f"write {chunk_window.start}..{chunk_window.end}"):
+                write_chunk(store, chunk, summary)
+        with _step(progress, task, "materialize online"):
+            for group in ONLINE_GROUPS:
+                summary.group(group.name).online_keys = store.materialize(group).keys_written
+    except FTIError as exc:
+        log.error("%s %s failed: %s", command, summary.window, exc)
+        summary.error = str(exc)
+    finally:
+        store.close()
+        summary.seconds = time.perf_counter() - began
+    return summary
