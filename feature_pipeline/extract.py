@@ -113,6 +113,11 @@ class Source:
             self._cache[name] = self._load(name)
         return self._cache[name]
 
+    def check(self) -> None:
+        """Open every raw table now: missing files, columns or unreadable content fail early."""
+        for name in RAW_COLUMNS:
+            self.table(name)
+
     def flights(self, window: Window) -> pl.DataFrame:
         """Flights of the window, plus rows whose date does not parse (they are quarantined by
         every run that sees them, keyed by content, so they are never silently dropped)."""

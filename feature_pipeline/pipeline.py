@@ -70,8 +70,7 @@ def flights_schema(airports: set[str]) -> pa.DataFrameSchema:
     known = sorted(airports)
     known_airport = pa.Check(
         lambda data: data.lazyframe.select(pl.col(data.key).is_in(known)),
-        name="known_airport",
-        error="destination is not a known FAA airport code",
+        name="known_airport",  # recorded as the rule in quarantine: dest not a known FAA code
     )
     return FLIGHTS.schema.update_column(
         "dest", checks=[*FLIGHTS.schema.columns["dest"].checks, known_airport]
@@ -222,8 +221,7 @@ def run_backfill(
     store = open_feature_store(settings)
     try:
         source = Source(settings.source, settings.source_storage_options)
-        for group in (*WRITE_ORDER, QUARANTINE):
-            store.register(group)
+        source.check()  # a missing column or unreadable file fails before anything is created
         airports = source.airport_codes()
         for i, chunk_window in enumerate(chunks):
             with _step(progress, task, f"validate {chunk_window.start}..{chunk_window.end}"):
@@ -235,6 +233,9 @@ def run_backfill(
                     max_bad_share=settings.max_bad_share,
                 )
             with _step(progress, task, f"write {chunk_window.start}..{chunk_window.end}"):
+                if i == 0:  # tables are created only once the first chunk has passed validation
+                    for group in (*WRITE_ORDER, QUARANTINE):
+                        store.register(group)
                 write_chunk(store, chunk, summary)
         with _step(progress, task, "materialize online"):
             for group in ONLINE_GROUPS:
