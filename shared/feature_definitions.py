@@ -45,7 +45,9 @@ FLIGHTS = FeatureGroup(
             "sched_dep_time": _key(
                 pl.Int16, "scheduled departure, local hhmm", pa.Check.in_range(0, 2359)
             ),
-            "carrier": _key(pl.String, "two-letter carrier code", pa.Check.str_length(2, 2)),
+            "carrier": _key(
+                pl.String, "carrier designator: IATA (2) or ICAO (3)", pa.Check.str_length(2, 3)
+            ),
             "flight": _key(pl.Int32, "flight number", pa.Check.in_range(1, 9999)),
             "tailnum": _col(pl.String, "aircraft registration (null when unknown)"),
             "origin": _key(pl.String, "NYC origin airport", pa.Check.isin(NYC_ORIGINS)),
