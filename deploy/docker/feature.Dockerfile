@@ -1,0 +1,19 @@
+# Feature pipeline job: Polars + deltalake + pandera, no PyTorch.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY shared ./shared
+COPY feature_pipeline ./feature_pipeline
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir "numpy<2" ".[feature]"
+
+FROM python:3.11-slim
+RUN useradd --create-home --uid 10001 fti
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    FTI_DATA_ROOT=/data
+USER fti
+WORKDIR /home/fti
+# A job, not a server: success is its exit code (0 success, 3 partial, 1 failure).
+HEALTHCHECK NONE
+ENTRYPOINT ["python", "-m", "feature_pipeline"]
+CMD ["--help"]

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command: set-up, quality gates (ruff, mypy, import contract), then the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. "${FTI_VENV:-.venv}/bin/activate"
+echo "== ruff" && ruff check .
+echo "== mypy shared" && mypy shared
+echo "== import contract" && lint-imports
+echo "== pytest" && python -m pytest "$@"
