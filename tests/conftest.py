@@ -19,7 +19,9 @@ def year_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Tests must treat it as read-only; a test that writes builds its own root."""
     root = tmp_path_factory.mktemp("year")
-    summary = run_backfill(FeaturePipelineSettings(data_root=root), date(2013, 1, 1), date(2013, 12, 31))
+    summary = run_backfill(
+        FeaturePipelineSettings(data_root=root), date(2013, 1, 1), date(2013, 12, 31)
+    )
     assert summary.error is None, summary.error
     return root
 

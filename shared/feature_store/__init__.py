@@ -19,7 +19,9 @@ def open_online_store(settings: FeatureStoreSettings) -> OnlineStore:
         from shared.feature_store.online_redis import RedisOnlineStore
 
         return RedisOnlineStore(
-            settings.redis_url, namespace=settings.redis_namespace, timeout_s=settings.online_timeout_s
+            settings.redis_url,
+            namespace=settings.redis_namespace,
+            timeout_s=settings.online_timeout_s,
         )
     from shared.feature_store.online_sqlite import SQLiteOnlineStore
 

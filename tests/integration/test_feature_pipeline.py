@@ -52,7 +52,11 @@ def _versions(root: Path) -> dict[str, int]:
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "feature_pipeline", *args],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
     )
 
 
@@ -86,7 +90,9 @@ def test_online_store_holds_the_latest_row_per_key(year_store: FeatureStore) -> 
 
 @pytest.mark.data
 def test_point_in_time_join_of_real_flights_never_sees_the_future(year_store: FeatureStore) -> None:
-    spine = year_store.read(FLIGHTS, columns=["flight_id", "sched_dep_utc", "origin", "dest", "carrier"])
+    spine = year_store.read(
+        FLIGHTS, columns=["flight_id", "sched_dep_utc", "origin", "dest", "carrier"]
+    )
     joined = year_store.point_in_time_join(
         spine.sample(fraction=1.0, shuffle=True, seed=7),
         "sched_dep_utc",
@@ -117,8 +123,11 @@ def test_daily_runs_give_the_same_rows_as_a_backfill(tmp_path: Path, year_root: 
         assert summary.error is None
     for group in (FLIGHTS, ROUTE_STATS, CARRIER_STATS, AIRPORT_WEATHER):
         daily = _table(tmp_path, group)
-        full = _table(year_root, group).join(daily.select([*group.primary_key, group.event_time]),
-                                             on=[*group.primary_key, group.event_time], how="semi")
+        full = _table(year_root, group).join(
+            daily.select([*group.primary_key, group.event_time]),
+            on=[*group.primary_key, group.event_time],
+            how="semi",
+        )
         assert daily.height > 0
         assert_frame_equal(daily, full)
 
@@ -146,7 +155,10 @@ def test_a_killed_backfill_completes_on_rerun_like_a_clean_run(tmp_path: Path) -
     assert _cli(*args, "--data-root", str(clean)).returncode == 3
     proc = subprocess.Popen(
         [sys.executable, "-m", "feature_pipeline", *args, "--data-root", str(killed)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     log = killed / "offline" / FLIGHTS.table_name / "_delta_log"
     deadline = time.monotonic() + 120
@@ -211,8 +223,17 @@ def test_bad_input_is_one_clear_line_and_nothing_is_written(
         _write_source(source, flights)
         (source / "flights.csv").write_bytes(b"year,month,day\n2013,1\n2013,1,1,1,1,1,1\n")
     root = tmp_path / "store"
-    result = _cli("backfill", "--start", "2013-01-01", "--end", "2013-01-31",
-                  "--data-root", str(root), "--source", str(source))
+    result = _cli(
+        "backfill",
+        "--start",
+        "2013-01-01",
+        "--end",
+        "2013-01-31",
+        "--data-root",
+        str(root),
+        "--source",
+        str(source),
+    )
     assert result.returncode == 1, result.stderr
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and message in " ".join(result.stderr.split()), result.stderr
@@ -223,18 +244,37 @@ def test_bad_input_is_one_clear_line_and_nothing_is_written(
 def test_a_few_bad_rows_are_quarantined_and_the_rest_written(tmp_path: Path) -> None:
     source = tmp_path / "source"
     flights = _january().with_columns(
-        pl.when(pl.int_range(pl.len()) < 5).then(pl.lit("ZZZ")).otherwise(pl.col("dest")).alias("dest")
+        pl.when(pl.int_range(pl.len()) < 5)
+        .then(pl.lit("ZZZ"))
+        .otherwise(pl.col("dest"))
+        .alias("dest")
     )
     _write_source(source, flights)
     root = tmp_path / "store"
-    result = _cli("backfill", "--start", "2013-01-01", "--end", "2013-01-31",
-                  "--data-root", str(root), "--source", str(source))
+    result = _cli(
+        "backfill",
+        "--start",
+        "2013-01-01",
+        "--end",
+        "2013-01-31",
+        "--data-root",
+        str(root),
+        "--source",
+        str(source),
+    )
     assert result.returncode == 3  # partial
     summary = json.loads(result.stdout.splitlines()[-1])
-    assert summary["sources"]["flights"] == {"rows_read": 2_000, "quarantined": 5, "deduplicated": 0}
+    assert summary["sources"]["flights"] == {
+        "rows_read": 2_000,
+        "quarantined": 5,
+        "deduplicated": 0,
+    }
     assert summary["groups"]["flights"]["inserted"] == 1_995
     quarantine = pl.read_delta(str(root / "offline" / QUARANTINE.table_name))
-    assert quarantine.filter(pl.col("source") == "flights")["rules"].to_list() == ["dest: known_airport"] * 5
+    assert (
+        quarantine.filter(pl.col("source") == "flights")["rules"].to_list()
+        == ["dest: known_airport"] * 5
+    )
 
 
 def test_cli_rejects_a_bad_date_with_usage_exit_code() -> None:

@@ -62,7 +62,11 @@ def test_upsert_is_idempotent_and_updates_only_changed_rows(offline: DeltaOfflin
     again = offline.insert(PLANES, _planes(5))
     assert (again.inserted, again.updated, again.table_version) == (0, 0, 1)  # no new version
     changed = _planes(6).with_columns(
-        pl.when(pl.col("tailnum") == "N0").then(150).otherwise(pl.col("seats")).cast(pl.Int16).alias("seats")
+        pl.when(pl.col("tailnum") == "N0")
+        .then(150)
+        .otherwise(pl.col("seats"))
+        .cast(pl.Int16)
+        .alias("seats")
     )
     third = offline.insert(PLANES, changed)
     assert (third.inserted, third.updated, third.table_version) == (1, 1, 2)
@@ -93,5 +97,7 @@ def test_read_by_event_time_range(offline: DeltaOfflineStore) -> None:
         pl.Series("valid_from", [EPOCH, datetime(2000, 1, 1, tzinfo=UTC)])
     )
     offline.insert(PLANES, rows)
-    window = offline.read(PLANES, start=datetime(1999, 1, 1, tzinfo=UTC), end=datetime(2001, 1, 1, tzinfo=UTC))
+    window = offline.read(
+        PLANES, start=datetime(1999, 1, 1, tzinfo=UTC), end=datetime(2001, 1, 1, tzinfo=UTC)
+    )
     assert_frame_equal(window.select("tailnum"), pl.DataFrame({"tailnum": ["N1"]}))

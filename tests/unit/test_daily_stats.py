@@ -61,7 +61,9 @@ def _oracle(flights: pl.DataFrame, carrier: str, day: date, days: int) -> tuple[
 
 @settings(max_examples=80, deadline=None)
 @given(rows=flight_rows)
-def test_matches_brute_force_and_excludes_the_day_itself(rows: list[tuple[str, int, float | None]]) -> None:
+def test_matches_brute_force_and_excludes_the_day_itself(
+    rows: list[tuple[str, int, float | None]],
+) -> None:
     flights = _flights(rows)
     stats = rolling_stats(flights, ["carrier"], FIRST, LAST)
     for row in stats.iter_rows(named=True):
@@ -84,8 +86,14 @@ def test_changing_the_day_or_later_never_changes_that_days_stats(
     boundary = FIRST + timedelta(days=cut)
     later = pl.col("flight_date") >= boundary
     changed = flights.with_columns(
-        pl.when(later).then(pl.lit(delay, pl.Float32)).otherwise(pl.col("dep_delay")).alias("dep_delay"),
-        pl.when(later).then(pl.lit(int(delay > 15), pl.Int8)).otherwise(pl.col("is_delayed")).alias("is_delayed"),
+        pl.when(later)
+        .then(pl.lit(delay, pl.Float32))
+        .otherwise(pl.col("dep_delay"))
+        .alias("dep_delay"),
+        pl.when(later)
+        .then(pl.lit(int(delay > 15), pl.Int8))
+        .otherwise(pl.col("is_delayed"))
+        .alias("is_delayed"),
         pl.when(later).then(False).otherwise(pl.col("is_cancelled")).alias("is_cancelled"),
     )
     before = rolling_stats(flights, ["carrier"], FIRST, LAST)
@@ -93,8 +101,10 @@ def test_changing_the_day_or_later_never_changes_that_days_stats(
     upto = pl.col("day") <= boundary
     if before.is_empty():
         return
-    assert before.filter(upto).sort("carrier", "day").equals(
-        after.filter(upto).sort("carrier", "day").select(before.columns)
+    assert (
+        before.filter(upto)
+        .sort("carrier", "day")
+        .equals(after.filter(upto).sort("carrier", "day").select(before.columns))
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ def test_chunks_cover_the_window_without_overlap() -> None:
     assert chunks[0].start == date(2013, 1, 1)
     assert chunks[-1].end == date(2013, 12, 31)
     assert sum(c.days for c in chunks) == 365
-    assert all(a.end.toordinal() + 1 == b.start.toordinal() for a, b in zip(chunks, chunks[1:]))
+    assert all(a.end.toordinal() + 1 == b.start.toordinal() for a, b in pairwise(chunks))
 
 
 def test_window_end_before_start_is_refused() -> None:
@@ -33,7 +34,7 @@ def test_bundled_source_reads_a_window_of_real_flights() -> None:
 
 
 def test_missing_table_names_what_was_expected(tmp_path: Path) -> None:
-    with pytest.raises(SourceError, match="expected flights.parquet or flights.csv"):
+    with pytest.raises(SourceError, match=r"expected flights\.parquet or flights\.csv"):
         Source(str(tmp_path)).check()
 
 
@@ -45,5 +46,5 @@ def test_missing_column_names_the_table_and_column(tmp_path: Path) -> None:
 
 def test_corrupted_csv_is_a_readable_error(tmp_path: Path) -> None:
     (tmp_path / "flights.csv").write_bytes(b"year,month,day\n2013,1,1,9,9,9\n\x00\xff\xfe")
-    with pytest.raises(SourceError, match="flights.csv is not a readable CSV file"):
+    with pytest.raises(SourceError, match=r"flights\.csv is not a readable CSV file"):
         Source(str(tmp_path)).table("flights")

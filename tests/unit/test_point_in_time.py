@@ -27,7 +27,11 @@ def _stats(rows: list[tuple[str, int, int]]) -> pl.DataFrame:
             "valid_from": [T0 + timedelta(hours=r[1]) for r in rows],
             "flights_7d": [r[2] for r in rows],
         },
-        schema={"carrier": pl.String, "valid_from": pl.Datetime("us", "UTC"), "flights_7d": pl.Int32},
+        schema={
+            "carrier": pl.String,
+            "valid_from": pl.Datetime("us", "UTC"),
+            "flights_7d": pl.Int32,
+        },
     )
     return frame.unique(subset=["carrier", "valid_from"], keep="first")
 
@@ -85,8 +89,12 @@ def test_matches_brute_force_on_shuffled_input(
 def test_tolerance_drops_stale_matches(
     stats: list[tuple[str, int, int]], spine: list[tuple[str, int | None]], hours: int
 ) -> None:
-    request = JoinRequest(CARRIER_STATS, ["flights_7d"], prefix="c_", tolerance=timedelta(hours=hours))
-    joined = point_in_time_join(_spine(spine), "ts", [(request, _stats(stats))], keep_event_times=True)
+    request = JoinRequest(
+        CARRIER_STATS, ["flights_7d"], prefix="c_", tolerance=timedelta(hours=hours)
+    )
+    joined = point_in_time_join(
+        _spine(spine), "ts", [(request, _stats(stats))], keep_event_times=True
+    )
     matched = joined.filter(pl.col("c_event_time").is_not_null())
     assert ((matched["ts"] - matched["c_event_time"]) <= timedelta(hours=hours)).all()
 

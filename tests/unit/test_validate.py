@@ -7,16 +7,30 @@ import json
 import polars as pl
 import pytest
 
-from feature_pipeline.pipeline import enforce_bad_share, validate_flights, validate_planes, validate_weather
+from feature_pipeline.pipeline import (
+    enforce_bad_share,
+    validate_flights,
+    validate_planes,
+    validate_weather,
+)
 from shared.errors import ValidationFailed
 
 pytestmark = pytest.mark.unit
 
 AIRPORTS = {"IAH", "MIA", "ORD"}
 GOOD = {
-    "year": "2013", "month": "1", "day": "1", "dep_time": "517", "sched_dep_time": "515",
-    "dep_delay": "2", "carrier": "UA", "flight": "1545", "tailnum": "N14228", "origin": "EWR",
-    "dest": "IAH", "distance": "1400",
+    "year": "2013",
+    "month": "1",
+    "day": "1",
+    "dep_time": "517",
+    "sched_dep_time": "515",
+    "dep_delay": "2",
+    "carrier": "UA",
+    "flight": "1545",
+    "tailnum": "N14228",
+    "origin": "EWR",
+    "dest": "IAH",
+    "distance": "1400",
 }
 
 
@@ -69,12 +83,16 @@ def test_quarantine_keeps_the_raw_values_exactly() -> None:
 
 def test_exact_duplicates_are_dropped_and_conflicting_ones_quarantined() -> None:
     frame = _flights({}, {})
-    frame = pl.concat([frame, frame.head(1), frame.head(1).with_columns(pl.lit("99").alias("dep_delay"))])
+    frame = pl.concat(
+        [frame, frame.head(1), frame.head(1).with_columns(pl.lit("99").alias("dep_delay"))]
+    )
     result = validate_flights(frame, AIRPORTS)
     assert result.deduplicated == 1
     assert result.valid.height == 2
     assert _rules(result.quarantine) == ["duplicate key: flight_id"]
-    assert result.valid.filter(pl.col("flight") == 1000)["dep_delay"].to_list() == [2.0]  # first kept
+    assert result.valid.filter(pl.col("flight") == 1000)["dep_delay"].to_list() == [
+        2.0
+    ]  # first kept
 
 
 def test_quarantine_hash_is_stable_across_runs() -> None:
@@ -93,12 +111,32 @@ def test_bad_share_above_the_limit_fails_naming_the_rules() -> None:
 def test_weather_outlier_and_planes() -> None:
     weather = pl.DataFrame(
         [
-            {"origin": "EWR", "time_hour": "2013-02-12T08:00:00Z", "temp": "39", "dewp": "27",
-             "humid": "61", "wind_dir": "260", "wind_speed": "1048.36", "wind_gust": None,
-             "precip": "0", "pressure": "1008", "visib": "10"},
-            {"origin": "EWR", "time_hour": "not a time", "temp": "39", "dewp": "27",
-             "humid": "61", "wind_dir": "260", "wind_speed": "5", "wind_gust": None,
-             "precip": "0", "pressure": "1008", "visib": "10"},
+            {
+                "origin": "EWR",
+                "time_hour": "2013-02-12T08:00:00Z",
+                "temp": "39",
+                "dewp": "27",
+                "humid": "61",
+                "wind_dir": "260",
+                "wind_speed": "1048.36",
+                "wind_gust": None,
+                "precip": "0",
+                "pressure": "1008",
+                "visib": "10",
+            },
+            {
+                "origin": "EWR",
+                "time_hour": "not a time",
+                "temp": "39",
+                "dewp": "27",
+                "humid": "61",
+                "wind_dir": "260",
+                "wind_speed": "5",
+                "wind_gust": None,
+                "precip": "0",
+                "pressure": "1008",
+                "visib": "10",
+            },
         ]
     )
     result = validate_weather(weather)
@@ -107,7 +145,16 @@ def test_weather_outlier_and_planes() -> None:
     assert "wind_speed: in_range" in rules[0]
     assert "time_hour: unparseable" in rules[1]
     planes = pl.DataFrame(
-        [{"tailnum": "N1", "year": "1850", "type": "t", "manufacturer": "m", "engines": "2",
-          "seats": "100", "engine": "e"}]
+        [
+            {
+                "tailnum": "N1",
+                "year": "1850",
+                "type": "t",
+                "manufacturer": "m",
+                "engines": "2",
+                "seats": "100",
+                "engine": "e",
+            }
+        ]
     )
     assert "year_built: in_range" in _rules(validate_planes(planes).quarantine)[0]
