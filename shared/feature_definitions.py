@@ -15,17 +15,18 @@ import polars as pl
 
 from shared.feature_group import UTC_TIMESTAMP, FeatureGroup
 
+PolarsType = type[pl.DataType] | pl.DataType
 NYC_TZ = "America/New_York"
 NYC_ORIGINS = ("EWR", "JFK", "LGA")
 DELAY_THRESHOLD_MIN = 15
 ROLLING_WINDOWS_DAYS = (7, 28)
 
 
-def _col(dtype: object, description: str, *checks: pa.Check, nullable: bool = True) -> pa.Column:
+def _col(dtype: PolarsType, description: str, *checks: pa.Check, nullable: bool = True) -> pa.Column:
     return pa.Column(dtype, list(checks), nullable=nullable, description=description)
 
 
-def _key(dtype: object, description: str, *checks: pa.Check) -> pa.Column:
+def _key(dtype: PolarsType, description: str, *checks: pa.Check) -> pa.Column:
     return _col(dtype, description, *checks, nullable=False)
 
 

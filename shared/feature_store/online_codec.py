@@ -27,7 +27,7 @@ def storable(group: FeatureGroup, frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def storable_schema(group: FeatureGroup) -> pl.Schema:
-    schema = {}
+    schema: dict[str, pl.DataType] = {}
     for name, dtype in group.polars_schema.items():
         if isinstance(dtype, pl.Datetime):
             schema[name] = pl.Int64()

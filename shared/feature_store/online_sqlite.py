@@ -30,7 +30,7 @@ _MAX_PARAMS = 30_000
 def _sql_type(dtype: pl.DataType) -> str:
     if isinstance(dtype, pl.Datetime):
         return "INTEGER"
-    return _SQL_TYPES.get(dtype.base_type(), "TEXT")  # type: ignore[call-overload]
+    return _SQL_TYPES.get(dtype.base_type(), "TEXT")
 
 
 def _ident(name: str) -> str:
