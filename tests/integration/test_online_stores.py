@@ -1,0 +1,328 @@
+"""One contract, every online backend: SQLite (a file in tmp_path) and a real Redis server.
+
+Redis is expected at 127.0.0.1:6379; each test gets its own namespace, deleted afterwards, so
+the tests never touch other data on the server. When no server answers, the Redis cases are
+skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+import redis
+from polars.testing import assert_frame_equal
+
+from shared.errors import StoreUnavailable
+from shared.feature_definitions import AIRPORT_WEATHER, FLIGHTS, PLANES, ROUTE_STATS
+from shared.feature_group import FeatureGroup
+from shared.feature_store.local import LocalFeatureStore
+from shared.feature_store.offline_delta import DeltaOfflineStore
+from shared.feature_store.online_redis import RedisOnlineStore
+from shared.feature_store.online_sqlite import SQLiteOnlineStore
+from shared.feature_store.protocol import OnlineStore
+
+pytestmark = pytest.mark.integration
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+T0 = datetime(2013, 3, 10, 6, 59, 59, 123_456, tzinfo=UTC)  # microseconds must survive
+
+
+def _redis_or_skip() -> redis.Redis:
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"no Redis server at {REDIS_URL} ({exc}); start one to run these tests")
+    return client
+
+
+@pytest.fixture
+def redis_store() -> Iterator[RedisOnlineStore]:
+    client = _redis_or_skip()
+    namespace = f"test-{uuid.uuid4().hex}"
+    store = RedisOnlineStore(REDIS_URL, namespace=namespace, timeout_s=2.0)
+    yield store
+    store.close()
+    doomed = list(client.scan_iter(match=f"{namespace}:*", count=1_000))
+    if doomed:
+        client.delete(*doomed)
+    client.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def online(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OnlineStore]:
+    if request.param == "redis":
+        yield request.getfixturevalue("redis_store")
+        return
+    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
+    yield store
+    store.close()
+
+
+# -- rows of the real groups, with nulls, extremes and non-ASCII text -----------------------
+
+
+def route_rows(day: date = date(2013, 3, 10), routes: int = 3, bump: float = 0.0) -> pl.DataFrame:
+    dests = ["LAX", "ORD", "SFO", "ATL", "BOS"][:routes]
+    valid_from = datetime(day.year, day.month, day.day, 5, tzinfo=UTC)
+    return ROUTE_STATS.conform(
+        pl.DataFrame(
+            {
+                "origin": ["JFK"] * routes,
+                "dest": dests,
+                "valid_from": [valid_from] * routes,
+                "day": [day] * routes,
+                "flights_7d": [0, 2_147_483_647, 12][:routes],
+                "delay_rate_7d": [None, 0.1 + bump, 1.0][:routes],
+                "mean_dep_delay_7d": [None, -3.3333333, 1e30][:routes],
+                "cancel_rate_7d": [0.0, 1 / 3, None][:routes],
+                "flights_28d": [0, 30, 70][:routes],
+                "delay_rate_28d": [None, 0.25, 0.7][:routes],
+                "mean_dep_delay_28d": [None, 12.5, -0.0][:routes],
+                "cancel_rate_28d": [0.0, 0.01, 0.02][:routes],
+            }
+        )
+    )
+
+
+def plane_rows() -> pl.DataFrame:
+    return PLANES.conform(
+        pl.DataFrame(
+            {
+                "tailnum": ["N10156", "N102UW", "N3ÄØ"],
+                "valid_from": [datetime(1970, 1, 1, tzinfo=UTC)] * 3,
+                "year_built": [2004, None, 1959],
+                "seats": [55, 182, None],
+                "engines": [2, 2, -128],
+                "plane_type": ["Fixed wing multi engine", None, 'ünïcode "quoted" ✈'],
+                "manufacturer": ["EMBRAER", "AIRBUS INDUSTRIE", ""],
+                "engine": ["Turbo-fan", None, "Reciprocating"],
+            }
+        )
+    )
+
+
+def weather_rows() -> pl.DataFrame:
+    return AIRPORT_WEATHER.conform(
+        pl.DataFrame(
+            {
+                "origin": ["EWR", "JFK", "LGA"],
+                "observed_at": [T0, T0 - timedelta(hours=1), datetime(1969, 12, 31, tzinfo=UTC)],
+                "temp": [39.02, -0.1, None],
+                "dewp": [26.06, None, 3.4028235e38],
+                "humid": [59.37, 100.0, 0.0],
+                "wind_dir": [270.0, None, 360.0],
+                "wind_speed": [10.35702, 0.0, None],
+                "wind_gust": [None, 24.16, None],
+                "precip": [0.0, 0.01, 1.21],
+                "pressure": [1012.0, None, 1042.1],
+                "visib": [10.0, 0.06, 10.0],
+            }
+        )
+    )
+
+
+def flight_rows() -> pl.DataFrame:
+    """Offline-only in production, but the only group with a Boolean: the codec must cope."""
+    return FLIGHTS.conform(
+        pl.DataFrame(
+            {
+                "flight_id": ["2013-01-01-UA1545-EWR-0515", "2013-12-31-B6-745-JFK-2359"],
+                "sched_dep_utc": [datetime(2013, 1, 1, 10, 15, tzinfo=UTC), T0],
+                "flight_date": [date(2013, 1, 1), date(2013, 12, 31)],
+                "sched_dep_time": [515, 2359],
+                "carrier": ["UA", "B6"],
+                "flight": [1545, 745],
+                "tailnum": ["N14228", None],
+                "origin": ["EWR", "JFK"],
+                "dest": ["IAH", "PSE"],
+                "distance": [1400, 1617],
+                "dep_delay": [2.0, None],
+                "is_cancelled": [False, True],
+                "is_delayed": [0, None],
+            }
+        )
+    )
+
+
+def keys_of(group: FeatureGroup, rows: pl.DataFrame) -> pl.DataFrame:
+    return rows.select(group.primary_key)
+
+
+# -- the contract ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("group", "make_rows"),
+    [
+        (ROUTE_STATS, route_rows),
+        (PLANES, plane_rows),
+        (AIRPORT_WEATHER, weather_rows),
+        (FLIGHTS, flight_rows),
+    ],
+    ids=lambda v: getattr(v, "name", ""),
+)
+def test_every_dtype_round_trips_exactly(online: OnlineStore, group, make_rows) -> None:
+    rows = make_rows()
+    assert online.write(group, rows) == rows.height
+    back = online.read(group, keys_of(group, rows).reverse())
+    assert back.schema == group.polars_schema
+    assert_frame_equal(back, rows.reverse())
+
+
+def test_missing_keys_give_nulls_in_request_order(online: OnlineStore) -> None:
+    rows = route_rows()
+    online.write(ROUTE_STATS, rows)
+    keys = pl.DataFrame(
+        {"origin": ["JFK", "LGA", "JFK", "JFK", "EWR"], "dest": ["ORD", "ORD", "LAX", "ORD", "LAX"]}
+    )
+    back = online.read(ROUTE_STATS, keys)
+    assert back.select("origin", "dest").equals(keys)
+    present = back["valid_from"].is_not_null().to_list()
+    assert present == [True, False, True, True, False]
+    assert_frame_equal(back.slice(0, 1), rows.filter(pl.col("dest") == "ORD"))
+    missing = back.filter(pl.col("valid_from").is_null()).drop("origin", "dest")
+    assert missing.null_count().row(0) == (2,) * missing.width
+
+
+def test_reading_an_empty_key_set_gives_an_empty_typed_frame(online: OnlineStore) -> None:
+    back = online.read(PLANES, pl.DataFrame(schema={"tailnum": pl.String}))
+    assert back.is_empty()
+    assert back.schema == PLANES.polars_schema
+
+
+def test_writing_a_key_again_overwrites_it(online: OnlineStore) -> None:
+    first = route_rows(date(2013, 3, 10))
+    second = route_rows(date(2013, 3, 11), routes=2, bump=0.5)
+    online.write(ROUTE_STATS, first)
+    online.write(ROUTE_STATS, second)
+    back = online.read(ROUTE_STATS, keys_of(ROUTE_STATS, first))
+    expected = pl.concat([second, first.slice(2)])
+    assert_frame_equal(back, expected)
+
+
+def test_last_row_of_a_key_wins_within_one_write(online: OnlineStore) -> None:
+    older, newer = route_rows(date(2013, 3, 10), 1), route_rows(date(2013, 3, 11), 1, bump=0.2)
+    online.write(ROUTE_STATS, pl.concat([older, newer]))
+    assert_frame_equal(online.read(ROUTE_STATS, keys_of(ROUTE_STATS, older)), newer)
+
+
+def test_group_versions_never_collide(online: OnlineStore) -> None:
+    from dataclasses import replace
+
+    v2 = replace(PLANES, version=2)
+    rows = plane_rows()
+    online.write(PLANES, rows)
+    back = online.read(v2, keys_of(PLANES, rows))
+    assert back["valid_from"].null_count() == rows.height
+
+
+def test_ten_thousand_keys_in_one_read(online: OnlineStore) -> None:
+    n = 10_000
+    rows = PLANES.conform(
+        pl.DataFrame(
+            {
+                "tailnum": [f"N{i:05d}" for i in range(n)],
+                "valid_from": [datetime(1970, 1, 1, tzinfo=UTC)] * n,
+                "year_built": [1950 + i % 64 for i in range(n)],
+                "seats": [i % 500 + 1 for i in range(n)],
+                "engines": [i % 4 + 1 for i in range(n)],
+                "plane_type": ["Fixed wing multi engine"] * n,
+                "manufacturer": ["BOEING"] * n,
+                "engine": ["Turbo-fan"] * n,
+            }
+        )
+    )
+    assert online.write(PLANES, rows) == n
+    wanted = rows.select("tailnum").sample(fraction=1.0, shuffle=True, seed=7)
+    wanted = pl.concat([wanted, pl.DataFrame({"tailnum": ["NOPE"]})])
+    started = time.perf_counter()
+    back = online.read(PLANES, wanted)
+    elapsed = time.perf_counter() - started
+    assert back.height == n + 1
+    assert back["tailnum"].equals(wanted["tailnum"])
+    assert_frame_equal(
+        back.head(n), rows.join(wanted.head(n), on="tailnum", how="right").select(PLANES.columns)
+    )
+    assert back["valid_from"][-1] is None
+    assert elapsed < 5.0, f"reading {n} keys took {elapsed:.2f}s"
+
+
+def test_materialized_version_round_trips(online: OnlineStore) -> None:
+    assert online.materialized_version(ROUTE_STATS.table_name) is None
+    online.set_materialized_version(ROUTE_STATS.table_name, 3)
+    online.set_materialized_version(ROUTE_STATS.table_name, 12)
+    online.set_materialized_version(PLANES.table_name, 0)
+    assert online.materialized_version(ROUTE_STATS.table_name) == 12
+    assert online.materialized_version(PLANES.table_name) == 0
+    assert online.materialized_version("never_v1") is None
+
+
+def test_it_is_an_online_store_that_answers_ping(online: OnlineStore) -> None:
+    assert isinstance(online, OnlineStore)
+    online.ping()
+
+
+# -- Redis specifics -------------------------------------------------------------------------
+
+
+def test_redis_keeps_one_compact_value_per_key_under_its_namespace(
+    redis_store: RedisOnlineStore,
+) -> None:
+    rows = route_rows()
+    redis_store.write(ROUTE_STATS, rows)
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = sorted(client.scan_iter(match=f"{redis_store.namespace}:route_stats_v1:*"))
+    assert keys == sorted(
+        f'{redis_store.namespace}:route_stats_v1:["JFK","{d}"]'.encode() for d in rows["dest"]
+    )
+    assert client.get(keys[0]).startswith(b'["JFK"')
+    assert redis_store.row_count(ROUTE_STATS) == rows.height
+
+
+def test_redis_unreachable_fails_fast_with_store_unavailable() -> None:
+    store = RedisOnlineStore("redis://:s3cret@127.0.0.1:1/0", namespace="x", timeout_s=0.5)
+    started = time.perf_counter()
+    with pytest.raises(StoreUnavailable, match=r"127\.0\.0\.1:1") as caught:
+        store.ping()
+    with pytest.raises(StoreUnavailable):
+        store.read(PLANES, pl.DataFrame({"tailnum": ["N1"]}))
+    with pytest.raises(StoreUnavailable):
+        store.write(PLANES, plane_rows())
+    assert time.perf_counter() - started < 2.0
+    assert "s3cret" not in str(caught.value)
+
+
+# -- the local feature store on Delta + Redis ---------------------------------------------
+
+
+def test_local_store_materializes_only_changed_keys_to_redis(
+    tmp_path: Path, redis_store: RedisOnlineStore
+) -> None:
+    store = LocalFeatureStore(DeltaOfflineStore(str(tmp_path / "offline")), redis_store)
+    store.register(ROUTE_STATS)
+    store.insert(ROUTE_STATS, pl.concat([route_rows(date(2013, 3, 9)), route_rows()]))
+
+    first = store.materialize(ROUTE_STATS)
+    assert (first.keys_written, first.from_version) == (3, None)
+    keys = keys_of(ROUTE_STATS, route_rows())
+    assert_frame_equal(store.get_online_features(ROUTE_STATS, keys), route_rows())
+
+    newer = route_rows(date(2013, 3, 11), routes=1, bump=0.4)  # only JFK-LAX moves on
+    store.insert(ROUTE_STATS, newer)
+    second = store.materialize(ROUTE_STATS)
+    assert second.keys_written == 1
+    assert second.from_version == first.to_version
+    assert_frame_equal(
+        store.get_online_features(ROUTE_STATS, keys), pl.concat([newer, route_rows().slice(1)])
+    )
+
+    third = store.materialize(ROUTE_STATS)
+    assert third.keys_written == 0
+    assert redis_store.materialized_version(ROUTE_STATS.table_name) == second.to_version
