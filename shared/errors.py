@@ -35,3 +35,24 @@ class FeatureGroupNotFound(FTIError):
 
 class StoreUnavailable(FTIError):
     """A feature store backend (offline or online) cannot be reached."""
+
+
+class ArtifactIntegrityError(FTIError):
+    """A model artifact's files are missing, changed or unexpected: what would be served is not
+    what was registered. ``path`` names the first offending file (or directory); the lists name
+    every offending file, relative to the artifact directory."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        changed: list[str] | None = None,
+        missing: list[str] | None = None,
+        unexpected: list[str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.changed = changed or []
+        self.missing = missing or []
+        self.unexpected = unexpected or []
