@@ -1,0 +1,221 @@
+"""A registered model version as inference needs it, rebuilt from the artifact alone.
+
+The registry hands over a verified directory (:class:`shared.registry.LoadedVersion`); this module
+finds in it the TorchScript file, the MDT state, the feature view the model was trained on and
+the Triton repository of the wanted flavour, and publishes that repository for Triton.
+
+Files are found by what they contain rather than by fixed names (the MDT state is the JSON file
+with the MDT format marker, the feature view is the JSON holding a view description, possibly
+nested under ``feature_view``), so the training pipeline may lay the artifact out as it likes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from shared.errors import ArtifactIntegrityError
+from shared.feature_definitions import FEATURE_GROUPS
+from shared.feature_store import JoinRequest
+from shared.feature_view import FeatureView
+from shared.registry import LoadedVersion, ModelRegistry
+from shared.transforms import FORMAT as MDT_FORMAT
+from shared.transforms import MDTState
+from shared.triton_repository import (
+    CONFIG_FILENAME,
+    TORCHSCRIPT_FILENAME,
+    ModelSignature,
+    write_model_repository,
+)
+
+log = logging.getLogger(__name__)
+
+_NAME_LINE = re.compile(r'^name:\s*"([^"]+)"', re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    """Everything inference rebuilds from one registered version."""
+
+    version: str
+    alias: str
+    path: Path
+    torchscript: Path
+    mdt: MDTState
+    view: FeatureView
+    triton_name: str
+    triton_config: Path | None  # the artifact's config.pbtxt of the wanted flavour, if any
+
+    @property
+    def signature(self) -> ModelSignature:
+        return ModelSignature(n_numeric=self.mdt.n_numeric, n_categorical=self.mdt.n_categorical)
+
+    @property
+    def input_features(self) -> list[str]:
+        return self.mdt.input_features
+
+
+def load_serving_model(
+    registry: ModelRegistry, ref: str, destination: Path, flavour: str = "cpu"
+) -> ServingModel:
+    """Download and verify ``ref`` (alias or version) and rebuild it; raises
+    `ArtifactIntegrityError` on any changed, missing or unexpected file."""
+    loaded = registry.load(ref, destination)
+    return serving_model(loaded, alias=ref, flavour=flavour, default_name=registry.name)
+
+
+def serving_model(
+    loaded: LoadedVersion, *, alias: str, flavour: str, default_name: str
+) -> ServingModel:
+    jsons = _json_files(loaded.path)
+    mdt_data = _find(jsons, lambda d: d.get("format") == MDT_FORMAT)
+    if mdt_data is None:
+        raise ArtifactIntegrityError(
+            f"model version {loaded.version.version} has no MDT state", path=str(loaded.path)
+        )
+    view_data = _find(jsons, _is_view) or _find_nested(jsons)
+    if view_data is None:
+        raise ArtifactIntegrityError(
+            f"model version {loaded.version.version} records no feature view",
+            path=str(loaded.path),
+        )
+    mdt = MDTState.from_dict(mdt_data)
+    view = feature_view_from_description(view_data, mdt)
+    config = _triton_config(loaded.path, flavour)
+    torchscript = _torchscript(loaded.path, config)
+    name = default_name
+    if config is not None:
+        found = _NAME_LINE.search(config.read_text())
+        name = found.group(1) if found else config.parent.name
+    return ServingModel(
+        version=loaded.version.version,
+        alias=alias,
+        path=loaded.path,
+        torchscript=torchscript,
+        mdt=mdt,
+        view=view,
+        triton_name=name,
+        triton_config=config,
+    )
+
+
+def feature_view_from_description(data: dict[str, Any], mdt: MDTState) -> FeatureView:
+    """The feature view a model was trained on, rebuilt from its stored description.
+
+    Group definitions come from :data:`shared.feature_definitions.FEATURE_GROUPS`; a version
+    mismatch means this code cannot read what the model was trained on, and is refused.
+    """
+    joins = []
+    for join in data["joins"]:
+        group = FEATURE_GROUPS.get(join["group"])
+        if group is None or group.version != join["group_version"]:
+            raise ArtifactIntegrityError(
+                f"the model reads feature group {join['group']} v{join['group_version']}, "
+                "which this code does not define"
+            )
+        tolerance = join.get("tolerance_s")
+        joins.append(
+            JoinRequest(
+                group,
+                tuple(join["features"]),
+                spine_keys=tuple(join["spine_keys"]),
+                prefix=join["prefix"],
+                tolerance=None if tolerance is None else timedelta(seconds=tolerance),
+            )
+        )
+    spine = FEATURE_GROUPS[data["spine"]["group"]]
+    joined = {j.prefix + f for j in joins for f in j.feature_list()}
+    view = FeatureView(
+        name=data["name"],
+        version=int(data["version"]),
+        spine=spine,
+        label=data["label"],
+        entity_columns=tuple(data["entity_columns"]),
+        spine_features=tuple(
+            f
+            for f in (*data["numeric"], *data["categorical"])
+            if f in spine.columns and f not in joined
+        ),
+        joins=tuple(joins),
+        on_demand=tuple(data["on_demand"]),
+        numeric=tuple(data["numeric"]),
+        categorical=tuple(data["categorical"]),
+    )
+    missing = [f for f in mdt.input_features if f not in view.features]
+    if missing:
+        raise ArtifactIntegrityError(f"the MDT state needs features {missing} the view lacks")
+    return view
+
+
+def publish_for_triton(model: ServingModel, repository: Path, flavour: str) -> str:
+    """Publish the version into the serving repository as Triton version ``model.version`` and
+    retire every other version directory, so that (re)loading serves exactly this version, a
+    rollback included. Returns the Triton model name."""
+    write_model_repository(
+        repository,
+        model.triton_name,
+        int(model.version),
+        model.torchscript,
+        model.signature,
+        "gpu" if flavour == "gpu" else "cpu",
+    )
+    model_dir = repository / model.triton_name
+    if model.triton_config is not None:
+        # The artifact's own config (batching, instances) wins over the default one.
+        shutil.copyfile(model.triton_config, model_dir / CONFIG_FILENAME)
+    for child in model_dir.iterdir():
+        if child.is_dir() and child.name.isdigit() and child.name != str(int(model.version)):
+            shutil.rmtree(child)
+    return model.triton_name
+
+
+def _json_files(root: Path) -> list[dict[str, Any]]:
+    found = []
+    for path in sorted(root.rglob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(data, dict):
+            found.append(data)
+    return found
+
+
+def _is_view(data: dict[str, Any]) -> bool:
+    return {"joins", "numeric", "categorical", "spine"} <= data.keys()
+
+
+def _find(jsons: list[dict[str, Any]], match: Any) -> dict[str, Any] | None:
+    return next((d for d in jsons if match(d)), None)
+
+
+def _find_nested(jsons: list[dict[str, Any]]) -> dict[str, Any] | None:
+    for data in jsons:
+        nested = data.get("feature_view")
+        if isinstance(nested, dict) and _is_view(nested):
+            return nested
+    return None
+
+
+def _triton_config(root: Path, flavour: str) -> Path | None:
+    marker = 'backend: "python"' if flavour == "cpu" else 'platform: "pytorch_libtorch"'
+    for config in sorted(root.rglob(CONFIG_FILENAME)):
+        if marker in config.read_text():
+            return config
+    return None
+
+
+def _torchscript(root: Path, config: Path | None) -> Path:
+    top = root / TORCHSCRIPT_FILENAME
+    if top.is_file():
+        return top
+    candidates = sorted((config.parent if config else root).rglob(TORCHSCRIPT_FILENAME))
+    if not candidates:
+        raise ArtifactIntegrityError(f"no {TORCHSCRIPT_FILENAME} in {root}", path=str(root))
+    return candidates[-1]

@@ -1,0 +1,122 @@
+"""The FastAPI application: lifespan (model loading), middleware, error translation, routes."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from inference_pipeline.service.metrics import ServiceMetrics
+from inference_pipeline.service.routes import admin, health, predictions
+from inference_pipeline.service.runtime import ServiceRuntime
+from inference_pipeline.settings import InferenceSettings
+from shared.errors import (
+    ArtifactIntegrityError,
+    FTIError,
+    ModelServerUnavailable,
+    ModelVersionNotFound,
+    RegistryUnavailable,
+    StoreUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+
+# Typed errors -> (status, error code, dependency).
+_ERRORS: dict[type[FTIError], tuple[int, str, str | None]] = {
+    StoreUnavailable: (503, "dependency_unavailable", "feature_store"),
+    ModelServerUnavailable: (503, "dependency_unavailable", "triton"),
+    RegistryUnavailable: (503, "dependency_unavailable", "registry"),
+    ModelVersionNotFound: (404, "model_version_not_found", "registry"),
+    ArtifactIntegrityError: (409, "artifact_integrity", "registry"),
+}
+
+
+def create_app(settings: InferenceSettings) -> FastAPI:
+    metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = ServiceRuntime(settings, metrics)
+        app.state.runtime = runtime
+        try:
+            await runtime.start()
+            yield
+        finally:
+            await runtime.close()
+
+    app = FastAPI(
+        title="Flight delay predictions",
+        summary="Will a scheduled departure from New York leave more than 15 minutes late?",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.metrics = metrics
+    app.include_router(predictions)
+    app.include_router(health)
+    app.include_router(admin)
+
+    @app.middleware("http")
+    async def request_context(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        given = request.headers.get(REQUEST_ID_HEADER, "")
+        request.state.request_id = given if 0 < len(given) <= 64 else uuid.uuid4().hex
+        began = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.requests.labels(path, str(response.status_code)).inc()
+        metrics.request_seconds.labels(path).observe(time.perf_counter() - began)
+        response.headers[REQUEST_ID_HEADER] = request.state.request_id
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [_describe(e) for e in exc.errors()]
+        metrics.errors.labels("invalid_request").inc()
+        return JSONResponse(
+            status_code=status.HTTP_422_UNPROCESSABLE_ENTITY,
+            content={
+                "error": "invalid_request",
+                "message": "; ".join(problems),
+                "problems": problems,
+                "request_id": getattr(request.state, "request_id", None),
+            },
+        )
+
+    @app.exception_handler(FTIError)
+    async def domain_error(request: Request, exc: FTIError) -> JSONResponse:
+        code, error, dependency = next(
+            (v for k, v in _ERRORS.items() if isinstance(exc, k)), (500, "internal_error", None)
+        )
+        metrics.errors.labels(dependency or error).inc()
+        log.warning("%s %s -> %d: %s", request.method, request.url.path, code, exc)
+        return JSONResponse(
+            status_code=code,
+            content={
+                "error": error,
+                "message": str(exc),
+                "dependency": dependency,
+                "request_id": getattr(request.state, "request_id", None),
+            },
+        )
+
+    return app
+
+
+def _describe(error: dict[str, object]) -> str:
+    """``flights[0].sched_dep_time: 1275 is not an hhmm time`` rather than pydantic's dict."""
+    loc = [p for p in error.get("loc", ()) if p != "body"]  # type: ignore[attr-defined]
+    where = ""
+    for part in loc:
+        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"{where or 'body'}: {message}"

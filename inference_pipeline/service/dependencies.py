@@ -1,0 +1,84 @@
+"""Request dependencies, as ``Annotated`` aliases the routes declare: the runtime, the model being
+served, the feature store, the Triton client, and the API-key checks."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.security import APIKeyHeader
+from pydantic import SecretStr
+
+from inference_pipeline.model_artifact import ServingModel
+from inference_pipeline.scoring import AsyncTritonClient
+from inference_pipeline.service.runtime import ServiceRuntime
+from shared.errors import ModelServerUnavailable, StoreUnavailable
+from shared.feature_store import FeatureStore
+
+API_KEY_HEADER = "X-API-Key"
+_api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, scheme_name="APIKey")
+_admin_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, scheme_name="AdminKey")
+
+
+def get_runtime(request: Request) -> ServiceRuntime:
+    runtime: ServiceRuntime = request.app.state.runtime
+    return runtime
+
+
+Runtime = Annotated[ServiceRuntime, Depends(get_runtime)]
+
+
+def get_model(runtime: Runtime) -> ServingModel:
+    return runtime.model
+
+
+def get_store(runtime: Runtime) -> FeatureStore:
+    if runtime.store is None:
+        raise StoreUnavailable("feature store not opened")
+    return runtime.store
+
+
+def get_triton(runtime: Runtime) -> AsyncTritonClient:
+    if runtime.client is None:
+        raise ModelServerUnavailable("Triton client not connected")
+    return runtime.client
+
+
+Model = Annotated[ServingModel, Depends(get_model)]
+Store = Annotated[FeatureStore, Depends(get_store)]
+Triton = Annotated[AsyncTritonClient, Depends(get_triton)]
+
+
+def _check_key(given: str | None, expected: SecretStr, what: str) -> None:
+    if not given:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            f"missing {API_KEY_HEADER} header ({what})",
+            headers={"WWW-Authenticate": API_KEY_HEADER},
+        )
+    if not secrets.compare_digest(given.encode(), expected.get_secret_value().encode()):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"invalid {what}")
+
+
+def require_api_key(
+    runtime: Runtime, key: Annotated[str | None, Security(_api_key_header)]
+) -> None:
+    expected = runtime.settings.api_key
+    if expected is not None:
+        _check_key(key, expected, "API key")
+
+
+def require_admin_key(
+    runtime: Runtime, key: Annotated[str | None, Security(_admin_key_header)]
+) -> None:
+    expected = runtime.settings.admin_api_key
+    if expected is None:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, "admin endpoints are disabled: set FTI_ADMIN_API_KEY"
+        )
+    _check_key(key, expected, "admin API key")
+
+
+ApiKey = Depends(require_api_key)
+AdminKey = Depends(require_admin_key)

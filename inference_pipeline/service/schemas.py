@@ -1,0 +1,90 @@
+"""Typed request and response bodies of the online API."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Airport = Annotated[str, Field(pattern=r"^[A-Z0-9]{3,4}$", examples=["JFK"])]
+
+
+class ScheduledFlight(BaseModel):
+    """One scheduled departure; unknown carriers and airports are accepted and scored as
+    out-of-vocabulary (and reported as such)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    flight_date: dt.date = Field(description="local (New York) date of departure")
+    sched_dep_time: int = Field(ge=0, le=2359, description="scheduled departure, local hhmm")
+    carrier: str = Field(pattern=r"^[A-Z0-9]{2,3}$", examples=["UA"])
+    flight: int = Field(ge=1, le=9999)
+    origin: Airport
+    dest: Airport
+    tailnum: str | None = Field(default=None, max_length=10, examples=["N14228"])
+    distance: int = Field(ge=1, le=6000, description="great-circle distance, miles")
+
+    @field_validator("sched_dep_time")
+    @classmethod
+    def _is_clock_time(cls, value: int) -> int:
+        if value % 100 >= 60:
+            raise ValueError(f"{value} is not an hhmm time: minutes must be below 60")
+        return value
+
+
+class PredictionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    flights: list[ScheduledFlight] = Field(min_length=1)
+
+
+class FlightPrediction(BaseModel):
+    flight_id: str
+    probability: float = Field(description="probability of a departure delay above 15 minutes")
+    model_version: str
+    missing_features: list[str] = Field(
+        description="features with no value (imputed, or the out-of-vocabulary index)"
+    )
+    unknown_categories: list[str] = Field(
+        description="categorical features whose value the model never saw (out-of-vocabulary)"
+    )
+    missing_groups: list[str] = Field(
+        description="feature groups with no online row for this flight's key"
+    )
+
+
+class PredictionResponse(BaseModel):
+    request_id: str
+    model_version: str
+    predictions: list[FlightPrediction]
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alias: str = Field(default="champion", pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+class ReloadResponse(BaseModel):
+    alias: str
+    previous_version: str
+    version: str
+
+
+class DependencyCheck(BaseModel):
+    ok: bool
+    detail: str = ""
+
+
+class Readiness(BaseModel):
+    ready: bool
+    model_version: str | None
+    checks: dict[str, DependencyCheck]
+
+
+class ErrorBody(BaseModel):
+    error: str
+    message: str
+    dependency: str | None = None
+    request_id: str | None = None

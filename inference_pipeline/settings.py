@@ -1,0 +1,115 @@
+"""Settings of the inference pipeline (online service and batch job), env prefix ``FTI_``.
+
+One class, built once at the entry point (``python -m inference_pipeline ...``), never at import.
+It extends the shared feature store and registry settings, so ``FTI_DATA_ROOT`` and friends mean
+the same thing in every pipeline.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+
+from shared.errors import ConfigurationError
+from shared.registry import RegistrySettings
+from shared.settings import FeatureStoreSettings
+
+
+class TritonMode(StrEnum):
+    managed = "managed"  # start the nvidia-pytriton wheel's tritonserver as a subprocess
+    external = "external"  # use a running server at FTI_TRITON_URL (the official container)
+
+
+class TritonFlavour(StrEnum):
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+class InferenceSettings(FeatureStoreSettings, RegistrySettings):
+    """Where the model, the features and Triton are; how the service protects itself."""
+
+    model_alias: str = Field(default="champion", description="registry alias or version served")
+
+    # Triton
+    triton_mode: TritonMode = TritonMode.managed
+    triton_url: str | None = Field(default=None, description="host:port of Triton's HTTP API")
+    triton_flavour: TritonFlavour = TritonFlavour.cpu
+    triton_model_repository: Path | None = Field(
+        default=None,
+        description="where verified versions are published for Triton; "
+        "default <data_root>/serving/model_repository (external Triton: a shared volume)",
+    )
+    triton_runtime_dir: Path | None = Field(
+        default=None, description="managed Triton's backends and log; default <data_root>/serving"
+    )
+    triton_timeout_s: float = Field(default=2.0, gt=0, description="per inference call")
+    triton_startup_timeout_s: float = Field(default=120.0, gt=0)
+    triton_load_timeout_s: float = Field(default=120.0, gt=0)
+
+    # Online service
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_key: SecretStr | None = Field(default=None, description="X-API-Key for /v1/*")
+    admin_api_key: SecretStr | None = Field(default=None, description="X-API-Key for /admin/*")
+    allow_unauthenticated: bool = Field(
+        default=False, description="serve without an API key on a non-loopback address"
+    )
+    max_flights_per_request: int = Field(default=1000, ge=1)
+    registry_timeout_s: float = Field(default=5.0, gt=0)
+    prediction_log: bool = Field(default=True, description="log predictions for monitoring")
+    prediction_log_flush_rows: int = Field(default=2000, ge=1)
+    prediction_log_flush_s: float = Field(default=2.0, gt=0)
+
+    # Batch job
+    batch_size: int = Field(default=4096, ge=1, description="rows per Triton request")
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> InferenceSettings:
+        if self.triton_mode is TritonMode.external and not self.triton_url:
+            raise ConfigurationError("FTI_TRITON_MODE=external needs FTI_TRITON_URL (host:port)")
+        if self.api_key is None and not self.allow_unauthenticated and not _is_loopback(self.host):
+            raise ConfigurationError(
+                f"serving on {self.host} without FTI_API_KEY: set a key, or "
+                "FTI_ALLOW_UNAUTHENTICATED=true to serve an open API on purpose"
+            )
+        if (
+            self.api_key is not None
+            and self.admin_api_key is not None
+            and self.api_key.get_secret_value() == self.admin_api_key.get_secret_value()
+        ):
+            raise ConfigurationError("FTI_ADMIN_API_KEY must differ from FTI_API_KEY")
+        for name in ("api_key", "admin_api_key"):
+            key = getattr(self, name)
+            if key is not None and len(key.get_secret_value()) < 16:
+                raise ConfigurationError(f"FTI_{name.upper()} must be at least 16 characters")
+        return self
+
+    @property
+    def serving_dir(self) -> Path:
+        return self.triton_runtime_dir or self.data_root / "serving"
+
+    @property
+    def model_repository(self) -> Path:
+        return self.triton_model_repository or self.data_root / "serving" / "model_repository"
+
+    def store_settings(self) -> FeatureStoreSettings:
+        return FeatureStoreSettings.model_validate(
+            self.model_dump(include=set(FeatureStoreSettings.model_fields))
+        )
+
+    def registry_settings(self) -> RegistrySettings:
+        return RegistrySettings.model_validate(
+            self.model_dump(include=set(RegistrySettings.model_fields))
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

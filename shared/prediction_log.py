@@ -1,0 +1,136 @@
+"""The ``predictions`` feature group: every prediction the batch job and the online service make.
+
+Monitoring reads it (feature drift, delayed-label quality), so each row carries the flight, the
+model version, the feature values the model was given (before the MDT, as JSON), which of them
+were missing and imputed, and how long it took.
+
+Keys: ``flight_id`` + ``model_version`` + ``request_id``, event time ``scored_at``. The online
+service gives each API call a fresh request id and the wall-clock time; the batch job uses
+``batch-<date>`` and the local midnight of the scored day, so re-running it upserts the very same
+rows (nothing inserted, nothing updated).
+
+The flight identity expressions below are the request-side twins of the feature pipeline's
+(a test checks they agree), so a prediction joins its label by ``flight_id``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+import pandera.polars as pa
+import polars as pl
+
+from shared.feature_definitions import NYC_TZ
+from shared.feature_group import UTC_TIMESTAMP, FeatureGroup
+
+ONLINE_SOURCE = "online"
+BATCH_SOURCE = "batch"
+
+
+def _col(dtype: object, description: str, *, nullable: bool = True) -> pa.Column:
+    return pa.Column(dtype, nullable=nullable, description=description)
+
+
+PREDICTIONS = FeatureGroup(
+    name="predictions",
+    version=1,
+    primary_key=("flight_id", "model_version", "request_id"),
+    event_time="scored_at",
+    online=False,
+    description="Predictions made by batch and online inference, for monitoring.",
+    non_features=(
+        "source",
+        "flight_date",
+        "sched_dep_utc",
+        "probability",
+        "features",
+        "missing_features",
+        "latency_ms",
+    ),
+    schema=pa.DataFrameSchema(
+        {
+            "flight_id": _col(pl.String, "date-carrier+flight-origin-hhmm", nullable=False),
+            "model_version": _col(pl.String, "registered model version", nullable=False),
+            "request_id": _col(pl.String, "API request id, or batch-<date>", nullable=False),
+            "scored_at": _col(UTC_TIMESTAMP, "when scored (batch: the day's local midnight)"),
+            "source": _col(pl.String, "online or batch", nullable=False),
+            "flight_date": _col(pl.Date, "local date of the scheduled departure"),
+            "sched_dep_utc": _col(UTC_TIMESTAMP, "scheduled departure instant (UTC)"),
+            "probability": _col(pl.Float32, "predicted probability of a >15 min delay"),
+            "features": _col(pl.String, "feature values given to the MDT, as JSON"),
+            "missing_features": _col(pl.String, "features missing and imputed, comma-separated"),
+            "latency_ms": _col(pl.Float32, "online: request latency; batch: null"),
+        },
+        unique=["flight_id", "model_version", "request_id", "scored_at"],
+    ),
+)
+
+
+def flight_id() -> pl.Expr:
+    """date-carrier+number-origin-hhmm: the flights group's primary key, from request fields."""
+    return pl.concat_str(
+        [
+            pl.col("flight_date").dt.strftime("%Y%m%d"),
+            pl.lit("-"),
+            pl.col("carrier"),
+            pl.col("flight").cast(pl.String),
+            pl.lit("-"),
+            pl.col("origin"),
+            pl.lit("-"),
+            pl.col("sched_dep_time").cast(pl.String).str.zfill(4),
+        ]
+    ).alias("flight_id")
+
+
+def sched_dep_utc() -> pl.Expr:
+    """Local wall-clock departure -> UTC instant (null for times that do not exist locally)."""
+    hhmm = pl.col("sched_dep_time").cast(pl.Int64)
+    local = pl.col("flight_date").cast(pl.Datetime("us")) + pl.duration(
+        hours=hhmm // 100, minutes=hhmm % 100
+    )
+    return (
+        local.dt.replace_time_zone(NYC_TZ, ambiguous="earliest", non_existent="null")
+        .dt.convert_time_zone("UTC")
+        .alias("sched_dep_utc")
+    )
+
+
+def features_json(frame: pl.DataFrame, features: Sequence[str]) -> list[str]:
+    """One JSON object per row with the feature values (dates and times as ISO text)."""
+    rows = frame.select(features).to_dicts()
+    return [json.dumps(row, default=str, sort_keys=True) for row in rows]
+
+
+def prediction_rows(
+    frame: pl.DataFrame,
+    features: Sequence[str],
+    probability: Sequence[float],
+    missing: Sequence[Sequence[str]],
+    *,
+    model_version: str,
+    request_id: str,
+    scored_at: datetime,
+    source: str,
+    latency_ms: float | None = None,
+) -> pl.DataFrame:
+    """Rows of :data:`PREDICTIONS` for the scored ``frame`` (it holds the request fields)."""
+    if not (frame.height == len(probability) == len(missing)):
+        raise ValueError("one probability and one missing-feature list per row are needed")
+    ids = frame.select(
+        flight_id() if "flight_id" not in frame.columns else pl.col("flight_id"),
+        sched_dep_utc() if "sched_dep_utc" not in frame.columns else pl.col("sched_dep_utc"),
+        pl.col("flight_date"),
+    )
+    rows = ids.with_columns(
+        pl.lit(model_version).alias("model_version"),
+        pl.lit(request_id).alias("request_id"),
+        pl.lit(scored_at).cast(UTC_TIMESTAMP).alias("scored_at"),
+        pl.lit(source).alias("source"),
+        pl.Series("probability", list(probability), dtype=pl.Float32),
+        pl.Series("features", features_json(frame, features), dtype=pl.String),
+        pl.Series("missing_features", [",".join(m) for m in missing], dtype=pl.String),
+        pl.lit(latency_ms, dtype=pl.Float32).alias("latency_ms"),
+    )
+    return PREDICTIONS.conform(rows)
