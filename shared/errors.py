@@ -56,3 +56,23 @@ class ArtifactIntegrityError(FTIError):
         self.changed = changed or []
         self.missing = missing or []
         self.unexpected = unexpected or []
+
+
+class RegistryUnavailable(FTIError):
+    """The model registry / tracking server (MLflow) cannot be reached."""
+
+
+class ModelVersionNotFound(FTIError):
+    """No registered model version matches the requested number or alias."""
+
+
+class GateFailed(FTIError):
+    """A candidate model failed a quality gate; it was not made champion."""
+
+    def __init__(self, message: str, *, reasons: list[str]) -> None:
+        super().__init__(message)
+        self.reasons = reasons
+
+
+class CheckpointError(FTIError):
+    """A training run cannot resume: no checkpoint, or one from another config or data."""

@@ -1,0 +1,182 @@
+"""``python -m training_pipeline``: train, promote, rollback.
+
+Commands are thin: they build the settings and the config, call plain functions of
+:mod:`training_pipeline.pipeline` / :mod:`shared.registry`, and translate typed errors into one
+readable line and an exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from shared.errors import ConfigurationError, FTIError, GateFailed
+from shared.registry import ModelRegistry
+from training_pipeline.config import TrainingConfig, TrainingSettings, Window
+from training_pipeline.loop import EpochRecord
+from training_pipeline.pipeline import TrainingOutcome, raise_if_refused, run_training
+
+app = typer.Typer(help="Training pipeline: feature view -> model -> validation -> registry.")
+console = Console(stderr=True)
+
+EXIT_CODES: dict[type[FTIError], int] = {ConfigurationError: 2, GateFailed: 3}
+
+
+@contextmanager
+def _errors_as_exit() -> Iterator[None]:
+    """Typed errors -> one readable line on stderr + an exit code (never a stack trace)."""
+    try:
+        yield
+    except FTIError as exc:
+        code = next((c for t, c in EXIT_CODES.items() if isinstance(exc, t)), 1)
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code) from exc
+    except ValidationError as exc:
+        typer.echo(f"error: invalid settings: {exc.errors()[0]['msg']}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _settings() -> TrainingSettings:
+    return TrainingSettings()
+
+
+def _configure_logging(verbose: bool, rank_zero: bool = True) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _window(value: str | None) -> Window | None:
+    return None if value is None else Window.parse(value)
+
+
+def build_config(
+    config_file: Path | None,
+    *,
+    epochs: int | None = None,
+    train: str | None = None,
+    validation: str | None = None,
+    test: str | None = None,
+    seed: int | None = None,
+) -> TrainingConfig:
+    base = TrainingConfig.from_file(config_file) if config_file else TrainingConfig()
+    return base.with_overrides(
+        **{
+            "optim.epochs": epochs,
+            "seed": seed,
+            "windows.train": _window(train),
+            "windows.validation": _window(validation),
+            "windows.test": _window(test),
+        }
+    )
+
+
+def _summary_table(outcome: TrainingOutcome) -> Table:
+    table = Table(title=f"model version {outcome.version} (run {outcome.run_id[:8]})")
+    table.add_column("test window metric")
+    table.add_column("network", justify="right")
+    table.add_column("boosted trees", justify="right")
+    for key in ("roc_auc", "pr_auc", "log_loss", "brier", "base_rate", "rows"):
+        base = outcome.baseline[key] if outcome.baseline else float("nan")
+        table.add_row(key, f"{outcome.network[key]:.4f}", f"{base:.4f}")
+    return table
+
+
+def _progress_hook(progress: Progress, total: int) -> Callable[[EpochRecord], None]:
+    task = progress.add_task("training", total=total)
+
+    def advance(record: EpochRecord) -> None:
+        progress.update(
+            task,
+            completed=record.epoch,
+            description=f"epoch {record.epoch} val auc {record.val_roc_auc:.4f}",
+        )
+
+    return advance
+
+
+@app.command()
+def train(
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="TOML or JSON training config")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="maximum epochs")] = None,
+    train_window: Annotated[
+        str | None, typer.Option("--train", help="START:END local dates, END exclusive")
+    ] = None,
+    validation_window: Annotated[str | None, typer.Option("--validation")] = None,
+    test_window: Annotated[str | None, typer.Option("--test")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue from the last checkpoint")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Train on the feature view, validate on the test window, register (and maybe promote).
+
+    Defaults to the full 2013 year: train Jan-Sep, validate Oct, test Nov-Dec.
+    """
+    _configure_logging(verbose)
+    with _errors_as_exit():
+        settings = _settings()
+        config = build_config(
+            config_file,
+            epochs=epochs,
+            train=train_window,
+            validation=validation_window,
+            test=test_window,
+            seed=seed,
+        )
+        with Progress(console=console, transient=True) as progress:
+            outcome = run_training(
+                settings,
+                config,
+                resume=resume,
+                on_epoch_end=_progress_hook(progress, config.optim.epochs),
+            )
+        if outcome is None:  # a non-zero rank of a torchrun job: rank 0 reports
+            return
+        Console().print(_summary_table(outcome))
+        print(json.dumps(outcome.summary(), default=_jsonable, sort_keys=True))
+        raise_if_refused(outcome)
+
+
+def _jsonable(value: Any) -> Any:
+    return str(value)
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="version number or alias, e.g. challenger")],
+) -> None:
+    """Point the ``champion`` alias at VERSION (explicitly, without gates)."""
+    _configure_logging(False)
+    with _errors_as_exit():
+        registry = ModelRegistry(_settings().registry_settings())
+        moved = registry.promote(registry.resolve(version).version)
+        print(f"champion -> {moved.name} version {moved.version}")
+
+
+@app.command()
+def rollback() -> None:
+    """Move ``champion`` back to the version that held it before."""
+    _configure_logging(False)
+    with _errors_as_exit():
+        registry = ModelRegistry(_settings().registry_settings())
+        moved = registry.rollback()
+        print(f"champion -> {moved.name} version {moved.version}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,214 @@
+"""What a training run does (windows, model, optimisation, gates) and where it reads and writes.
+
+Two objects, on purpose:
+
+- :class:`TrainingSettings` (pydantic-settings, env prefix ``FTI_``): *where* - the feature store,
+  the registry, the checkpoint folder, the device. Built once at the entry point.
+- :class:`TrainingConfig` (a plain pydantic model, from a TOML/JSON file and CLI flags): *what* -
+  the experiment. Its resolved form is logged to MLflow and saved with the model version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from datetime import date
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shared.errors import ConfigurationError
+from shared.registry import RegistrySettings
+from shared.settings import FeatureStoreSettings
+
+
+class Window(BaseModel):
+    """Local flight dates [start, end): ``end`` is exclusive."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    start: date
+    end: date
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Window:
+        if self.end <= self.start:
+            raise ValueError(f"window end {self.end} must be after its start {self.start}")
+        return self
+
+    @classmethod
+    def parse(cls, text: str) -> Window:
+        """``2013-01-01:2013-10-01`` -> Window (end exclusive)."""
+        start, sep, end = text.partition(":")
+        if not sep:
+            raise ConfigurationError(f"window {text!r}: expected START:END (ISO dates)")
+        try:
+            return cls(start=date.fromisoformat(start), end=date.fromisoformat(end))
+        except (ValueError, ValidationError) as exc:
+            raise ConfigurationError(f"window {text!r}: {exc}") from exc
+
+    def __str__(self) -> str:
+        return f"{self.start}:{self.end}"
+
+
+class Windows(BaseModel):
+    """Time split; the default is the full 2013 year: train Jan-Sep, validate Oct, test Nov-Dec."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    train: Window = Window(start=date(2013, 1, 1), end=date(2013, 10, 1))
+    validation: Window = Window(start=date(2013, 10, 1), end=date(2013, 11, 1))
+    test: Window = Window(start=date(2013, 11, 1), end=date(2014, 1, 1))
+
+    @model_validator(mode="after")
+    def _in_time_order(self) -> Windows:
+        if self.validation.start < self.train.end or self.test.start < self.validation.end:
+            raise ValueError("windows must not overlap and must run train < validation < test")
+        return self
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Small and well regularised: wider nets overfit the Jan-Sep days within two epochs.
+    hidden: tuple[int, ...] = (128, 64)
+    dropout: float = Field(default=0.3, ge=0.0, lt=1.0)
+    max_embedding_dim: int = Field(default=16, ge=1)
+
+
+class OptimConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    epochs: int = Field(default=12, ge=1)
+    batch_size: int = Field(default=2048, ge=2)  # global, across all processes
+    lr: float = Field(default=1e-3, gt=0)
+    min_lr_ratio: float = Field(default=0.05, ge=0, le=1)
+    warmup_steps: int = Field(default=200, ge=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    patience: int = Field(default=3, ge=1)  # epochs without validation improvement
+    eval_batch_size: int = Field(default=16384, ge=1)
+
+
+class MDTConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_frequency: int = Field(default=20, ge=1)
+    max_vocabulary: int = Field(default=250, ge=1)  # also keeps HGB's categorical limit (255)
+    clip: float = Field(default=8.0, gt=0)
+
+
+class BaselineConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    max_iter: int = Field(default=500, ge=1)
+    learning_rate: float = Field(default=0.1, gt=0)
+    max_leaf_nodes: int = Field(default=63, ge=2)
+    l2_regularization: float = Field(default=1.0, ge=0)
+
+
+class GateConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_roc_auc: float = Field(default=0.65, ge=0, le=1)  # absolute floor on the test window
+    # The candidate may trail the champion by at most this much ROC AUC on the same window.
+    max_roc_auc_drop: float = Field(default=0.0, ge=0, le=1)
+
+
+class TrainingConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seed: int = 13
+    windows: Windows = Windows()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    mdt: MDTConfig = MDTConfig()
+    baseline: BaselineConfig = BaselineConfig()
+    gates: GateConfig = GateConfig()
+
+    @classmethod
+    def from_file(cls, path: Path) -> TrainingConfig:
+        """Load a ``.toml`` or ``.json`` config; unknown keys are refused, not ignored."""
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read config {path}: {exc.strerror}") from exc
+        try:
+            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+            return cls.model_validate(data)
+        except (ValueError, ValidationError) as exc:
+            raise ConfigurationError(f"config {path}: {_one_line(exc)}") from exc
+
+    def with_overrides(self, **changes: Any) -> TrainingConfig:
+        """A copy with dotted keys replaced, e.g. ``{"optim.epochs": 3}``; re-validated."""
+        data = self.model_dump(mode="json")
+        for dotted, value in changes.items():
+            if value is None:
+                continue
+            *parents, leaf = dotted.split(".")
+            node = data
+            for key in parents:
+                node = node[key]
+            node[leaf] = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+        try:
+            return TrainingConfig.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigurationError(_one_line(exc)) from exc
+
+    def fingerprint(self) -> str:
+        """sha256 of the resolved config: a checkpoint only resumes under the same one."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def flat(self) -> dict[str, Any]:
+        """``{"optim.lr": 0.002, ...}`` for MLflow params."""
+        return _flatten(self.model_dump(mode="json"))
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    return str(exc).splitlines()[0]
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class TrainingSettings(FeatureStoreSettings, RegistrySettings):
+    """Everything the training pipeline reads from the environment (prefix ``FTI_``)."""
+
+    checkpoint_dir: Path | None = Field(
+        default=None, description="checkpoints; defaults to <data_root>/checkpoints"
+    )
+    device: Device = Device.auto
+    git_commit: str | None = Field(default=None, description="overrides `git rev-parse HEAD`")
+
+    @property
+    def resolved_checkpoint_dir(self) -> Path:
+        return self.checkpoint_dir or self.data_root / "checkpoints"
+
+    def store_settings(self) -> FeatureStoreSettings:
+        return FeatureStoreSettings.model_validate(
+            self.model_dump(include=set(FeatureStoreSettings.model_fields))
+        )
+
+    def registry_settings(self) -> RegistrySettings:
+        return RegistrySettings.model_validate(
+            self.model_dump(include=set(RegistrySettings.model_fields))
+        )

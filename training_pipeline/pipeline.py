@@ -1,0 +1,309 @@
+"""One training run, end to end: data -> fit -> evaluate -> baseline -> gates -> register.
+
+Every process of a ``torchrun`` job runs :func:`run_training`; only rank 0 evaluates, talks to
+MLflow and writes files. Commands in ``__main__`` are thin wrappers around these functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from shared.errors import GateFailed
+from shared.feature_store import open_feature_store
+from shared.feature_view import FLIGHT_DELAY_VIEW, FeatureView
+from shared.registry import CHAMPION, ModelRegistry, RegisteredVersion
+from training_pipeline.baseline import train_baseline
+from training_pipeline.champion import score_version
+from training_pipeline.config import TrainingConfig, TrainingSettings
+from training_pipeline.data import Split, TrainingData, load_training_data
+from training_pipeline.distributed import DistContext, distributed_context
+from training_pipeline.evaluation import (
+    classification_metrics,
+    per_group_metrics,
+    plot_reliability,
+    reliability_curve,
+)
+from training_pipeline.gates import GateDecision, check_gates
+from training_pipeline.loop import EpochRecord, FitResult, Tensors, fit, predict
+from training_pipeline.model import TabularNet, export_torchscript
+from training_pipeline.reference_stats import reference_stats
+from training_pipeline.register import build_model_package
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    run_id: str
+    version: str
+    promoted: bool
+    decision: GateDecision
+    network: dict[str, float]
+    baseline: dict[str, float] | None
+    champion_before: str | None
+    champion_roc_auc: float | None
+    lineage: dict[str, Any]
+    epochs: int
+    best_epoch: int
+    resumed_from_epoch: int | None
+    rows_per_s: float
+
+    def summary(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k not in ("lineage",)} | {
+            "data_sha256": self.lineage["data_sha256"]
+        }
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def git_commit(settings: TrainingSettings) -> str:
+    if settings.git_commit:
+        return settings.git_commit
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def run_fingerprint(config: TrainingConfig, data: TrainingData) -> str:
+    """A checkpoint resumes only with the same config AND the same training data."""
+    return f"{config.fingerprint()}:{data.lineage.data_sha256}"
+
+
+def train_network(
+    settings: TrainingSettings,
+    config: TrainingConfig,
+    data: TrainingData,
+    ctx: DistContext,
+    *,
+    resume: bool = False,
+    on_epoch_end: Callable[[EpochRecord], None] | None = None,
+) -> tuple[TabularNet, FitResult]:
+    """Fit the network on this process's device; returns it with the best epoch's weights."""
+    seed_everything(config.seed)
+    net = TabularNet.from_config(config.model, data.mdt.n_numeric, data.mdt.cardinalities)
+    net = net.to(ctx.device)
+    result = fit(
+        net,
+        Tensors.from_split(data.train.features, data.train.labels, ctx.device),
+        Tensors.from_split(data.validation.features, data.validation.labels, ctx.device),
+        config.optim,
+        seed=config.seed,
+        ctx=ctx,
+        checkpoint_dir=settings.resolved_checkpoint_dir,
+        fingerprint=run_fingerprint(config, data),
+        resume=resume,
+        on_epoch_end=on_epoch_end,
+    )
+    net.load_state_dict(result.best_state)
+    return net, result
+
+
+def predict_split(net: TabularNet, split: Split, device: torch.device, batch: int) -> np.ndarray:
+    tensors = Tensors.from_split(split.features, split.labels, device)
+    return predict(net, tensors, batch).float().cpu().numpy()
+
+
+def score_champion(
+    registry: ModelRegistry, test: Split, workdir: Path
+) -> tuple[str | None, float | None]:
+    """The current champion's ROC AUC on this run's test window (None when there is none)."""
+    version = registry.version_for(CHAMPION)
+    if version is None:
+        return None, None
+    loaded = registry.load(version, workdir / f"champion-v{version}")
+    probs = score_version(loaded, test.frame)
+    return version, classification_metrics(test.labels, probs)["roc_auc"]
+
+
+def run_training(
+    settings: TrainingSettings,
+    config: TrainingConfig,
+    *,
+    resume: bool = False,
+    view: FeatureView = FLIGHT_DELAY_VIEW,
+    on_epoch_end: Callable[[EpochRecord], None] | None = None,
+) -> TrainingOutcome | None:
+    """Train, validate and register. Returns the outcome on rank 0, None on other ranks.
+
+    The version is always registered (alias ``challenger``); it becomes ``champion`` only when
+    every gate passes - see ``outcome.decision`` (:func:`raise_if_refused` for callers that
+    want an error).
+    """
+    with distributed_context(settings.device) as ctx:
+        store = open_feature_store(settings.store_settings())
+        try:
+            data = load_training_data(store, view, config.windows, config.mdt)
+        finally:
+            store.close()
+        net, result = train_network(
+            settings, config, data, ctx, resume=resume, on_epoch_end=on_epoch_end
+        )
+        if not ctx.is_main:
+            return None
+        with tempfile.TemporaryDirectory(prefix="fti-train-") as tmp:
+            return _validate_and_register(settings, config, data, net, result, ctx, Path(tmp))
+
+
+def _validate_and_register(
+    settings: TrainingSettings,
+    config: TrainingConfig,
+    data: TrainingData,
+    net: TabularNet,
+    result: FitResult,
+    ctx: DistContext,
+    workdir: Path,
+) -> TrainingOutcome:
+    batch = config.optim.eval_batch_size
+    test = data.test
+    probs = predict_split(net, test, ctx.device, batch)
+    network = classification_metrics(test.labels, probs)
+    origins = test.frame["origin"].to_numpy()
+    curves = {"network": reliability_curve(test.labels, probs)}
+    metrics: dict[str, Any] = {
+        "network": network,
+        "network_per_origin": per_group_metrics(origins, test.labels, probs),
+    }
+    baseline_metrics = None
+    if config.baseline.enabled:
+        baseline = train_baseline(
+            data.train.features,
+            data.train.labels,
+            data.validation.features,
+            data.validation.labels,
+            config.baseline,
+            seed=config.seed,
+        )
+        baseline_probs = baseline.predict(test.features)
+        baseline_metrics = classification_metrics(test.labels, baseline_probs)
+        metrics["baseline"] = baseline_metrics | {"fit_seconds": baseline.fit_seconds}
+        metrics["baseline_per_origin"] = per_group_metrics(origins, test.labels, baseline_probs)
+        curves["hist_gradient_boosting"] = reliability_curve(test.labels, baseline_probs)
+    metrics["reliability"] = curves
+
+    registry = ModelRegistry(settings.registry_settings())
+    champion_version, champion_auc = score_champion(registry, test, workdir)
+    decision = check_gates(
+        network["roc_auc"], champion_auc, config.gates, champion_version=champion_version
+    )
+    metrics["gates"] = asdict(decision) | {
+        "champion_version": champion_version,
+        "champion_roc_auc": champion_auc,
+    }
+    log.info("gates: %s", decision.summary())
+
+    commit = git_commit(settings)
+    lineage = data.lineage.to_dict() | {"git_commit": commit}
+    tags = data.lineage.tags() | {"git_commit": commit, "config_sha256": config.fingerprint()}
+    image = plot_reliability(
+        curves, workdir / "plots" / "reliability.png", f"Test window {data.lineage.windows['test']}"
+    )
+    run_name = f"train-{data.lineage.windows['train']}"
+    with registry.run(run_name, tags) as run_id:
+        registry.log_params(run_id, config.flat() | {"world_size": ctx.world_size})
+        for record in result.state.history:
+            values = asdict(record)
+            registry.log_metrics(
+                run_id, {k: v for k, v in values.items() if k != "epoch"}, step=record.epoch
+            )
+        registry.log_metrics(run_id, _flat_metrics(metrics))
+        version_number = registry.next_version()
+        package = build_model_package(
+            workdir / "model",
+            torchscript=export_torchscript(net, workdir / "export" / "model.pt"),
+            mdt=data.mdt,
+            model_name=settings.model_name,
+            version=version_number,
+            documents={
+                "config": config.model_dump(mode="json"),
+                "feature_view": data.lineage.feature_view,
+                "lineage": lineage,
+                "metrics": metrics,
+                "reference_stats": reference_stats(
+                    data.train.frame,
+                    data.mdt.numeric_features,
+                    data.mdt.categorical_features,
+                    predict_split(net, data.train, ctx.device, batch),
+                    seed=config.seed,
+                ),
+            },
+            images=[image],
+        )
+        registry.log_artifacts(run_id, image.parent, "plots")
+        registered = registry.register(
+            run_id, package, tags | _version_tags(network), expected_version=version_number
+        )
+        promoted = _maybe_promote(registry, registered, decision)
+        registry.set_tags(run_id, {"model_version": registered.version, "promoted": str(promoted)})
+    outcome = TrainingOutcome(
+        run_id=run_id,
+        version=registered.version,
+        promoted=promoted,
+        decision=decision,
+        network=network,
+        baseline=baseline_metrics,
+        champion_before=champion_version,
+        champion_roc_auc=champion_auc,
+        lineage=lineage,
+        epochs=result.state.epoch,
+        best_epoch=result.state.best_epoch,
+        resumed_from_epoch=result.resumed_from_epoch,
+        rows_per_s=result.rows_per_s,
+    )
+    return outcome
+
+
+def raise_if_refused(outcome: TrainingOutcome) -> None:
+    if not outcome.decision.passed:
+        raise GateFailed(
+            f"version {outcome.version} stays challenger, champion unchanged "
+            f"({outcome.champion_before or 'none'}): {outcome.decision.summary()}",
+            reasons=outcome.decision.reasons,
+        )
+
+
+def _maybe_promote(
+    registry: ModelRegistry, registered: RegisteredVersion, decision: GateDecision
+) -> bool:
+    if not decision.passed:
+        return False
+    registry.promote(registered.version)
+    return True
+
+
+def _version_tags(network: dict[str, float]) -> dict[str, str]:
+    return {f"test_{k}": f"{v:.6f}" for k, v in network.items()}
+
+
+def _flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    flat: dict[str, float] = {}
+    for name in ("network", "baseline"):
+        for key, value in metrics.get(name, {}).items():
+            flat[f"test_{key}" if name == "network" else f"baseline_test_{key}"] = value
+    for name in ("network_per_origin", "baseline_per_origin"):
+        prefix = "test" if name == "network_per_origin" else "baseline_test"
+        for origin, values in metrics.get(name, {}).items():
+            for key in ("roc_auc", "pr_auc", "log_loss", "brier", "base_rate", "rows"):
+                flat[f"{prefix}_{key}.{origin}"] = values[key]
+    return {k: v for k, v in flat.items() if v == v}  # MLflow refuses NaN in some stores
