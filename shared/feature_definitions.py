@@ -22,7 +22,9 @@ DELAY_THRESHOLD_MIN = 15
 ROLLING_WINDOWS_DAYS = (7, 28)
 
 
-def _col(dtype: PolarsType, description: str, *checks: pa.Check, nullable: bool = True) -> pa.Column:
+def _col(
+    dtype: PolarsType, description: str, *checks: pa.Check, nullable: bool = True
+) -> pa.Column:
     return pa.Column(dtype, list(checks), nullable=nullable, description=description)
 
 
