@@ -90,7 +90,7 @@ def score_day(
         frame, versions = scoring_frame(store, model, day)
         summary.table_versions = versions
         matrices = apply_mdt(frame, model.mdt)
-        reports = input_reports(frame, model)
+        reports = input_reports(frame, model, matrices)
         step(f"score {frame.height:,} flights")
         if in_process:
             summary.scorer = "in-process TorchScript"

@@ -27,7 +27,7 @@ from shared.feature_definitions import FLIGHTS
 from shared.feature_store import FeatureStore
 from shared.feature_view import attach_online_features
 from shared.prediction_log import flight_id, sched_dep_utc
-from shared.transforms import FeatureMatrices, MDTState, apply_mdt
+from shared.transforms import OOV_INDEX, FeatureMatrices, MDTState, apply_mdt
 from shared.triton_repository import CATEGORICAL_INPUT, NUMERIC_INPUT, PROBABILITY_OUTPUT
 
 log = logging.getLogger(__name__)
@@ -68,42 +68,40 @@ class InputReport:
     missing_groups: list[str]  # feature groups with no online row for the flight's key
 
 
-def input_reports(frame: pl.DataFrame, model: ServingModel) -> list[InputReport]:
+def input_reports(
+    frame: pl.DataFrame, model: ServingModel, matrices: FeatureMatrices
+) -> list[InputReport]:
+    """Per flight: the features the MDT imputed or sent to the out-of-vocabulary index.
+
+    Read off the MDT's own output (its missing-value indicators and index 0), so the report says
+    exactly what the model was given; only "null or unknown value?" needs the raw column."""
     mdt = model.mdt
-    nulls = frame.select(pl.col(f).is_null() for f in mdt.input_features)
-    numeric_nan = [f for f in mdt.numeric_features if frame.schema[f].is_float()]
-    if numeric_nan:
-        nulls = nulls.with_columns(
-            (pl.col(f) | frame[f].is_nan().fill_null(False)).alias(f) for f in numeric_nan
-        )
-    unknown = frame.select(
-        (
-            pl.col(s.name).is_not_null() & ~pl.col(s.name).cast(pl.String).is_in(list(s.vocabulary))
-        ).alias(s.name)
-        for s in mdt.categorical
-    )
-    groups = {
-        join.group.name: [c for f in join.feature_list() if (c := join.prefix + f) in frame]
+    numeric = mdt.numeric_features
+    categorical = mdt.categorical_features
+    imputed = matrices.numeric[:, len(numeric) :] > 0.5
+    oov = matrices.categorical == OOV_INDEX
+    null = frame.select(pl.col(c).is_null() for c in categorical).to_numpy()
+    inputs = set(mdt.input_features)
+    groups = [
+        (join.group.name, [c for f in join.feature_list() if (c := join.prefix + f) in inputs])
         for join in model.view.joins
-    }
-    group_missing = frame.select(
-        pl.all_horizontal(pl.col(c).is_null() for c in cols).alias(name)
-        for name, cols in groups.items()
-        if cols
-    )
-    return [
-        InputReport(
-            missing_features=[f for f, v in n.items() if v],
-            unknown_categories=[f for f, v in u.items() if v],
-            missing_groups=[g for g, v in m.items() if v],
-        )
-        for n, u, m in zip(
-            nulls.iter_rows(named=True),
-            unknown.iter_rows(named=True),
-            group_missing.iter_rows(named=True),
-            strict=True,
-        )
     ]
+    reports = []
+    for row in range(len(matrices)):
+        missing = [n for n, m in zip(numeric, imputed[row], strict=True) if m]
+        missing += [c for c, o, n in zip(categorical, oov[row], null[row], strict=True) if o and n]
+        unknown = [
+            c for c, o, n in zip(categorical, oov[row], null[row], strict=True) if o and not n
+        ]
+        absent = set(missing)
+        reports.append(
+            InputReport(
+                missing_features=missing,
+                unknown_categories=unknown,
+                missing_groups=[g for g, cols in groups if cols and absent.issuperset(cols)],
+            )
+        )
+    return reports
 
 
 def transform(frame: pl.DataFrame, mdt: MDTState) -> FeatureMatrices:

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response, status
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
@@ -83,7 +83,7 @@ def create_app(settings: InferenceSettings) -> FastAPI:
         problems = [_describe(e) for e in exc.errors()]
         metrics.errors.labels("invalid_request").inc()
         return JSONResponse(
-            status_code=status.HTTP_422_UNPROCESSABLE_ENTITY,
+            status_code=422,
             content={
                 "error": "invalid_request",
                 "message": "; ".join(problems),

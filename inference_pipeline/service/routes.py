@@ -54,7 +54,8 @@ def _features_and_matrices(
     began = time.perf_counter()
     frame = online_feature_frame(store, model, requests)
     read_s = time.perf_counter() - began
-    return frame, input_reports(frame, model), transform(frame, model.mdt), read_s
+    matrices = transform(frame, model.mdt)
+    return frame, input_reports(frame, model, matrices), matrices, read_s
 
 
 @predictions.post(
@@ -129,7 +130,7 @@ def _too_many(count: int, limit: int) -> Exception:
     from fastapi import HTTPException
 
     return HTTPException(
-        status.HTTP_422_UNPROCESSABLE_ENTITY,
+        422,
         f"{count} flights in one request; at most {limit} (FTI_MAX_FLIGHTS_PER_REQUEST)",
     )
 

@@ -15,6 +15,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -58,6 +59,12 @@ class ServiceRuntime:
         self._reload_lock = asyncio.Lock()
         self._heal_lock = asyncio.Lock()
         self._last_heal = 0.0
+        # tritonclient's synchronous HTTP client (model control) is gevent-based and must stay
+        # on the thread that created it: every control call goes through this one thread.
+        self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triton-control")
+
+    async def _on_control_thread(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._control, fn, *args)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -67,8 +74,8 @@ class ServiceRuntime:
         self.registry = await asyncio.to_thread(ModelRegistry, s.registry_settings())
         model = await asyncio.to_thread(self._fetch, s.model_alias)
         await asyncio.to_thread(publish_for_triton, model, s.model_repository, s.triton_flavour)
-        self.triton = await asyncio.to_thread(self._triton_server)
-        await asyncio.to_thread(self.triton.load_model, model.triton_name)
+        self.triton = await self._on_control_thread(self._triton_server)
+        await self._on_control_thread(self.triton.load_model, model.triton_name)
         self.client = AsyncTritonClient(self.triton.endpoints.http, s.triton_timeout_s)
         self._set_model(model)
         if s.prediction_log:
@@ -109,7 +116,8 @@ class ServiceRuntime:
         if self.client is not None:
             await self.client.close()
         if self.triton is not None:
-            await asyncio.to_thread(self.triton.stop)
+            await self._on_control_thread(self.triton.stop)
+        self._control.shutdown(wait=False)
         if self.store is not None:
             self.store.close()
 
@@ -141,7 +149,7 @@ class ServiceRuntime:
                     self.settings.triton_flavour,
                 )
                 assert self.triton is not None
-                await asyncio.to_thread(self.triton.load_model, model.triton_name)
+                await self._on_control_thread(self.triton.load_model, model.triton_name)
             except Exception:
                 self.metrics.reloads.labels("failed").inc()
                 raise
@@ -160,14 +168,14 @@ class ServiceRuntime:
             if triton is None or self.client is None:
                 return
             try:
-                if not await asyncio.to_thread(triton.is_ready):
+                if not await self._on_control_thread(triton.is_ready):
                     return
                 if await self.client.model_ready(model.triton_name, model.version):
                     return
                 log.warning(
                     "Triton is up without %s v%s; loading it", model.triton_name, model.version
                 )
-                await asyncio.to_thread(triton.load_model, model.triton_name)
+                await self._on_control_thread(triton.load_model, model.triton_name)
             except (TritonServerError, ModelServerUnavailable) as exc:
                 log.warning("Triton not healed yet: %s", exc)
 

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -171,3 +172,45 @@ def copy_root(registered_model: RegisteredModel, tmp_path: Path) -> Path:
     target = tmp_path / "root"
     shutil.copytree(registered_model.root, target, ignore=shutil.ignore_patterns("serving"))
     return target
+
+
+@dataclass(frozen=True)
+class SharedTriton:
+    url: str
+    repository: Path
+
+
+@pytest.fixture(scope="session")
+def triton(
+    registered_model: RegisteredModel, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SharedTriton]:
+    """One Triton for the in-process service tests (external mode), the model published into
+    its repository the way the service publishes it."""
+    from inference_pipeline.model_artifact import load_serving_model, publish_for_triton
+    from inference_pipeline.triton_server import TritonServer
+
+    work = tmp_path_factory.mktemp("triton")
+    registry = ModelRegistry(
+        RegistrySettings(data_root=registered_model.root, model_name=MODEL_NAME)
+    )
+    model = load_serving_model(registry, "champion", work / "artifact")
+    publish_for_triton(model, work / "repository", "cpu")
+    with TritonServer.start_local(work / "repository", work / "runtime") as server:
+        server.load_model(model.triton_name)
+        yield SharedTriton(url=server.endpoints.http, repository=work / "repository")
+
+
+def inference_settings(root: Path, triton: SharedTriton, tmp: Path, **overrides: object):  # type: ignore[no-untyped-def]
+    from inference_pipeline.settings import InferenceSettings
+
+    values: dict[str, object] = {
+        "data_root": root,
+        "model_name": MODEL_NAME,
+        "triton_mode": "external",
+        "triton_url": triton.url,
+        "triton_model_repository": triton.repository,
+        "triton_runtime_dir": tmp / "serving",
+        "prediction_log_flush_s": 0.2,
+        **overrides,
+    }
+    return InferenceSettings(_env_file=None, **values)  # type: ignore[arg-type, call-arg]

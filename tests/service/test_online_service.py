@@ -1,0 +1,206 @@
+"""The online service in process (FastAPI TestClient, the real lifespan) against a real Triton,
+the real SQLite online store and the registered model: predictions, missing and unknown inputs,
+readable 422s, API keys, metrics, readiness, reload and the prediction log."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import pytest
+from fastapi.testclient import TestClient
+
+from inference_pipeline.service import create_app
+from shared.feature_store import open_feature_store
+from shared.prediction_log import PREDICTIONS
+from shared.settings import FeatureStoreSettings
+from tests.service.conftest import (
+    ADMIN_KEY,
+    API_KEY,
+    RegisteredModel,
+    SharedTriton,
+    inference_settings,
+)
+
+pytestmark = pytest.mark.integration
+
+UA_1545 = {
+    "flight_date": "2013-03-10",
+    "sched_dep_time": 830,
+    "carrier": "UA",
+    "flight": 1545,
+    "origin": "EWR",
+    "dest": "IAH",
+    "tailnum": "N14228",
+    "distance": 1400,
+}
+KEY = {"X-API-Key": API_KEY}
+
+
+@pytest.fixture(scope="module")
+def client(
+    registered_model: RegisteredModel,
+    triton: SharedTriton,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[TestClient]:
+    settings = inference_settings(
+        registered_model.root,
+        triton,
+        tmp_path_factory.mktemp("online"),
+        api_key=API_KEY,
+        admin_api_key=ADMIN_KEY,
+    )
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def predict(client: TestClient, *flights: dict[str, object]) -> dict:  # type: ignore[type-arg]
+    response = client.post("/v1/predictions", json={"flights": list(flights)}, headers=KEY)
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def test_one_flight_gets_a_probability_version_and_request_id(
+    client: TestClient, registered_model: RegisteredModel
+) -> None:
+    response = client.post(
+        "/v1/predictions", json={"flights": [UA_1545]}, headers={**KEY, "X-Request-ID": "abc-1"}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["request_id"] == "abc-1" == response.headers["X-Request-ID"]
+    assert body["model_version"] == registered_model.version
+    (prediction,) = body["predictions"]
+    assert prediction["flight_id"] == "20130310-UA1545-EWR-0830"
+    assert 0.0 < prediction["probability"] < 1.0
+    assert prediction["missing_groups"] == []
+    assert prediction["unknown_categories"] == []
+
+
+def test_many_flights_in_one_request_keep_their_order(client: TestClient) -> None:
+    flights = [{**UA_1545, "sched_dep_time": t} for t in (600, 830, 1200, 1745, 2100)]
+    body = predict(client, *flights)
+    ids = [p["flight_id"][-4:] for p in body["predictions"]]
+    assert ids == ["0600", "0830", "1200", "1745", "2100"]
+    alone = predict(client, flights[3])["predictions"][0]["probability"]
+    assert body["predictions"][3]["probability"] == pytest.approx(alone, abs=1e-6)
+
+
+def test_unknown_carrier_airport_and_plane_are_imputed_and_flagged(client: TestClient) -> None:
+    flight = {**UA_1545, "carrier": "ZZ", "dest": "QQQ", "tailnum": "N00000"}
+    (prediction,) = predict(client, flight)["predictions"]
+    assert 0.0 < prediction["probability"] < 1.0
+    assert set(prediction["unknown_categories"]) == {"carrier", "dest"}
+    assert set(prediction["missing_groups"]) == {"route_stats", "carrier_stats", "planes"}
+    assert {"route_delay_rate_7d", "carrier_flights_28d", "plane_seats"} <= set(
+        prediction["missing_features"]
+    )
+
+
+def test_malformed_requests_get_a_readable_422(client: TestClient) -> None:
+    cases = {
+        "flights[0].sched_dep_time: 875 is not an hhmm time": {**UA_1545, "sched_dep_time": 875},
+        "flights[0].distance": {**UA_1545, "distance": -3},
+        "flights[0].flight_date": {**UA_1545, "flight_date": "2013-02-30"},
+        "flights[0].origin": {**UA_1545, "origin": "newark"},
+        "flights[0].seats: Extra inputs are not permitted": {**UA_1545, "seats": 3},
+    }
+    for expected, flight in cases.items():
+        response = client.post("/v1/predictions", json={"flights": [flight]}, headers=KEY)
+        assert response.status_code == 422
+        assert expected in response.json()["message"], response.json()
+    empty = client.post("/v1/predictions", json={"flights": []}, headers=KEY)
+    assert empty.status_code == 422 and "flights" in empty.json()["message"]
+
+
+def test_api_key_is_required_and_checked(client: TestClient) -> None:
+    body = {"flights": [UA_1545]}
+    assert client.post("/v1/predictions", json=body).status_code == 401
+    wrong = client.post("/v1/predictions", json=body, headers={"X-API-Key": "nope"})
+    assert wrong.status_code == 403
+    admin_key = client.post("/v1/predictions", json=body, headers={"X-API-Key": ADMIN_KEY})
+    assert admin_key.status_code == 403
+    for probe in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+        assert client.get(probe).status_code == 200, probe
+
+
+def test_reload_needs_the_admin_key_and_serves_the_alias(
+    client: TestClient, registered_model: RegisteredModel
+) -> None:
+    assert client.post("/admin/reload", json={}).status_code == 401
+    assert client.post("/admin/reload", json={}, headers=KEY).status_code == 403
+    response = client.post(
+        "/admin/reload", json={"alias": "champion"}, headers={"X-API-Key": ADMIN_KEY}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["version"] == registered_model.version
+    missing = client.post(
+        "/admin/reload", json={"alias": "nosuch"}, headers={"X-API-Key": ADMIN_KEY}
+    )
+    assert missing.status_code == 404 and "nosuch" in missing.json()["message"]
+    predict(client, UA_1545)  # still serving
+
+
+def test_readiness_names_every_dependency(client: TestClient) -> None:
+    body = client.get("/readyz").json()
+    assert body["ready"] is True
+    assert set(body["checks"]) == {"feature_store", "registry", "triton"}
+
+
+def test_metrics_expose_stage_latencies_counts_and_model(
+    client: TestClient, registered_model: RegisteredModel
+) -> None:
+    predict(client, UA_1545)
+    text = client.get("/metrics").text
+    for stage in ("features", "transform", "triton", "total"):
+        assert f'fti_prediction_stage_seconds_count{{stage="{stage}"}}' in text
+    assert 'fti_http_requests_total{route="/v1/predictions",status="200"}' in text
+    assert f"fti_model_version {float(registered_model.version)}" in text
+    assert 'fti_model_info{alias="champion"' in text
+
+
+def test_every_prediction_is_logged_for_monitoring(
+    client: TestClient, registered_model: RegisteredModel
+) -> None:
+    response = client.post(
+        "/v1/predictions", json={"flights": [UA_1545]}, headers={**KEY, "X-Request-ID": "log-me"}
+    )
+    assert response.status_code == 200
+    store = open_feature_store(FeatureStoreSettings(data_root=registered_model.root))
+    try:
+        deadline = time.monotonic() + 10
+        rows = pl.DataFrame()
+        while time.monotonic() < deadline:
+            if store.table_version(PREDICTIONS) is not None:
+                rows = store.read(PREDICTIONS).filter(pl.col("request_id") == "log-me")
+                if rows.height:
+                    break
+            time.sleep(0.2)
+    finally:
+        store.close()
+    assert rows.height == 1
+    row = rows.row(0, named=True)
+    assert row["flight_id"] == "20130310-UA1545-EWR-0830"
+    assert row["model_version"] == registered_model.version
+    assert row["source"] == "online"
+    assert row["probability"] == pytest.approx(response.json()["predictions"][0]["probability"])
+    assert row["latency_ms"] > 0
+    assert '"route_delay_rate_7d"' in row["features"]
+
+
+def test_openapi_documents_the_api_key(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert "/v1/predictions" in spec["paths"]
+    assert spec["components"]["securitySchemes"]["APIKey"]["name"] == "X-API-Key"
+
+
+def test_settings_refuse_an_open_api_on_a_public_address(tmp_path: Path) -> None:
+    from inference_pipeline.settings import InferenceSettings
+    from shared.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="FTI_API_KEY"):
+        InferenceSettings(data_root=tmp_path, host="0.0.0.0")
+    with pytest.raises(ConfigurationError, match="differ"):
+        InferenceSettings(data_root=tmp_path, api_key=API_KEY, admin_api_key=API_KEY)
