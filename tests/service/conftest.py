@@ -43,7 +43,6 @@ ADMIN_KEY = "test-admin-key-0123456789"
 class RegisteredModel:
     root: Path  # FTI_DATA_ROOT: offline + online store and MLflow
     version: str
-    torchscript: Path
 
 
 def train_small_model(store, out_dir: Path, seed: int = 13):  # type: ignore[no-untyped-def]
@@ -89,8 +88,40 @@ def register(root: Path, model_dir: Path) -> str:
     registry = ModelRegistry(RegistrySettings(data_root=root, model_name=MODEL_NAME))
     with registry.run("service-test", tags={}) as run_id:
         version = registry.register(run_id, model_dir)
-    registry.promote(version.version)
     return version.version
+
+
+def train_with_training_pipeline(root: Path) -> str | None:
+    """Train and register with the training pipeline's own entry function (small config);
+    None when this checkout's training pipeline does not offer it yet."""
+    try:
+        from training_pipeline.config import TrainingConfig, TrainingSettings
+        from training_pipeline.pipeline import run_training
+    except ImportError:
+        return None
+    config = TrainingConfig.model_validate(
+        {
+            "windows": {
+                "train": {"start": "2013-01-01", "end": "2013-02-01"},
+                "validation": {"start": "2013-02-01", "end": "2013-02-15"},
+                "test": {"start": "2013-02-15", "end": "2013-03-01"},
+            },
+            "model": {"hidden": [32], "dropout": 0.0, "max_embedding_dim": 4},
+            "optim": {"epochs": 1, "batch_size": 1024, "warmup_steps": 5, "patience": 5},
+            "baseline": {"enabled": False},
+            "gates": {"min_roc_auc": 0.0},
+        }
+    )
+    settings = TrainingSettings(
+        data_root=root,
+        model_name=MODEL_NAME,
+        checkpoint_dir=root / "checkpoints",
+        git_commit="service-tests",
+        device="cpu",
+    )
+    outcome = run_training(settings, config)
+    assert outcome is not None
+    return outcome.version
 
 
 @pytest.fixture(scope="session")
@@ -100,14 +131,18 @@ def registered_model(tmp_path_factory: pytest.TempPathFactory) -> RegisteredMode
         FeaturePipelineSettings(data_root=root), date(2013, 1, 1), LAST_FEATURE_DAY
     )
     assert summary.error is None, summary.error
-    store = open_feature_store(FeaturePipelineSettings(data_root=root))
-    try:
-        model_dir = tmp_path_factory.mktemp("model_v1")
-        train_small_model(store, model_dir)
-    finally:
-        store.close()
-    version = register(root, model_dir)
-    return RegisteredModel(root=root, version=version, torchscript=model_dir / "model.pt")
+    version = train_with_training_pipeline(root)
+    if version is None:
+        store = open_feature_store(FeaturePipelineSettings(data_root=root))
+        try:
+            model_dir = tmp_path_factory.mktemp("model_v1")
+            train_small_model(store, model_dir)
+        finally:
+            store.close()
+        version = register(root, model_dir)
+    registry = ModelRegistry(RegistrySettings(data_root=root, model_name=MODEL_NAME))
+    registry.promote(version)
+    return RegisteredModel(root=root, version=version)
 
 
 def free_port() -> int:
