@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -23,8 +23,10 @@ from rich.table import Table
 from shared.errors import ConfigurationError, FTIError, GateFailed
 from shared.registry import ModelRegistry
 from training_pipeline.config import TrainingConfig, TrainingSettings, Window
-from training_pipeline.loop import EpochRecord
-from training_pipeline.pipeline import TrainingOutcome, raise_if_refused, run_training
+
+if TYPE_CHECKING:  # torch & co. load only when a command trains, so promote/rollback are quick
+    from training_pipeline.loop import EpochRecord
+    from training_pipeline.pipeline import TrainingOutcome
 
 app = typer.Typer(help="Training pipeline: feature view -> model -> validation -> registry.")
 console = Console(stderr=True)
@@ -50,7 +52,7 @@ def _settings() -> TrainingSettings:
     return TrainingSettings()
 
 
-def _configure_logging(verbose: bool, rank_zero: bool = True) -> None:
+def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -127,6 +129,8 @@ def train(
 
     Defaults to the full 2013 year: train Jan-Sep, validate Oct, test Nov-Dec.
     """
+    from training_pipeline.pipeline import raise_if_refused, run_training
+
     _configure_logging(verbose)
     with _errors_as_exit():
         settings = _settings()

