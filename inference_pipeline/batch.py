@@ -22,6 +22,7 @@ from datetime import date, timedelta
 from typing import Annotated
 
 import numpy as np
+import polars as pl
 import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -41,7 +42,7 @@ from shared.feature_view import (
 )
 from shared.prediction_log import BATCH_SOURCE, PREDICTIONS, prediction_rows
 from shared.registry import ModelRegistry
-from shared.transforms import apply_mdt
+from shared.transforms import FeatureMatrices, apply_mdt
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,9 @@ def score_day(
     return summary
 
 
-def scoring_frame(store: FeatureStore, model: ServingModel, day: date):  # type: ignore[no-untyped-def]
+def scoring_frame(
+    store: FeatureStore, model: ServingModel, day: date
+) -> tuple[pl.DataFrame, dict[str, int]]:
     """The day's flights with point-in-time features, and the table versions read."""
     versions = pinned_versions(store, model.view)
     flights = read_spine(store, model.view, day, day + timedelta(days=1), versions=versions)
@@ -133,7 +136,9 @@ def scoring_frame(store: FeatureStore, model: ServingModel, day: date):  # type:
     return build_scoring_frame(store, model.view, flights, versions=versions), versions
 
 
-def _score_on_triton(settings: InferenceSettings, model: ServingModel, matrices):  # type: ignore[no-untyped-def]
+def _score_on_triton(
+    settings: InferenceSettings, model: ServingModel, matrices: FeatureMatrices
+) -> np.ndarray:
     publish_for_triton(model, settings.model_repository, settings.triton_flavour)
     if settings.triton_mode is TritonMode.external:
         assert settings.triton_url is not None

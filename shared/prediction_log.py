@@ -29,7 +29,9 @@ ONLINE_SOURCE = "online"
 BATCH_SOURCE = "batch"
 
 
-def _col(dtype: object, description: str, *, nullable: bool = True) -> pa.Column:
+def _col(
+    dtype: type[pl.DataType] | pl.DataType, description: str, *, nullable: bool = True
+) -> pa.Column:
     return pa.Column(dtype, nullable=nullable, description=description)
 
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -44,7 +45,9 @@ predictions = APIRouter(prefix="/v1", tags=["predictions"], dependencies=[ApiKey
 health = APIRouter(tags=["operations"])
 admin = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminKey])
 
-_UNAVAILABLE = {503: {"model": ErrorBody, "description": "a dependency is down or too slow"}}
+_UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorBody, "description": "a dependency is down or too slow"}
+}
 
 
 def _features_and_matrices(

@@ -1,0 +1,252 @@
+"""Failures, with real processes: Triton killed under traffic -> 503 naming it within the timeout,
+then recovery by itself after a restart on the same ports; the Redis online store killed ->
+503 naming the feature store, then recovery; a corrupted artifact refused at load."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from inference_pipeline.model_artifact import load_serving_model
+from inference_pipeline.service import create_app
+from inference_pipeline.triton_server import (
+    TritonEndpoints,
+    TritonServer,
+    find_tritonserver,
+    prepare_backends,
+    server_command,
+    server_environment,
+)
+from shared.errors import ArtifactIntegrityError
+from shared.feature_definitions import AIRPORT_WEATHER, CARRIER_STATS, PLANES, ROUTE_STATS
+from shared.feature_store import open_feature_store
+from shared.registry import ModelRegistry, RegistrySettings
+from shared.settings import FeatureStoreSettings
+from tests.service.conftest import (
+    MODEL_NAME,
+    RegisteredModel,
+    SharedTriton,
+    free_port,
+    inference_settings,
+    start_service,
+)
+from tests.service.test_online_service import UA_1545
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+TIMEOUT_S = 1.0
+
+
+def spawn_triton(repository: Path, runtime: Path, endpoints: TritonEndpoints) -> TritonServer:
+    """A tritonserver on fixed ports (so a restart comes back where the service looks)."""
+    dist = find_tritonserver()
+    assert dist is not None
+    backends = prepare_backends(dist, runtime)
+    command = server_command(dist, repository, backends, endpoints, 5)
+    log_path = runtime / "tritonserver.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=server_environment(dist),
+            start_new_session=True,
+        )
+    server = TritonServer(endpoints, process=process, log_path=log_path, stop_timeout_s=5)
+    server.wait_until_ready(60)
+    return server
+
+
+def post(url: str, timeout: float = 10.0) -> httpx.Response:
+    return httpx.post(f"{url}/v1/predictions", json={"flights": [UA_1545]}, timeout=timeout)
+
+
+def test_triton_killed_gives_fast_503_then_recovers_after_restart(
+    registered_model: RegisteredModel, triton: SharedTriton, tmp_path: Path
+) -> None:
+    endpoints = TritonEndpoints(
+        http=f"127.0.0.1:{free_port()}",
+        grpc=f"127.0.0.1:{free_port()}",
+        metrics=f"127.0.0.1:{free_port()}",
+    )
+    repository = tmp_path / "repository"
+    shutil.copytree(triton.repository, repository)
+    server = spawn_triton(repository, tmp_path / "triton", endpoints)
+    service = start_service(
+        registered_model.root,
+        tmp_path / "service.log",
+        FTI_TRITON_MODE="external",
+        FTI_TRITON_URL=endpoints.http,
+        FTI_TRITON_MODEL_REPOSITORY=str(repository),
+        FTI_TRITON_RUNTIME_DIR=str(tmp_path / "serving"),
+        FTI_TRITON_TIMEOUT_S=str(TIMEOUT_S),
+    )
+    try:
+        for _ in range(20):
+            assert post(service.url).status_code == 200
+        assert server._process is not None
+        os.killpg(server._process.pid, signal.SIGKILL)  # the whole group: server and stubs
+        server._process.wait()
+        began = time.monotonic()
+        down = post(service.url)
+        elapsed = time.monotonic() - began
+        assert down.status_code == 503, down.text
+        assert down.json()["dependency"] == "triton"
+        assert elapsed < TIMEOUT_S + 1.0
+        ready = httpx.get(f"{service.url}/readyz", timeout=10)
+        assert ready.status_code == 503 and not ready.json()["checks"]["triton"]["ok"]
+
+        server = spawn_triton(repository, tmp_path / "triton", endpoints)  # nothing loaded
+        deadline = time.monotonic() + 60
+        status = None
+        while time.monotonic() < deadline:
+            status = post(service.url).status_code
+            if status == 200:
+                break
+            time.sleep(0.5)
+        assert status == 200, service.log()
+        assert httpx.get(f"{service.url}/readyz", timeout=10).status_code == 200
+    finally:
+        service.stop()
+        server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed")
+    port = free_port()
+
+    def start() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(tmp_path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                import redis
+
+                redis.Redis(port=port, socket_timeout=0.2).ping()
+                return process
+            except Exception:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    holder = {"process": start()}
+    yield f"redis://127.0.0.1:{port}/0", holder  # type: ignore[misc]
+    holder["process"].terminate()
+    holder["process"].wait()
+
+
+def test_online_store_down_gives_503_then_recovers(
+    registered_model: RegisteredModel, triton: SharedTriton, tmp_path: Path, redis_server
+) -> None:  # type: ignore[no-untyped-def]
+    url, holder = redis_server
+    store_settings = dict(
+        online_backend="redis", redis_url=url, redis_namespace="svc", online_timeout_s=0.5
+    )
+    store = open_feature_store(
+        FeatureStoreSettings(data_root=registered_model.root, **store_settings)  # type: ignore[arg-type]
+    )
+    try:
+        for group in (ROUTE_STATS, CARRIER_STATS, AIRPORT_WEATHER, PLANES):
+            store.materialize(group)
+    finally:
+        store.close()
+    settings = inference_settings(
+        registered_model.root, triton, tmp_path, prediction_log=False, **store_settings
+    )
+    body = {"flights": [UA_1545]}
+    with TestClient(create_app(settings)) as client:
+        ok = client.post("/v1/predictions", json=body)
+        assert ok.status_code == 200 and ok.json()["predictions"][0]["missing_groups"] == []
+        holder["process"].kill()
+        holder["process"].wait()
+        began = time.monotonic()
+        down = client.post("/v1/predictions", json=body)
+        assert time.monotonic() - began < 2.0
+        assert down.status_code == 503 and down.json()["dependency"] == "feature_store"
+        assert client.get("/readyz").json()["checks"]["feature_store"]["ok"] is False
+        # Back, but empty (no persistence): served again, every online group flagged missing.
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        holder["process"] = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(tmp_path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline, response = time.monotonic() + 15, down
+        while time.monotonic() < deadline and response.status_code != 200:
+            time.sleep(0.2)
+            response = client.post("/v1/predictions", json=body)
+        assert response.status_code == 200, response.text
+        assert set(response.json()["predictions"][0]["missing_groups"]) == {
+            "route_stats",
+            "carrier_stats",
+            "airport_weather",
+            "planes",
+        }
+
+
+def test_corrupted_artifact_is_refused_at_load(
+    registered_model: RegisteredModel, tmp_path: Path
+) -> None:
+    source = ModelRegistry(RegistrySettings(data_root=registered_model.root, model_name=MODEL_NAME))
+    model = load_serving_model(source, "champion", tmp_path / "good")
+    root = tmp_path / "root"
+    registry = ModelRegistry(RegistrySettings(data_root=root, model_name=MODEL_NAME))
+    package = tmp_path / "package"
+    shutil.copytree(model.path, package)
+    (package / "manifest.json").unlink()
+    with registry.run("corrupt", tags={}) as run_id:
+        version = registry.register(run_id, package)
+    registry.promote(version.version)
+    stored = next((root / "mlartifacts").rglob("mdt_state.json"))
+    stored.write_text(stored.read_text().replace('"clip": 8.0', '"clip": 9.0'))
+
+    with pytest.raises(ArtifactIntegrityError, match=r"mdt_state\.json"):
+        load_serving_model(registry, "champion", tmp_path / "download")
+
+    from inference_pipeline.settings import InferenceSettings
+
+    settings = InferenceSettings(
+        data_root=root, model_name=MODEL_NAME, triton_runtime_dir=tmp_path / "serving"
+    )
+    with (
+        pytest.raises(ArtifactIntegrityError, match=r"changed: mdt_state\.json"),
+        TestClient(create_app(settings)),
+    ):
+        pass
