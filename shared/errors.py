@@ -76,3 +76,11 @@ class GateFailed(FTIError):
 
 class CheckpointError(FTIError):
     """A training run cannot resume: no checkpoint, or one from another config or data."""
+
+
+class ModelServerUnavailable(FTIError):
+    """The model server (Triton) cannot be reached in time, or does not serve the model."""
+
+
+class NothingToScore(FTIError):
+    """A batch scoring run found no scheduled flights for its date."""
