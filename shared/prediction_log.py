@@ -22,8 +22,8 @@ from datetime import datetime
 import pandera.polars as pa
 import polars as pl
 
-from shared.feature_definitions import NYC_TZ
 from shared.feature_group import UTC_TIMESTAMP, FeatureGroup
+from shared.flight_identity import flight_id, sched_dep_utc
 
 ONLINE_SOURCE = "online"
 BATCH_SOURCE = "batch"
@@ -68,35 +68,6 @@ PREDICTIONS = FeatureGroup(
         unique=["flight_id", "model_version", "request_id", "scored_at"],
     ),
 )
-
-
-def flight_id() -> pl.Expr:
-    """date-carrier+number-origin-hhmm: the flights group's primary key, from request fields."""
-    return pl.concat_str(
-        [
-            pl.col("flight_date").dt.strftime("%Y%m%d"),
-            pl.lit("-"),
-            pl.col("carrier"),
-            pl.col("flight").cast(pl.String),
-            pl.lit("-"),
-            pl.col("origin"),
-            pl.lit("-"),
-            pl.col("sched_dep_time").cast(pl.String).str.zfill(4),
-        ]
-    ).alias("flight_id")
-
-
-def sched_dep_utc() -> pl.Expr:
-    """Local wall-clock departure -> UTC instant (null for times that do not exist locally)."""
-    hhmm = pl.col("sched_dep_time").cast(pl.Int64)
-    local = pl.col("flight_date").cast(pl.Datetime("us")) + pl.duration(
-        hours=hhmm // 100, minutes=hhmm % 100
-    )
-    return (
-        local.dt.replace_time_zone(NYC_TZ, ambiguous="earliest", non_existent="null")
-        .dt.convert_time_zone("UTC")
-        .alias("sched_dep_utc")
-    )
 
 
 def features_json(frame: pl.DataFrame, features: Sequence[str]) -> list[str]:

@@ -10,7 +10,8 @@ import polars as pl
 
 from feature_pipeline.extract import RAW_COLUMNS, raw_flight_date
 from feature_pipeline.validate import RAW, parsed, raw, unparsed
-from shared.feature_definitions import DELAY_THRESHOLD_MIN, NYC_TZ
+from shared.feature_definitions import DELAY_THRESHOLD_MIN
+from shared.flight_identity import flight_id, sched_dep_utc
 
 FLIGHT_RAW_COLUMNS = list(RAW_COLUMNS["flights"])
 
@@ -28,33 +29,6 @@ def sched_dep_time() -> pl.Expr:
     """Local hhmm; a minute of 60 or more is not a time."""
     hhmm = raw("sched_dep_time").cast(pl.Int16, strict=False)
     return pl.when((hhmm % 100) < 60).then(hhmm).otherwise(None)
-
-
-def sched_dep_utc() -> pl.Expr:
-    """Local wall-clock departure -> UTC instant (null for times that do not exist locally)."""
-    hhmm = pl.col("sched_dep_time").cast(pl.Int64)
-    local = pl.col("flight_date").cast(pl.Datetime("us")) + pl.duration(
-        hours=hhmm // 100, minutes=hhmm % 100
-    )
-    return local.dt.replace_time_zone(
-        NYC_TZ, ambiguous="earliest", non_existent="null"
-    ).dt.convert_time_zone("UTC")
-
-
-def flight_id() -> pl.Expr:
-    """date-carrier+number-origin-hhmm: unique per scheduled departure in the source data."""
-    return pl.concat_str(
-        [
-            pl.col("flight_date").dt.strftime("%Y%m%d"),
-            pl.lit("-"),
-            pl.col("carrier"),
-            pl.col("flight").cast(pl.String),
-            pl.lit("-"),
-            pl.col("origin"),
-            pl.lit("-"),
-            pl.col("sched_dep_time").cast(pl.String).str.zfill(4),
-        ]
-    )
 
 
 def is_cancelled() -> pl.Expr:
@@ -88,7 +62,7 @@ def typed_flights(source: pl.DataFrame) -> pl.DataFrame:
         },
     )
     return typed.with_columns(
-        sched_dep_utc().alias("sched_dep_utc"),
-        flight_id().alias("flight_id"),
+        sched_dep_utc(),
+        flight_id(),
         is_cancelled().alias("is_cancelled"),
     ).with_columns(is_delayed().alias("is_delayed"))
