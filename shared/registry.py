@@ -290,7 +290,14 @@ class ModelRegistry:
         return self.get(version)
 
     def champion_history(self) -> list[str]:
-        model = self.client.get_registered_model(self.name)
+        """Versions that held ``champion``, oldest first ([] when nothing is registered)."""
+        from mlflow.exceptions import MlflowException
+
+        with _unavailable_as_error(self.settings.tracking_uri):
+            try:
+                model = self.client.get_registered_model(self.name)
+            except MlflowException:
+                return []
         return list(json.loads(model.tags.get(CHAMPION_HISTORY_TAG, "[]")))
 
     def promote(self, version: str) -> RegisteredVersion:

@@ -57,6 +57,8 @@ def _configure_logging(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # MLflow configures its own INFO handler (schema migrations, uploads): keep the CLI quiet.
+    logging.getLogger("mlflow").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _window(value: str | None) -> Window | None:

@@ -1,0 +1,99 @@
+"""The training pipeline end to end on real January data: register, gates, promote, rollback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from shared.registry import CHALLENGER, CHAMPION, ModelRegistry
+from tests.training_fixtures import SMALL, small_config, training_env, training_settings
+from training_pipeline.__main__ import app
+from training_pipeline.pipeline import run_training
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+EXPECTED_FILES = {
+    "model.pt",
+    "mdt_state.json",
+    "signature.json",
+    "feature_view.json",
+    "reference_stats.json",
+    "config.json",
+    "lineage.json",
+    "metrics.json",
+    "reliability.png",
+    "triton/cpu/flight_delay/config.pbtxt",
+    "triton/cpu/flight_delay/1/model.pt",
+    "triton/cpu/flight_delay/1/model.py",
+    "triton/gpu/flight_delay/config.pbtxt",
+    "triton/gpu/flight_delay/1/model.pt",
+}
+
+
+def test_train_register_refuse_a_worse_model_promote_and_roll_back(
+    year_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "data"
+    settings = training_settings(year_root, root)
+    config = small_config(**{"baseline.enabled": True, "baseline.max_iter": 30})
+
+    first = run_training(settings, config)
+    assert first is not None and first.decision.passed and first.promoted
+    assert first.baseline is not None and 0.5 < first.baseline["roc_auc"] < 1
+    assert first.network["roc_auc"] > 0.6
+    assert first.lineage["cancelled"] > 0 and first.lineage["table_versions"]["flights"] >= 1
+
+    registry = ModelRegistry(settings.registry_settings())
+    assert registry.version_for(CHAMPION) == registry.version_for(CHALLENGER) == "1"
+    loaded = registry.load(CHAMPION, tmp_path / "v1")  # every sha256 checked on the way
+    assert set(loaded.manifest) == EXPECTED_FILES
+    assert loaded.read_json("signature.json")["n_numeric"] > 0
+    assert loaded.read_json("lineage.json")["data_sha256"] == first.lineage["data_sha256"]
+
+    run = MlflowClient(settings.registry_settings().tracking_uri).get_run(first.run_id)
+    assert run.data.tags["data_sha256"] == first.lineage["data_sha256"]
+    assert run.data.tags["git_commit"] == "test-commit"
+    assert run.data.tags["table_version.route_stats"].isdigit()
+    assert run.data.params["optim.lr"] == str(config.optim.lr)
+    assert {"test_roc_auc", "test_pr_auc", "test_log_loss", "test_brier", "test_base_rate"} <= set(
+        run.data.metrics
+    )
+    assert "test_roc_auc.EWR" in run.data.metrics and "baseline_test_roc_auc" in run.data.metrics
+
+    # A worse candidate (barely trained) on the same window: registered, refused, exit code 3.
+    for key, value in training_env(year_root, root).items():
+        if key.startswith("FTI_"):
+            monkeypatch.setenv(key, value)
+    worse = tmp_path / "worse.json"
+    worse.write_text(
+        json.dumps(SMALL | {"optim": SMALL["optim"] | {"epochs": 1, "lr": 1e-7, "warmup_steps": 0}})
+    )
+    result = CliRunner().invoke(app, ["train", "--config", str(worse)])
+    assert result.exit_code == 3, result.output
+    assert "stays challenger" in result.output and "champion v1" in result.output
+    assert registry.version_for(CHAMPION) == "1"
+    assert registry.version_for(CHALLENGER) == "2"
+
+    result = CliRunner().invoke(app, ["promote", "challenger"])
+    assert result.exit_code == 0, result.output
+    assert registry.version_for(CHAMPION) == "2"
+    result = CliRunner().invoke(app, ["rollback"])
+    assert result.exit_code == 0 and "version 1" in result.output
+    assert registry.version_for(CHAMPION) == "1"
+
+
+def test_cli_errors_are_one_line_and_non_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FTI_DATA_ROOT", str(tmp_path))
+    result = CliRunner().invoke(app, ["train", "--train", "2013-03-01"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "expected START:END" in result.output
+    result = CliRunner().invoke(app, ["rollback"])
+    assert result.exit_code == 1 and result.output.startswith("error:")
+    result = CliRunner().invoke(app, ["train", "--epochs", "1"])  # no feature store there
+    assert result.exit_code == 1 and "feature pipeline" in result.output
