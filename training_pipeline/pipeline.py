@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared.errors import GateFailed
+from shared.errors import ConfigurationError, GateFailed
 from shared.feature_store import open_feature_store
 from shared.feature_view import FLIGHT_DELAY_VIEW, FeatureView
 from shared.registry import CHAMPION, ModelRegistry, RegisteredVersion
@@ -133,7 +133,13 @@ def score_champion(
     if version is None:
         return None, None
     loaded = registry.load(version, workdir / f"champion-v{version}")
-    probs = score_version(loaded, test.frame)
+    try:
+        probs = score_version(loaded, test.frame)
+    except ValueError as exc:  # e.g. a champion trained on another feature view
+        raise ConfigurationError(
+            f"cannot score champion v{version} on this test window ({exc}); compare by hand and "
+            "use `promote`"
+        ) from exc
     return version, classification_metrics(test.labels, probs)["roc_auc"]
 
 
