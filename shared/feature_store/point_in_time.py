@@ -52,15 +52,22 @@ def point_in_time_join(
     """
     if spine_time not in spine.columns:
         raise ValueError(f"spine has no timestamp column {spine_time!r}")
-    indexed = spine.with_row_index(_ROW)
-    timed = indexed.filter(pl.col(spine_time).is_not_null()).sort(spine_time)
-    untimed = indexed.filter(pl.col(spine_time).is_null())
+    keys = list(dict.fromkeys(s for request, _ in groups for s, _ in request.key_pairs()))
+    # Only the row index, the time and the keys travel through the as-of joins: the spine's
+    # other columns are attached once at the end instead of being copied by every join.
+    narrow = (
+        spine.select([*keys, spine_time])
+        .with_row_index(_ROW)
+        .filter(pl.col(spine_time).is_not_null())
+        .sort(spine_time)
+    )
+    found = [narrow.select(_ROW)]
     for request, frame in groups:
         pairs = request.key_pairs()
         right = _prepare_right(request, frame, spine)
         event_col = event_time_column(request)
         right = right.with_columns(pl.col(event_col).cast(spine.schema[spine_time]))
-        timed = timed.join_asof(
+        joined = narrow.select(_ROW, spine_time, *[s for s, _ in pairs]).join_asof(
             right,
             left_on=spine_time,
             right_on=event_col,
@@ -69,7 +76,15 @@ def point_in_time_join(
             tolerance=request.tolerance,
             check_sortedness=False,  # both sides are sorted on the time column just above
         )
+        added = [c for c in right.columns if c not in {s for s, _ in pairs}]
         if not keep_event_times:
-            timed = timed.drop(event_col)
-    joined = pl.concat([timed, untimed], how="diagonal_relaxed") if untimed.height else timed
-    return joined.sort(_ROW).drop(_ROW)
+            added.remove(event_col)
+        found.append(joined.select(added))  # join_asof keeps the left order: rows line up
+    features = pl.concat(found, how="horizontal")
+    # Back to spine order; rows with a null timestamp are absent from `features` and get nulls.
+    by_row = pl.DataFrame({_ROW: pl.int_range(spine.height, dtype=pl.UInt32, eager=True)})
+    if features.height == spine.height:
+        ordered = features.sort(_ROW)
+    else:
+        ordered = by_row.join(features, on=_ROW, how="left", maintain_order="left")
+    return pl.concat([spine, ordered.drop(_ROW)], how="horizontal")
