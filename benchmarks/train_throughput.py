@@ -168,7 +168,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device cuda but no CUDA device is available")
     device = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
@@ -212,7 +215,8 @@ def main() -> None:
             util, mem = r.get("gpu_util_mean_pct"), r.get("gpu_mem_used_max_mib")
             line += f" {util if util is None else round(util, 1)!s:>10} {mem!s:>8}"
         print(line)
-    out = REPO_ROOT / "benchmarks" / "results" / f"train_throughput_{args.device}.json"
+    suffix = f"_{args.threads}threads" if args.threads else ""
+    out = REPO_ROOT / "benchmarks" / "results" / f"train_throughput_{args.device}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
