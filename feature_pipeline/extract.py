@@ -83,15 +83,21 @@ class Window:
 
 def raw_flight_date(prefix: str = "") -> pl.Expr:
     """The local date of a raw flight row (null when year/month/day do not parse)."""
-    y, m, d = (pl.col(prefix + c) for c in ("year", "month", "day"))
+    # Cast + strip: the same expression works on raw strings and on a typed Parquet source.
+    y, m, d = (
+        pl.col(prefix + c).cast(pl.String).str.strip_chars() for c in ("year", "month", "day")
+    )
     return pl.concat_str([y, m.str.zfill(2), d.str.zfill(2)], separator="-").str.to_date(
         "%Y-%m-%d", strict=False
     )
 
 
 def raw_observed_at(prefix: str = "") -> pl.Expr:
-    return pl.col(prefix + "time_hour").str.to_datetime(
-        "%Y-%m-%dT%H:%M:%SZ", time_unit="us", time_zone="UTC", strict=False
+    return (
+        pl.col(prefix + "time_hour")
+        .cast(pl.String)
+        .str.strip_chars()
+        .str.to_datetime("%Y-%m-%dT%H:%M:%SZ", time_unit="us", time_zone="UTC", strict=False)
     )
 
 
@@ -123,19 +129,24 @@ class Source:
         every run that sees them, keyed by content, so they are never silently dropped)."""
         day = raw_flight_date()
         inside = day.is_between(window.start, window.end) | day.is_null()
-        return self._collect("flights", self.table("flights").filter(inside))
+        return self._collect(
+            "flights", self._as_strings("flights", self.table("flights").filter(inside))
+        )
 
     def weather(self, window: Window) -> pl.DataFrame:
         start, end = _utc_bounds(window)
         at = raw_observed_at()
         inside = ((at >= start) & (at < end)) | at.is_null()
-        return self._collect("weather", self.table("weather").filter(inside))
+        return self._collect(
+            "weather", self._as_strings("weather", self.table("weather").filter(inside))
+        )
 
     def planes(self) -> pl.DataFrame:
-        return self._collect("planes", self.table("planes"))
+        return self._collect("planes", self._as_strings("planes", self.table("planes")))
 
     def airport_codes(self) -> set[str]:
-        codes = self._collect("airports", self.table("airports").select("faa"))["faa"]
+        airports = self._as_strings("airports", self.table("airports"))
+        codes = self._collect("airports", airports.select("faa"))["faa"]
         extra = resources.files("feature_pipeline") / "reference" / "extra_airports.csv"
         supplement = pl.read_csv(io.BytesIO(extra.read_bytes()), columns=["faa"])["faa"]
         return {c for c in codes.to_list() if c} | set(supplement.to_list())
@@ -150,6 +161,12 @@ class Source:
                 f"{name} table in {self.description} lacks columns {missing}; "
                 f"expected at least {list(RAW_COLUMNS[name])}"
             )
+        return frame.select(RAW_COLUMNS[name])
+
+    @staticmethod
+    def _as_strings(name: str, frame: pl.LazyFrame) -> pl.LazyFrame:
+        """Raw columns as stripped strings. Applied after the window filter, so that on a
+        Parquet source the filter is pushed into the scan instead of following a full read."""
         return frame.select(pl.col(c).cast(pl.String).str.strip_chars() for c in RAW_COLUMNS[name])
 
     def _bundled(self, name: str) -> pl.LazyFrame:

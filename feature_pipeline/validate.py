@@ -86,7 +86,7 @@ def schema_failures(schema: pa.DataFrameSchema, frame: pl.DataFrame) -> pl.DataF
 
 def duplicate_errors(key: list[str]) -> pl.Expr:
     """Every copy of a primary key after the first is a duplicate."""
-    is_later_copy = pl.int_range(pl.len()).over(key) > 0
+    is_later_copy = ~pl.struct(key).is_first_distinct()
     return pl.when(is_later_copy).then(pl.lit("duplicate key: " + "+".join(key))).otherwise(None)
 
 

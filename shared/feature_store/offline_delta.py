@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import polars as pl
@@ -28,6 +28,18 @@ log = logging.getLogger(__name__)
 
 def _quote(name: str) -> str:
     return f"`{name}`"
+
+
+def _literal(value: object) -> str:
+    if isinstance(value, datetime):
+        return f"CAST('{value.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')}' AS TIMESTAMP)"
+    if isinstance(value, date):
+        return f"CAST('{value.isoformat()}' AS DATE)"
+    raise TypeError(f"event time of type {type(value).__name__} is not supported")
+
+
+def _bound(column: str, first: object, last: object) -> str:
+    return f"{column} >= {_literal(first)} AND {column} <= {_literal(last)}"
 
 
 class DeltaOfflineStore:
@@ -102,6 +114,11 @@ class DeltaOfflineStore:
         if rows.is_empty():
             return WriteResult(group.table_name, 0, 0, 0, table.version())
         on = " AND ".join(f"t.{_quote(k)} = s.{_quote(k)}" for k in keys)
+        # The key equality already implies the target row lies in the new rows' event-time
+        # range; saying so on the target side lets the merge skip files outside it, so its time
+        # and memory follow the size of the batch, not of the whole table.
+        first, last = rows[group.event_time].min(), rows[group.event_time].max()
+        on += f" AND {_bound('t.' + _quote(group.event_time), first, last)}"
         merge = table.merge(
             rows.to_arrow(),
             predicate=on,
