@@ -8,17 +8,7 @@ from feature_pipeline.extract import RAW_COLUMNS, raw_observed_at
 from feature_pipeline.validate import RAW, parsed, raw, unparsed
 
 WEATHER_RAW_COLUMNS = list(RAW_COLUMNS["weather"])
-MEASUREMENTS = (
-    "temp",
-    "dewp",
-    "humid",
-    "wind_dir",
-    "wind_speed",
-    "wind_gust",
-    "precip",
-    "pressure",
-    "visib",
-)
+MEASUREMENTS = tuple(c for c in WEATHER_RAW_COLUMNS if c not in ("origin", "time_hour"))
 
 
 def typed_weather(source: pl.DataFrame) -> pl.DataFrame:

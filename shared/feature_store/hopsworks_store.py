@@ -41,7 +41,7 @@ from shared.errors import (
 )
 from shared.feature_group import FeatureGroup
 from shared.feature_store.online_codec import align_to_keys
-from shared.feature_store.point_in_time import point_in_time_join
+from shared.feature_store.point_in_time import join_from_store
 from shared.feature_store.protocol import GroupInfo, JoinRequest, MaterializeResult, WriteResult
 from shared.settings import FeatureStoreSettings
 
@@ -449,20 +449,14 @@ class HopsworksFeatureStore:
         keep_event_times: bool = False,
     ) -> pl.DataFrame:
         """Join ``requests`` onto ``spine``; ``versions`` pins tables (group name -> commit id)."""
-        versions = versions or {}
-        first = spine.select(pl.col(spine_time).min()).item()
-        last = spine.select(pl.col(spine_time).max()).item()
-        end = None if last is None else last + timedelta(microseconds=1)
-        frames = []
-        for request in requests:
-            group = request.group
-            start = None
-            if request.tolerance is not None and first is not None:
-                start = first - request.tolerance
-            columns = [*group.primary_key, group.event_time, *request.feature_list()]
-            frame = self.read(group, start, end, version=versions.get(group.name), columns=columns)
-            frames.append((request, frame))
-        return point_in_time_join(spine, spine_time, frames, keep_event_times=keep_event_times)
+        return join_from_store(
+            self.read,
+            spine,
+            spine_time,
+            requests,
+            versions=versions,
+            keep_event_times=keep_event_times,
+        )
 
     # -- catalog ---------------------------------------------------------------------------
 

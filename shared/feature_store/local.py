@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import polars as pl
 from deltalake.exceptions import DeltaError
 
 from shared.feature_group import FeatureGroup
 from shared.feature_store.offline_delta import DeltaOfflineStore
-from shared.feature_store.point_in_time import point_in_time_join
+from shared.feature_store.point_in_time import join_from_store
 from shared.feature_store.protocol import (
     GroupInfo,
     JoinRequest,
@@ -84,21 +84,14 @@ class LocalFeatureStore:
         keep_event_times: bool = False,
     ) -> pl.DataFrame:
         """Join ``requests`` onto ``spine``; ``versions`` pins tables (group name -> version)."""
-        versions = versions or {}
-        latest = spine.select(pl.col(spine_time).max()).item()
-        frames = []
-        for request in requests:
-            group = request.group
-            earliest = None
-            if request.tolerance is not None:
-                earliest = spine.select(pl.col(spine_time).min()).item() - request.tolerance
-            end = None if latest is None else latest + timedelta(microseconds=1)
-            columns = [*group.primary_key, group.event_time, *request.feature_list()]
-            frame = self.offline.read(
-                group, earliest, end, version=versions.get(group.name), columns=columns
-            )
-            frames.append((request, frame))
-        return point_in_time_join(spine, spine_time, frames, keep_event_times=keep_event_times)
+        return join_from_store(
+            self.offline.read,
+            spine,
+            spine_time,
+            requests,
+            versions=versions,
+            keep_event_times=keep_event_times,
+        )
 
     def catalog(self) -> list[GroupInfo]:
         return [

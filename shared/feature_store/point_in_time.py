@@ -7,10 +7,12 @@ that were known at each row's timestamp.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 
 import polars as pl
 
+from shared.feature_group import FeatureGroup
 from shared.feature_store.protocol import JoinRequest
 
 _ROW = "__spine_row"
@@ -88,3 +90,38 @@ def point_in_time_join(
     else:
         ordered = by_row.join(features, on=_ROW, how="left", maintain_order="left")
     return pl.concat([spine, ordered.drop(_ROW)], how="horizontal")
+
+
+GroupReader = Callable[..., pl.DataFrame]  # (group, start, end, *, version, columns) -> rows
+
+
+def join_from_store(
+    read: GroupReader,
+    spine: pl.DataFrame,
+    spine_time: str,
+    requests: Sequence[JoinRequest],
+    *,
+    versions: Mapping[str, int] | None = None,
+    keep_event_times: bool = False,
+) -> pl.DataFrame:
+    """Read only the rows of each group that can match the spine, then join.
+
+    Rows after the spine's last timestamp can never match; with a tolerance, neither can rows
+    older than the first timestamp minus the tolerance. ``versions`` pins group tables.
+    """
+    versions = versions or {}
+    bounds = spine.select(
+        pl.col(spine_time).min().alias("first"), pl.col(spine_time).max().alias("last")
+    )
+    first, last = bounds.row(0)
+    end = None if last is None else last + timedelta(microseconds=1)
+    frames = []
+    for request in requests:
+        group: FeatureGroup = request.group
+        start: datetime | None = None
+        if request.tolerance is not None and first is not None:
+            start = first - request.tolerance
+        columns = [*group.primary_key, group.event_time, *request.feature_list()]
+        frame = read(group, start, end, version=versions.get(group.name), columns=columns)
+        frames.append((request, frame))
+    return point_in_time_join(spine, spine_time, frames, keep_event_times=keep_event_times)
