@@ -66,11 +66,9 @@ def schema_failures(schema: pa.DataFrameSchema, frame: pl.DataFrame) -> pl.DataF
     try:
         schema.validate(frame, lazy=True)
     except pa.errors.SchemaErrors as errors:
-        cases = errors.failure_cases.filter(
-            pl.col("index").is_not_null() & (pl.col("check") != _UNIQUENESS_CHECK)
-        )
+        cases = errors.failure_cases.filter(pl.col("check") != _UNIQUENESS_CHECK)
         if cases.filter(pl.col("index").is_null()).height:
-            raise
+            raise  # a frame-level failure (a column or dtype): a bug here, not a bad row
         return (
             cases.select(
                 pl.col("index").cast(pl.UInt32).alias(_ROW),

@@ -164,12 +164,10 @@ class DeltaOfflineStore:
         return frame.collect()
 
     def version(self, group: FeatureGroup) -> int | None:
-        if not self.exists(group):
+        try:
+            return self._table(group).version()
+        except FeatureGroupNotFound:
             return None
-        return self._table(group).version()
-
-    def row_count(self, group: FeatureGroup) -> int:
-        return int(pl.scan_delta(self._table(group)).select(pl.len()).collect().item())
 
     def changed_keys(self, group: FeatureGroup, after_version: int) -> pl.DataFrame:
         """Primary keys touched by commits after ``after_version`` (from the change data feed)."""
@@ -179,9 +177,6 @@ class DeltaOfflineStore:
         feed = table.load_cdf(starting_version=after_version + 1, columns=list(group.primary_key))
         changes = pl.DataFrame(feed.read_all())
         return changes.select(group.primary_key).unique()
-
-    def history(self, group: FeatureGroup, limit: int = 10) -> list[dict[str, Any]]:
-        return list(self._table(group).history(limit))
 
     def list_tables(self) -> list[dict[str, Any]]:
         """Stored metadata of every feature group table under the root (for the catalog)."""

@@ -197,6 +197,13 @@ def _january(n: int = 2_000) -> pl.DataFrame:
     return Source().flights(Window(date(2013, 1, 1), date(2013, 1, 31))).head(n)
 
 
+def _backfill_january(source: Path, root: Path) -> subprocess.CompletedProcess[str]:
+    return _cli(
+        "backfill", "--start", "2013-01-01", "--end", "2013-01-31",
+        "--data-root", str(root), "--source", str(source),
+    )  # fmt: skip
+
+
 def _nothing_written(root: Path) -> bool:
     offline = root / "offline"
     return not offline.exists() or not any(offline.iterdir())
@@ -223,17 +230,7 @@ def test_bad_input_is_one_clear_line_and_nothing_is_written(
         _write_source(source, flights)
         (source / "flights.csv").write_bytes(b"year,month,day\n2013,1\n2013,1,1,1,1,1,1\n")
     root = tmp_path / "store"
-    result = _cli(
-        "backfill",
-        "--start",
-        "2013-01-01",
-        "--end",
-        "2013-01-31",
-        "--data-root",
-        str(root),
-        "--source",
-        str(source),
-    )
+    result = _backfill_january(source, root)
     assert result.returncode == 1, result.stderr
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and message in " ".join(result.stderr.split()), result.stderr
@@ -251,17 +248,7 @@ def test_a_few_bad_rows_are_quarantined_and_the_rest_written(tmp_path: Path) -> 
     )
     _write_source(source, flights)
     root = tmp_path / "store"
-    result = _cli(
-        "backfill",
-        "--start",
-        "2013-01-01",
-        "--end",
-        "2013-01-31",
-        "--data-root",
-        str(root),
-        "--source",
-        str(source),
-    )
+    result = _backfill_january(source, root)
     assert result.returncode == 3  # partial
     summary = json.loads(result.stdout.splitlines()[-1])
     assert summary["sources"]["flights"] == {
