@@ -11,10 +11,13 @@ nested under ``feature_view``), so the training pipeline may lay the artifact ou
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -31,6 +34,8 @@ from shared.triton_repository import (
     CONFIG_FILENAME,
     TORCHSCRIPT_FILENAME,
     ModelSignature,
+    file_manifest,
+    verify_manifest,
     write_model_repository,
 )
 
@@ -156,23 +161,64 @@ def feature_view_from_description(data: dict[str, Any], mdt: MDTState) -> Featur
 def publish_for_triton(model: ServingModel, repository: Path, flavour: str) -> str:
     """Publish the version into the serving repository as Triton version ``model.version`` and
     retire every other version directory, so that (re)loading serves exactly this version, a
-    rollback included. Returns the Triton model name."""
-    write_model_repository(
-        repository,
-        model.triton_name,
-        int(model.version),
-        model.torchscript,
-        model.signature,
-        "gpu" if flavour == "gpu" else "cpu",
-    )
-    model_dir = repository / model.triton_name
-    if model.triton_config is not None:
-        # The artifact's own config (batching, instances) wins over the default one.
-        shutil.copyfile(model.triton_config, model_dir / CONFIG_FILENAME)
+    rollback included. Returns the Triton model name.
+
+    Safe when several processes publish into one repository at once (the workers of one service,
+    replicas, the batch job, all sharing one Triton): everything is written into a private
+    staging directory first, the version directory appears by one atomic rename, and a version
+    that is already there is kept when it holds the same bytes (checked file by file against
+    the staged copy) and refused when it does not. ``config.pbtxt`` is replaced atomically, so
+    Triton never reads a half-written file.
+    """
+    name, version = model.triton_name, str(int(model.version))
+    model_dir = repository / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    # Inside the model directory, so the final renames stay on one file system; Triton skips
+    # directories whose names are not version numbers, so a stage left by a crash is harmless.
+    staging = Path(tempfile.mkdtemp(prefix=f".publish-{version}-", dir=model_dir))
+    try:
+        staged = write_model_repository(
+            staging,
+            name,
+            int(version),
+            model.torchscript,
+            model.signature,
+            "gpu" if flavour == "gpu" else "cpu",
+        )
+        if model.triton_config is not None:
+            # The artifact's own config (batching, instances) wins over the default one.
+            shutil.copyfile(model.triton_config, staged / CONFIG_FILENAME)
+        _place_version(staged / version, model_dir / version)
+        os.replace(staged / CONFIG_FILENAME, model_dir / CONFIG_FILENAME)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     for child in model_dir.iterdir():
-        if child.is_dir() and child.name.isdigit() and child.name != str(int(model.version)):
-            shutil.rmtree(child)
-    return model.triton_name
+        if child.is_dir() and child.name.isdigit() and child.name != version:
+            shutil.rmtree(child, ignore_errors=True)  # another publisher may retire it too
+    return name
+
+
+def _place_version(staged: Path, target: Path) -> None:
+    """Rename ``staged`` to ``target``; when another process got there first, keep its copy if
+    it holds the same files and bytes, refuse it otherwise (registered versions are immutable).
+    """
+    if not target.exists():
+        try:
+            os.rename(staged, target)
+            return
+        except OSError as exc:
+            # ENOTEMPTY / EEXIST: another publisher renamed the same version in between.
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not target.is_dir():
+                raise
+    try:
+        verify_manifest(target, file_manifest(staged))
+    except ArtifactIntegrityError as err:
+        raise ArtifactIntegrityError(
+            f"{target} already holds different files than model version {target.name}; "
+            f"registered versions are immutable, remove the directory to republish ({err})",
+            path=str(target),
+        ) from err
+    log.info("%s already holds this version; left as it is", target)
 
 
 def _json_files(root: Path) -> list[dict[str, Any]]:

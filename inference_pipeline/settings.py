@@ -52,6 +52,11 @@ class InferenceSettings(FeatureStoreSettings, RegistrySettings):
     # Online service
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="uvicorn worker processes; more than one needs an external Triton they share",
+    )
     api_key: SecretStr | None = Field(default=None, description="X-API-Key for /v1/*")
     admin_api_key: SecretStr | None = Field(default=None, description="X-API-Key for /admin/*")
     allow_unauthenticated: bool = Field(
@@ -70,6 +75,13 @@ class InferenceSettings(FeatureStoreSettings, RegistrySettings):
     def _refuse_unsafe(self) -> InferenceSettings:
         if self.triton_mode is TritonMode.external and not self.triton_url:
             raise ConfigurationError("FTI_TRITON_MODE=external needs FTI_TRITON_URL (host:port)")
+        if self.workers > 1 and self.triton_mode is TritonMode.managed:
+            # A managed Triton belongs to one process: each worker would start its own server
+            # and publish into the same model repository.
+            raise ConfigurationError(
+                f"FTI_WORKERS={self.workers} needs one Triton shared by all workers: set "
+                "FTI_TRITON_MODE=external and FTI_TRITON_URL (host:port), or serve with 1 worker"
+            )
         if self.api_key is None and not self.allow_unauthenticated and not _is_loopback(self.host):
             raise ConfigurationError(
                 f"serving on {self.host} without FTI_API_KEY: set a key, or "

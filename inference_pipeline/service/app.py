@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
@@ -110,6 +110,17 @@ def create_app(settings: InferenceSettings) -> FastAPI:
         )
 
     return app
+
+
+def app_from_environment(overrides: Mapping[str, object] | None = None) -> FastAPI:
+    """The app of one uvicorn worker process (``serve --workers N``), as a uvicorn factory:
+    ``uvicorn --factory inference_pipeline.service.app:app_from_environment`` works as it is.
+
+    Worker processes are spawned fresh, so each builds its settings from the ``FTI_*``
+    environment, exactly as a container does, plus the command line's ``overrides`` that
+    ``serve`` validated with the same environment before starting the workers.
+    """
+    return create_app(InferenceSettings(**dict(overrides or {})))  # type: ignore[arg-type]
 
 
 def _describe(error: dict[str, object]) -> str:
