@@ -1,4 +1,4 @@
-"""``python -m training_pipeline``: train, promote, rollback.
+"""``python -m training_pipeline``: train, retrain (continuous training), promote, rollback.
 
 Commands are thin: they build the settings and the config, call plain functions of
 :mod:`training_pipeline.pipeline` / :mod:`shared.registry`, and translate typed errors into one
@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -21,8 +22,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from shared.errors import ConfigurationError, FTIError, GateFailed
+from shared.promotion import Promotion, promote_if_eligible
 from shared.registry import ModelRegistry
-from training_pipeline.config import TrainingConfig, TrainingSettings, Window
+from training_pipeline.config import RecentWindows, TrainingConfig, TrainingSettings, Window
 
 if TYPE_CHECKING:  # torch & co. load only when a command trains, so promote/rollback are quick
     from training_pipeline.loop import EpochRecord
@@ -32,6 +34,7 @@ app = typer.Typer(help="Training pipeline: feature view -> model -> validation -
 console = Console(stderr=True)
 
 EXIT_CODES: dict[type[FTIError], int] = {ConfigurationError: 2, GateFailed: 3}
+_RECENT = RecentWindows()  # the defaults of `retrain`'s window lengths
 
 
 @contextmanager
@@ -87,7 +90,10 @@ def build_config(
 
 
 def _summary_table(outcome: TrainingOutcome) -> Table:
-    table = Table(title=f"model version {outcome.version} (run {outcome.run_id[:8]})")
+    table = Table(
+        title=f"model version {outcome.version} (run {outcome.run_id[:8]})",
+        caption=_alias_line(outcome),
+    )
     table.add_column("test window metric")
     table.add_column("network", justify="right")
     table.add_column("boosted trees", justify="right")
@@ -95,6 +101,15 @@ def _summary_table(outcome: TrainingOutcome) -> Table:
         base = outcome.baseline[key] if outcome.baseline else float("nan")
         table.add_row(key, f"{outcome.network[key]:.4f}", f"{base:.4f}")
     return table
+
+
+def _alias_line(outcome: TrainingOutcome) -> str:
+    if outcome.promoted:
+        return f"champion -> v{outcome.version}: {outcome.decision.summary()}"
+    champion = f"champion unchanged (v{outcome.champion_before or ' none'})"
+    if not outcome.decision.passed:
+        return f"challenger v{outcome.version}, refused by the gates; {champion}"
+    return f"challenger v{outcome.version}, gate-eligible for promotion; {champion}"
 
 
 def _progress_hook(progress: Progress, total: int) -> Callable[[EpochRecord], None]:
@@ -125,17 +140,23 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="continue from the last checkpoint")
     ] = False,
+    promote: Annotated[
+        Promotion,
+        typer.Option(
+            "--promote",
+            help="if-gates-pass: a passing version becomes champion; never: challenger only "
+            "(continuous training), the gate decision is recorded on the version",
+        ),
+    ] = Promotion.if_gates_pass,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Train on the feature view, validate on the test window, register (and maybe promote).
 
     Defaults to the full 2013 year: train Jan-Sep, validate Oct, test Nov-Dec.
+    Exit 3 when the gates refuse the version (registered as challenger, champion unchanged).
     """
-    from training_pipeline.pipeline import raise_if_refused, run_training
-
     _configure_logging(verbose)
     with _errors_as_exit():
-        settings = _settings()
         config = build_config(
             config_file,
             epochs=epochs,
@@ -144,18 +165,71 @@ def train(
             test=test_window,
             seed=seed,
         )
-        with Progress(console=console, transient=True) as progress:
-            outcome = run_training(
-                settings,
-                config,
-                resume=resume,
-                on_epoch_end=_progress_hook(progress, config.optim.epochs),
+        _train_and_report(config, promotion=promote, resume=resume)
+
+
+@app.command()
+def retrain(
+    until: Annotated[
+        str,
+        typer.Option(
+            help="last local date whose outcomes are known (inclusive): the newest window ends "
+            "with it",
+        ),
+    ],
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="TOML or JSON training config")
+    ] = None,
+    train_days: Annotated[int, typer.Option(help="days of training data")] = _RECENT.train_days,
+    validation_days: Annotated[int, typer.Option()] = _RECENT.validation_days,
+    test_days: Annotated[int, typer.Option(help="the gates' window")] = _RECENT.test_days,
+    epochs: Annotated[int | None, typer.Option(help="maximum epochs")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Continuous training: train on the newest window, register as challenger only.
+
+    Windows run backwards from --until: test = the last --test-days, validation the
+    --validation-days before, train the --train-days before that. The gates decide whether the
+    version is eligible for promotion (recorded as tags); champion is never moved here.
+    Exit 3 when the gates refuse it.
+    """
+    _configure_logging(verbose)
+    with _errors_as_exit():
+        try:
+            last_day = date.fromisoformat(until)
+        except ValueError as exc:
+            raise ConfigurationError(f"--until {until!r} is not a YYYY-MM-DD date") from exc
+        try:
+            recent = RecentWindows(
+                train_days=train_days, validation_days=validation_days, test_days=test_days
             )
-        if outcome is None:  # a non-zero rank of a torchrun job: rank 0 reports
-            return
-        Console().print(_summary_table(outcome))
-        print(json.dumps(outcome.summary(), default=_jsonable, sort_keys=True))
-        raise_if_refused(outcome)
+        except ValidationError as exc:
+            raise ConfigurationError(f"retrain windows: {exc.errors()[0]['msg']}") from exc
+        windows = recent.ending(last_day)
+        config = build_config(config_file, epochs=epochs, seed=seed).with_overrides(windows=windows)
+        _train_and_report(config, promotion=Promotion.never)
+
+
+def _train_and_report(
+    config: TrainingConfig, *, promotion: Promotion, resume: bool = False
+) -> None:
+    from training_pipeline.pipeline import raise_if_refused, run_training
+
+    settings = _settings()
+    with Progress(console=console, transient=True) as progress:
+        outcome = run_training(
+            settings,
+            config,
+            resume=resume,
+            on_epoch_end=_progress_hook(progress, config.optim.epochs),
+            promotion=promotion,
+        )
+    if outcome is None:  # a non-zero rank of a torchrun job: rank 0 reports
+        return
+    Console().print(_summary_table(outcome))
+    print(json.dumps(outcome.summary(), default=_jsonable, sort_keys=True))
+    raise_if_refused(outcome)
 
 
 def _jsonable(value: Any) -> Any:
@@ -165,12 +239,22 @@ def _jsonable(value: Any) -> Any:
 @app.command()
 def promote(
     version: Annotated[str, typer.Argument(help="version number or alias, e.g. challenger")],
+    require_eligible: Annotated[
+        bool,
+        typer.Option(
+            "--require-eligible",
+            help="refuse (exit 3) a version whose gates failed or were never recorded",
+        ),
+    ] = False,
 ) -> None:
-    """Point the ``champion`` alias at VERSION (explicitly, without gates)."""
+    """Point the ``champion`` alias at VERSION (explicitly; without gates unless asked)."""
     _configure_logging(False)
     with _errors_as_exit():
         registry = ModelRegistry(_settings().registry_settings())
-        moved = registry.promote(registry.resolve(version).version)
+        if require_eligible:
+            moved = promote_if_eligible(registry, version, "promoted by an operator (eligible)")
+        else:
+            moved = registry.promote(registry.resolve(version).version)
         print(f"champion -> {moved.name} version {moved.version}")
 
 

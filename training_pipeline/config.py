@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
-from datetime import date
+from datetime import date, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,33 @@ class Windows(BaseModel):
         if self.validation.start < self.train.end or self.test.start < self.validation.end:
             raise ValueError("windows must not overlap and must run train < validation < test")
         return self
+
+
+class RecentWindows(BaseModel):
+    """The newest window for continuous training, derived backwards from its last day.
+
+    ``until`` is the last local date whose outcomes are known (inclusive): the test window is the
+    ``test_days`` ending with it, validation the ``validation_days`` before, and training the
+    ``train_days`` before that. A sliding window on purpose: the point of retraining is to learn
+    the recent world, and the gates then compare candidate and champion on the newest days.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    train_days: int = Field(default=120, ge=7)
+    validation_days: int = Field(default=14, ge=1)
+    test_days: int = Field(default=14, ge=1)
+
+    def ending(self, until: date) -> Windows:
+        test_end = until + timedelta(days=1)
+        test_start = test_end - timedelta(days=self.test_days)
+        validation_start = test_start - timedelta(days=self.validation_days)
+        train_start = validation_start - timedelta(days=self.train_days)
+        return Windows(
+            train=Window(start=train_start, end=validation_start),
+            validation=Window(start=validation_start, end=test_start),
+            test=Window(start=test_start, end=test_end),
+        )
 
 
 class ModelConfig(BaseModel):

@@ -21,6 +21,7 @@ import torch
 from shared.errors import ConfigurationError, GateFailed
 from shared.feature_store import open_feature_store
 from shared.feature_view import FLIGHT_DELAY_VIEW, FeatureView
+from shared.promotion import Promotion, gate_tags, promote_if_eligible
 from shared.registry import CHAMPION, ModelRegistry, RegisteredVersion
 from training_pipeline.baseline import train_baseline
 from training_pipeline.champion import score_version
@@ -47,6 +48,7 @@ class TrainingOutcome:
     run_id: str
     version: str
     promoted: bool
+    promotion: Promotion
     decision: GateDecision
     network: dict[str, float]
     baseline: dict[str, float] | None
@@ -150,12 +152,15 @@ def run_training(
     resume: bool = False,
     view: FeatureView = FLIGHT_DELAY_VIEW,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
+    promotion: Promotion = Promotion.if_gates_pass,
 ) -> TrainingOutcome | None:
     """Train, validate and register. Returns the outcome on rank 0, None on other ranks.
 
-    The version is always registered (alias ``challenger``); it becomes ``champion`` only when
-    every gate passes - see ``outcome.decision`` (:func:`raise_if_refused` for callers that
-    want an error).
+    The version is always registered (alias ``challenger``) with the gate decision as tags
+    (:mod:`shared.promotion`). It becomes ``champion`` only when every gate passes and
+    ``promotion`` allows it: continuous training passes :attr:`Promotion.never`, so a passing
+    version is only an *eligible* challenger and a later step decides. See ``outcome.decision``
+    (:func:`raise_if_refused` for callers that want an error).
     """
     with distributed_context(settings.device) as ctx:
         store = open_feature_store(settings.store_settings())
@@ -169,7 +174,9 @@ def run_training(
         if not ctx.is_main:
             return None
         with tempfile.TemporaryDirectory(prefix="fti-train-") as tmp:
-            return _validate_and_register(settings, config, data, net, result, ctx, Path(tmp))
+            return _validate_and_register(
+                settings, config, data, net, result, ctx, Path(tmp), promotion
+            )
 
 
 def _validate_and_register(
@@ -180,6 +187,7 @@ def _validate_and_register(
     result: FitResult,
     ctx: DistContext,
     workdir: Path,
+    promotion: Promotion,
 ) -> TrainingOutcome:
     batch = config.optim.eval_batch_size
     test = data.test
@@ -258,14 +266,20 @@ def _validate_and_register(
         )
         registry.log_artifacts(run_id, image.parent, "plots")
         registered = registry.register(
-            run_id, package, tags | _version_tags(network), expected_version=version_number
+            run_id,
+            package,
+            tags
+            | _version_tags(network)
+            | gate_tags(decision.passed, decision.summary(), promotion),
+            expected_version=version_number,
         )
-        promoted = _maybe_promote(registry, registered, decision)
+        promoted = _maybe_promote(registry, registered, decision, promotion)
         registry.set_tags(run_id, {"model_version": registered.version, "promoted": str(promoted)})
     outcome = TrainingOutcome(
         run_id=run_id,
         version=registered.version,
         promoted=promoted,
+        promotion=promotion,
         decision=decision,
         network=network,
         baseline=baseline_metrics,
@@ -290,11 +304,14 @@ def raise_if_refused(outcome: TrainingOutcome) -> None:
 
 
 def _maybe_promote(
-    registry: ModelRegistry, registered: RegisteredVersion, decision: GateDecision
+    registry: ModelRegistry,
+    registered: RegisteredVersion,
+    decision: GateDecision,
+    promotion: Promotion,
 ) -> bool:
-    if not decision.passed:
+    if not decision.passed or promotion is Promotion.never:
         return False
-    registry.promote(registered.version)
+    promote_if_eligible(registry, registered.version, f"training run: {decision.summary()}")
     return True
 
 
