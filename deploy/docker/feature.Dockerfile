@@ -1,5 +1,7 @@
-# Feature pipeline job: Polars + deltalake + pandera, no PyTorch.
+# Feature pipeline job: Polars + deltalake + pandera, no PyTorch, no MLflow.
+#   docker build -f deploy/docker/feature.Dockerfile -t fti/feature-pipeline .
 FROM python:3.11-slim AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY shared ./shared
@@ -10,10 +12,12 @@ FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 fti
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
     FTI_DATA_ROOT=/data
 USER fti
 WORKDIR /home/fti
-# A job, not a server: success is its exit code (0 success, 3 partial, 1 failure).
+# A job, not a server: its health is its exit code (0 success, 3 partial, 1 failure, 2 usage).
 HEALTHCHECK NONE
 ENTRYPOINT ["python", "-m", "feature_pipeline"]
 CMD ["--help"]
