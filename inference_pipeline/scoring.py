@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,10 @@ from tritonclient.utils import InferenceServerException
 
 from inference_pipeline.model_artifact import ServingModel
 from shared.errors import ModelServerUnavailable
-from shared.feature_definitions import FLIGHTS
 from shared.feature_store import FeatureStore
-from shared.feature_view import attach_online_features
-from shared.prediction_log import flight_id, sched_dep_utc
-from shared.transforms import OOV_INDEX, FeatureMatrices, MDTState, apply_mdt
+from shared.feature_view import OnlineFeatures, online_feature_columns
+from shared.flight_identity import flight_id_of
+from shared.transforms import OOV_INDEX, FeatureMatrices, MDTState, apply_mdt, apply_mdt_columns
 from shared.triton_repository import CATEGORICAL_INPUT, NUMERIC_INPUT, PROBABILITY_OUTPUT
 
 log = logging.getLogger(__name__)
@@ -44,21 +44,6 @@ REQUEST_FIELDS: tuple[str, ...] = (
 )
 
 
-def request_frame(records: Sequence[dict[str, Any]]) -> pl.DataFrame:
-    """Request fields typed as the flights group types them, plus ``flight_id`` and
-    ``sched_dep_utc`` computed the way the feature pipeline computes them."""
-    schema = {name: FLIGHTS.polars_schema[name] for name in REQUEST_FIELDS}
-    frame = pl.DataFrame([{k: r.get(k) for k in REQUEST_FIELDS} for r in records], schema=schema)
-    return frame.with_columns(flight_id(), sched_dep_utc())
-
-
-def online_feature_frame(
-    store: FeatureStore, model: ServingModel, requests: pl.DataFrame
-) -> pl.DataFrame:
-    """One online read per feature group for all flights, then the on-demand features."""
-    return attach_online_features(store, model.view, requests)
-
-
 @dataclass(frozen=True)
 class InputReport:
     """What the MDT had to make up for one flight."""
@@ -68,8 +53,41 @@ class InputReport:
     missing_groups: list[str]  # feature groups with no online row for the flight's key
 
 
+@dataclass(frozen=True)
+class OnlineInputs:
+    """Everything the online path derives from a request before calling the model."""
+
+    flight_ids: list[str]
+    features: OnlineFeatures
+    matrices: FeatureMatrices
+    reports: list[InputReport]
+    features_s: float  # online read + on-demand features
+    transform_s: float  # MDT + input reports
+
+
+def online_inputs(
+    store: FeatureStore, model: ServingModel, flights: Sequence[Mapping[str, Any]]
+) -> OnlineInputs:
+    """Request fields -> online features + on-demand features -> MDT matrices, with reports.
+
+    Frame-free on purpose (a Polars frame per request costs more than the model call); the
+    functions are the shared ones the batch job and training run on frames."""
+    began = time.perf_counter()
+    requests = [{k: f.get(k) for k in REQUEST_FIELDS} for f in flights]
+    features = online_feature_columns(store, model.view, requests)
+    read = time.perf_counter()
+    matrices = apply_mdt_columns(features.columns, features.rows, model.mdt)
+    reports = input_reports(features.columns, model, matrices)
+    ids = [
+        flight_id_of(r["flight_date"], r["carrier"], r["flight"], r["origin"], r["sched_dep_time"])
+        for r in requests
+    ]
+    done = time.perf_counter()
+    return OnlineInputs(ids, features, matrices, reports, read - began, done - read)
+
+
 def input_reports(
-    frame: pl.DataFrame, model: ServingModel, matrices: FeatureMatrices
+    columns: Mapping[str, Any] | pl.DataFrame, model: ServingModel, matrices: FeatureMatrices
 ) -> list[InputReport]:
     """Per flight: the features the MDT imputed or sent to the out-of-vocabulary index.
 
@@ -80,19 +98,15 @@ def input_reports(
     categorical = mdt.categorical_features
     imputed = matrices.numeric[:, len(numeric) :] > 0.5
     oov = matrices.categorical == OOV_INDEX
-    null = frame.select(pl.col(c).is_null() for c in categorical).to_numpy()
-    inputs = set(mdt.input_features)
-    groups = [
-        (join.group.name, [c for f in join.feature_list() if (c := join.prefix + f) in inputs])
-        for join in model.view.joins
-    ]
+    null = [[v is None for v in columns[c]] for c in categorical]  # per feature, per row
+    groups = _input_groups(model)
     reports = []
     for row in range(len(matrices)):
         missing = [n for n, m in zip(numeric, imputed[row], strict=True) if m]
-        missing += [c for c, o, n in zip(categorical, oov[row], null[row], strict=True) if o and n]
-        unknown = [
-            c for c, o, n in zip(categorical, oov[row], null[row], strict=True) if o and not n
-        ]
+        unknown = []
+        for j, name in enumerate(categorical):
+            if oov[row, j]:
+                (missing if null[j][row] else unknown).append(name)
         absent = set(missing)
         reports.append(
             InputReport(
@@ -102,6 +116,15 @@ def input_reports(
             )
         )
     return reports
+
+
+def _input_groups(model: ServingModel) -> list[tuple[str, list[str]]]:
+    """Each joined group with the model inputs it provides."""
+    inputs = set(model.mdt.input_features)
+    return [
+        (join.group.name, [c for f in join.feature_list() if (c := join.prefix + f) in inputs])
+        for join in model.view.joins
+    ]
 
 
 def transform(frame: pl.DataFrame, mdt: MDTState) -> FeatureMatrices:

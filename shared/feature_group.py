@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import pandera.polars as pa
@@ -48,8 +49,9 @@ class FeatureGroup:
         keys = {*self.primary_key, self.event_time, *self.non_features}
         return [c for c in self.schema.columns if c not in keys]
 
-    @property
+    @cached_property
     def polars_schema(self) -> pl.Schema:
+        """Column -> Polars dtype (cached: the online request path asks for it per request)."""
         return pl.Schema({name: col.dtype.type for name, col in self.schema.columns.items()})
 
     def descriptions(self) -> dict[str, str]:

@@ -7,17 +7,19 @@ time (backward as-of, at the scheduled departure); the on-demand features of
 :meth:`FeatureView.describe`, so batch and online inference ask the model which features to read.
 
 The same functions build the labeled training frame and the scoring frame of the batch job, and
-:func:`attach_online_features` builds the online one, so the three paths cannot drift apart.
+:func:`online_feature_columns` builds the online one, so the three paths cannot drift apart.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import polars as pl
 
 from shared.errors import FeatureGroupNotFound
@@ -30,8 +32,14 @@ from shared.feature_definitions import (
     ROUTE_STATS,
 )
 from shared.feature_group import FeatureGroup
-from shared.feature_store import FeatureStore, JoinRequest
-from shared.on_demand import with_on_demand_features
+from shared.feature_store import FeatureStore, JoinRequest, OnlineLookup
+from shared.on_demand import (
+    FLIGHT_DATE,
+    PLANE_YEAR_BUILT,
+    SCHED_DEP_TIME,
+    on_demand_columns,
+    with_on_demand_features,
+)
 
 
 @dataclass(frozen=True)
@@ -284,27 +292,74 @@ def build_scoring_frame(
     return feature_frame(store, view, spine, versions=versions)
 
 
-def attach_online_features(
-    store: FeatureStore, view: FeatureView, requests: pl.DataFrame
-) -> pl.DataFrame:
-    """Online twin of :func:`feature_frame`: latest online values per key, same column names.
+@dataclass(frozen=True)
+class OnlineFeatures:
+    """The online twin of :func:`feature_frame` for a few request rows, as plain columns.
 
-    ``requests`` holds the spine's request fields (carrier, origin, dest, distance, tailnum,
-    flight_date, sched_dep_time, ...). Keys unknown online give nulls, imputed by the MDT.
-    """
-    frame = requests
-    for request in view.joins:
-        pairs = request.key_pairs()
-        keys = requests.select(
-            pl.col(s).cast(request.group.polars_schema[g]).alias(g) for s, g in pairs
+    ``columns`` maps every feature of the view (and the request fields) to one value per row,
+    as stored or requested (None where missing; on-demand features as numpy arrays, NaN where
+    missing), ready for ``shared.transforms.apply_mdt_columns``. No frames: building Polars
+    frames costs more than the whole model call for one flight."""
+
+    columns: dict[str, Any]
+    rows: int
+
+    def row(self, index: int, names: Sequence[str]) -> dict[str, Any]:
+        """One row's values as JSON-ready Python values (NaN -> None)."""
+        return {name: _plain(self.columns[name][index]) for name in names}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _key_value(value: Any, dtype: pl.DataType) -> Any:
+    """A request value as the plain value the online store keeps for a key of ``dtype``."""
+    if value is None:
+        return None
+    if dtype == pl.String:
+        return str(value)
+    if dtype.is_integer():
+        return int(value)
+    raise TypeError(f"online keys of type {dtype} are not supported on the request path")
+
+
+def online_feature_columns(
+    store: FeatureStore, view: FeatureView, requests: Sequence[Mapping[str, Any]]
+) -> OnlineFeatures:
+    """Latest online values per key for each request, plus the on-demand features.
+
+    ``requests`` hold the spine's request fields (flight_date as a date, sched_dep_time,
+    carrier, origin, dest, distance, tailnum, ...). One ``get_online_rows`` call reads every
+    group; keys unknown online give missing values, imputed by the MDT and reported."""
+    rows = len(requests)
+    lookups = [
+        OnlineLookup(
+            join.group,
+            [
+                tuple(
+                    _key_value(r.get(s), join.group.polars_schema[g]) for s, g in join.key_pairs()
+                )
+                for r in requests
+            ],
         )
-        rows = store.get_online_features(request.group, keys)
-        frame = frame.hstack(
-            rows.select(pl.col(f).alias(request.prefix + f) for f in request.feature_list())
-        )
-    frame = with_on_demand_features(frame)
-    present = [c for c in view.entity_columns if c in frame.columns]
-    return frame.select(_unique([*present, *view.features]))
+        for join in view.joins
+    ]
+    found = store.get_online_rows(lookups) if rows else [[] for _ in lookups]
+    columns: dict[str, Any] = {name: [r.get(name) for r in requests] for name in requests[0]}
+    for join, group_rows in zip(view.joins, found, strict=True):
+        for feature in join.feature_list():
+            columns[join.prefix + feature] = [None if r is None else r[feature] for r in group_rows]
+    columns |= on_demand_columns(
+        np.array(columns[FLIGHT_DATE], dtype="datetime64[D]"),
+        np.array(columns[SCHED_DEP_TIME], dtype=np.int64),
+        np.array(columns.get(PLANE_YEAR_BUILT, [None] * rows), dtype=np.float64),
+    )
+    return OnlineFeatures(columns=columns, rows=rows)
 
 
 def _unique(names: Sequence[str]) -> list[str]:

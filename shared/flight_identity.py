@@ -7,6 +7,8 @@ its flight and its outcome.
 
 from __future__ import annotations
 
+from datetime import date
+
 import polars as pl
 
 from shared.feature_definitions import NYC_TZ
@@ -39,3 +41,11 @@ def sched_dep_utc() -> pl.Expr:
         .dt.convert_time_zone("UTC")
         .alias("sched_dep_utc")
     )
+
+
+def flight_id_of(
+    flight_date: date, carrier: str, flight: int, origin: str, sched_dep_time: int
+) -> str:
+    """:func:`flight_id` for one request, without a frame (the online request path); a test
+    checks it against the expression on every flight of the year."""
+    return f"{flight_date:%Y%m%d}-{carrier}{flight}-{origin}-{sched_dep_time:04d}"

@@ -16,8 +16,9 @@ The flight identity expressions below are the request-side twins of the feature 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import pandera.polars as pa
 import polars as pl
@@ -107,3 +108,56 @@ def prediction_rows(
         pl.lit(latency_ms, dtype=pl.Float32).alias("latency_ms"),
     )
     return PREDICTIONS.conform(rows)
+
+
+# The plain record the online service queues per prediction (no frame on the request path);
+# :func:`prediction_frame` turns a flush's worth of them into PREDICTIONS rows at once.
+_RECORD_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
+    "flight_id": pl.String,
+    "flight_date": pl.Date,
+    "sched_dep_time": pl.Int16,
+    "model_version": pl.String,
+    "request_id": pl.String,
+    "scored_at": UTC_TIMESTAMP,
+    "source": pl.String,
+    "probability": pl.Float32,
+    "features": pl.String,
+    "missing_features": pl.String,
+    "latency_ms": pl.Float32,
+}
+
+
+def prediction_record(
+    flight_id: str,
+    flight_date: object,
+    sched_dep_time: int,
+    features: Mapping[str, Any],
+    probability: float,
+    missing: Sequence[str],
+    *,
+    model_version: str,
+    request_id: str,
+    scored_at: datetime,
+    source: str,
+    latency_ms: float | None,
+) -> dict[str, Any]:
+    """One prediction as plain values (``features``: the values given to the MDT)."""
+    return {
+        "flight_id": flight_id,
+        "flight_date": flight_date,
+        "sched_dep_time": sched_dep_time,
+        "model_version": model_version,
+        "request_id": request_id,
+        "scored_at": scored_at,
+        "source": source,
+        "probability": probability,
+        "features": json.dumps(features, default=str, sort_keys=True),
+        "missing_features": ",".join(missing),
+        "latency_ms": latency_ms,
+    }
+
+
+def prediction_frame(records: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
+    """Rows of :data:`PREDICTIONS` from :func:`prediction_record` records."""
+    frame = pl.DataFrame(list(records), schema=_RECORD_SCHEMA, orient="row")
+    return PREDICTIONS.conform(frame.with_columns(sched_dep_utc()))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -43,6 +43,15 @@ class NumericState:
 class CategoricalState:
     name: str
     vocabulary: tuple[str, ...]  # position i has index i + 1; OOV/missing is 0
+
+    @property
+    def index(self) -> dict[str, int]:
+        """Value -> vocabulary index (built once per state: the online path looks it up)."""
+        found: dict[str, int] | None = self.__dict__.get("_index")
+        if found is None:
+            found = {v: i + 1 for i, v in enumerate(self.vocabulary)}
+            object.__setattr__(self, "_index", found)
+        return found
 
     @property
     def cardinality(self) -> int:
@@ -127,9 +136,16 @@ def _as_float(name: str, frame: pl.DataFrame) -> pl.Expr:
     return col.fill_nan(None) if frame.schema[name].is_float() else col
 
 
-def _category_text(name: str) -> pl.Expr:
-    """Vocabulary keys are strings whatever the column type (hour 5 -> "5")."""
-    return pl.col(name).cast(pl.String)
+def category_text(value: object) -> str | None:
+    """The vocabulary key of one value, whatever its type (hour 5 -> "5", True -> "true").
+
+    The ONE rule for both fitting and applying, written as Polars' cast to String spells
+    values, so vocabularies fitted before it existed still match."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def fit_numeric(frame: pl.DataFrame, name: str) -> NumericState:
@@ -151,16 +167,16 @@ def fit_vocabulary(
     frame: pl.DataFrame, name: str, *, min_frequency: int = 1, max_size: int | None = None
 ) -> CategoricalState:
     """Values by descending training frequency (ties by value), so the order is deterministic."""
-    counts = (
-        frame.select(_category_text(name).alias("value"))
-        .drop_nulls()
-        .group_by("value")
-        .len()
-        .filter(pl.col("len") >= min_frequency)
-        .sort(["len", "value"], descending=[True, False])
+    counts: dict[str, int] = {}
+    for value, count in frame.group_by(name).len().drop_nulls(name).iter_rows():
+        text = category_text(value)
+        assert text is not None
+        counts[text] = counts.get(text, 0) + count
+    ranked = sorted(
+        (text for text, count in counts.items() if count >= min_frequency),
+        key=lambda text: (-counts[text], text),
     )
-    values = counts["value"].to_list()
-    return CategoricalState(name, tuple(values[:max_size] if max_size else values))
+    return CategoricalState(name, tuple(ranked[:max_size] if max_size else ranked))
 
 
 def fit_mdt(
@@ -187,50 +203,72 @@ def fit_mdt(
     )
 
 
-def numeric_expressions(state: MDTState, frame: pl.DataFrame) -> list[pl.Expr]:
-    scaled = [
-        ((_as_float(s.name, frame).fill_null(s.fill) - s.mean) / s.std)
-        .clip(-state.clip, state.clip)
-        .cast(pl.Float32)
-        .alias(s.name)
-        for s in state.numeric
-    ]
-    indicators = [
-        _as_float(s.name, frame).is_null().cast(pl.Float32).alias(f"{s.name}__missing")
-        for s in state.numeric
-    ]
-    return [*scaled, *indicators]
+# The inputs of :func:`apply_mdt_columns`: per feature, one value per row - numbers with None or
+# NaN for missing (numeric), plain values with None for missing (categorical) - as a list, a
+# numpy array or a Polars series.
+FeatureColumns = Mapping[str, Any]
 
 
-def categorical_expressions(state: MDTState) -> list[pl.Expr]:
-    return [
-        _category_text(s.name)
-        .replace_strict(
-            list(s.vocabulary),
-            list(range(1, s.cardinality)),
-            default=OOV_INDEX,
-            return_dtype=pl.Int64,
-        )
-        .fill_null(OOV_INDEX)
-        .alias(s.name)
-        for s in state.categorical
-    ]
+def scale_numeric(values: np.ndarray, state: MDTState) -> np.ndarray:
+    """(rows, numeric features) float64 with NaN for missing -> the float32 numeric matrix."""
+    fill = np.array([s.fill for s in state.numeric])
+    mean = np.array([s.mean for s in state.numeric])
+    std = np.array([s.std for s in state.numeric])
+    missing = np.isnan(values)
+    scaled = np.where(missing, fill, values)
+    scaled -= mean
+    scaled /= std
+    np.clip(scaled, -state.clip, state.clip, out=scaled)
+    out = np.empty((values.shape[0], 2 * values.shape[1]), dtype=np.float32)
+    out[:, : values.shape[1]] = scaled
+    out[:, values.shape[1] :] = missing
+    return out
 
 
-def transform_frame(frame: pl.DataFrame, state: MDTState) -> pl.DataFrame:
-    """The transformed features as a frame (numeric columns, then categorical indices)."""
+def category_indices(values: Sequence[object] | pl.Series, state: CategoricalState) -> np.ndarray:
+    """Vocabulary index per value; unknown and missing values get the OOV index 0.
+
+    A long column (a Polars series) is mapped through its distinct values, so the per-value
+    rule above runs once per distinct value, not once per row."""
+    index = state.index
+    if isinstance(values, pl.Series):
+        distinct = values.unique()
+        codes = category_indices(distinct.to_list(), state)
+        mapped = values.replace_strict(distinct, codes, default=OOV_INDEX, return_dtype=pl.Int64)
+        return mapped.fill_null(OOV_INDEX).to_numpy()
+    texts = (category_text(v) for v in values)
+    return np.fromiter(
+        (OOV_INDEX if t is None else index.get(t, OOV_INDEX) for t in texts), np.int64, len(values)
+    )
+
+
+def apply_mdt_columns(columns: FeatureColumns, rows: int, state: MDTState) -> FeatureMatrices:
+    """Feature columns -> (numeric float32, categorical int64) matrices, row order kept."""
+    missing = [c for c in state.input_features if c not in columns]
+    if missing:
+        raise ValueError(f"features {missing} that the MDT state needs are missing")
+    numeric = np.empty((rows, len(state.numeric)), dtype=np.float64, order="F")
+    for j, s in enumerate(state.numeric):
+        numeric[:, j] = np.asarray(columns[s.name], dtype=np.float64)  # None -> NaN
+    categorical = np.empty((rows, len(state.categorical)), dtype=np.int64)
+    for j, c in enumerate(state.categorical):
+        categorical[:, j] = category_indices(columns[c.name], c)
+    return FeatureMatrices(numeric=scale_numeric(numeric, state), categorical=categorical)
+
+
+def frame_columns(frame: pl.DataFrame, state: MDTState) -> dict[str, Any]:
+    """The MDT's inputs from a frame: numeric as float64 arrays (null and NaN -> NaN),
+    categorical as the frame's series."""
     missing = [c for c in state.input_features if c not in frame.columns]
     if missing:
         raise ValueError(f"frame lacks features {missing} that the MDT state needs")
-    return frame.select([*numeric_expressions(state, frame), *categorical_expressions(state)])
+    columns: dict[str, Any] = {
+        n: frame[n].cast(pl.Float64).fill_null(np.nan).to_numpy() for n in state.numeric_features
+    }
+    columns |= {c: frame[c] for c in state.categorical_features}
+    return columns
 
 
 def apply_mdt(frame: pl.DataFrame, state: MDTState) -> FeatureMatrices:
     """Frame -> (numeric float32, categorical int64) matrices, row order kept."""
-    out = transform_frame(frame, state)
-    numeric = out.select(state.numeric_columns).to_numpy()
-    categorical = out.select(state.categorical_features).to_numpy()
-    return FeatureMatrices(
-        numeric=np.ascontiguousarray(numeric, dtype=np.float32).reshape(frame.height, -1),
-        categorical=np.ascontiguousarray(categorical, dtype=np.int64).reshape(frame.height, -1),
-    )
+    return apply_mdt_columns(frame_columns(frame, state), frame.height, state)

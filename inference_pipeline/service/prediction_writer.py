@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -19,7 +20,7 @@ from deltalake.exceptions import DeltaError
 from inference_pipeline.service.metrics import ServiceMetrics
 from shared.errors import FTIError
 from shared.feature_store import FeatureStore
-from shared.prediction_log import PREDICTIONS
+from shared.prediction_log import PREDICTIONS, prediction_frame
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class PredictionWriter:
         self._flush_rows = flush_rows
         self._flush_s = flush_s
         self._max_pending = max_pending
-        self._pending: list[pl.DataFrame] = []
+        self._pending: list[dict[str, Any]] = []
         self._pending_rows = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -51,14 +52,14 @@ class PredictionWriter:
         self._store.register(PREDICTIONS)
         self._task = asyncio.create_task(self._run(), name="prediction-writer")
 
-    def submit(self, rows: pl.DataFrame) -> None:
-        """Queue rows; never blocks, never raises."""
-        if self._pending_rows + rows.height > self._max_pending:
-            self._metrics.prediction_log_rows.labels("dropped").inc(rows.height)
-            log.warning("prediction log queue full: %d rows dropped", rows.height)
+    def submit(self, records: list[dict[str, Any]]) -> None:
+        """Queue `prediction_record` records; never blocks, never raises."""
+        if self._pending_rows + len(records) > self._max_pending:
+            self._metrics.prediction_log_rows.labels("dropped").inc(len(records))
+            log.warning("prediction log queue full: %d rows dropped", len(records))
             return
-        self._pending.append(rows)
-        self._pending_rows += rows.height
+        self._pending.extend(records)
+        self._pending_rows += len(records)
         if self._pending_rows >= self._flush_rows:
             self._wake.set()
 
@@ -73,9 +74,9 @@ class PredictionWriter:
         if not self._pending:
             return
         batch, self._pending, self._pending_rows = self._pending, [], 0
-        frame = pl.concat(batch).unique(subset=_KEYS, keep="last", maintain_order=True)
         began = time.perf_counter()
         try:
+            frame = await asyncio.to_thread(_frame, batch)
             await asyncio.to_thread(self._store.insert, PREDICTIONS, frame)
         except (
             FTIError,
@@ -85,8 +86,8 @@ class PredictionWriter:
             OSError,
             ValueError,
         ) as exc:
-            self._metrics.prediction_log_rows.labels("failed").inc(frame.height)
-            log.error("could not log %d predictions: %s", frame.height, exc)
+            self._metrics.prediction_log_rows.labels("failed").inc(len(batch))
+            log.error("could not log %d predictions: %s", len(batch), exc)
             return
         self._metrics.prediction_log_rows.labels("written").inc(frame.height)
         log.debug("logged %d predictions in %.3f s", frame.height, time.perf_counter() - began)
@@ -97,3 +98,7 @@ class PredictionWriter:
         if self._task is not None:
             await self._task
         await self.flush()
+
+
+def _frame(records: list[dict[str, Any]]) -> pl.DataFrame:
+    return prediction_frame(records).unique(subset=_KEYS, keep="last", maintain_order=True)

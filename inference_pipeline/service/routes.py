@@ -8,20 +8,12 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-import polars as pl
 from fastapi import APIRouter, BackgroundTasks, Request, Response, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inference_pipeline.model_artifact import ServingModel
-from inference_pipeline.scoring import (
-    InputReport,
-    input_reports,
-    online_feature_frame,
-    request_frame,
-    transform,
-)
+from inference_pipeline.scoring import OnlineInputs, online_inputs
 from inference_pipeline.service.dependencies import AdminKey, ApiKey, Runtime, Store, Triton
 from inference_pipeline.service.runtime import ServiceRuntime
 from inference_pipeline.service.schemas import (
@@ -35,9 +27,7 @@ from inference_pipeline.service.schemas import (
     ReloadResponse,
 )
 from shared.errors import ModelServerUnavailable
-from shared.feature_store import FeatureStore
-from shared.prediction_log import ONLINE_SOURCE, prediction_rows
-from shared.transforms import FeatureMatrices
+from shared.prediction_log import ONLINE_SOURCE, prediction_record
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +38,6 @@ admin = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminKey])
 _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "a dependency is down or too slow"}
 }
-
-
-def _features_and_matrices(
-    store: FeatureStore, model: ServingModel, requests: pl.DataFrame
-) -> tuple[pl.DataFrame, list[InputReport], FeatureMatrices, float]:
-    """Blocking part, run in a thread: online read, on-demand features, MDT."""
-    began = time.perf_counter()
-    frame = online_feature_frame(store, model, requests)
-    read_s = time.perf_counter() - began
-    matrices = transform(frame, model.mdt)
-    return frame, input_reports(frame, model, matrices), matrices, read_s
 
 
 @predictions.post(
@@ -80,18 +59,15 @@ async def predict(
     settings, metrics = runtime.settings, runtime.metrics
     if len(body.flights) > settings.max_flights_per_request:
         raise _too_many(len(body.flights), settings.max_flights_per_request)
-    requests = request_frame([f.model_dump() for f in body.flights])
+    flights = [f.model_dump() for f in body.flights]
     model = runtime.model
     for attempt in (1, 2):
-        stage = time.perf_counter()
-        frame, reports, matrices, read_s = await runtime.with_store(
-            _features_and_matrices, store, model, requests
-        )
-        metrics.stage_seconds.labels("features").observe(read_s)
-        metrics.stage_seconds.labels("transform").observe(time.perf_counter() - stage - read_s)
+        inputs = await runtime.with_store(online_inputs, store, model, flights)
+        metrics.stage_seconds.labels("features").observe(inputs.features_s)
+        metrics.stage_seconds.labels("transform").observe(inputs.transform_s)
         stage = time.perf_counter()
         try:
-            probability = await triton.infer(model.triton_name, model.version, matrices)
+            probability = await triton.infer(model.triton_name, model.version, inputs.matrices)
             break
         except ModelServerUnavailable:
             if attempt == 1 and runtime.model is not model:
@@ -103,28 +79,28 @@ async def predict(
             metrics.stage_seconds.labels("triton").observe(time.perf_counter() - stage)
     total_s = time.perf_counter() - began
     metrics.stage_seconds.labels("total").observe(total_s)
-    metrics.flights.inc(len(reports))
-    for report in reports:
+    metrics.flights.inc(len(flights))
+    for report in inputs.reports:
         for feature in report.missing_features:
             metrics.imputed.labels(feature).inc()
+    probabilities = probability.tolist()
     if runtime.writer is not None:
         background.add_task(
-            _log_predictions, runtime, frame, model, probability, reports, request_id, total_s
+            _log_predictions, runtime, flights, inputs, model, probabilities, request_id, total_s
         )
-    flight_ids = requests["flight_id"].to_list()
     return PredictionResponse(
         request_id=request_id,
         model_version=model.version,
         predictions=[
             FlightPrediction(
                 flight_id=fid,
-                probability=float(p),
+                probability=p,
                 model_version=model.version,
                 missing_features=r.missing_features,
                 unknown_categories=r.unknown_categories,
                 missing_groups=r.missing_groups,
             )
-            for fid, p, r in zip(flight_ids, probability.tolist(), reports, strict=True)
+            for fid, p, r in zip(inputs.flight_ids, probabilities, inputs.reports, strict=True)
         ],
     )
 
@@ -140,27 +116,35 @@ def _too_many(count: int, limit: int) -> Exception:
 
 def _log_predictions(
     runtime: ServiceRuntime,
-    frame: pl.DataFrame,
+    flights: list[dict[str, Any]],
+    inputs: OnlineInputs,
     model: ServingModel,
-    probability: np.ndarray,
-    reports: list[InputReport],
+    probabilities: list[float],
     request_id: str,
     total_s: float,
 ) -> None:
-    """After the response is sent: build the log rows and queue them for the batched writer."""
+    """After the response is sent: queue plain log records for the batched writer."""
     assert runtime.writer is not None
-    rows = prediction_rows(
-        frame,
-        model.input_features,
-        probability.tolist(),
-        [r.missing_features for r in reports],
-        model_version=model.version,
-        request_id=request_id,
-        scored_at=datetime.now(UTC),
-        source=ONLINE_SOURCE,
-        latency_ms=total_s * 1000.0,
+    scored_at = datetime.now(UTC)
+    names = model.input_features
+    runtime.writer.submit(
+        [
+            prediction_record(
+                inputs.flight_ids[i],
+                flight["flight_date"],
+                flight["sched_dep_time"],
+                inputs.features.row(i, names),
+                probabilities[i],
+                inputs.reports[i].missing_features,
+                model_version=model.version,
+                request_id=request_id,
+                scored_at=scored_at,
+                source=ONLINE_SOURCE,
+                latency_ms=total_s * 1000.0,
+            )
+            for i, flight in enumerate(flights)
+        ]
     )
-    runtime.writer.submit(rows)
 
 
 @health.get("/healthz", summary="Liveness: the process answers")

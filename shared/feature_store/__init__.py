@@ -8,6 +8,8 @@ from shared.feature_store.protocol import (
     GroupInfo,
     JoinRequest,
     MaterializeResult,
+    OnlineLookup,
+    OnlineRow,
     OnlineStore,
     WriteResult,
 )
@@ -46,6 +48,8 @@ __all__ = [
     "GroupInfo",
     "JoinRequest",
     "MaterializeResult",
+    "OnlineLookup",
+    "OnlineRow",
     "OnlineStore",
     "WriteResult",
     "open_feature_store",

@@ -42,7 +42,14 @@ from shared.errors import (
 from shared.feature_group import FeatureGroup
 from shared.feature_store.online_codec import align_to_keys
 from shared.feature_store.point_in_time import join_from_store
-from shared.feature_store.protocol import GroupInfo, JoinRequest, MaterializeResult, WriteResult
+from shared.feature_store.protocol import (
+    GroupInfo,
+    JoinRequest,
+    MaterializeResult,
+    OnlineLookup,
+    OnlineRow,
+    WriteResult,
+)
 from shared.settings import FeatureStoreSettings
 
 log = logging.getLogger(__name__)
@@ -419,6 +426,26 @@ class HopsworksFeatureStore:
             )
             found = typed(group, vectors).filter(pl.all_horizontal(pl.col(pk).is_not_null()))
         return align_to_keys(group, keys, found)
+
+    def get_online_rows(self, lookups: Sequence[OnlineLookup]) -> list[list[OnlineRow]]:
+        """Plain rows per lookup (one SDK call per group); a key with no online row gives None.
+
+        RonDB has no row-level "missing" marker in a feature vector, so a row whose features
+        are all null counts as missing."""
+        results: list[list[OnlineRow]] = []
+        for lookup in lookups:
+            group, pk = lookup.group, list(lookup.group.primary_key)
+            keys = pl.DataFrame(
+                [list(k) for k in lookup.keys],
+                schema={k: group.polars_schema[k] for k in pk},
+                orient="row",
+            )
+            rows = self.get_online_features(group, keys).to_dicts()
+            features = [c for c in group.columns if c not in pk]
+            results.append(
+                [row if any(row[f] is not None for f in features) else None for row in rows]
+            )
+        return results
 
     def _online_view(self, group: FeatureGroup) -> Any:
         """One feature view per online group, serving all its columns by primary key."""

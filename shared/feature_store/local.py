@@ -16,6 +16,8 @@ from shared.feature_store.protocol import (
     GroupInfo,
     JoinRequest,
     MaterializeResult,
+    OnlineLookup,
+    OnlineRow,
     OnlineStore,
     WriteResult,
 )
@@ -73,6 +75,9 @@ class LocalFeatureStore:
 
     def get_online_features(self, group: FeatureGroup, keys: pl.DataFrame) -> pl.DataFrame:
         return self.online.read(group, keys)
+
+    def get_online_rows(self, lookups: Sequence[OnlineLookup]) -> list[list[OnlineRow]]:
+        return self.online.read_rows(lookups)
 
     def point_in_time_join(
         self,

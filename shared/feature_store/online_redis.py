@@ -27,6 +27,7 @@ from redis.retry import Retry
 from shared.errors import ConfigurationError, StoreUnavailable
 from shared.feature_group import FeatureGroup
 from shared.feature_store.online_codec import align_to_keys, from_storable, storable
+from shared.feature_store.protocol import OnlineLookup, OnlineRow
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,32 @@ class RedisOnlineStore:
         names = [self._key(group.table_name, key) for key in storable_keys(group, keys)]
         found = [json.loads(raw) for raw in self._mget(group.table_name, names) if raw is not None]
         return align_to_keys(group, keys, from_storable(group, found))
+
+    def read_rows(self, lookups: Sequence[OnlineLookup]) -> list[list[OnlineRow]]:
+        """Plain rows per lookup and key: every group's MGET in one pipeline, one round trip."""
+        pipe = self._client.pipeline(transaction=False)
+        counts = []
+        for lookup in lookups:
+            names = [self._key(lookup.group.table_name, key) for key in lookup.keys]
+            for part in _chunks(names, READ_CHUNK):
+                pipe.mget(part)
+            counts.append(len(names))
+        replies = iter(self._call("online read", pipe.execute) if any(counts) else [])
+        results: list[list[OnlineRow]] = []
+        for lookup, count in zip(lookups, counts, strict=True):
+            raw: list[bytes | None] = []
+            while len(raw) < count:
+                raw += next(replies)
+            columns = lookup.group.columns
+            results.append(
+                [
+                    dict(zip(columns, json.loads(value), strict=True))
+                    if value is not None
+                    else None
+                    for value in raw
+                ]
+            )
+        return results
 
     def _mget(self, table_name: str, names: list[str]) -> list[bytes | None]:
         if not names:

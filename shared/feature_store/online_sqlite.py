@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from shared.errors import StoreUnavailable
 from shared.feature_group import FeatureGroup
 from shared.feature_store.online_codec import align_to_keys, from_storable, storable
+from shared.feature_store.protocol import OnlineLookup, OnlineRow
 
 _SQL_TYPES = {
     pl.Int8: "INTEGER",
@@ -87,28 +90,53 @@ class SQLiteOnlineStore:
     def read(self, group: FeatureGroup, keys: pl.DataFrame) -> pl.DataFrame:
         pk = list(group.primary_key)
         unique_keys = keys.select(pk).unique(maintain_order=True).rows()
-        found: list[tuple[object, ...]] = []
+        with self._lock:
+            found = self._select(group, unique_keys)
+        return align_to_keys(group, keys, from_storable(group, found))
+
+    def read_rows(self, lookups: Sequence[OnlineLookup]) -> list[list[OnlineRow]]:
+        """Plain rows per lookup and key; one lock and one query per group."""
+        results: list[list[OnlineRow]] = []
+        with self._lock:
+            for lookup in lookups:
+                group = lookup.group
+                wanted = [k for k in dict.fromkeys(lookup.keys) if None not in k]
+                rows = self._select(group, wanted)
+                positions = [group.columns.index(k) for k in group.primary_key]
+                by_key = {tuple(r[i] for i in positions): r for r in rows}
+                columns = group.columns
+                results.append(
+                    [
+                        dict(zip(columns, row, strict=True))
+                        if (row := by_key.get(key)) is not None
+                        else None
+                        for key in lookup.keys
+                    ]
+                )
+        return results
+
+    def _select(self, group: FeatureGroup, keys: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Stored rows for distinct ``keys`` (caller holds the lock), in chunks of parameters."""
+        self._ensure_table(group)
+        pk = list(group.primary_key)
         names = ", ".join(_ident(c) for c in group.columns)
+        key_cols = ", ".join(_ident(k) for k in pk)
         per_key = len(pk)
         chunk = max(1, _MAX_PARAMS // per_key)
-        with self._lock:
-            self._ensure_table(group)
-            for i in range(0, len(unique_keys), chunk):
-                part = unique_keys[i : i + chunk]
-                row_marks = ", ".join("(" + ", ".join("?" * per_key) + ")" for _ in part)
-                key_cols = ", ".join(_ident(k) for k in pk)
-                sql = (
-                    f"SELECT {names} FROM {_ident(group.table_name)} "
-                    f"WHERE ({key_cols}) IN (VALUES {row_marks})"
-                )
-                params = [v for key in part for v in key]
-                try:
-                    found += self._conn.execute(sql, params).fetchall()
-                except sqlite3.Error as exc:
-                    raise StoreUnavailable(
-                        f"online read of {group.table_name} failed: {exc}"
-                    ) from exc
-        return align_to_keys(group, keys, from_storable(group, found))
+        found: list[Any] = []
+        for i in range(0, len(keys), chunk):
+            part = keys[i : i + chunk]
+            row_marks = ", ".join("(" + ", ".join("?" * per_key) + ")" for _ in part)
+            sql = (
+                f"SELECT {names} FROM {_ident(group.table_name)} "
+                f"WHERE ({key_cols}) IN (VALUES {row_marks})"
+            )
+            params = [v for key in part for v in key]
+            try:
+                found += self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"online read of {group.table_name} failed: {exc}") from exc
+        return found
 
     def materialized_version(self, table_name: str) -> int | None:
         with self._lock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import polars as pl
 
@@ -74,6 +74,19 @@ class JoinRequest:
         return list(self.features) if self.features is not None else self.group.feature_names
 
 
+@dataclass(frozen=True)
+class OnlineLookup:
+    """Keys to look up in one online group: primary-key values in the group's key order, as the
+    plain values online stores keep (strings and integers; see ``online_codec``)."""
+
+    group: FeatureGroup
+    keys: Sequence[tuple[Any, ...]]
+
+
+# One online row as stored: column -> plain value (None when the store has no row for the key).
+OnlineRow = dict[str, Any] | None
+
+
 @runtime_checkable
 class OnlineStore(Protocol):
     """Latest value per primary key, for low-latency serving."""
@@ -82,6 +95,11 @@ class OnlineStore(Protocol):
 
     def read(self, group: FeatureGroup, keys: pl.DataFrame) -> pl.DataFrame:
         """Rows for ``keys`` (primary-key columns) in the same order; missing keys give nulls."""
+        ...
+
+    def read_rows(self, lookups: Sequence[OnlineLookup]) -> list[list[OnlineRow]]:
+        """Per lookup, per key: the stored row as plain values, or None. The request path's
+        read: no frames, one round trip for all lookups where the backend allows it."""
         ...
 
     def materialized_version(self, table_name: str) -> int | None:
@@ -126,6 +144,10 @@ class FeatureStore(Protocol):
         ...
 
     def get_online_features(self, group: FeatureGroup, keys: pl.DataFrame) -> pl.DataFrame: ...
+
+    def get_online_rows(self, lookups: Sequence[OnlineLookup]) -> list[list[OnlineRow]]:
+        """Online rows of several groups at once, as plain values (see `OnlineStore.read_rows`)."""
+        ...
 
     def point_in_time_join(
         self,

@@ -23,9 +23,10 @@ from shared.feature_definitions import AIRPORT_WEATHER, FLIGHTS, PLANES, ROUTE_S
 from shared.feature_group import FeatureGroup
 from shared.feature_store.local import LocalFeatureStore
 from shared.feature_store.offline_delta import DeltaOfflineStore
+from shared.feature_store.online_codec import storable
 from shared.feature_store.online_redis import RedisOnlineStore
 from shared.feature_store.online_sqlite import SQLiteOnlineStore
-from shared.feature_store.protocol import OnlineStore
+from shared.feature_store.protocol import OnlineLookup, OnlineStore
 
 pytestmark = pytest.mark.integration
 
@@ -189,6 +190,25 @@ def test_missing_keys_give_nulls_in_request_order(online: OnlineStore) -> None:
     assert_frame_equal(back.slice(0, 1), rows.filter(pl.col("dest") == "ORD"))
     missing = back.filter(pl.col("valid_from").is_null()).drop("origin", "dest")
     assert missing.null_count().row(0) == (2,) * missing.width
+
+
+def test_request_path_rows_of_several_groups_in_one_read(online: OnlineStore) -> None:
+    """``read_rows`` (the online service's frame-free read) agrees with ``read`` value for value:
+    stored plain values, None for unknown and null keys, request order, repeats kept."""
+    online.write(ROUTE_STATS, route_rows())
+    online.write(PLANES, plane_rows())
+    route_keys = [("JFK", "ORD"), ("LGA", "ORD"), ("JFK", "ORD"), (None, "ORD")]
+    tailnums = [(t,) for t in plane_rows()["tailnum"].to_list()] + [("N0NE",)]
+    routes, planes = online.read_rows(
+        [OnlineLookup(ROUTE_STATS, route_keys), OnlineLookup(PLANES, tailnums)]
+    )
+    assert [r is not None for r in routes] == [True, False, True, False]
+    assert planes[-1] is None
+    framed = storable(ROUTE_STATS, route_rows().filter(pl.col("dest") == "ORD")).to_dicts()
+    assert routes[0] == routes[2] == framed[0]
+    expected_planes = storable(PLANES, plane_rows()).to_dicts()
+    assert planes[:-1] == expected_planes
+    assert online.read_rows([OnlineLookup(PLANES, [])]) == [[]]
 
 
 def test_reading_an_empty_key_set_gives_an_empty_typed_frame(online: OnlineStore) -> None:

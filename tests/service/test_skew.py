@@ -20,12 +20,7 @@ from fastapi.testclient import TestClient
 
 from inference_pipeline.batch import score_day, scoring_frame
 from inference_pipeline.model_artifact import load_serving_model
-from inference_pipeline.scoring import (
-    online_feature_frame,
-    request_frame,
-    score_in_process,
-    transform,
-)
+from inference_pipeline.scoring import online_inputs, score_in_process, transform
 from inference_pipeline.service import create_app
 from shared.feature_store import open_feature_store, open_online_store
 from shared.feature_view import build_training_frame
@@ -104,11 +99,21 @@ def test_online_batch_and_training_features_are_identical(  # type: ignore[no-un
     settings = FeatureStoreSettings(data_root=registered_model.root, sqlite_path=sqlite)
     store = open_feature_store(settings)
     try:
-        requests = request_frame(batch_frame.select(REQUEST_FIELDS).to_dicts())
-        online = online_feature_frame(store, model, requests)
+        inputs = online_inputs(store, model, batch_frame.select(REQUEST_FIELDS).to_dicts())
     finally:
         store.close()
-    assert online["flight_id"].to_list() == batch_frame["flight_id"].to_list()
+    assert inputs.flight_ids == batch_frame["flight_id"].to_list()
+    # The online path's own matrices (frame-free) equal the batch job's, row for row.
+    batch_matrices = transform(batch_frame, model.mdt)
+    np.testing.assert_array_equal(inputs.matrices.categorical, batch_matrices.categorical)
+    np.testing.assert_allclose(inputs.matrices.numeric, batch_matrices.numeric, rtol=0, atol=1e-6)
+    online = pl.DataFrame(
+        [
+            {"flight_id": fid} | inputs.features.row(i, model.mdt.input_features)
+            for i, fid in enumerate(inputs.flight_ids)
+        ],
+        infer_schema_length=None,
+    )
     labeled = batch_frame.join(training.select("flight_id"), on="flight_id")
     assert labeled.height >= 0.9 * batch_frame.height  # cancelled flights have no label
     for features in (online, training):

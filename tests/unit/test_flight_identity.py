@@ -6,8 +6,10 @@ from datetime import UTC, date, datetime
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from shared.flight_identity import flight_id, sched_dep_utc
+from shared.flight_identity import flight_id, flight_id_of, sched_dep_utc
 
 pytestmark = pytest.mark.unit
 
@@ -40,3 +42,30 @@ def test_flight_id_and_departure_instant_across_dst() -> None:
         datetime(2013, 11, 3, 5, 30, tzinfo=UTC),  # ambiguous 01:30: the earlier (EDT) instant
         datetime(2013, 1, 1, 5, 5, tzinfo=UTC),
     ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    day=st.dates(min_value=date(1990, 1, 1), max_value=date(2040, 12, 31)),
+    carrier=st.from_regex(r"[A-Z0-9]{2,3}", fullmatch=True),
+    number=st.integers(1, 9999),
+    origin=st.from_regex(r"[A-Z0-9]{3,4}", fullmatch=True),
+    hour=st.integers(0, 23),
+    minute=st.integers(0, 59),
+)
+def test_request_flight_id_equals_the_expression(
+    day: date, carrier: str, number: int, origin: str, hour: int, minute: int
+) -> None:
+    """The online path's frame-free flight id is the feature pipeline's, for any flight."""
+    hhmm = hour * 100 + minute
+    frame = pl.DataFrame(
+        {
+            "flight_date": [day],
+            "sched_dep_time": pl.Series([hhmm], dtype=pl.Int16),
+            "carrier": [carrier],
+            "flight": pl.Series([number], dtype=pl.Int32),
+            "origin": [origin],
+        }
+    )
+    expected = frame.select(flight_id())["flight_id"].item()
+    assert flight_id_of(day, carrier, number, origin, hhmm) == expected

@@ -26,7 +26,7 @@ from shared.feature_store.hopsworks_store import (
     hopsworks_type,
 )
 from shared.feature_store.point_in_time import point_in_time_join
-from shared.feature_store.protocol import FeatureStore, JoinRequest
+from shared.feature_store.protocol import FeatureStore, JoinRequest, OnlineLookup
 from shared.settings import FeatureStoreSettings, StoreBackend
 
 # The SDK is an optional extra (`.[hopsworks]`): without it these tests cannot check anything.
@@ -425,6 +425,30 @@ def test_online_features_come_from_one_feature_vector_call_in_key_order(
     )
     expected = pl.concat([stored.slice(1), missing, stored.slice(0, 1), stored.slice(1)])
     assert_frame_equal(out, expected)
+
+
+def test_request_path_rows_mark_keys_without_a_vector_as_missing(
+    store: HopsworksFeatureStore, sdk: Any
+) -> None:
+    handle = sdk_group(ROUTE_STATS, commits=[COMMIT_1])
+    sdk.get_feature_group.return_value = handle
+    handle.select.return_value = autospec(Query)
+    view = autospec(SdkFeatureView)
+    sdk.get_or_create_feature_view.return_value = view
+    stored = route_rows(date(2013, 3, 10))
+    nulls = [pl.lit(None).alias(c) for c in ROUTE_STATS.columns[2:]]
+    missing = ROUTE_STATS.conform(
+        pl.DataFrame({"origin": ["EWR"], "dest": ["SFO"]}).with_columns(nulls)
+    )
+    view.get_feature_vectors.return_value = sdk_frame(pl.concat([missing, stored.slice(0, 1)]))
+
+    (rows,) = store.get_online_rows(
+        [OnlineLookup(ROUTE_STATS, [("JFK", "LAX"), ("EWR", "SFO"), ("JFK", "LAX")])]
+    )
+
+    view.get_feature_vectors.assert_called_once()
+    assert rows[1] is None
+    assert rows[0] == rows[2] == stored.slice(0, 1).to_dicts()[0]
 
 
 def test_materialize_has_nothing_to_push(store: HopsworksFeatureStore, sdk: Any) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import date
 
+import numpy as np
 import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from shared.on_demand import ON_DEMAND_FEATURES, on_demand_features, with_on_demand_features
+from shared.on_demand import ON_DEMAND_FEATURES, on_demand_columns, with_on_demand_features
 
 pytestmark = pytest.mark.unit
 
@@ -77,14 +78,32 @@ def test_missing_plane_year_column_gives_null_age() -> None:
     minute=st.integers(0, 59),
 )
 def test_one_row_equals_the_same_row_in_a_batch(day: date, hour: int, minute: int) -> None:
-    """Online (one request) and batch (many rows) get identical values for the same flight."""
+    """Online (one request's columns) and batch (a frame of many rows) get identical values."""
     batch = _requests(
         flight_date=[date(2013, 6, 1), day, date(2013, 2, 1)],
         sched_dep_time=[1200, hour * 100 + minute, 5],
         plane_year_built=[1999, 2001, None],
     )
-    single = batch.slice(1, 1)
-    assert_frame_equal(
-        single.with_columns(on_demand_features()),
-        batch.with_columns(on_demand_features()).slice(1, 1),
+    online = on_demand_columns(
+        np.array([day], dtype="datetime64[D]"), np.array([hour * 100 + minute]), np.array([2001.0])
     )
+    row = with_on_demand_features(batch).slice(1, 1)
+    for name in ON_DEMAND_FEATURES:
+        assert row[name].to_list() == online[name].tolist(), name
+
+
+def test_calendar_features_agree_with_polars_calendar() -> None:
+    """weekday/month/day of year from day arithmetic match Polars' calendar over 70 years."""
+    days = pl.date_range(date(1960, 1, 1), date(2030, 12, 31), eager=True)
+    out = with_on_demand_features(
+        pl.DataFrame({"flight_date": days, "sched_dep_time": [600] * len(days)})
+    )
+    assert (out["weekday"] == days.dt.weekday()).all()
+    assert (out["month"] == days.dt.month()).all()
+    assert (out["day_of_year"] == days.dt.ordinal_day()).all()
+
+
+def test_missing_flight_date_is_refused() -> None:
+    frame = _requests(flight_date=[None], sched_dep_time=[600])
+    with pytest.raises(ValueError, match="flight_date"):
+        with_on_demand_features(frame)
