@@ -1,7 +1,7 @@
 # Batch scoring and monitoring jobs: the offline store, the registry and an external Triton.
 # Same dependencies as the online service (the 'serving' extra: no PyTorch, no Triton binary),
 # so --in-process scoring is not available in this image; score through Triton.
-#   docker build -f deploy/docker/batch.Dockerfile -t fti/batch .
+#   docker build -f deploy/docker/batch.Dockerfile -t fti/inference .
 FROM python:3.11-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
