@@ -84,3 +84,7 @@ class ModelServerUnavailable(FTIError):
 
 class NothingToScore(FTIError):
     """A batch scoring run found no scheduled flights for its date."""
+
+
+class NothingToMonitor(FTIError):
+    """A monitoring run found no logged predictions for its window (or no predictions group)."""
