@@ -308,6 +308,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 str(service_port),
                 "--triton-url",
                 triton.endpoints.http,
+                "--triton-grpc-url",
+                str(triton.endpoints.grpc),
                 "--log-level",
                 "WARNING",
             ],

@@ -34,6 +34,10 @@ def serve(
     triton_url: Annotated[
         str | None, typer.Option(help="use a running Triton (host:port) instead of starting one")
     ] = None,
+    triton_grpc_url: Annotated[
+        str | None,
+        typer.Option(help="that Triton's gRPC address (host:port): inference over gRPC"),
+    ] = None,
     model: Annotated[str | None, typer.Option(help="registry alias or version to serve")] = None,
     log_level: Annotated[str, typer.Option(help="Python log level")] = "INFO",
 ) -> None:
@@ -54,6 +58,8 @@ def serve(
         overrides["model_alias"] = model
     if triton_url is not None:
         overrides |= {"triton_url": triton_url, "triton_mode": TritonMode.external}
+    if triton_grpc_url is not None:
+        overrides["triton_grpc_url"] = triton_grpc_url
     try:
         settings = InferenceSettings(**overrides)  # type: ignore[arg-type]
     except (FTIError, ValidationError) as exc:

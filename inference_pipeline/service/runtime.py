@@ -76,7 +76,8 @@ class ServiceRuntime:
         await asyncio.to_thread(publish_for_triton, model, s.model_repository, s.triton_flavour)
         self.triton = await self._on_control_thread(self._triton_server)
         await self._on_control_thread(self.triton.load_model, model.triton_name)
-        self.client = AsyncTritonClient(self.triton.endpoints.http, s.triton_timeout_s)
+        endpoints = self.triton.endpoints
+        self.client = AsyncTritonClient(endpoints.http, s.triton_timeout_s, endpoints.grpc)
         self._set_model(model)
         if s.prediction_log:
             self.writer = PredictionWriter(
@@ -94,6 +95,7 @@ class ServiceRuntime:
             assert s.triton_url is not None  # the settings refuse external mode without it
             return TritonServer.connect(
                 s.triton_url,
+                s.triton_grpc_url,
                 ready_timeout_s=s.triton_startup_timeout_s,
                 request_timeout_s=s.triton_load_timeout_s,
             )

@@ -213,6 +213,7 @@ def copy_root(registered_model: RegisteredModel, tmp_path: Path) -> Path:
 class SharedTriton:
     url: str
     repository: Path
+    grpc_url: str | None = None
 
 
 @pytest.fixture(scope="session")
@@ -232,7 +233,11 @@ def triton(
     publish_for_triton(model, work / "repository", "cpu")
     with TritonServer.start_local(work / "repository", work / "runtime") as server:
         server.load_model(model.triton_name)
-        yield SharedTriton(url=server.endpoints.http, repository=work / "repository")
+        yield SharedTriton(
+            url=server.endpoints.http,
+            repository=work / "repository",
+            grpc_url=server.endpoints.grpc,
+        )
 
 
 def inference_settings(root: Path, triton: SharedTriton, tmp: Path, **overrides: object):  # type: ignore[no-untyped-def]
@@ -243,6 +248,7 @@ def inference_settings(root: Path, triton: SharedTriton, tmp: Path, **overrides:
         "model_name": MODEL_NAME,
         "triton_mode": "external",
         "triton_url": triton.url,
+        "triton_grpc_url": triton.grpc_url,
         "triton_model_repository": triton.repository,
         "triton_runtime_dir": tmp / "serving",
         "prediction_log_flush_s": 0.2,

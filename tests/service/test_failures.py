@@ -85,6 +85,7 @@ def test_triton_killed_gives_fast_503_then_recovers_after_restart(
         tmp_path / "service.log",
         FTI_TRITON_MODE="external",
         FTI_TRITON_URL=endpoints.http,
+        FTI_TRITON_GRPC_URL=str(endpoints.grpc),
         FTI_TRITON_MODEL_REPOSITORY=str(repository),
         FTI_TRITON_RUNTIME_DIR=str(tmp_path / "serving"),
         FTI_TRITON_TIMEOUT_S=str(TIMEOUT_S),

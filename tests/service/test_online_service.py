@@ -88,6 +88,26 @@ def test_many_flights_in_one_request_keep_their_order(client: TestClient) -> Non
     assert body["predictions"][3]["probability"] == pytest.approx(alone, abs=1e-6)
 
 
+def test_http_and_grpc_inference_give_the_same_probabilities(
+    client: TestClient,
+    registered_model: RegisteredModel,
+    triton: SharedTriton,
+    tmp_path: Path,
+) -> None:
+    """Without Triton's gRPC address the service infers over HTTP: same answers."""
+    assert triton.grpc_url is not None
+    flights = [{**UA_1545, "sched_dep_time": t} for t in (600, 1745)]
+    over_grpc = predict(client, *flights)
+    settings = inference_settings(
+        registered_model.root, triton, tmp_path, api_key=API_KEY, triton_grpc_url=None
+    )
+    with TestClient(create_app(settings)) as http_client:
+        over_http = predict(http_client, *flights)
+    assert [p["probability"] for p in over_http["predictions"]] == pytest.approx(
+        [p["probability"] for p in over_grpc["predictions"]], abs=1e-7
+    )
+
+
 def test_unknown_carrier_airport_and_plane_are_imputed_and_flagged(client: TestClient) -> None:
     flight = {**UA_1545, "carrier": "ZZ", "dest": "QQQ", "tailnum": "N00000"}
     (prediction,) = predict(client, flight)["predictions"]
