@@ -1,0 +1,12 @@
+"""The year replay: 2013 as operations would have lived it, week by week.
+
+``python scripts/replay_2013.py`` drives it (see that file). The package lives in ``scripts/``
+because it is the one place allowed to import all three pipelines; each pipeline is called
+through the same plain function its own CLI calls, in one process, so the replay runs in
+minutes instead of paying every CLI's start-up (PyTorch, MLflow) a few hundred times.
+
+Modules: :mod:`.calendar` (the weeks), :mod:`.settings` (what is configurable),
+:mod:`.steps` (one pipeline call each), :mod:`.shadow` (champion vs challenger on the same
+labelled flights), :mod:`.journal` (resumable state), :mod:`.flow` (the weekly loop) and
+:mod:`.report` (the one-page report).
+"""
