@@ -104,9 +104,16 @@ def psi(expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.nda
     return float(np.sum((a - e) * np.log(a / e)))
 
 
+KS_EXACT_MAX = 1_000_000  # n1 * n2 up to which the exact p-value is worth its cost
+
+
 def ks_test(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
-    """Two-sample Kolmogorov-Smirnov statistic and p-value (``scipy.stats.ks_2samp``)."""
-    result = stats.ks_2samp(reference, current, alternative="two-sided", method="auto")
+    """Two-sample Kolmogorov-Smirnov statistic and p-value (``scipy.stats.ks_2samp``).
+
+    Exact p-values for small samples; the asymptotic distribution beyond (scipy's "auto" goes
+    exact up to 10,000 per side, ten times slower for a week of flights, same p to 2 digits)."""
+    method = "exact" if reference.size * current.size <= KS_EXACT_MAX else "asymp"
+    result = stats.ks_2samp(reference, current, alternative="two-sided", method=method)
     return float(result.statistic), float(result.pvalue)
 
 

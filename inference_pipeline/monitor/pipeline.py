@@ -260,9 +260,9 @@ def run_monitor(
         generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     step("write report")
+    result.seconds = round(time.perf_counter() - began, 3)
     if write:
         write_outputs(result, settings, output_dir or settings.resolved_report_dir)
-    result.seconds = round(time.perf_counter() - began, 3)
     return result
 
 
