@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
+import pandera.polars as pa
 import polars as pl
 import pytest
 from hypothesis import given, settings
@@ -11,7 +13,8 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from shared.feature_definitions import CARRIER_STATS
-from shared.feature_store import JoinRequest, point_in_time_join
+from shared.feature_group import FeatureGroup
+from shared.feature_store import JoinRequest, point_in_time, point_in_time_join
 
 pytestmark = pytest.mark.unit
 
@@ -119,3 +122,202 @@ def test_unknown_feature_is_a_clear_error() -> None:
     request = JoinRequest(CARRIER_STATS, ["no_such_feature"])
     with pytest.raises(ValueError, match="no_such_feature"):
         point_in_time_join(_spine([("AA", 1)]), "ts", [(request, _stats([("AA", 0, 1)]))])
+
+
+# -- the algorithm's own edge cases, against a brute-force oracle ---------------------------------
+#
+# The join encodes keys as integers, turns event times into ranks, and reads each match from a
+# (key, rank) table (or a binary search when the table would be too sparse; or renumbered keys
+# when a multi-column key has too many combinations). Every path is checked on: one- and
+# two-column keys of text, categorical and integer types, keys only in the spine, null keys on
+# both sides, null timestamps on both sides, rows sharing key and event time in the group,
+# instants before 1970, tolerances, and shuffled input.
+
+
+def _keyed_group(dtype: pl.DataType, n_keys: int) -> FeatureGroup:
+    keys = [f"k{i}" for i in range(n_keys)]
+    schema = pa.DataFrameSchema(
+        {
+            **{k: pa.Column(dtype, nullable=True) for k in keys},
+            "valid_from": pa.Column(pl.Datetime("us", "UTC"), nullable=True),
+            "value": pa.Column(pl.Int32),
+        }
+    )
+    return FeatureGroup(
+        name="keyed",
+        version=1,
+        primary_key=tuple(keys),
+        event_time="valid_from",
+        schema=schema,
+        online=False,
+        description="test group",
+    )
+
+
+KEY_VALUES: dict[str, list[str] | list[int]] = {"text": ["a", "b"], "integer": [-3, 7]}
+SPINE_ONLY = {"text": "z", "integer": 99}
+BASES = [datetime(2013, 1, 1, tzinfo=UTC), datetime(1955, 6, 1, tzinfo=UTC)]  # before 1970 too
+
+Row = tuple[tuple[object, ...], int | None, int]  # keys, hour offset (None: null time), value
+
+
+@st.composite
+def join_cases(draw: st.DrawFn) -> dict[str, Any]:
+    kind = draw(st.sampled_from(["text", "categorical", "integer"]))
+    values = KEY_VALUES["integer" if kind == "integer" else "text"]
+    only = SPINE_ONLY["integer" if kind == "integer" else "text"]
+    n_keys = draw(st.sampled_from([1, 2]))
+    group_key = st.sampled_from([*values, None])
+    spine_key = st.sampled_from([*values, only, None])
+    hours = st.one_of(st.none(), st.integers(0, 30))  # narrow: many shared event times
+    group_rows = st.tuples(st.tuples(*[group_key] * n_keys), hours, st.integers(0, 10_000))
+    spine_rows = st.tuples(st.tuples(*[spine_key] * n_keys), st.one_of(hours, st.just(-2)))
+    return {
+        "kind": kind,
+        "n_keys": n_keys,
+        "base": draw(st.sampled_from(BASES)),
+        "group": draw(st.lists(group_rows, max_size=40)),
+        "spine": [(*row, 0) for row in draw(st.lists(spine_rows, max_size=40))],
+        "tolerance": draw(st.one_of(st.none(), st.integers(0, 10).map(timedelta_hours))),
+        "path": draw(st.sampled_from(["table", "search", "renumbered keys"])),
+        "seed": draw(st.integers(0, 2**16)),
+    }
+
+
+def timedelta_hours(hours: int) -> timedelta:
+    return timedelta(hours=hours)
+
+
+def _frame(case: dict[str, Any], rows: list[Row], time_column: str) -> pl.DataFrame:
+    dtype = {"text": pl.String, "categorical": pl.Categorical, "integer": pl.Int64}[case["kind"]]
+    base = case["base"]
+    columns: dict[str, list[Any]] = {
+        f"k{i}": [r[0][i] for r in rows] for i in range(case["n_keys"])
+    }
+    columns[time_column] = [None if r[1] is None else base + timedelta(hours=r[1]) for r in rows]
+    columns["value"] = [r[2] for r in rows]
+    schema = {
+        **{f"k{i}": dtype for i in range(case["n_keys"])},
+        time_column: pl.Datetime("us", "UTC"),
+        "value": pl.Int32,
+    }
+    return pl.DataFrame(columns, schema=schema)
+
+
+def _brute_force(case: dict[str, Any]) -> list[int | None]:
+    """Per spine row: among group rows with equal, non-null keys and a non-null event time at or
+    before the spine's (within the tolerance), the latest; of those, the last one given."""
+    tolerance = case["tolerance"]
+    out: list[int | None] = []
+    for keys, hour, _ in case["spine"]:
+        best: tuple[int, int] | None = None  # (event hour, position)
+        for position, (group_keys, event, _) in enumerate(case["group"]):
+            if hour is None or event is None or None in keys or group_keys != keys:
+                continue
+            if event <= hour and (best is None or (event, position) >= best):
+                best = (event, position)
+        stale = tolerance is not None and best is not None
+        if stale and timedelta(hours=hour - best[0]) > tolerance:  # type: ignore[index,operator]
+            best = None
+        out.append(None if best is None else case["group"][best[1]][2])
+    return out
+
+
+def _force_path(patch: pytest.MonkeyPatch, path: str) -> None:
+    if path in ("search", "renumbered keys"):
+        patch.setattr(point_in_time, "_TABLE_SLOTS_PER_ROW", 0)
+    if path == "renumbered keys":
+        patch.setattr(point_in_time, "_MAX_KEY_CODES", 1)
+
+
+@settings(max_examples=400, deadline=None)
+@given(case=join_cases())
+def test_every_path_matches_brute_force(case: dict[str, Any]) -> None:
+    group = _keyed_group(pl.String, case["n_keys"])
+    request = JoinRequest(group, ["value"], prefix="g_", tolerance=case["tolerance"])
+    spine = _frame(case, case["spine"], "ts").drop("value")
+    rows = _frame(case, case["group"], "valid_from")
+    shuffled = rows.sample(fraction=1.0, shuffle=True, seed=case["seed"])
+    with pytest.MonkeyPatch.context() as patch:
+        _force_path(patch, case["path"])
+        joined = point_in_time_join(spine, "ts", [(request, rows)], keep_event_times=True)
+        on_shuffled = point_in_time_join(spine, "ts", [(request, shuffled)])
+    assert_frame_equal(joined.select(spine.columns), spine)  # every row, in order, untouched
+    assert joined["g_value"].to_list() == _brute_force(case)
+    matched = joined.filter(pl.col("g_event_time").is_not_null())
+    assert (matched["g_event_time"] <= matched["ts"]).all()
+    if not case["group"] or len({(k, h) for k, h, _ in case["group"]}) == len(case["group"]):
+        # Without rows sharing key and event time, the order of the group's rows is irrelevant.
+        assert_frame_equal(on_shuffled, joined.drop("g_event_time"))
+
+
+def test_rows_sharing_key_and_event_time_in_a_group_give_the_last_one() -> None:
+    stats = pl.DataFrame(
+        {"carrier": ["AA", "AA", "AA"], "valid_from": [T0, T0, T0], "flights_7d": [1, 2, 3]},
+        schema={
+            "carrier": pl.String,
+            "valid_from": pl.Datetime("us", "UTC"),
+            "flights_7d": pl.Int32,
+        },
+    )
+    joined = point_in_time_join(_spine([("AA", 1), ("AA", 0)]), "ts", [(REQUEST, stats)])
+    assert joined["c_flights_7d"].to_list() == [3, 3]
+
+
+def test_null_keys_never_match_not_even_a_null_key() -> None:
+    stats = pl.DataFrame(
+        {"carrier": [None, "AA"], "valid_from": [T0, None], "flights_7d": [1, 2]},
+        schema={
+            "carrier": pl.String,
+            "valid_from": pl.Datetime("us", "UTC"),
+            "flights_7d": pl.Int32,
+        },
+    )
+    joined = point_in_time_join(_spine([(None, 5), ("AA", 5)]), "ts", [(REQUEST, stats)])
+    assert joined["c_flights_7d"].to_list() == [None, None]  # a null event time never matches
+
+
+def test_output_has_spine_columns_then_prefixed_features_with_group_dtypes() -> None:
+    stats = _stats([("AA", 1, 7)]).with_columns(pl.lit(0.5, pl.Float32).alias("delay_rate_7d"))
+    request = JoinRequest(CARRIER_STATS, ["delay_rate_7d", "flights_7d"], prefix="c_")
+    spine = _spine([("AA", 3), ("UA", 3)]).with_columns(pl.lit("x").alias("flight_id"))
+    joined = point_in_time_join(spine, "ts", [(request, stats)], keep_event_times=True)
+    assert joined.schema == pl.Schema(
+        {
+            **spine.schema,
+            "c_event_time": pl.Datetime("us", "UTC"),
+            "c_delay_rate_7d": pl.Float32,
+            "c_flights_7d": pl.Int32,
+        }
+    )
+    assert joined.row(1)[3:] == (None, None, None)
+
+
+def test_empty_spine_and_empty_group() -> None:
+    empty_spine = _spine([]).clear()
+    assert point_in_time_join(empty_spine, "ts", [(REQUEST, _stats([("AA", 1, 7)]))]).height == 0
+    joined = point_in_time_join(_spine([("AA", 3)]), "ts", [(REQUEST, _stats([]))])
+    assert joined["c_flights_7d"].to_list() == [None]
+
+
+def test_date_spine_with_a_tolerance_in_days() -> None:
+    spine = pl.DataFrame(
+        {"carrier": ["AA", "AA"], "day": [date(2013, 1, 10), date(2013, 1, 20)]},
+        schema={"carrier": pl.String, "day": pl.Date},
+    )
+    stats = _stats([("AA", 24 * 5, 7)])  # valid from 2013-01-06
+    request = JoinRequest(CARRIER_STATS, ["flights_7d"], prefix="c_", tolerance=timedelta(days=7))
+    joined = point_in_time_join(spine, "day", [(request, stats)])
+    assert joined["c_flights_7d"].to_list() == [7, None]
+
+
+def test_tolerance_on_a_non_temporal_timestamp_is_a_clear_error() -> None:
+    spine = pl.DataFrame({"carrier": ["AA"], "ts": [5]})
+    request = JoinRequest(CARRIER_STATS, ["flights_7d"], tolerance=timedelta(hours=1))
+    with pytest.raises(ValueError, match="tolerance needs a Date or Datetime"):
+        point_in_time_join(spine, "ts", [(request, _stats([("AA", 1, 7)]))])
+
+
+def test_missing_spine_key_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="spine has no key columns"):
+        point_in_time_join(_spine([("AA", 1)]).drop("carrier"), "ts", [(REQUEST, _stats([]))])
