@@ -42,6 +42,7 @@ from shared.triton_repository import (
 log = logging.getLogger(__name__)
 
 _NAME_LINE = re.compile(r'^name:\s*"([^"]+)"', re.MULTILINE)
+_VERSION_POLICY_LINE = re.compile(r"^version_policy:.*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -158,10 +159,21 @@ def feature_view_from_description(data: dict[str, Any], mdt: MDTState) -> Featur
     return view
 
 
-def publish_for_triton(model: ServingModel, repository: Path, flavour: str) -> str:
-    """Publish the version into the serving repository as Triton version ``model.version`` and
-    retire every other version directory, so that (re)loading serves exactly this version, a
-    rollback included. Returns the Triton model name.
+def publish_for_triton(
+    model: ServingModel,
+    repository: Path,
+    flavour: str,
+    *,
+    retire_others: bool = True,
+) -> str:
+    """Publish the version into the serving repository as Triton version ``model.version``
+    under the Triton name ``model.triton_name``. Returns that name.
+
+    The model's config serves every version directory present (``version_policy: all``), so a
+    switch is zero-downtime: publish the new version with ``retire_others=False``, load (Triton
+    now serves both), move traffic, then :func:`retire_versions` and load again. With
+    ``retire_others`` (the batch job) every other version directory goes at once, so that
+    loading serves exactly this version, a rollback included.
 
     Safe when several processes publish into one repository at once (the workers of one service,
     replicas, the batch job, all sharing one Triton): everything is written into a private
@@ -185,17 +197,38 @@ def publish_for_triton(model: ServingModel, repository: Path, flavour: str) -> s
             model.signature,
             "gpu" if flavour == "gpu" else "cpu",
         )
+        config = staged / CONFIG_FILENAME
         if model.triton_config is not None:
             # The artifact's own config (batching, instances) wins over the default one.
-            shutil.copyfile(model.triton_config, staged / CONFIG_FILENAME)
+            shutil.copyfile(model.triton_config, config)
+        config.write_text(serving_config(config.read_text(), name))
         _place_version(staged / version, model_dir / version)
-        os.replace(staged / CONFIG_FILENAME, model_dir / CONFIG_FILENAME)
+        os.replace(config, model_dir / CONFIG_FILENAME)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    for child in model_dir.iterdir():
-        if child.is_dir() and child.name.isdigit() and child.name != version:
-            shutil.rmtree(child, ignore_errors=True)  # another publisher may retire it too
+    if retire_others:
+        retire_versions(repository, name, keep=version)
     return name
+
+
+def serving_config(text: str, name: str) -> str:
+    """The artifact's ``config.pbtxt`` as served: under ``name`` (a challenger is served beside
+    the champion under its own name), every version directory present."""
+    text = _NAME_LINE.sub(f'name: "{name}"', text, count=1)
+    if _VERSION_POLICY_LINE.search(text):
+        return _VERSION_POLICY_LINE.sub("version_policy: { all: {} }", text, count=1)
+    return text.rstrip("\n") + "\nversion_policy: { all: {} }\n"
+
+
+def retire_versions(repository: Path, name: str, keep: str) -> list[str]:
+    """Remove every version directory of ``name`` but ``keep``; load the model again after it
+    and Triton unloads them (requests in flight finish first). Returns the retired versions."""
+    retired = []
+    for child in (repository / name).iterdir():
+        if child.is_dir() and child.name.isdigit() and child.name != str(int(keep)):
+            shutil.rmtree(child, ignore_errors=True)  # another publisher may retire it too
+            retired.append(child.name)
+    return retired
 
 
 def _place_version(staged: Path, target: Path) -> None:

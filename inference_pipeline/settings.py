@@ -73,11 +73,28 @@ class InferenceSettings(FeatureStoreSettings, RegistrySettings):
     prediction_log_flush_rows: int = Field(default=2000, ge=1)
     prediction_log_flush_s: float = Field(default=2.0, gt=0)
 
+    # Rollouts: a challenger beside the champion, and alias moves followed without a restart
+    challenger_alias: str = Field(default="challenger", description="alias of the challenger")
+    canary_share: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="share of flights answered by the challenger"
+    )
+    shadow: bool = Field(
+        default=False, description="challenger scores every request off the response path"
+    )
+    alias_poll_s: float = Field(
+        default=5.0, ge=0.0, description="how often to check the registry for moved aliases"
+    )
+
     # Batch job
     batch_size: int = Field(default=4096, ge=1, description="rows per Triton request")
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> InferenceSettings:
+        if self.canary_share > 0 and self.shadow:
+            raise ConfigurationError(
+                "FTI_CANARY_SHARE and FTI_SHADOW both set: run the challenger as a canary "
+                "or in shadow, not both"
+            )
         if self.triton_mode is TritonMode.external and not self.triton_url:
             raise ConfigurationError("FTI_TRITON_MODE=external needs FTI_TRITON_URL (host:port)")
         if self.workers > 1 and self.triton_mode is TritonMode.managed:
@@ -103,6 +120,10 @@ class InferenceSettings(FeatureStoreSettings, RegistrySettings):
             if key is not None and len(key.get_secret_value()) < 16:
                 raise ConfigurationError(f"FTI_{name.upper()} must be at least 16 characters")
         return self
+
+    @property
+    def serves_challenger(self) -> bool:
+        return self.canary_share > 0 or self.shadow
 
     @property
     def serving_dir(self) -> Path:

@@ -27,6 +27,7 @@ from shared.feature_group import UTC_TIMESTAMP, FeatureGroup
 from shared.flight_identity import flight_id, sched_dep_utc
 
 ONLINE_SOURCE = "online"
+SHADOW_SOURCE = "shadow"  # a challenger scoring live requests off the response path
 BATCH_SOURCE = "batch"
 
 
@@ -58,7 +59,7 @@ PREDICTIONS = FeatureGroup(
             "model_version": _col(pl.String, "registered model version", nullable=False),
             "request_id": _col(pl.String, "API request id, or batch-<date>", nullable=False),
             "scored_at": _col(UTC_TIMESTAMP, "when scored (batch: the day's local midnight)"),
-            "source": _col(pl.String, "online or batch", nullable=False),
+            "source": _col(pl.String, "online, shadow or batch", nullable=False),
             "flight_date": _col(pl.Date, "local date of the scheduled departure"),
             "sched_dep_utc": _col(UTC_TIMESTAMP, "scheduled departure instant (UTC)"),
             "probability": _col(pl.Float32, "predicted probability of a >15 min delay"),

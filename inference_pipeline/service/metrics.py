@@ -53,6 +53,21 @@ class ServiceMetrics:
         self.reloads = Counter(
             "fti_model_reloads", "Model reloads by outcome", ["outcome"], registry=r
         )
+        self.role_version = Gauge(
+            "fti_model_role_version",
+            "Registered version serving each role (champion, challenger)",
+            ["role"],
+            registry=r,
+        )
+        self.role_flights = Counter(
+            "fti_role_flights",
+            "Flights answered (canary) or scored off the response path (shadow) by role",
+            ["role", "mode"],
+            registry=r,
+        )
+        self.shadow_failures = Counter(
+            "fti_shadow_failures", "Shadow scorings that failed (never seen by clients)", registry=r
+        )
 
     def set_model(self, version: str, alias: str, triton_name: str) -> None:
         self.model_version.set(float(version))

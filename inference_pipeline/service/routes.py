@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,9 +14,9 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inference_pipeline.model_artifact import ServingModel
-from inference_pipeline.scoring import OnlineInputs, online_inputs
+from inference_pipeline.scoring import AsyncTritonClient, OnlineInputs, online_inputs
 from inference_pipeline.service.dependencies import AdminKey, ApiKey, Runtime, Store, Triton
-from inference_pipeline.service.runtime import ServiceRuntime
+from inference_pipeline.service.runtime import CHALLENGER, CHAMPION, ServiceRuntime
 from inference_pipeline.service.schemas import (
     DependencyCheck,
     ErrorBody,
@@ -26,8 +27,10 @@ from inference_pipeline.service.schemas import (
     ReloadRequest,
     ReloadResponse,
 )
-from shared.errors import ModelServerUnavailable
-from shared.prediction_log import ONLINE_SOURCE, prediction_record
+from shared.errors import FTIError, ModelServerUnavailable
+from shared.feature_store import FeatureStore
+from shared.flight_identity import flight_id_of
+from shared.prediction_log import ONLINE_SOURCE, SHADOW_SOURCE, prediction_record
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,83 @@ admin = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminKey])
 _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "a dependency is down or too slow"}
 }
+
+
+@dataclass
+class _Scored:
+    """One role's share of a request: its model, inputs and probabilities, in request order."""
+
+    rows: list[int]
+    model: ServingModel
+    inputs: OnlineInputs
+    probabilities: list[float]
+
+
+async def _score(
+    runtime: ServiceRuntime,
+    store: FeatureStore,
+    triton: AsyncTritonClient,
+    role: str,
+    flights: list[dict[str, Any]],
+) -> tuple[ServingModel, OnlineInputs, list[float]]:
+    """Features -> MDT -> Triton with ``role``'s model; when a switch retired that version
+    meanwhile, once more with the version serving the role now."""
+    metrics = runtime.metrics
+    model = runtime.model_for(role)
+    for attempt in (1, 2):
+        inputs = await runtime.with_store(online_inputs, store, model, flights)
+        metrics.stage_seconds.labels("features").observe(inputs.features_s)
+        metrics.stage_seconds.labels("transform").observe(inputs.transform_s)
+        stage = time.perf_counter()
+        try:
+            probability = await triton.infer(model.triton_name, model.version, inputs.matrices)
+            return model, inputs, probability.tolist()
+        except ModelServerUnavailable:
+            if attempt == 1 and runtime.model_for(role) is not model:
+                model = runtime.model_for(role)
+                continue
+            asyncio.get_running_loop().create_task(runtime.heal())
+            raise
+        finally:
+            metrics.stage_seconds.labels("triton").observe(time.perf_counter() - stage)
+    raise AssertionError("unreachable")
+
+
+async def _score_by_role(
+    runtime: ServiceRuntime,
+    store: FeatureStore,
+    triton: AsyncTritonClient,
+    flights: list[dict[str, Any]],
+) -> list[_Scored]:
+    """Split the flights between champion and a canary challenger (sticky per flight id); a
+    failing canary never fails a client: its flights go to the champion instead."""
+    roles: dict[str, list[int]] = {}
+    for row, flight in enumerate(flights):
+        roles.setdefault(runtime.canary_role(_flight_key(flight)), []).append(row)
+    scored = []
+    for role, rows in roles.items():
+        part = flights if len(rows) == len(flights) else [flights[i] for i in rows]
+        try:
+            model, inputs, probabilities = await _score(runtime, store, triton, role, part)
+        except ModelServerUnavailable:
+            if role != CHALLENGER:
+                raise
+            log.warning("canary challenger failed; the champion answers its flights")
+            model, inputs, probabilities = await _score(runtime, store, triton, CHAMPION, part)
+        if runtime.settings.canary_share > 0:
+            runtime.metrics.role_flights.labels(role, "canary").inc(len(rows))
+        scored.append(_Scored(rows, model, inputs, probabilities))
+    return scored
+
+
+def _flight_key(flight: dict[str, Any]) -> str:
+    return flight_id_of(
+        flight["flight_date"],
+        flight["carrier"],
+        flight["flight"],
+        flight["origin"],
+        flight["sched_dep_time"],
+    )
 
 
 @predictions.post(
@@ -60,49 +140,61 @@ async def predict(
     if len(body.flights) > settings.max_flights_per_request:
         raise _too_many(len(body.flights), settings.max_flights_per_request)
     flights = [f.model_dump() for f in body.flights]
-    model = runtime.model
-    for attempt in (1, 2):
-        inputs = await runtime.with_store(online_inputs, store, model, flights)
-        metrics.stage_seconds.labels("features").observe(inputs.features_s)
-        metrics.stage_seconds.labels("transform").observe(inputs.transform_s)
-        stage = time.perf_counter()
-        try:
-            probability = await triton.infer(model.triton_name, model.version, inputs.matrices)
-            break
-        except ModelServerUnavailable:
-            if attempt == 1 and runtime.model is not model:
-                model = runtime.model  # reloaded meanwhile: the old version is retired
-                continue
-            asyncio.get_running_loop().create_task(runtime.heal())
-            raise
-        finally:
-            metrics.stage_seconds.labels("triton").observe(time.perf_counter() - stage)
+    scored = await _score_by_role(runtime, store, triton, flights)
     total_s = time.perf_counter() - began
     metrics.stage_seconds.labels("total").observe(total_s)
     metrics.flights.inc(len(flights))
-    for report in inputs.reports:
-        for feature in report.missing_features:
-            metrics.imputed.labels(feature).inc()
-    probabilities = probability.tolist()
-    if runtime.writer is not None:
-        background.add_task(
-            _log_predictions, runtime, flights, inputs, model, probabilities, request_id, total_s
-        )
+    answers: list[FlightPrediction | None] = [None] * len(flights)
+    for part in scored:
+        version = part.model.version
+        for i, row in enumerate(part.rows):
+            report = part.inputs.reports[i]
+            for feature in report.missing_features:
+                metrics.imputed.labels(feature).inc()
+            answers[row] = FlightPrediction(
+                flight_id=part.inputs.flight_ids[i],
+                probability=part.probabilities[i],
+                model_version=version,
+                missing_features=report.missing_features,
+                unknown_categories=report.unknown_categories,
+                missing_groups=report.missing_groups,
+            )
+        if runtime.writer is not None:
+            background.add_task(
+                _log_predictions, runtime, part, flights, request_id, ONLINE_SOURCE, total_s
+            )
+    if settings.shadow and runtime.challenger is not None:
+        background.add_task(_shadow, runtime, store, triton, flights, request_id)
+    versions = {part.model.version for part in scored}
     return PredictionResponse(
         request_id=request_id,
-        model_version=model.version,
-        predictions=[
-            FlightPrediction(
-                flight_id=fid,
-                probability=p,
-                model_version=model.version,
-                missing_features=r.missing_features,
-                unknown_categories=r.unknown_categories,
-                missing_groups=r.missing_groups,
-            )
-            for fid, p, r in zip(inputs.flight_ids, probabilities, inputs.reports, strict=True)
-        ],
+        # With a canary splitting one request, each prediction names its own version.
+        model_version=versions.pop() if len(versions) == 1 else runtime.model.version,
+        predictions=[a for a in answers if a is not None],
     )
+
+
+async def _shadow(
+    runtime: ServiceRuntime,
+    store: FeatureStore,
+    triton: AsyncTritonClient,
+    flights: list[dict[str, Any]],
+    request_id: str,
+) -> None:
+    """After the response: the challenger scores the same flights, logged beside the champion's
+    predictions (source ``shadow``) for the comparison once labels arrive. Never raises."""
+    began = time.perf_counter()
+    try:
+        model, inputs, probabilities = await _score(runtime, store, triton, CHALLENGER, flights)
+    except FTIError as exc:
+        runtime.metrics.shadow_failures.inc()
+        log.warning("shadow scoring failed: %s", exc)
+        return
+    runtime.metrics.role_flights.labels(CHALLENGER, "shadow").inc(len(flights))
+    if runtime.writer is not None:
+        part = _Scored(list(range(len(flights))), model, inputs, probabilities)
+        elapsed = time.perf_counter() - began
+        _log_predictions(runtime, part, flights, request_id, SHADOW_SOURCE, elapsed)
 
 
 def _too_many(count: int, limit: int) -> Exception:
@@ -116,33 +208,33 @@ def _too_many(count: int, limit: int) -> Exception:
 
 def _log_predictions(
     runtime: ServiceRuntime,
+    part: _Scored,
     flights: list[dict[str, Any]],
-    inputs: OnlineInputs,
-    model: ServingModel,
-    probabilities: list[float],
     request_id: str,
+    source: str,
     total_s: float,
 ) -> None:
     """After the response is sent: queue plain log records for the batched writer."""
     assert runtime.writer is not None
     scored_at = datetime.now(UTC)
+    model, inputs = part.model, part.inputs
     names = model.input_features
     runtime.writer.submit(
         [
             prediction_record(
                 inputs.flight_ids[i],
-                flight["flight_date"],
-                flight["sched_dep_time"],
+                flights[row]["flight_date"],
+                flights[row]["sched_dep_time"],
                 inputs.features.row(i, names),
-                probabilities[i],
+                part.probabilities[i],
                 inputs.reports[i].missing_features,
                 model_version=model.version,
                 request_id=request_id,
                 scored_at=scored_at,
-                source=ONLINE_SOURCE,
+                source=source,
                 latency_ms=total_s * 1000.0,
             )
-            for i, flight in enumerate(flights)
+            for i, row in enumerate(part.rows)
         ]
     )
 

@@ -10,18 +10,24 @@ dependency, and the service heals itself: when Triton answers again but has lost
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import polars as pl
 
-from inference_pipeline.model_artifact import ServingModel, load_serving_model, publish_for_triton
+from inference_pipeline.model_artifact import (
+    ServingModel,
+    load_serving_model,
+    publish_for_triton,
+    retire_versions,
+)
 from inference_pipeline.scoring import AsyncTritonClient
 from inference_pipeline.service.metrics import ServiceMetrics
 from inference_pipeline.service.prediction_writer import PredictionWriter
@@ -39,6 +45,17 @@ T = TypeVar("T")
 # After a failed inference, check Triton's model at most this often (seconds).
 _HEAL_INTERVAL_S = 1.0
 
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+CHALLENGER_SUFFIX = "__challenger"
+
+
+def canary_bucket(key: str) -> float:
+    """A stable number in [0, 1) per key (not Python's salted ``hash``): the same flight goes to
+    the same version in every worker, replica and restart."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
 
 @dataclass(frozen=True)
 class CheckResult:
@@ -55,8 +72,10 @@ class ServiceRuntime:
         self.triton: TritonServer | None = None
         self.client: AsyncTritonClient | None = None
         self.writer: PredictionWriter | None = None
-        self._model: ServingModel | None = None
-        self._reload_lock = asyncio.Lock()
+        self._models: dict[str, ServingModel] = {}  # role -> the version serving it
+        self._champion_alias = settings.model_alias  # admin reload may point it elsewhere
+        self._switch_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._heal_lock = asyncio.Lock()
         self._last_heal = 0.0
         # tritonclient's synchronous HTTP client (model control) is gevent-based and must stay
@@ -72,13 +91,14 @@ class ServiceRuntime:
         s = self.settings
         self.store = await asyncio.to_thread(open_feature_store, s.store_settings())
         self.registry = await asyncio.to_thread(ModelRegistry, s.registry_settings())
-        model = await asyncio.to_thread(self._fetch, s.model_alias)
-        await asyncio.to_thread(publish_for_triton, model, s.model_repository, s.triton_flavour)
+        model = await asyncio.to_thread(self._fetch, CHAMPION, s.model_alias)
+        await self._publish(model)  # first: a managed Triton starts on this repository
         self.triton = await self._on_control_thread(self._triton_server)
-        await self._on_control_thread(self.triton.load_model, model.triton_name)
+        await self._load(CHAMPION, model)
+        if s.serves_challenger:
+            await self._follow_challenger()
         endpoints = self.triton.endpoints
         self.client = AsyncTritonClient(endpoints.http, s.triton_timeout_s, endpoints.grpc)
-        self._set_model(model)
         if s.prediction_log:
             self.writer = PredictionWriter(
                 self.store,
@@ -87,6 +107,8 @@ class ServiceRuntime:
                 flush_s=s.prediction_log_flush_s,
             )
             self.writer.start()
+        if s.alias_poll_s > 0:
+            self._spawn(self._follow_aliases(), "alias-follower")
         log.info("serving %s version %s (%s)", model.triton_name, model.version, model.alias)
 
     def _triton_server(self) -> TritonServer:
@@ -105,14 +127,22 @@ class ServiceRuntime:
             startup_timeout_s=s.triton_startup_timeout_s,
         )
 
-    def _fetch(self, alias: str) -> ServingModel:
+    def _fetch(self, role: str, ref: str) -> ServingModel:
+        """Download and verify ``ref``; the challenger is served under a Triton name of its own,
+        so both versions answer side by side."""
         assert self.registry is not None
         destination = self.settings.serving_dir / "artifacts" / uuid.uuid4().hex
-        return load_serving_model(
-            self.registry, alias, destination, flavour=self.settings.triton_flavour
+        model = load_serving_model(
+            self.registry, ref, destination, flavour=self.settings.triton_flavour
         )
+        if role == CHALLENGER:
+            model = replace(model, triton_name=model.triton_name + CHALLENGER_SUFFIX)
+        return model
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.writer is not None:
             await self.writer.close()
         if self.client is not None:
@@ -123,42 +153,149 @@ class ServiceRuntime:
         if self.store is not None:
             self.store.close()
 
-    # -- the model --------------------------------------------------------------------------
+    # -- the models -------------------------------------------------------------------------
 
     @property
     def model(self) -> ServingModel:
-        if self._model is None:
+        """The champion (or the version ``FTI_MODEL_ALIAS`` names)."""
+        found = self._models.get(CHAMPION)
+        if found is None:
             raise ModelServerUnavailable("no model loaded yet")
-        return self._model
+        return found
 
-    def _set_model(self, model: ServingModel) -> None:
-        previous, self._model = self._model, model
-        self.metrics.set_model(model.version, model.alias, model.triton_name)
+    @property
+    def challenger(self) -> ServingModel | None:
+        return self._models.get(CHALLENGER)
+
+    def model_for(self, role: str) -> ServingModel:
+        return self.challenger or self.model if role == CHALLENGER else self.model
+
+    def canary_role(self, flight_id: str) -> str:
+        """Which role answers this flight: sticky, since the bucket is a hash of the key."""
+        share = self.settings.canary_share
+        if share > 0 and self.challenger is not None and canary_bucket(flight_id) < share:
+            return CHALLENGER
+        return CHAMPION
+
+    def _alias(self, role: str) -> str:
+        return self._champion_alias if role == CHAMPION else self.settings.challenger_alias
+
+    def _set_model(self, role: str, model: ServingModel) -> None:
+        previous, self._models[role] = self._models.get(role), model
+        self.metrics.role_version.labels(role).set(float(model.version))
+        if role == CHAMPION:
+            self.metrics.set_model(model.version, model.alias, model.triton_name)
         if previous is not None and previous.path != model.path:
+            # Requests in flight hold the previous model's MDT in memory, not its files.
             shutil.rmtree(previous.path.parent, ignore_errors=True)
 
-    async def reload(self, alias: str) -> tuple[ServingModel, ServingModel]:
-        """Load ``alias`` from the registry, publish it to Triton, then switch to it.
-        Requests in flight finish on the previous model; a failure leaves it serving."""
-        async with self._reload_lock:
-            previous = self.model
+    async def _deploy(self, role: str, model: ServingModel) -> None:
+        """Zero-downtime switch: publish the version beside the one served, load (Triton now
+        serves both), move traffic, and retire the old version only after every worker had
+        the time to notice the move (see `_retire_grace_s`)."""
+        await self._publish(model)
+        await self._load(role, model)
+
+    async def _publish(self, model: ServingModel) -> None:
+        s = self.settings
+        await asyncio.to_thread(
+            publish_for_triton, model, s.model_repository, s.triton_flavour, retire_others=False
+        )
+
+    async def _load(self, role: str, model: ServingModel) -> None:
+        assert self.triton is not None
+        await self._on_control_thread(self.triton.load_model, model.triton_name)
+        self._set_model(role, model)
+        self._spawn(self._retire_later(role, model), f"retire-{role}")
+
+    @property
+    def _retire_grace_s(self) -> float:
+        """Other workers and replicas check the aliases every ``alias_poll_s``; a request they
+        sent just before switching may still be in flight for up to the inference timeout."""
+        s = self.settings
+        return 2 * s.alias_poll_s + s.triton_timeout_s + 1.0
+
+    async def _retire_later(self, role: str, model: ServingModel) -> None:
+        await asyncio.sleep(self._retire_grace_s)
+        if self._models.get(role) is not model:
+            return  # switched again meanwhile: that switch retires
+        retired = await asyncio.to_thread(
+            retire_versions, self.settings.model_repository, model.triton_name, model.version
+        )
+        if retired and self.triton is not None:
             try:
-                model = await asyncio.to_thread(self._fetch, alias)
-                await asyncio.to_thread(
-                    publish_for_triton,
-                    model,
-                    self.settings.model_repository,
-                    self.settings.triton_flavour,
-                )
-                assert self.triton is not None
                 await self._on_control_thread(self.triton.load_model, model.triton_name)
+            except TritonServerError as exc:
+                log.warning("could not unload retired versions %s: %s", retired, exc)
+            else:
+                log.info("%s: retired versions %s of %s", role, retired, model.triton_name)
+
+    async def switch(
+        self, role: str, ref: str | None = None
+    ) -> tuple[ServingModel | None, ServingModel]:
+        """Serve ``ref`` (default: the role's alias now) for ``role``; requests in flight finish
+        on the previous version, and a failure leaves it serving."""
+        async with self._switch_lock:
+            previous = self._models.get(role)
+            try:
+                model = await asyncio.to_thread(self._fetch, role, ref or self._alias(role))
+                if previous is not None and model.version == previous.version:
+                    shutil.rmtree(model.path.parent, ignore_errors=True)
+                    return previous, previous
+                await self._deploy(role, model)
             except Exception:
                 self.metrics.reloads.labels("failed").inc()
                 raise
-            self._set_model(model)
             self.metrics.reloads.labels("ok").inc()
-            log.info("reloaded %s: version %s -> %s", alias, previous.version, model.version)
+            log.info(
+                "%s: version %s -> %s", role, previous.version if previous else "-", model.version
+            )
             return previous, model
+
+    async def reload(self, alias: str) -> tuple[ServingModel, ServingModel]:
+        """Admin reload: serve what ``alias`` points to now, and follow that alias from now on."""
+        previous, model = await self.switch(CHAMPION, alias)
+        self._champion_alias = alias
+        return previous or model, model
+
+    async def _follow_challenger(self) -> None:
+        """Serve the challenger alias if it exists (its absence is not an error)."""
+        assert self.registry is not None
+        alias = self.settings.challenger_alias
+        version = await asyncio.to_thread(self.registry.version_for, alias)
+        if version is None:
+            if self._models.pop(CHALLENGER, None) is not None:
+                log.info("alias %s removed: champion answers everything", alias)
+            return
+        current = self.challenger
+        if current is None or current.version != version:
+            await self.switch(CHALLENGER, version)
+
+    async def _follow_aliases(self) -> None:
+        """Promotion and rollback without a restart: when an alias moves in the registry,
+        switch to its new version (every worker and replica does this on its own)."""
+        assert self.registry is not None
+        registry = self.registry
+        while True:
+            await asyncio.sleep(self.settings.alias_poll_s)
+            try:
+                version = await asyncio.wait_for(
+                    asyncio.to_thread(registry.version_for, self._champion_alias),
+                    self.settings.registry_timeout_s,
+                )
+                if version is not None and version != self.model.version:
+                    await self.switch(CHAMPION, version)
+                if self.settings.serves_challenger:
+                    await self._follow_challenger()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the registry or Triton may be down: keep serving
+                log.warning("could not follow registry aliases: %s", exc)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def heal(self) -> None:
         """After an inference failure: if Triton is back but lost the model, load it again."""
@@ -166,18 +303,19 @@ class ServiceRuntime:
             return
         async with self._heal_lock:
             self._last_heal = time.monotonic()
-            model, triton = self.model, self.triton
-            if triton is None or self.client is None:
+            triton, client = self.triton, self.client
+            if triton is None or client is None:
                 return
             try:
                 if not await self._on_control_thread(triton.is_ready):
                     return
-                if await self.client.model_ready(model.triton_name, model.version):
-                    return
-                log.warning(
-                    "Triton is up without %s v%s; loading it", model.triton_name, model.version
-                )
-                await self._on_control_thread(triton.load_model, model.triton_name)
+                for model in list(self._models.values()):
+                    if await client.model_ready(model.triton_name, model.version):
+                        continue
+                    log.warning(
+                        "Triton is up without %s v%s; loading it", model.triton_name, model.version
+                    )
+                    await self._on_control_thread(triton.load_model, model.triton_name)
             except (TritonServerError, ModelServerUnavailable) as exc:
                 log.warning("Triton not healed yet: %s", exc)
 
