@@ -71,6 +71,8 @@ def run(
 ) -> None:
     """Monitor a window of logged predictions against the model's training reference."""
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    # MLflow configures its own INFO handler (schema migrations, downloads): keep the CLI quiet.
+    logging.getLogger("mlflow").setLevel(max(logging.WARNING, logging.getLogger().level))
     err = Console(stderr=True)
     last_day = _parse_end(end, err)
     try:
