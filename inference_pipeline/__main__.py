@@ -112,6 +112,10 @@ def _serve_workers(
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
+        # The supervisor kills a worker that does not answer its ping within this time; a
+        # worker importing MLflow, Polars and tritonclient on a busy host takes longer than
+        # uvicorn's default 5 s, and was killed and restarted in the middle of its start-up.
+        timeout_worker_healthcheck=60,
         log_config=_worker_logging(log_level),
         access_log=False,
         timeout_graceful_shutdown=10,

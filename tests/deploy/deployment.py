@@ -171,20 +171,23 @@ def interpolated_names(value: str) -> list[str]:
     return [m.group(1) for m in _INTERPOLATION.finditer(value.replace("$$", ""))]
 
 
-def interpolate(value: str) -> str:
-    """Compose interpolation with the defaults (the host environment is not consulted), and
-    ``$$`` kept as ``$`` for the container's shell."""
-    resolved = _INTERPOLATION.sub(lambda m: m.group(2) or "", value.replace("$$", "\0"))
+def interpolate(value: str, host_env: dict[str, str] | None = None) -> str:
+    """Compose interpolation from ``host_env`` (not this process's environment) or the
+    defaults, and ``$$`` kept as ``$`` for the container's shell."""
+    given = host_env or {}
+    resolved = _INTERPOLATION.sub(
+        lambda m: given.get(m.group(1)) or m.group(2) or "", value.replace("$$", "\0")
+    )
     return resolved.replace("\0", "$")
 
 
-def _deep_interpolate(node: Any) -> Any:
+def _deep_interpolate(node: Any, host_env: dict[str, str] | None) -> Any:
     if isinstance(node, str):
-        return interpolate(node)
+        return interpolate(node, host_env)
     if isinstance(node, list):
-        return [_deep_interpolate(v) for v in node]
+        return [_deep_interpolate(v, host_env) for v in node]
     if isinstance(node, dict):
-        return {k: _deep_interpolate(v) for k, v in node.items()}
+        return {k: _deep_interpolate(v, host_env) for k, v in node.items()}
     return node
 
 
@@ -262,8 +265,10 @@ def _url_ports(words: list[str]) -> list[int]:
     return [int(p) for word in words for p in _URL_PORT.findall(word)]
 
 
-def compose_containers() -> list[Container]:
-    compose = _deep_interpolate(load_compose())
+def compose_containers(host_env: dict[str, str] | None = None) -> list[Container]:
+    """The compose services as containers; ``host_env`` plays the operator's shell
+    (``FTI_TRITON_FLAVOUR=cpu docker compose ...``)."""
+    compose = _deep_interpolate(load_compose(), host_env)
     files = dockerfiles()
     out = []
     for name, service in compose["services"].items():
