@@ -329,7 +329,7 @@ def categorical_drift(
     }
 
 
-REPORT_SCHEMA = {
+REPORT_SCHEMA: dict[str, Any] = {
     "feature": pl.String,
     "kind": pl.String,
     "status": pl.String,
@@ -436,9 +436,10 @@ def _categorical_bins(
     categories = list(reference["frequencies"])
     shares = [reference["frequencies"][c] for c in categories]
     codes = {c: i for i, c in enumerate(categories)}
-    text = values.cast(pl.String)
-    index = text.replace_strict(codes, default=len(categories), return_dtype=pl.Int64)
-    index = index.fill_null(len(categories) + 1).to_numpy()
+    coded = values.cast(pl.String).replace_strict(
+        codes, default=len(categories), return_dtype=pl.Int64
+    )
+    index = coded.fill_null(len(categories) + 1).to_numpy()
     ref = np.array([*shares, 0.0, float(reference["null_fraction"])], dtype=np.float64)
     return index, ref
 
@@ -473,12 +474,11 @@ def baseline_psi(
     own windows did. Empty when the training data spans fewer days than the window."""
     if training.is_empty() or day_column not in training.columns:
         return {}
-    day = training[day_column]
-    first = day.min()
-    span = (day.max() - first).days + 1  # type: ignore[operator]
+    day = training[day_column].cast(pl.Date)
+    day_index = (day.to_physical() - day.to_physical().min()).to_numpy().astype(np.int64)
+    span = int(day_index.max()) + 1
     if span < window_days:
         return {}
-    day_index = (day - first).dt.total_days().to_numpy().astype(np.int64)  # type: ignore[operator]
     baseline = {}
     for kind in ("numeric", "categorical"):
         for name, reference in reference_stats.get(kind, {}).items():

@@ -246,7 +246,7 @@ def run_monitor(
             "features": report.to_dicts(),
         },
         ood={
-            "row_rate": float(ood.mean()) if ood.len() else None,
+            "row_rate": int(ood.sum()) / ood.len() if ood.len() else None,
             "rows": int(ood.sum()),
             "features": {
                 r["feature"]: r["ood_rate"] for r in report.to_dicts() if r["ood_rate"] is not None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from html import escape
-from typing import Any
+from typing import Any, TypeGuard
 
 REFERENCE_COLOUR = "#4c78a8"
 CURRENT_COLOUR = "#f58518"
@@ -428,7 +428,7 @@ def line_chart(
             f"{escape(labels[-1])}</text>"
         )
     if _is_number(reference):
-        _, y = xy(0, float(reference))  # type: ignore[arg-type]
+        _, y = xy(0, float(reference))
         items.append(
             f"<line x1='{left}' y1='{y:.1f}' x2='{right}' y2='{y:.1f}' stroke='#555' "
             "stroke-dasharray='4 3'/>"
@@ -438,10 +438,10 @@ def line_chart(
             continue
         coords = [(i, v) for i, v in enumerate(series) if _is_number(v)]
         if len(coords) > 1:
-            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(i, v) for i, v in coords))  # type: ignore[arg-type]
+            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(i, v) for i, v in coords))
             items.append(f"<polyline points='{path}' fill='none' stroke='{colour}'/>")
         for i, v in coords:
-            x, y = xy(i, v)  # type: ignore[arg-type]
+            x, y = xy(i, v)
             items.append(
                 f"<circle cx='{x:.1f}' cy='{y:.1f}' r='3' fill='{colour}'>"
                 f"<title>{escape(labels[i])}: {v:.4f}</title></circle>"
@@ -523,7 +523,7 @@ def _legend() -> str:
     )
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[float]:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
