@@ -212,6 +212,20 @@ def test_html_report_is_self_contained(july_run) -> None:  # type: ignore[no-unt
         assert heading in html
 
 
+def test_the_report_escapes_what_it_shows(july_run) -> None:  # type: ignore[no-untyped-def]
+    """The report renders the JSON result alone; text from the data is escaped."""
+    from inference_pipeline.monitor.report import render_html
+
+    done, _, _ = july_run
+    result = json.loads(Path(stdout_json(done.stdout)["outputs"]["json"]).read_text())
+    row = result["drift"]["features"][0]
+    row["feature"], row["note"] = "<script>x</script>", "a & b"
+    row["bins"] = ["<img src=x>", *row["bins"][1:]]
+    html = render_html(result)
+    assert "<script>" not in html and "<img" not in html
+    assert "&lt;script&gt;x&lt;/script&gt;" in html and "a &amp; b" in html
+
+
 def test_prometheus_textfile_holds_the_gauges(july_run) -> None:  # type: ignore[no-untyped-def]
     done, _, textfile = july_run
     result = json.loads(Path(stdout_json(done.stdout)["outputs"]["json"]).read_text())

@@ -208,13 +208,22 @@ def test_a_large_shift_is_drift(synthetic_reference: dict) -> None:
 
 
 def test_a_trivial_but_significant_shift_is_not_drift(synthetic_reference: dict) -> None:
-    """Significance alone is not enough: 200k rows make a 0.05 sd shift 'significant'."""
+    """Significance alone is not enough: with 200,000 rows a 0.2 sd shift and a 3-point move
+    of a category's share are significant, yet small (PSI 0.03 and 0.003)."""
     rng = np.random.default_rng(8)
-    current = window(rng, 200_000, mu=0.05)
-    row = numeric_drift("x", synthetic_reference["numeric"]["x"], current["x"], DriftRule(), 20_000)
-    assert row["statistic"] == pytest.approx(0.02, abs=0.015)
-    assert row["psi"] < 0.1
-    assert row["status"] == OK
+    current = window(rng, 200_000, mu=0.2, p=(0.53, 0.29, 0.18))
+    x = numeric_drift("x", synthetic_reference["numeric"]["x"], current["x"], DriftRule(), 20_000)
+    assert x["p_value"] < 1e-4 and x["psi"] < 0.1
+    assert x["status"] == OK
+    colour = categorical_drift(
+        "colour",
+        synthetic_reference["categorical"]["colour"],
+        current["colour"],
+        DriftRule(),
+        20_000,
+    )
+    assert colour["p_value"] < 1e-8 and colour["psi"] < 0.01
+    assert colour["status"] == OK
 
 
 def test_a_category_mix_shift_is_drift(synthetic_reference: dict) -> None:
