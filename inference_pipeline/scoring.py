@@ -169,6 +169,10 @@ class AsyncTritonClient:
         self.url = grpc_url or http_url
         self.protocol = "grpc" if grpc_url else "http"
         self.timeout_s = timeout_s
+        self._pending: dict[
+            tuple[str, str], list[tuple[FeatureMatrices, asyncio.Future[np.ndarray]]]
+        ] = {}
+        self._sending: set[tuple[str, str]] = set()
         self._client: Any
         if grpc_url:
             self._client = grpcaio.InferenceServerClient(grpc_url, channel_args=_GRPC_CHANNEL_ARGS)
@@ -180,6 +184,42 @@ class AsyncTritonClient:
             self._module = aiohttpclient
 
     async def infer(self, model: str, version: str, matrices: FeatureMatrices) -> np.ndarray:
+        """Probabilities for ``matrices``. Concurrent calls for the same model version share
+        one Triton request: whatever arrives while a request is in flight goes in the next
+        one, so one connection waits for nothing and sixteen pay one client call, not
+        sixteen (the client's Python work costs more than the model on a few rows)."""
+        key = (model, version)
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(key, []).append((matrices, future))
+        if key not in self._sending:
+            self._sending.add(key)
+            asyncio.get_running_loop().create_task(self._send(key))
+        return await future
+
+    async def _send(self, key: tuple[str, str]) -> None:
+        """Send the pending requests of ``key`` until none are left."""
+        try:
+            while batch := self._pending.pop(key, []):
+                try:
+                    merged = FeatureMatrices(
+                        numeric=np.concatenate([m.numeric for m, _ in batch]),
+                        categorical=np.concatenate([m.categorical for m, _ in batch]),
+                    )
+                    probability = await self._infer_now(*key, merged)
+                except Exception as exc:  # every waiter gets the failure, typed
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                start = 0
+                for matrices, future in batch:
+                    if not future.done():
+                        future.set_result(probability[start : start + len(matrices)])
+                    start += len(matrices)
+        finally:
+            self._sending.discard(key)
+
+    async def _infer_now(self, model: str, version: str, matrices: FeatureMatrices) -> np.ndarray:
         inputs, outputs = triton_inputs(self._module, matrices)
         result = await self._call(
             self._client.infer(model, inputs, model_version=version, outputs=outputs),

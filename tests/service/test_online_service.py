@@ -19,6 +19,7 @@ from shared.settings import FeatureStoreSettings
 from tests.service.conftest import (
     ADMIN_KEY,
     API_KEY,
+    MODEL_NAME,
     RegisteredModel,
     SharedTriton,
     inference_settings,
@@ -224,3 +225,54 @@ def test_settings_refuse_an_open_api_on_a_public_address(tmp_path: Path) -> None
         InferenceSettings(data_root=tmp_path, host="0.0.0.0")
     with pytest.raises(ConfigurationError, match="differ"):
         InferenceSettings(data_root=tmp_path, api_key=API_KEY, admin_api_key=API_KEY)
+
+
+def test_concurrent_inferences_share_triton_requests_and_get_their_own_rows(
+    triton: SharedTriton, registered_model: RegisteredModel
+) -> None:
+    """The client's opportunistic batching: concurrent calls for one version go out together,
+    and each caller gets exactly its own rows' probabilities, as if sent alone."""
+    import asyncio
+
+    import numpy as np
+
+    from inference_pipeline.scoring import AsyncTritonClient
+    from shared.transforms import FeatureMatrices
+
+    config = (triton.repository / MODEL_NAME / "config.pbtxt").read_text()
+    n_numeric = int(config.split('"NUMERIC"')[1].split("dims: [")[1].split("]")[0])
+    n_categorical = int(config.split('"CATEGORICAL"')[1].split("dims: [")[1].split("]")[0])
+    rng = np.random.default_rng(7)
+    parts = [
+        FeatureMatrices(
+            numeric=rng.normal(size=(rows, n_numeric)).astype(np.float32),
+            categorical=rng.integers(0, 2, size=(rows, n_categorical)).astype(np.int64),
+        )
+        for rows in (1, 3, 1, 7, 2, 1, 5, 1)
+    ]
+    version = registered_model.version
+
+    async def scenario() -> tuple[list[np.ndarray], list[np.ndarray], int]:
+        client = AsyncTritonClient(triton.url, 5.0, triton.grpc_url)
+        sent = 0
+        infer_now = client._infer_now
+
+        async def counting(*args: object) -> np.ndarray:
+            nonlocal sent
+            sent += 1
+            return await infer_now(*args)  # type: ignore[arg-type]
+
+        client._infer_now = counting  # type: ignore[method-assign]
+        try:
+            alone = [await client.infer(MODEL_NAME, version, p) for p in parts]
+            sent = 0
+            together = await asyncio.gather(*(client.infer(MODEL_NAME, version, p) for p in parts))
+        finally:
+            await client.close()
+        return alone, list(together), sent
+
+    alone, together, sent = asyncio.run(scenario())
+    for single, batched, part in zip(alone, together, parts, strict=True):
+        assert batched.shape == (len(part),)
+        np.testing.assert_allclose(batched, single, rtol=0, atol=1e-6)
+    assert sent < len(parts)  # shared requests, not one per caller
