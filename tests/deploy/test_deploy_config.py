@@ -41,7 +41,7 @@ from tests.deploy import deployment as d
 try:  # Typer vendors its own Click (typer._click); older releases used the click package
     from typer._click import ClickException as TyperClickException
 except ImportError:  # pragma: no cover
-    from click import ClickException as TyperClickException
+    from click import ClickException as TyperClickException  # type: ignore[assignment]
 
 pytestmark = pytest.mark.unit
 
@@ -744,10 +744,22 @@ def test_online_service_autoscales_and_uses_an_external_triton() -> None:
 
 
 def test_workers_setting_refuses_a_managed_triton() -> None:
-    from inference_pipeline.settings import InferenceSettings
+    from inference_pipeline.settings import InferenceSettings, TritonMode
     from shared.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError, match="FTI_WORKERS=2 needs one Triton shared"):
         InferenceSettings(workers=2)
-    settings = InferenceSettings(workers=2, triton_mode="external", triton_url="triton:8000")
+    settings = InferenceSettings(
+        workers=2, triton_mode=TritonMode.external, triton_url="triton:8000"
+    )
     assert settings.workers == 2
+
+
+def test_serve_refuses_several_workers_with_a_managed_triton() -> None:
+    from inference_pipeline.__main__ import app
+
+    result = CliRunner().invoke(
+        app, ["serve", "--workers", "2"], env={"FTI_TRITON_MODE": "managed", "FTI_WORKERS": "1"}
+    )
+    assert result.exit_code == 2
+    assert "FTI_WORKERS=2 needs one Triton shared by all workers" in result.output

@@ -40,7 +40,13 @@ from tests.deploy import deployment as d
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
-PG_DSN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+PG_DSN: dict[str, object] = {
+    "host": PG_HOST,
+    "port": PG_PORT,
+    "user": "postgres",
+    "dbname": "postgres",
+}
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 REDIS_DB = 13  # no other test uses it; keys carry a namespace of this run as well
 LAST_DAY = date(2013, 3, 31)
@@ -139,9 +145,9 @@ class Stack:
         container = _compose()[service]
         argv = list(container.argv)
         if args is not None:
-            entry = container.spec.get("entrypoint") or (
-                container.dockerfile.final.entrypoint if container.dockerfile else []
-            )
+            entry: list[str] = list(container.spec.get("entrypoint") or [])
+            if not entry and container.dockerfile is not None:
+                entry = container.dockerfile.final.entrypoint or []
             argv = [*entry, *args]
         if argv[0] in {"python", "python3"}:
             argv[0] = sys.executable
@@ -224,7 +230,7 @@ def _last_json_line(text: str) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
     psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2-binary (dev extra) not installed")
-    if not _reachable(PG_DSN["host"], int(PG_DSN["port"])):
+    if not _reachable(PG_HOST, PG_PORT):
         pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
     name = f"fti_prod_{secrets.token_hex(4)}"
     admin = psycopg2.connect(**PG_DSN)
