@@ -133,7 +133,7 @@ async def predict(
     store: Store,
     triton: Triton,
     background: BackgroundTasks,
-) -> PredictionResponse:
+) -> Response:
     began = time.perf_counter()
     request_id = request.state.request_id
     settings, metrics = runtime.settings, runtime.metrics
@@ -166,12 +166,14 @@ async def predict(
     if settings.shadow and runtime.challenger is not None:
         background.add_task(_shadow, runtime, store, triton, flights, request_id)
     versions = {part.model.version for part in scored}
-    return PredictionResponse(
+    body = PredictionResponse(
         request_id=request_id,
         # With a canary splitting one request, each prediction names its own version.
         model_version=versions.pop() if len(versions) == 1 else runtime.model.version,
         predictions=[a for a in answers if a is not None],
     )
+    # Serialised once here: returning the model would have FastAPI validate it again first.
+    return Response(body.model_dump_json(), media_type="application/json")
 
 
 async def _shadow(
@@ -194,7 +196,7 @@ async def _shadow(
     if runtime.writer is not None:
         part = _Scored(list(range(len(flights))), model, inputs, probabilities)
         elapsed = time.perf_counter() - began
-        _log_predictions(runtime, part, flights, request_id, SHADOW_SOURCE, elapsed)
+        await _log_predictions(runtime, part, flights, request_id, SHADOW_SOURCE, elapsed)
 
 
 def _too_many(count: int, limit: int) -> Exception:
@@ -206,7 +208,7 @@ def _too_many(count: int, limit: int) -> Exception:
     )
 
 
-def _log_predictions(
+async def _log_predictions(
     runtime: ServiceRuntime,
     part: _Scored,
     flights: list[dict[str, Any]],
@@ -214,7 +216,8 @@ def _log_predictions(
     source: str,
     total_s: float,
 ) -> None:
-    """After the response is sent: queue plain log records for the batched writer."""
+    """After the response is sent: queue plain log records for the batched writer (``async``
+    only so that Starlette runs it on the event loop rather than in its thread pool)."""
     assert runtime.writer is not None
     scored_at = datetime.now(UTC)
     model, inputs = part.model, part.inputs
