@@ -22,6 +22,9 @@ class PredictionSource(StrEnum):
     all = "all"
     online = "online"
     batch = "batch"
+    # The online service's shadow challenger (FTI_SHADOW): its rows score the same flights as
+    # the champion's online rows, so "all" compares both versions on the same labelled flights.
+    shadow = "shadow"
 
 
 class MonitorSettings(FeatureStoreSettings, RegistrySettings):
