@@ -160,7 +160,7 @@ def run_monitor(
         choices = ", ".join(PredictionSource)
         raise ConfigurationError(f"source={source!r}: use one of {choices}")
     window = Window(end=end, days=window_days)
-    task = progress.add_task("load model", total=7) if progress else None
+    task = progress.add_task("load model", total=6) if progress else None
 
     def step(label: str) -> None:
         if progress is not None and task is not None:

@@ -121,7 +121,9 @@ def _not_enough(labelled: int, needed: int) -> dict[str, Any]:
 
 def window_quality(scored: pl.DataFrame, min_labels: int) -> dict[str, Any]:
     """Quality over every labelled row of ``scored`` (``probability``, ``is_delayed``)."""
-    labelled = scored.filter(pl.col("is_delayed").is_not_null())
+    labelled = scored.filter(
+        pl.col("is_delayed").is_not_null() & pl.col("probability").is_not_nan()
+    )
     if labelled.height < min_labels:
         return _not_enough(labelled.height, min_labels)
     metrics = quality_metrics(labelled["is_delayed"].to_numpy(), labelled["probability"].to_numpy())

@@ -7,7 +7,9 @@ not when it was made: the batch job scores tomorrow's flights, the online servic
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -114,19 +116,58 @@ def decode_features(
     predictions: pl.DataFrame, numeric: list[str], categorical: list[str]
 ) -> pl.DataFrame:
     """The raw feature values logged with each prediction, typed as the reference describes
-    them (numbers as Float64, categories as text). A feature that no logged row carries at all
-    is left out, so the drift report can call it absent rather than all-null."""
-    logged = [
-        name
-        for name in [*numeric, *categorical]
-        if predictions["features"].str.contains(f'"{name}":', literal=True).any()
+    them (numbers as Float64, categories as text, as the training pipeline casts them).
+
+    Parsed with Python's ``json``, which reads what the writers' ``json.dumps`` may produce and
+    Polars' reader refuses (``NaN``; numbers a writer stringified). A feature that no logged row
+    carries at all is left out, so the drift report can call it absent rather than all-null;
+    an unreadable row counts as all-missing (and is logged)."""
+    rows = [_parse(text) for text in predictions["features"].to_list()]
+    unreadable = sum(row is None for row in rows)
+    if unreadable:
+        log.warning("%d logged predictions have unreadable features JSON", unreadable)
+    parsed = [row or {} for row in rows]
+    logged = set().union(*(row.keys() for row in parsed)) if parsed else set()
+    columns = [
+        pl.Series(name, [_number(row.get(name)) for row in parsed], dtype=pl.Float64)
+        for name in numeric
+        if name in logged
+    ] + [
+        pl.Series(name, [_category(row.get(name)) for row in parsed], dtype=pl.String)
+        for name in categorical
+        if name in logged
     ]
-    dtype = pl.Struct(
-        {name: pl.Float64 if name in numeric else pl.String for name in logged}
-        or {"_none": pl.String}
-    )
-    decoded = predictions.select(pl.col("features").str.json_decode(dtype)).unnest("features")
-    return decoded.select(logged)
+    return pl.DataFrame(columns)
+
+
+def _parse(text: str | None) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)  # bools are 0/1, as the reference's cast makes them
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def _category(value: Any) -> str | None:
+    """Text as ``pl.Series.cast(pl.String)`` writes the training values: 5 -> "5",
+    True -> "true"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def read_outcomes(store: FeatureStore, window: Window) -> pl.DataFrame:
