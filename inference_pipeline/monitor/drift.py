@@ -436,10 +436,10 @@ def _categorical_bins(
     categories = list(reference["frequencies"])
     shares = [reference["frequencies"][c] for c in categories]
     codes = {c: i for i, c in enumerate(categories)}
-    coded = values.cast(pl.String).replace_strict(
-        codes, default=len(categories), return_dtype=pl.Int64
-    )
-    index = coded.fill_null(len(categories) + 1).to_numpy()
+    text = values.cast(pl.String)
+    coded = text.replace_strict(codes, default=len(categories), return_dtype=pl.Int64)
+    # replace_strict sends nulls to the default (unseen) too: missing is its own, last, bin
+    index = np.where(text.is_null().to_numpy(), len(categories) + 1, coded.to_numpy())
     ref = np.array([*shares, 0.0, float(reference["null_fraction"])], dtype=np.float64)
     return index, ref
 

@@ -333,19 +333,28 @@ def test_drift_report_of_an_empty_window_tests_nothing(synthetic_reference: dict
 
 
 def daily_frame(days: int, rows_per_day: int, seed: int) -> pl.DataFrame:
-    """A value whose level moves day to day (like weather): rows of one day share it."""
+    """A value whose level moves day to day (like weather): rows of one day share it. Both
+    features miss some values, more on some days than others."""
     rng = np.random.default_rng(seed)
     level = np.cumsum(rng.normal(0, 0.6, days))
     start = date(2013, 1, 1)
+    rows = days * rows_per_day
+    missing = rng.random(rows) < np.repeat(rng.uniform(0, 0.3, days), rows_per_day)
     return pl.DataFrame(
         {
             "flight_date": pl.Series(
                 [start + timedelta(days=int(d)) for d in np.repeat(range(days), rows_per_day)],
                 dtype=pl.Date,
             ),
-            "x": np.repeat(level, rows_per_day) + rng.normal(0, 0.3, days * rows_per_day),
-            "colour": rng.choice(["a", "b", "c"], days * rows_per_day),
+            "x": np.repeat(level, rows_per_day) + rng.normal(0, 0.3, rows),
+            "colour": rng.choice(["a", "b", "c"], rows),
         }
+    ).with_columns(
+        pl.when(pl.Series(missing)).then(None).otherwise(pl.col("x")).alias("x"),
+        pl.when(pl.Series(np.roll(missing, 7)))
+        .then(None)
+        .otherwise(pl.col("colour"))
+        .alias("colour"),
     )
 
 
