@@ -3,12 +3,15 @@
 # so --in-process scoring is not available in this image; score through Triton.
 #   docker build -f deploy/docker/batch.Dockerfile -t fti/inference .
 FROM python:3.11-slim AS build
+# Extras of pyproject.toml to install; add hopsworks for FTI_BACKEND=hopsworks:
+#   --build-arg EXTRAS=serving,hopsworks
+ARG EXTRAS=serving
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY inference_pipeline ./inference_pipeline
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir "numpy<2" ".[serving]"
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir "numpy<2" ".[${EXTRAS}]"
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 fti

@@ -1,12 +1,15 @@
 # Feature pipeline job: Polars + deltalake + pandera, no PyTorch, no MLflow.
 #   docker build -f deploy/docker/feature.Dockerfile -t fti/feature-pipeline .
 FROM python:3.11-slim AS build
+# Extras of pyproject.toml to install; add hopsworks for FTI_BACKEND=hopsworks:
+#   --build-arg EXTRAS=feature,hopsworks
+ARG EXTRAS=feature
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY feature_pipeline ./feature_pipeline
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir "numpy<2" ".[feature]"
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir "numpy<2" ".[${EXTRAS}]"
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 fti

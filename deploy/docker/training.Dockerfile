@@ -6,6 +6,9 @@
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
 FROM ${CUDA_IMAGE} AS build
+# Extras of pyproject.toml to install; add hopsworks for FTI_BACKEND=hopsworks:
+#   --build-arg EXTRAS=training,hopsworks
+ARG EXTRAS=training
 COPY --from=ghcr.io/astral-sh/uv:0.8 /uv /usr/local/bin/uv
 ENV UV_PYTHON_INSTALL_DIR=/opt/python UV_LINK_MODE=copy UV_NO_CACHE=1
 RUN uv venv --python 3.11 /opt/venv
@@ -13,7 +16,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY training_pipeline ./training_pipeline
-RUN uv pip install --python /opt/venv/bin/python "torch==2.13.0" "numpy<2" ".[training]"
+RUN uv pip install --python /opt/venv/bin/python "torch==2.13.0" "numpy<2" ".[${EXTRAS}]"
 
 FROM ${CUDA_IMAGE}
 RUN useradd --create-home --uid 10001 fti

@@ -157,6 +157,21 @@ def parse_dockerfile(path: Path) -> Dockerfile:
     return Dockerfile(path, stages, text)
 
 
+def install_requirements(dockerfile: Dockerfile) -> list[str]:
+    """What the image's ``pip install`` / ``uv pip install`` lines install: quoted requirement
+    strings and ``.[extras]`` of this project, with ``ARG`` defaults substituted."""
+    args: dict[str, str] = {}
+    found = []
+    for keyword, rest in _instructions(dockerfile.text):
+        if keyword == "ARG" and "=" in rest:
+            name, default = rest.split("=", 1)
+            args[name.strip()] = default.strip()
+        elif keyword == "RUN" and "pip install" in rest:
+            for token in re.findall(r'"([^"]+)"', rest):
+                found.append(re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), ""), token))
+    return found
+
+
 def dockerfiles() -> dict[Path, Dockerfile]:
     return {p: parse_dockerfile(p) for p in sorted((DEPLOY / "docker").glob("*Dockerfile"))}
 
