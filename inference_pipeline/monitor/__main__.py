@@ -57,7 +57,10 @@ def run(
     ] = 7,
     source: Annotated[
         PredictionSource,
-        typer.Option(help="predictions of the online service, the batch job, or both"),
+        typer.Option(
+            help="predictions of the online service, the batch job, the online shadow "
+            "challenger, or all of them"
+        ),
     ] = PredictionSource.all,
     model: Annotated[str, typer.Option(help="registry alias or version to monitor")] = "champion",
     output_dir: Annotated[
