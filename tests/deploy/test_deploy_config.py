@@ -93,7 +93,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _invocations() -> list[d.Invocation]:
     import tempfile
 
-    return d.all_invocations(Path(tempfile.mkdtemp(prefix="deploy-scripts-")))
+    with tempfile.TemporaryDirectory(prefix="deploy-scripts-") as scratch:
+        return d.all_invocations(Path(scratch))
 
 
 def _of(program: str) -> list[d.Invocation]:
