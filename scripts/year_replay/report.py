@@ -56,7 +56,7 @@ def week_rows(journal: Journal) -> list[dict[str, str]]:
         rows.append(
             {
                 "week": week["label"],
-                "rows scored": f"{sum(v['flights'] for v in scored.values()):,}",
+                "rows scored": " + ".join(f"{v['flights']:,}" for v in scored.values()),
                 "drift share": drift,
                 "champion": f"v{week['champion']}",
                 "ROC AUC": _num(monitor.get("roc_auc")),
@@ -136,8 +136,9 @@ def render_markdown(journal: Journal) -> str:
         f"predictions, {s['versions_trained']} versions trained ({s['retrains']} retrains), "
         f"{s['promotions']} promotions; champion at the end: v{s['champion']}. "
         f"Wall time {s['seconds']:.0f} s (scorer {plan['scorer']}, {plan['epochs']} epochs).\n\n"
-        "## Weeks\n\nDrift: share of the champion's features drifted on the week's batch "
-        "scores. ROC AUC / log loss: the champion on the week's labelled flights.\n\n"
+        "## Weeks\n\nRows scored: the champion's batch predictions (+ the challenger's while "
+        "shadowed). Drift: share of the champion's features drifted on the week's batch scores. "
+        "ROC AUC / log loss: the champion on the week's labelled flights.\n\n"
         + _markdown_table(week_rows(journal))
         + "\n## Versions\n\n"
         + _markdown_table(version_rows(journal))

@@ -128,6 +128,12 @@ def test_a_short_replay_retrains_shadows_promotes_and_resumes(
     report = (root / "replay" / "report.md").read_text()
     assert report.count("| W03 Jul 15-Jul 21 |") == 1
 
+    # Resuming under another plan would mix two experiments: refused, nothing touched.
+    other_plan = [*POLICY[:-1], "2", "--config", str(small_config)]  # --epochs 2
+    other = replay(root, "--weeks", "4", *other_plan, **ENV)
+    assert other.returncode == 2 and "another plan" in other.stderr and "epochs" in other.stderr
+    assert batch_predictions(root)[1] == version
+
 
 def test_bad_options_and_unsafe_roots_are_one_line_errors(tmp_path: Path) -> None:
     result = replay(tmp_path / "r", "--start-week", "30")
