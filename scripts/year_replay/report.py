@@ -133,7 +133,8 @@ def render_markdown(journal: Journal) -> str:
     return (
         "# 2013 replay: operations week by week\n\n"
         f"{s['weeks']} weeks ({s['first_week']} .. {s['last_week']}), {s['rows_scored']:,} "
-        f"predictions, {s['versions_trained']} versions trained ({s['retrains']} retrains), "
+        f"predictions, {s['versions_trained']} versions trained ({s['retrains']} by continuous "
+        "training), "
         f"{s['promotions']} promotions; champion at the end: v{s['champion']}. "
         f"Wall time {s['seconds']:.0f} s (scorer {plan['scorer']}, {plan['epochs']} epochs).\n\n"
         "## Weeks\n\nRows scored: the champion's batch predictions (+ the challenger's while "

@@ -108,6 +108,11 @@ def test_a_short_replay_retrains_shadows_promotes_and_resumes(
 
     before, _ = batch_predictions(root)
     assert before.height == before.select("flight_id", "model_version").n_unique()
+    by_week = before.group_by(pl.col("flight_date") > pl.date(2013, 7, 7)).agg(
+        pl.col("model_version").unique().sort()
+    )
+    versions = {row[0]: row[1] for row in by_week.iter_rows()}
+    assert versions == {False: ["1"], True: ["1", "2"]}  # W02: champion and shadow, both logged
     counts = before.group_by("model_version").len().sort("model_version")
 
     # Resume with one more week: W01-W02 are not redone, W03 is added.
