@@ -45,30 +45,34 @@ def event_time_column(request: JoinRequest) -> str:
 
 @dataclass(frozen=True)
 class _Times:
-    """A time column as numbers in its physical unit, with the rows that have one."""
+    """A time column as numbers in its physical unit, and which rows are null (None: none)."""
 
     values: np.ndarray
-    present: np.ndarray
+    null: np.ndarray | None
 
     @classmethod
     def of(cls, column: pl.Series) -> _Times:
         physical = column.to_physical()
-        return cls(physical.fill_null(0).to_numpy(), physical.is_not_null().to_numpy())
+        if physical.null_count() == 0:  # the common case, without two more passes
+            return cls(physical.to_numpy(), None)
+        return cls(physical.fill_null(0).to_numpy(), physical.is_null().to_numpy())
 
 
 @dataclass(frozen=True)
 class _Group:
     """One request's rows that can match: keys named and typed as in the spine, event times in
-    the spine's time dtype, and the output columns followed by one all-null row."""
+    the spine's time dtype, and the output columns."""
 
     request: JoinRequest
-    keys: pl.DataFrame
+    keys: pl.DataFrame  # the key of each run of rows sharing one (see _key_runs)
+    run: np.ndarray  # each row's run
     times: np.ndarray
     columns: pl.DataFrame
 
     @property
     def no_match(self) -> int:
-        return self.columns.height - 1
+        """The row index standing for "no match": one past the last row."""
+        return self.columns.height
 
 
 def _prepare_group(
@@ -89,6 +93,7 @@ def _prepare_group(
     if missing:
         raise ValueError(f"{group.name}: the spine has no key columns {missing}")
     event = event_time_column(request)
+    keys = [s for s, _ in pairs]
     rows = frame.select(
         # Keys must have the spine's dtypes (e.g. Categorical vs String) to compare equal.
         *[pl.col(g).cast(spine.schema[s]).alias(s) for s, g in pairs],
@@ -96,15 +101,31 @@ def _prepare_group(
         *[pl.col(f).alias(request.prefix + f) for f in features],
     )
     # A null key or event time can never match: such rows are left out up front.
-    rows = rows.drop_nulls([*[s for s, _ in pairs], event])
-    # The null row that spine rows without a match take; one chunk keeps the gathers fast.
-    columns = rows.drop([s for s, _ in pairs]).select(pl.all().extend_constant(None, 1)).rechunk()
+    if any(rows.get_column(c).null_count() for c in [*keys, event]):
+        rows = rows.drop_nulls([*keys, event])
+    rows = rows.rechunk()  # one chunk: faster gathers
+    # (Frames built from columns, not with select/drop: every Polars query has a fixed cost.)
+    runs, run = _key_runs(pl.DataFrame([rows.get_column(k) for k in keys]))
     return _Group(
         request=request,
-        keys=rows.select([s for s, _ in pairs]),
-        times=_Times.of(rows[event]).values,
-        columns=columns,
+        keys=runs,
+        run=run,
+        times=rows.get_column(event).to_physical().to_numpy(),
+        columns=pl.DataFrame([c for c in rows.iter_columns() if c.name not in keys]),
     )
+
+
+def _key_runs(keys: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
+    """The key of each run of consecutive rows sharing one, and each row's run number.
+
+    Stores return a group's rows sorted by key, so a few hundred runs stand for ~10^5 rows and
+    only they need the costly text lookups (rows in another order just make more runs).
+    """
+    changed = keys.select(
+        pl.any_horizontal(pl.col(k).ne_missing(pl.col(k).shift(1)) for k in keys.columns)
+    )
+    starts = changed.to_series().to_numpy() if keys.height else np.zeros(0, bool)
+    return keys.gather(pl.Series(np.flatnonzero(starts), dtype=pl.UInt32)), starts.cumsum() - 1
 
 
 # -- keys ------------------------------------------------------------------------------------
@@ -131,6 +152,10 @@ class _KeyCodes:
     group: np.ndarray
     count: int
 
+    def by_row(self, group: _Group) -> _KeyCodes:
+        """Group codes per row rather than per key run."""
+        return _KeyCodes(self.spine, self.group[group.run], self.count)
+
 
 def _column_codes(spine: pl.DataFrame, groups: Sequence[_Group]) -> list[list[_KeyCodes]]:
     """Per group, the codes of each of its key columns.
@@ -144,17 +169,17 @@ def _column_codes(spine: pl.DataFrame, groups: Sequence[_Group]) -> list[list[_K
     }
     expressions = {c: _code_expression(c, spine.schema[c], values[c]) for c in columns}
     spine_codes = spine.select(expressions.values())
-    return [
-        [
-            _KeyCodes(
-                spine_codes[c].to_numpy(),
-                g.keys.select(expressions[c]).to_series().to_numpy(),
-                len(values[c]) + 1,  # + the code of unknown keys
-            )
-            for c in g.keys.columns
-        ]
-        for g in groups
-    ]
+    out = []
+    for g in groups:
+        group_codes = g.keys.select(expressions[c] for c in g.keys.columns)
+        count = {c: len(values[c]) + 1 for c in g.keys.columns}  # + the code of unknown keys
+        out.append(
+            [
+                _KeyCodes(spine_codes[c].to_numpy(), group_codes[c].to_numpy(), count[c])
+                for c in g.keys.columns
+            ]
+        )
+    return out
 
 
 def _combine(first: _KeyCodes, then: _KeyCodes) -> _KeyCodes:
@@ -188,24 +213,61 @@ def _group_key_codes(parts: list[_KeyCodes]) -> _KeyCodes:
 
 @dataclass(frozen=True)
 class _Calendar:
-    """Every group's distinct event times, and how many of them each spine time has reached
-    (0 for a null time): one search for all groups."""
+    """Every group's distinct event times (moments), sorted. One calendar serves all groups, so
+    the spine's times are ranked once."""
 
     moments: np.ndarray
-    spine_rank: np.ndarray
+    # When every moment is a whole number of steps from the first (hourly weather, daily stats:
+    # all on the hour), the number of moments reached at each step from ``origin``, so ranking a
+    # time is arithmetic and one lookup rather than a binary search.
+    origin: int
+    step: int
+    steps: np.ndarray | None
 
     @classmethod
-    def of(cls, groups: Sequence[_Group], spine_times: _Times) -> _Calendar:
-        moments = np.unique(np.concatenate([g.times for g in groups] or [np.empty(0, np.int64)]))
-        rank = np.searchsorted(moments, spine_times.values, side="right")
-        rank[~spine_times.present] = 0
-        return cls(moments, rank)
+    def of(cls, groups: Sequence[_Group], spine_rows: int) -> _Calendar:
+        times = pl.Series(np.concatenate([g.times for g in groups] or [np.empty(0, np.int64)]))
+        moments = np.sort(times.unique().to_numpy())  # hashing, then sorting the few left
+        return cls(moments, *_grid(moments, spine_rows))
+
+    def rank_spine(self, times: _Times) -> np.ndarray:
+        """How many moments each spine time has reached; 0 for a null time."""
+        rank = self.rank(times.values)
+        if times.null is not None:
+            rank[times.null] = 0
+        return rank
+
+    def rank(self, times: np.ndarray) -> np.ndarray:
+        """How many moments are at or before each time."""
+        if self.steps is None:
+            return np.searchsorted(self.moments, times, side="right")
+        # Clipped first, so that the subtraction cannot overflow whatever the times.
+        at = np.clip(times, self.origin, self.moments[-1])
+        at -= self.origin
+        at //= self.step
+        return np.take(self.steps, at)
+
+
+def _grid(moments: np.ndarray, spine_rows: int) -> tuple[int, int, np.ndarray | None]:
+    """(origin, step, moments reached per step) for moments on a regular grid, or no table when
+    they are not integers, or the grid would be too large for the rows it serves."""
+    if moments.dtype.kind != "i" or len(moments) == 0:
+        return 0, 1, None
+    step = int(np.gcd.reduce(np.diff(moments))) if len(moments) > 1 else 1
+    origin = int(moments[0]) - step  # step 0: before the first moment
+    size = (int(moments[-1]) - origin) // step + 1
+    too_large = size > _TABLE_SLOTS_PER_ROW * (spine_rows + len(moments))
+    if too_large or origin < np.iinfo(moments.dtype).min:
+        return 0, 1, None
+    reached = np.zeros(size, np.int64)
+    reached[(moments - origin) // step] = 1
+    return origin, step, np.cumsum(reached)
 
 
 def _group_ranks(group: _Group, calendar: _Calendar) -> tuple[np.ndarray, np.ndarray]:
-    """How many of this group's distinct event times each calendar rank has reached, and the
-    rank (from 1) of each group row's own event time."""
-    at = np.searchsorted(calendar.moments, group.times) + 1
+    """How many of this group's distinct event times each calendar rank (moments reached) has
+    reached, and the rank (from 1) of each group row's own event time."""
+    at = calendar.rank(group.times)
     own = np.zeros(len(calendar.moments) + 1, np.int64)
     own[at] = 1
     reached = np.cumsum(own)
@@ -214,18 +276,18 @@ def _group_ranks(group: _Group, calendar: _Calendar) -> tuple[np.ndarray, np.nda
 
 def _slot_table(group_slots: np.ndarray, count: int, width: int, no_match: int) -> np.ndarray:
     """For every slot (key * width + rank), the group row with the last slot at or before it
-    within the same key, or ``no_match``."""
+    within the same key, or ``no_match``. (int32: the table is small by construction.)"""
     size = count * width
-    latest = np.full(size, -1, np.int64)
+    latest = np.full(size, -1, np.int32)
     # Rows sharing key and event time: the last one given wins, as in an as-of join.
-    np.maximum.at(latest, group_slots, np.arange(len(group_slots)))
+    np.maximum.at(latest, group_slots, np.arange(len(group_slots), dtype=np.int32))
     # Carry each filled slot forward; every key's rank-0 slot holds no row and stops the carry.
-    carry = np.where(latest >= 0, np.arange(size), -1)
-    carry[::width] = np.arange(0, size, width)
+    carry = np.where(latest >= 0, np.arange(size, dtype=np.int32), np.int32(-1))
+    carry[::width] = np.arange(0, size, width, dtype=np.int32)
     np.maximum.accumulate(carry, out=carry)
-    table = latest[carry]
-    table[table < 0] = no_match
-    return table.astype(np.uint32)  # what a Polars gather takes
+    table = np.take(latest, carry, out=carry, mode="clip")
+    np.putmask(table, table < 0, no_match)
+    return table.view(np.uint32)  # what a Polars gather takes
 
 
 def _latest_by_search(
@@ -243,26 +305,55 @@ def _latest_by_search(
     return np.where(hit, order[at], no_match).astype(np.uint32)
 
 
-def _tolerance_in_units(tolerance: timedelta, dtype: pl.DataType, group: str) -> int:
-    """The tolerance in the spine time's physical unit (days for a Date)."""
+_TIME_UNITS = {"ms": timedelta(milliseconds=1), "us": timedelta(microseconds=1)}
+
+
+def _tolerance_in_units(tolerance: timedelta, dtype: pl.DataType, request: JoinRequest) -> int:
+    """The tolerance in the spine time's physical unit (days for a Date), rounded down."""
     if dtype == pl.Date:
         return tolerance // timedelta(days=1)
     if isinstance(dtype, (pl.Datetime, pl.Duration)):
-        return int(pl.Series([tolerance]).cast(pl.Duration(dtype.time_unit)).to_physical()[0])
+        if dtype.time_unit == "ns":  # finer than a timedelta: exact in microseconds
+            return tolerance // timedelta(microseconds=1) * 1000
+        return tolerance // _TIME_UNITS[dtype.time_unit]
     raise ValueError(
-        f"{group}: a tolerance needs a Date or Datetime spine timestamp, not {dtype}; "
+        f"{request.group.name}: a tolerance needs a Date or Datetime spine timestamp, not {dtype}; "
         "drop the tolerance or convert the column"
     )
 
 
+@dataclass(frozen=True)
+class _Scratch:
+    """Arrays of one entry per spine row, reused by every group: first touches of fresh memory
+    (page faults) cost more than the arithmetic done in them. ``np.take(..., out=, mode="clip")``
+    writes into them directly (indices are always in range; "clip" only avoids a temporary)."""
+
+    slots: np.ndarray
+    numbers: np.ndarray
+    rows: np.ndarray
+    flags: np.ndarray
+
+    @classmethod
+    def of(cls, size: int) -> _Scratch:
+        int64, uint32 = np.empty(size, np.int64), np.empty(size, np.uint32)
+        return cls(int64, np.empty_like(int64), uint32, np.empty(size, bool))
+
+
+@dataclass(frozen=True)
+class _Spine:
+    """What every group's match needs from the spine, computed once."""
+
+    times: _Times
+    time_dtype: pl.DataType
+    rank: np.ndarray  # calendar moments reached at each row's time (0: null time)
+    scratch: _Scratch
+
+
 def _matched_rows(
-    group: _Group,
-    codes: _KeyCodes,
-    calendar: _Calendar,
-    spine_times: _Times,
-    time_dtype: pl.DataType,
+    group: _Group, codes: _KeyCodes, calendar: _Calendar, spine: _Spine
 ) -> np.ndarray:
-    """Per spine row, the index of its row in ``group.columns`` (the null row when none).
+    """Per spine row, the index of its row in ``group.columns`` (``group.no_match`` when none),
+    in ``spine.scratch.rows``.
 
     A (key, rank) pair is one int64 slot, key * width + rank, where rank counts the group's
     distinct event times reached (0: none yet, so a key's slots never run into the next key's).
@@ -270,20 +361,41 @@ def _matched_rows(
     reached, group_ranks = _group_ranks(group, calendar)
     width = int(reached[-1]) + 1
     group_slots = codes.group * width + group_ranks
-    spine_slots = codes.spine * width
-    spine_slots += reached[calendar.spine_rank]
-    size = codes.count * width
-    if size <= _TABLE_SLOTS_PER_ROW * (len(spine_slots) + len(group_slots)):
-        rows = _slot_table(group_slots, codes.count, width, group.no_match)[spine_slots]
+    scratch = spine.scratch
+    spine_slots, rows = np.multiply(codes.spine, width, out=scratch.slots), scratch.rows
+    spine_slots += np.take(reached, spine.rank, out=scratch.numbers, mode="clip")
+    if codes.count * width <= _TABLE_SLOTS_PER_ROW * (len(spine_slots) + len(group_slots)):
+        table = _slot_table(group_slots, codes.count, width, group.no_match)
+        np.take(table, spine_slots, out=rows, mode="clip")
     else:
-        rows = _latest_by_search(group_slots, spine_slots, width, group.no_match)
+        rows[:] = _latest_by_search(group_slots, spine_slots, width, group.no_match)
     if group.request.tolerance is not None:
-        limit = _tolerance_in_units(group.request.tolerance, time_dtype, group.request.group.name)
-        # The null row's time is a placeholder: stale or not, that row stays the null row.
-        age = np.append(group.times, 0)[rows]
-        np.subtract(spine_times.values, age, out=age)
-        rows[age > limit] = group.no_match
+        limit = _tolerance_in_units(group.request.tolerance, spine.time_dtype, group.request)
+        # The placeholder time of "no match" makes it stale or not: either way it stays no match.
+        times = np.append(group.times, 0).astype(np.int64)
+        age = np.take(times, rows, out=scratch.numbers, mode="clip")
+        np.subtract(spine.times.values, age, out=age)
+        np.putmask(rows, np.greater(age, limit, out=scratch.flags), group.no_match)
     return rows
+
+
+def _features(
+    group: _Group, rows: np.ndarray, keep_event_times: bool, scratch: _Scratch
+) -> pl.DataFrame:
+    """The group's columns at ``rows``, nulls where there is no match."""
+    columns = group.columns
+    if not keep_event_times:
+        columns = columns.drop(event_time_column(group.request))
+    if columns.height == 0:
+        return columns.clear(n=len(rows))
+    missing = np.equal(rows, group.no_match, out=scratch.flags)
+    if not missing.any():
+        return columns.gather(pl.Series(rows))
+    # Gathering valid rows and masking afterwards is about twice as fast as gathering from
+    # columns that end in a null row (the gather then tracks validity row by row).
+    np.putmask(rows, missing, 0)
+    found = pl.Series(np.logical_not(missing, out=missing))
+    return columns.gather(pl.Series(rows)).select(pl.when(found).then(pl.all()))
 
 
 def point_in_time_join(
@@ -301,16 +413,15 @@ def point_in_time_join(
     if spine_time not in spine.columns:
         raise ValueError(f"spine has no timestamp column {spine_time!r}")
     prepared = [_prepare_group(request, frame, spine, spine_time) for request, frame in groups]
-    spine_times = _Times.of(spine[spine_time])
-    calendar = _Calendar.of(prepared, spine_times)
+    calendar = _Calendar.of(prepared, spine.height)
+    times = _Times.of(spine[spine_time])
+    matching = _Spine(
+        times, spine.schema[spine_time], calendar.rank_spine(times), _Scratch.of(spine.height)
+    )
     found = []
     for group, parts in zip(prepared, _column_codes(spine, prepared), strict=True):
-        codes = _group_key_codes(parts)
-        rows = _matched_rows(group, codes, calendar, spine_times, spine.schema[spine_time])
-        columns = group.columns
-        if not keep_event_times:
-            columns = columns.drop(event_time_column(group.request))
-        found.append(columns.gather(pl.Series(rows)))
+        rows = _matched_rows(group, _group_key_codes(parts).by_row(group), calendar, matching)
+        found.append(_features(group, rows, keep_event_times, matching.scratch))
     return pl.concat([spine, *found], how="horizontal")
 
 
