@@ -259,9 +259,9 @@ def _grid(moments: np.ndarray, spine_rows: int) -> tuple[int, int, np.ndarray | 
     too_large = size > _TABLE_SLOTS_PER_ROW * (spine_rows + len(moments))
     if too_large or origin < np.iinfo(moments.dtype).min:
         return 0, 1, None
-    reached = np.zeros(size, np.int64)
+    reached = np.zeros(size, np.int32)
     reached[(moments - origin) // step] = 1
-    return origin, step, np.cumsum(reached)
+    return origin, step, np.cumsum(reached, dtype=np.int32)
 
 
 def _group_ranks(group: _Group, calendar: _Calendar) -> tuple[np.ndarray, np.ndarray]:

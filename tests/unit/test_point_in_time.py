@@ -19,6 +19,7 @@ from shared.feature_store import JoinRequest, point_in_time, point_in_time_join
 pytestmark = pytest.mark.unit
 
 T0 = datetime(2013, 1, 1, tzinfo=UTC)
+UTC_US = pl.Datetime("us", "UTC")
 CARRIERS = ["AA", "UA", "DL"]
 
 
@@ -158,7 +159,7 @@ KEY_VALUES: dict[str, list[str] | list[int]] = {"text": ["a", "b"], "integer": [
 SPINE_ONLY = {"text": "z", "integer": 99}
 BASES = [datetime(2013, 1, 1, tzinfo=UTC), datetime(1955, 6, 1, tzinfo=UTC)]  # before 1970 too
 
-Row = tuple[tuple[object, ...], int | None, int]  # keys, hour offset (None: null time), value
+Row = tuple[tuple[object, ...], int | None, int]  # keys, minute offset (None: null time), value
 
 
 @st.composite
@@ -169,23 +170,25 @@ def join_cases(draw: st.DrawFn) -> dict[str, Any]:
     n_keys = draw(st.sampled_from([1, 2]))
     group_key = st.sampled_from([*values, None])
     spine_key = st.sampled_from([*values, only, None])
-    hours = st.one_of(st.none(), st.integers(0, 30))  # narrow: many shared event times
-    group_rows = st.tuples(st.tuples(*[group_key] * n_keys), hours, st.integers(0, 10_000))
-    spine_rows = st.tuples(st.tuples(*[spine_key] * n_keys), st.one_of(hours, st.just(-2)))
+    # Whole hours in a narrow range (many shared event times, an hourly grid), or any minute of
+    # the first two hours (times between grid points, no grid coarser than a minute).
+    minutes = st.one_of(st.none(), st.integers(0, 30).map(lambda h: 60 * h), st.integers(0, 120))
+    group_rows = st.tuples(st.tuples(*[group_key] * n_keys), minutes, st.integers(0, 10_000))
+    spine_rows = st.tuples(st.tuples(*[spine_key] * n_keys), st.one_of(minutes, st.just(-120)))
     return {
         "kind": kind,
         "n_keys": n_keys,
         "base": draw(st.sampled_from(BASES)),
         "group": draw(st.lists(group_rows, max_size=40)),
         "spine": [(*row, 0) for row in draw(st.lists(spine_rows, max_size=40))],
-        "tolerance": draw(st.one_of(st.none(), st.integers(0, 10).map(timedelta_hours))),
+        "tolerance": draw(st.one_of(st.none(), st.integers(0, 600).map(timedelta_minutes))),
         "path": draw(st.sampled_from(["table", "search", "renumbered keys"])),
         "seed": draw(st.integers(0, 2**16)),
     }
 
 
-def timedelta_hours(hours: int) -> timedelta:
-    return timedelta(hours=hours)
+def timedelta_minutes(minutes: int) -> timedelta:
+    return timedelta(minutes=minutes)
 
 
 def _frame(case: dict[str, Any], rows: list[Row], time_column: str) -> pl.DataFrame:
@@ -194,7 +197,7 @@ def _frame(case: dict[str, Any], rows: list[Row], time_column: str) -> pl.DataFr
     columns: dict[str, list[Any]] = {
         f"k{i}": [r[0][i] for r in rows] for i in range(case["n_keys"])
     }
-    columns[time_column] = [None if r[1] is None else base + timedelta(hours=r[1]) for r in rows]
+    columns[time_column] = [None if r[1] is None else base + timedelta(minutes=r[1]) for r in rows]
     columns["value"] = [r[2] for r in rows]
     schema = {
         **{f"k{i}": dtype for i in range(case["n_keys"])},
@@ -209,15 +212,15 @@ def _brute_force(case: dict[str, Any]) -> list[int | None]:
     before the spine's (within the tolerance), the latest; of those, the last one given."""
     tolerance = case["tolerance"]
     out: list[int | None] = []
-    for keys, hour, _ in case["spine"]:
-        best: tuple[int, int] | None = None  # (event hour, position)
+    for keys, minute, _ in case["spine"]:
+        best: tuple[int, int] | None = None  # (event minute, position)
         for position, (group_keys, event, _) in enumerate(case["group"]):
-            if hour is None or event is None or None in keys or group_keys != keys:
+            if minute is None or event is None or None in keys or group_keys != keys:
                 continue
-            if event <= hour and (best is None or (event, position) >= best):
+            if event <= minute and (best is None or (event, position) >= best):
                 best = (event, position)
         stale = tolerance is not None and best is not None
-        if stale and timedelta(hours=hour - best[0]) > tolerance:  # type: ignore[index,operator]
+        if stale and timedelta(minutes=minute - best[0]) > tolerance:  # type: ignore[index,operator]
             best = None
         out.append(None if best is None else case["group"][best[1]][2])
     return out
@@ -321,3 +324,24 @@ def test_tolerance_on_a_non_temporal_timestamp_is_a_clear_error() -> None:
 def test_missing_spine_key_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="spine has no key columns"):
         point_in_time_join(_spine([("AA", 1)]).drop("carrier"), "ts", [(REQUEST, _stats([]))])
+
+
+def test_times_between_event_times_see_the_earlier_one_on_and_off_a_grid() -> None:
+    minute = timedelta(minutes=1)
+    stats = pl.DataFrame(
+        {
+            "carrier": ["AA", "AA", "UA", "UA"],
+            "valid_from": [T0, T0 + 30 * minute, T0, T0 + 60 * minute],  # off / on the hour
+            "flights_7d": [1, 2, 3, 4],
+        },
+        schema={"carrier": pl.String, "valid_from": UTC_US, "flights_7d": pl.Int32},
+    )
+    spine = pl.DataFrame(
+        {
+            "carrier": ["AA", "AA", "UA", "UA"],
+            "ts": [T0 + 10 * minute, T0 + 40 * minute, T0 + 59 * minute, T0 + 60 * minute],
+        },
+        schema={"carrier": pl.String, "ts": UTC_US},
+    )
+    joined = point_in_time_join(spine, "ts", [(REQUEST, stats)])
+    assert joined["c_flights_7d"].to_list() == [1, 2, 3, 4]
