@@ -5,18 +5,20 @@ pipeline (training data) and the batch job (scoring data), so both see exactly t
 that were known at each row's timestamp.
 
 How it works, and why this way: an as-of join with ``by`` keys hashes the spine's text keys and
-sorts the spine once per group, and the result must be sorted back; that cost several times the
-search itself. Here the spine is never sorted or reordered, and each of its key columns is looked
-up once for all groups:
+sorts the spine once per group, and its result must be sorted back to the spine's order; that
+costs several times the search itself. Here the spine is never sorted or reordered, each of its
+key columns is looked up once for all groups, and its times are ranked once for all groups:
 
 1. Every key value some group has gets a small integer code (an Enum cast for text keys); a null,
    or a value no group has, gets a code no group row has, so it never matches.
 2. Event times become ranks among the group's distinct event times, so a (key, rank) pair is one
-   int64 *slot* that cannot overflow, whatever the time unit or range (pre-1970 included).
+   int64 *slot* that cannot overflow, whatever the time unit or range (pre-1970 included). A
+   spine time is ranked by arithmetic when all event times sit on a grid (on the hour, say), by
+   binary search otherwise.
 3. A table indexed by slot holds, for every slot, the group row with the latest event time at or
    before it within the same key, so a spine row's match is one lookup (a binary search instead
    when keys x times are too many for a table). The tolerance is checked on the matched time.
-4. The features are gathered by row index, an all-null row standing in for "no match".
+4. The features are gathered by row index, then masked to null where nothing matched.
 """
 
 from __future__ import annotations
@@ -161,7 +163,7 @@ def _column_codes(spine: pl.DataFrame, groups: Sequence[_Group]) -> list[list[_K
     """Per group, the codes of each of its key columns.
 
     One code space per spine column, shared by all groups: a column used by several groups
-    (origin for route and weather) is looked up once, and all columns in one parallel select.
+    (origin for route and weather) is looked up once.
     """
     columns = list(dict.fromkeys(c for g in groups for c in g.keys.columns))
     values = {
