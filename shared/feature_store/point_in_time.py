@@ -247,7 +247,7 @@ class _Calendar:
         at = np.clip(times, self.origin, self.moments[-1])
         at -= self.origin
         at //= self.step
-        return np.take(self.steps, at)
+        return np.take(self.steps, at, mode="clip")  # "clip": no checks, indices are in range
 
 
 def _grid(moments: np.ndarray, spine_rows: int) -> tuple[int, int, np.ndarray | None]:
@@ -328,7 +328,8 @@ def _tolerance_in_units(tolerance: timedelta, dtype: pl.DataType, request: JoinR
 class _Scratch:
     """Arrays of one entry per spine row, reused by every group: first touches of fresh memory
     (page faults) cost more than the arithmetic done in them. ``np.take(..., out=, mode="clip")``
-    writes into them directly (indices are always in range; "clip" only avoids a temporary)."""
+    writes into them directly (indices are always in range; "clip" only skips the bounds checks
+    and the temporary of the default mode, several times slower here)."""
 
     slots: np.ndarray
     numbers: np.ndarray
