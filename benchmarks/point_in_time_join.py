@@ -1,7 +1,7 @@
 """Benchmark: point-in-time join of all 336,776 flights with route_stats, carrier_stats,
-airport_weather and planes — ours (`shared.feature_store.point_in_time_join`, Polars
-`join_asof`) against pandas `merge_asof`, on the same in-memory inputs; plus the store-level
-`store.point_in_time_join(...)` including the Delta reads.
+airport_weather and planes — ours (`shared.feature_store.point_in_time_join`: keys encoded once,
+event times ranked, matches read from a key/rank table) against pandas `merge_asof`, on the same
+in-memory inputs; plus the store-level `store.point_in_time_join(...)` including the Delta reads.
 
     python benchmarks/point_in_time_join.py [--repeat 3]
 
