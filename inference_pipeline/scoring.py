@@ -80,12 +80,20 @@ def online_inputs(
     read = time.perf_counter()
     matrices = apply_mdt_columns(features.columns, features.rows, model.mdt)
     reports = input_reports(features.columns, model, matrices)
-    ids = [
-        flight_id_of(r["flight_date"], r["carrier"], r["flight"], r["origin"], r["sched_dep_time"])
-        for r in requests
-    ]
+    ids = [request_flight_id(r) for r in requests]
     done = time.perf_counter()
     return OnlineInputs(ids, features, matrices, reports, read - began, done - read)
+
+
+def request_flight_id(flight: Mapping[str, Any]) -> str:
+    """The flights group's key of one request's flight (see `flight_id_of`)."""
+    return flight_id_of(
+        flight["flight_date"],
+        flight["carrier"],
+        flight["flight"],
+        flight["origin"],
+        flight["sched_dep_time"],
+    )
 
 
 def input_reports(

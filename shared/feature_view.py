@@ -350,7 +350,8 @@ def online_feature_columns(
         for join in view.joins
     ]
     found = store.get_online_rows(lookups) if rows else [[] for _ in lookups]
-    columns: dict[str, Any] = {name: [r.get(name) for r in requests] for name in requests[0]}
+    fields = requests[0].keys() if requests else ()
+    columns: dict[str, Any] = {name: [r.get(name) for r in requests] for name in fields}
     for join, group_rows in zip(view.joins, found, strict=True):
         for feature in join.feature_list():
             columns[join.prefix + feature] = [None if r is None else r[feature] for r in group_rows]

@@ -14,7 +14,12 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inference_pipeline.model_artifact import ServingModel
-from inference_pipeline.scoring import AsyncTritonClient, OnlineInputs, online_inputs
+from inference_pipeline.scoring import (
+    AsyncTritonClient,
+    OnlineInputs,
+    online_inputs,
+    request_flight_id,
+)
 from inference_pipeline.service.dependencies import AdminKey, ApiKey, Runtime, Store, Triton
 from inference_pipeline.service.runtime import CHALLENGER, CHAMPION, ServiceRuntime
 from inference_pipeline.service.schemas import (
@@ -29,7 +34,6 @@ from inference_pipeline.service.schemas import (
 )
 from shared.errors import FTIError, ModelServerUnavailable
 from shared.feature_store import FeatureStore
-from shared.flight_identity import flight_id_of
 from shared.prediction_log import ONLINE_SOURCE, SHADOW_SOURCE, prediction_record
 
 log = logging.getLogger(__name__)
@@ -92,8 +96,11 @@ async def _score_by_role(
     """Split the flights between champion and a canary challenger (sticky per flight id); a
     failing canary never fails a client: its flights go to the champion instead."""
     roles: dict[str, list[int]] = {}
-    for row, flight in enumerate(flights):
-        roles.setdefault(runtime.canary_role(_flight_key(flight)), []).append(row)
+    if runtime.canary_active:
+        for row, flight in enumerate(flights):
+            roles.setdefault(runtime.canary_role(request_flight_id(flight)), []).append(row)
+    else:  # the usual case: no per-flight routing work on the hot path
+        roles[CHAMPION] = list(range(len(flights)))
     scored = []
     for role, rows in roles.items():
         part = flights if len(rows) == len(flights) else [flights[i] for i in rows]
@@ -108,16 +115,6 @@ async def _score_by_role(
             runtime.metrics.role_flights.labels(role, "canary").inc(len(rows))
         scored.append(_Scored(rows, model, inputs, probabilities))
     return scored
-
-
-def _flight_key(flight: dict[str, Any]) -> str:
-    return flight_id_of(
-        flight["flight_date"],
-        flight["carrier"],
-        flight["flight"],
-        flight["origin"],
-        flight["sched_dep_time"],
-    )
 
 
 @predictions.post(

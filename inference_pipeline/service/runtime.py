@@ -168,12 +168,18 @@ class ServiceRuntime:
         return self._models.get(CHALLENGER)
 
     def model_for(self, role: str) -> ServingModel:
-        return self.challenger or self.model if role == CHALLENGER else self.model
+        """The role's model; the champion's while no challenger is served."""
+        if role == CHALLENGER and self.challenger is not None:
+            return self.challenger
+        return self.model
+
+    @property
+    def canary_active(self) -> bool:
+        return self.settings.canary_share > 0 and self.challenger is not None
 
     def canary_role(self, flight_id: str) -> str:
         """Which role answers this flight: sticky, since the bucket is a hash of the key."""
-        share = self.settings.canary_share
-        if share > 0 and self.challenger is not None and canary_bucket(flight_id) < share:
+        if self.canary_active and canary_bucket(flight_id) < self.settings.canary_share:
             return CHALLENGER
         return CHAMPION
 
