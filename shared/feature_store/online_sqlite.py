@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,38 @@ _SQL_TYPES = {
 }
 # SQLite caps bound parameters per statement (32,766 since 3.32): read big key sets in chunks.
 _MAX_PARAMS = 30_000
+# How long opening waits for another process that is setting up the same file.
+_SETUP_WAIT_S = 10.0
 
 
 def _sql_type(dtype: pl.DataType) -> str:
     if isinstance(dtype, pl.Datetime):
         return "INTEGER"
     return _SQL_TYPES.get(dtype.base_type(), "TEXT")
+
+
+def _set_up(conn: sqlite3.Connection, deadline: float) -> None:
+    """WAL mode and the bookkeeping table, retried while another process sets up the same file.
+
+    Switching a fresh file to WAL takes an exclusive lock, and SQLite answers "database is
+    locked" at once (no busy wait) when two processes race for it, e.g. the ranks of a DDP
+    training run opening the store together.
+    """
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS _materialization "
+                "(table_name TEXT PRIMARY KEY, offline_version INTEGER NOT NULL)"
+            )
+            return
+        except sqlite3.OperationalError as exc:
+            busy = "locked" in str(exc) or "busy" in str(exc)
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _ident(name: str) -> str:
@@ -48,12 +75,7 @@ class SQLiteOnlineStore:
             self._conn = sqlite3.connect(
                 self.path, timeout=timeout_s, check_same_thread=False, isolation_level=None
             )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute(
-                "CREATE TABLE IF NOT EXISTS _materialization "
-                "(table_name TEXT PRIMARY KEY, offline_version INTEGER NOT NULL)"
-            )
+            _set_up(self._conn, deadline=time.monotonic() + max(_SETUP_WAIT_S, timeout_s))
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"online store {self.path} unusable: {exc}") from exc
         self._lock = threading.Lock()

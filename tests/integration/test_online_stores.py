@@ -7,6 +7,7 @@ skipped with the reason.
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 import uuid
 from collections.abc import Iterator
@@ -346,3 +347,24 @@ def test_local_store_materializes_only_changed_keys_to_redis(
     third = store.materialize(ROUTE_STATS)
     assert third.keys_written == 0
     assert redis_store.materialized_version(ROUTE_STATS.table_name) == second.to_version
+
+
+def _open_and_close(path: str) -> str | None:
+    try:
+        SQLiteOnlineStore(Path(path)).close()
+    except StoreUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def test_processes_opening_one_fresh_sqlite_file_together_all_succeed(tmp_path: Path) -> None:
+    # The ranks of a DDP training run open the same fresh store at once; switching a new file to
+    # WAL is an exclusive lock that SQLite refuses without waiting, so opening retries it.
+    context = multiprocessing.get_context("spawn")
+    paths = [str(tmp_path / f"race{i}" / "online.sqlite") for i in range(20)]
+    with context.Pool(4) as pool:
+        errors = pool.map(_open_and_close, [p for p in paths for _ in range(4)], chunksize=1)
+    assert errors == [None] * len(errors)
+    store = SQLiteOnlineStore(Path(paths[0]))
+    assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.close()
