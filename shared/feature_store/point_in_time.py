@@ -7,10 +7,12 @@ that were known at each row's timestamp.
 How it works, and why this way: an as-of join with ``by`` keys hashes the spine's text keys and
 sorts the spine once per group, and its result must be sorted back to the spine's order; that
 costs several times the search itself. Here the spine is never sorted or reordered, each of its
-key columns is looked up once for all groups, and its times are ranked once for all groups:
+key columns has one code space for all groups, and its times are ranked once for all groups:
 
-1. Every key value some group has gets a small integer code (an Enum cast for text keys); a null,
-   or a value no group has, gets a code no group row has, so it never matches.
+1. Every key value some group has gets a small integer code; a null, or a value no group has,
+   gets a code no group row has, so it never matches. Short texts (airports, carriers, tail
+   numbers: up to 7 bytes) are read in place from their Arrow string views as exact 64-bit
+   keys and looked up in a small hash table with vectorised passes; other keys by an Enum cast.
 2. Event times become ranks among the group's distinct event times, so a (key, rank) pair is one
    int64 *slot* that cannot overflow, whatever the time unit or range (pre-1970 included). A
    spine time is ranked by arithmetic when all event times sit on a grid (on the hour, say), by
@@ -19,6 +21,9 @@ key columns is looked up once for all groups, and its times are ranked once for 
    before it within the same key, so a spine row's match is one lookup (a binary search instead
    when keys x times are too many for a table). The tolerance is checked on the matched time.
 4. The features are gathered by row index, then masked to null where nothing matched.
+
+Per-row intermediates are written into a few arrays of work space reused by every column and
+group (:class:`_Scratch`): first touches of fresh memory cost about as much as the arithmetic.
 """
 
 from __future__ import annotations
@@ -66,8 +71,7 @@ class _Group:
     the spine's time dtype, and the output columns."""
 
     request: JoinRequest
-    keys: pl.DataFrame  # the key of each run of rows sharing one (see _key_runs)
-    run: np.ndarray  # each row's run
+    keys: pl.DataFrame
     times: np.ndarray
     columns: pl.DataFrame
 
@@ -96,38 +100,30 @@ def _prepare_group(
         raise ValueError(f"{group.name}: the spine has no key columns {missing}")
     event = event_time_column(request)
     keys = [s for s, _ in pairs]
-    rows = frame.select(
-        # Keys must have the spine's dtypes (e.g. Categorical vs String) to compare equal.
-        *[pl.col(g).cast(spine.schema[s]).alias(s) for s, g in pairs],
-        pl.col(group.event_time).cast(spine.schema[spine_time]).alias(event),
-        *[pl.col(f).alias(request.prefix + f) for f in features],
+    # Keys must have the spine's dtypes (e.g. Categorical vs String) to compare equal.
+    # (Frames built from columns, not with select: every Polars query has a fixed cost.)
+    rows = pl.DataFrame(
+        [
+            *[_cast(frame.get_column(g), s, spine.schema[s]) for s, g in pairs],
+            _cast(frame.get_column(group.event_time), event, spine.schema[spine_time]),
+            *[frame.get_column(f).alias(request.prefix + f) for f in features],
+        ]
     )
     # A null key or event time can never match: such rows are left out up front.
-    if any(rows.get_column(c).null_count() for c in [*keys, event]):
+    if any(rows.get_column(c).has_nulls() for c in [*keys, event]):
         rows = rows.drop_nulls([*keys, event])
-    rows = rows.rechunk()  # one chunk: faster gathers
-    # (Frames built from columns, not with select/drop: every Polars query has a fixed cost.)
-    runs, run = _key_runs(pl.DataFrame([rows.get_column(k) for k in keys]))
+    if any(c.n_chunks() > 1 for c in rows.iter_columns()):
+        rows = rows.rechunk()  # one chunk: faster gathers
     return _Group(
         request=request,
-        keys=runs,
-        run=run,
+        keys=pl.DataFrame([rows.get_column(k) for k in keys]),
         times=rows.get_column(event).to_physical().to_numpy(),
         columns=pl.DataFrame([c for c in rows.iter_columns() if c.name not in keys]),
     )
 
 
-def _key_runs(keys: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
-    """The key of each run of consecutive rows sharing one, and each row's run number.
-
-    Stores return a group's rows sorted by key, so a few hundred runs stand for ~10^5 rows and
-    only they need the costly text lookups (rows in another order just make more runs).
-    """
-    changed = keys.select(
-        pl.any_horizontal(pl.col(k).ne_missing(pl.col(k).shift(1)) for k in keys.columns)
-    )
-    starts = changed.to_series().to_numpy() if keys.height else np.zeros(0, bool)
-    return keys.gather(pl.Series(np.flatnonzero(starts), dtype=pl.UInt32)), starts.cumsum() - 1
+def _cast(column: pl.Series, name: str, dtype: pl.DataType) -> pl.Series:
+    return (column if column.dtype == dtype else column.cast(dtype)).alias(name)
 
 
 # -- keys ------------------------------------------------------------------------------------
@@ -145,6 +141,215 @@ def _code_expression(column: str, dtype: pl.DataType, values: pl.Series) -> pl.E
     return coded.cast(pl.Int64).fill_null(len(values))
 
 
+# Texts of up to 7 bytes have an exact 64-bit key (see _ShortTexts); longer ones are coded
+# by an Enum cast. So are columns with more distinct group values than this (a larger table).
+_SHORT_TEXT_BYTES = 7
+_MAX_TABLE_TEXTS = 2**20
+_NO_TEXT = np.uint64(2**64 - 1)  # the key of no text: its length byte would be 255
+_FIBONACCI = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: multiplicative hashing
+
+
+@dataclass(frozen=True)
+class _ShortTexts:
+    """A String column whose values have at most 7 bytes, as its Arrow string views read in
+    place: 16 bytes each, the length, then a value of up to 12 bytes inline, padded with zeros
+    (the Arrow format); such a view is the value, with no pointer to follow."""
+
+    views: np.ndarray  # pairs of uint64
+    longest: int  # bytes (a null's view counts too: it only makes ``keys`` take another pass)
+
+    @classmethod
+    def of(cls, column: pl.Series) -> _ShortTexts | None:
+        """The column's views; None when it is not a String column of short values."""
+        if column.dtype != pl.String:
+            return None
+        array = column.to_arrow(compat_level=pl.CompatLevel.newest())  # zero-copy: one chunk
+        buffer = array.buffers()[1]
+        if buffer is None:
+            return cls(np.zeros((len(array), 2), np.uint64), 0)
+        rows = slice(array.offset, array.offset + len(array))
+        longest = int(np.frombuffer(buffer, np.uint32).reshape(-1, 4)[rows, 0].max(initial=0))
+        if longest > _SHORT_TEXT_BYTES:
+            # A null's view is not a value, so its length does not count.
+            if not column.has_nulls():
+                return None
+            lengths = np.frombuffer(buffer, np.uint32).reshape(-1, 4)[rows, 0]
+            if lengths[column.is_not_null().to_numpy()].max(initial=0) > _SHORT_TEXT_BYTES:
+                return None
+        return cls(np.frombuffer(buffer, np.uint64).reshape(-1, 2)[rows], longest)
+
+    def keys(self, out: np.ndarray | None = None) -> np.ndarray:
+        """Each value as one exact uint64: its length byte, then its bytes (a null's: any).
+        Up to 4 bytes, the first half of the view as it stands (the second is zeros); beyond,
+        the second half's first 3 bytes shifted in, into ``out`` when given."""
+        if self.longest <= 4:
+            return self.views[:, 0]
+        keys = np.left_shift(self.views[:, 1], np.uint64(8), out=out)
+        keys |= self.views[:, 0]
+        return keys
+
+
+@dataclass(frozen=True)
+class _TextCodes:
+    """Codes of short texts from their keys (see :class:`_ShortTexts`): a hash table with
+    linear probing, searched with a few vectorised passes over all rows, then ever fewer rows
+    for the rare keys not in their first slot. Several times faster than a Polars lookup per
+    row (an Enum cast, a join, ``replace_strict``: ~15 ns a row)."""
+
+    shift: np.uint64
+    keys: np.ndarray  # the key in each slot; _NO_TEXT when free
+    codes: np.ndarray  # the code of the key in each slot; ``unknown`` when free
+    unknown: int
+    probed: bool  # whether some key is not in its first slot
+
+    @classmethod
+    def of(cls, known: np.ndarray) -> _TextCodes:
+        """The table of distinct keys ``known``, each coded by its position.
+
+        A few keys get a table large enough for each to sit in its first slot, so no row needs
+        a further search; more keys a table an eighth full, filled by linear probing.
+        """
+        fewest = max(4, (8 * len(known) - 1).bit_length())
+        # Tables of about keys^2 slots or more are often collision-free; up to 2^17 slots.
+        for bits in range(max(fewest, (len(known) ** 2).bit_length()), 18):
+            first = (known * _FIBONACCI) >> np.uint64(64 - bits)
+            if len(np.unique(first)) == len(known):
+                return cls._filled(bits, known, first)
+        # Round by round, each waiting key tries the slot ``step`` after its first, and of keys
+        # trying one free slot one lands. So every slot from a key's first to its own is taken,
+        # and a search stops at the first free slot.
+        size, unknown = 1 << fewest, len(known)
+        keys = np.full(size, _NO_TEXT, np.uint64)
+        codes = np.full(size, unknown, np.int64)
+        first = ((known * _FIBONACCI) >> np.uint64(64 - fewest)).astype(np.int64)
+        waiting, step = np.arange(len(known)), 0
+        while len(waiting):
+            at = (first[waiting] + step) & (size - 1)
+            free = codes[at] == unknown
+            trying, slots = waiting[free], at[free]
+            codes[slots] = trying  # which of several writes to one slot lands is unspecified
+            landed = codes[slots] == trying
+            keys[slots[landed]] = known[trying[landed]]
+            waiting = np.concatenate([waiting[~free], trying[~landed]])
+            step += 1
+        return cls(np.uint64(64 - fewest), keys, codes, unknown, True)
+
+    @classmethod
+    def _filled(cls, bits: int, known: np.ndarray, slots: np.ndarray) -> _TextCodes:
+        """The table of keys that all sit in their first slot."""
+        keys = np.full(1 << bits, _NO_TEXT, np.uint64)
+        codes = np.full(1 << bits, len(known), np.int64)
+        keys[slots.astype(np.int64)] = known
+        codes[slots.astype(np.int64)] = np.arange(len(known))
+        return cls(np.uint64(64 - bits), keys, codes, len(known), False)
+
+    def code(self, keys: np.ndarray, out: np.ndarray, slots: np.ndarray, flags: np.ndarray) -> None:
+        """Write the codes of ``keys`` into ``out`` (int64), with ``slots`` (uint64) and
+        ``flags`` (bool) as work space, all of the same length."""
+        np.multiply(keys, _FIBONACCI, out=slots)
+        slots >>= self.shift
+        at = slots.view(np.int64)
+        # "clip": no bounds checks, slots are in range. The key in each first slot, then its code.
+        np.take(self.keys, at, out=out.view(np.uint64), mode="clip")
+        np.not_equal(out.view(np.uint64), keys, out=flags)
+        np.take(self.codes, at, out=out, mode="clip")
+        # Not in its first slot: further on if that slot is taken (by another key), else unknown.
+        further = np.flatnonzero(flags & (out != self.unknown)) if self.probed else flags[:0]
+        np.putmask(out, flags, self.unknown)
+        mask, step = len(self.keys) - 1, 1
+        while len(further):
+            slot = (at[further] + step) & mask
+            found = self.keys[slot] == keys[further]
+            out[further[found]] = self.codes[slot[found]]
+            further = further[~found & (self.keys[slot] != _NO_TEXT)]
+            step += 1
+
+    def __call__(self, keys: np.ndarray) -> np.ndarray:
+        out = np.empty(len(keys), np.int64)
+        self.code(keys, out, np.empty(len(keys), np.uint64), np.empty(len(keys), bool))
+        return out
+
+
+@dataclass(frozen=True)
+class _ColumnCodes:
+    """The codes in [0, count) of one spine key column and of each group keyed on it, the same
+    for all of them; ``count - 1`` stands for a null or a value no group has.
+
+    Short texts (airports, carriers, tail numbers) are coded by :class:`_TextCodes`, the spine's
+    when a group needs them, into work space: coding a column twice costs less than first
+    touches of fresh memory to keep its codes. Other columns are coded by one Polars query.
+    """
+
+    name: str
+    count: int
+    groups: dict[int, np.ndarray]  # the codes of each group's rows, by the group's position
+    text: _TextCodes | None
+    texts: _ShortTexts | None  # the spine's, with ``text``
+    coded: np.ndarray | None  # the spine's codes, without ``text``
+
+    def of_spine(self, spine: pl.DataFrame, out: np.ndarray, scratch: _Scratch) -> np.ndarray:
+        """The spine's codes: in ``out`` (int64) for short texts."""
+        if self.text is None or self.texts is None:
+            assert self.coded is not None
+            return self.coded
+        keys = self.texts.keys(out=scratch.numbers.view(np.uint64))
+        self.text.code(keys, out, scratch.work, scratch.flags)
+        column = spine[self.name]
+        if column.has_nulls():
+            np.putmask(out, column.is_null().to_numpy(), self.text.unknown)
+        return out
+
+
+def _column_codes(spine: pl.DataFrame, groups: Sequence[_Group]) -> dict[str, _ColumnCodes]:
+    """How each spine key column is coded, in one code space for all groups keyed on it."""
+    names = list(dict.fromkeys(c for g in groups for c in g.keys.columns))
+    columns = {}
+    expressions = {}
+    for name in names:
+        keyed = {i: g.keys[name] for i, g in enumerate(groups) if name in g.keys.columns}
+        text = _text_codes(spine[name], keyed)
+        if text is not None:
+            columns[name] = text
+            continue
+        values = pl.concat(list(keyed.values())).unique(maintain_order=True)
+        expressions[name] = _code_expression(name, spine.schema[name], values)
+        group_codes = {
+            i: pl.DataFrame([k]).select(expressions[name]).to_series().to_numpy()
+            for i, k in keyed.items()
+        }
+        columns[name] = _ColumnCodes(name, len(values) + 1, group_codes, None, None, None)
+    if expressions:
+        spine_coded = spine.select(expressions.values())
+        for name in expressions:
+            column = columns[name]
+            coded = spine_coded[name].to_numpy()
+            columns[name] = _ColumnCodes(name, column.count, column.groups, None, None, coded)
+    return columns
+
+
+def _text_codes(spine: pl.Series, groups: Mapping[int, pl.Series]) -> _ColumnCodes | None:
+    """The codes of a column of short texts in the spine and every group; None for other
+    columns (an Enum cast codes them)."""
+    texts = _ShortTexts.of(spine)
+    if texts is None:
+        return None
+    keys = {}
+    for i, column in groups.items():
+        group_texts = _ShortTexts.of(column)
+        if group_texts is None:
+            return None
+        keys[i] = group_texts.keys()
+    # Stores sort a group's rows by key: first the key of each run of rows sharing one, then
+    # hashing, not sorting (and maintain_order is the faster here: one thread, no merge).
+    runs = [k[np.r_[True, k[1:] != k[:-1]]] if len(k) else k for k in keys.values()]
+    known = pl.Series(np.concatenate(runs)).unique(maintain_order=True)
+    if len(known) > _MAX_TABLE_TEXTS:
+        return None
+    text = _TextCodes.of(known.to_numpy())
+    coded = {i: text(k) for i, k in keys.items()}
+    return _ColumnCodes(spine.name, text.unknown + 1, coded, text, texts, None)
+
+
 @dataclass(frozen=True)
 class _KeyCodes:
     """Integer keys in [0, count) of the spine rows and of a group's rows; a spine row whose key
@@ -154,43 +359,36 @@ class _KeyCodes:
     group: np.ndarray
     count: int
 
-    def by_row(self, group: _Group) -> _KeyCodes:
-        """Group codes per row rather than per key run."""
-        return _KeyCodes(self.spine, self.group[group.run], self.count)
 
-
-def _column_codes(spine: pl.DataFrame, groups: Sequence[_Group]) -> list[list[_KeyCodes]]:
-    """Per group, the codes of each of its key columns.
-
-    One code space per spine column, shared by all groups: a column used by several groups
-    (origin for route and weather) is looked up once.
-    """
-    columns = list(dict.fromkeys(c for g in groups for c in g.keys.columns))
-    values = {
-        c: pl.concat([g.keys[c] for g in groups if c in g.keys.columns]).unique() for c in columns
-    }
-    expressions = {c: _code_expression(c, spine.schema[c], values[c]) for c in columns}
-    spine_codes = spine.select(expressions.values())
-    out = []
-    for g in groups:
-        group_codes = g.keys.select(expressions[c] for c in g.keys.columns)
-        count = {c: len(values[c]) + 1 for c in g.keys.columns}  # + the code of unknown keys
-        out.append(
-            [
-                _KeyCodes(spine_codes[c].to_numpy(), group_codes[c].to_numpy(), count[c])
-                for c in g.keys.columns
-            ]
-        )
-    return out
+def _group_key_codes(
+    position: int,
+    group: _Group,
+    columns: Mapping[str, _ColumnCodes],
+    spine: pl.DataFrame,
+    scratch: _Scratch,
+) -> _KeyCodes:
+    """The codes of the whole key of the group at ``position``; the spine's in ``scratch.key``
+    (or Polars' codes of a one-column key)."""
+    names = group.keys.columns
+    first = columns[names[0]]
+    spine_codes = first.of_spine(spine, scratch.key, scratch)
+    if len(names) > 1 and spine_codes is not scratch.key:  # Polars' codes: combined in place
+        np.copyto(scratch.key, spine_codes)
+        spine_codes = scratch.key
+    codes = _KeyCodes(spine_codes, first.groups[position], first.count)
+    for name in names[1:]:
+        then = columns[name]
+        spine_codes = then.of_spine(spine, scratch.part, scratch)
+        codes = _combine(codes, _KeyCodes(spine_codes, then.groups[position], then.count))
+    return codes
 
 
 def _combine(first: _KeyCodes, then: _KeyCodes) -> _KeyCodes:
-    """The code of a two-part key: first * then.count + then (mixed radix)."""
-    combined = _KeyCodes(
-        first.spine * then.count + then.spine,
-        first.group * then.count + then.group,
-        first.count * then.count,
-    )
+    """The code of a two-part key: first * then.count + then (mixed radix); the spine's in
+    place of ``first.spine`` (work space, never Polars' codes: see _group_key_codes)."""
+    spine = np.multiply(first.spine, then.count, out=first.spine)
+    spine += then.spine
+    combined = _KeyCodes(spine, first.group * then.count + then.group, first.count * then.count)
     return combined if combined.count <= _MAX_KEY_CODES else _renumber(combined)
 
 
@@ -201,13 +399,6 @@ def _renumber(codes: _KeyCodes) -> _KeyCodes:
     found = known[at] == codes.spine if len(known) else np.zeros(len(codes.spine), bool)
     spine = np.where(found, at, len(known))
     return _KeyCodes(spine, np.searchsorted(known, codes.group), len(known) + 1)
-
-
-def _group_key_codes(parts: list[_KeyCodes]) -> _KeyCodes:
-    codes = parts[0]
-    for part in parts[1:]:
-        codes = _combine(codes, part)
-    return codes
 
 
 # -- times and matches -----------------------------------------------------------------------
@@ -229,25 +420,27 @@ class _Calendar:
     @classmethod
     def of(cls, groups: Sequence[_Group], spine_rows: int) -> _Calendar:
         times = pl.Series(np.concatenate([g.times for g in groups] or [np.empty(0, np.int64)]))
-        moments = np.sort(times.unique().to_numpy())  # hashing, then sorting the few left
+        # Hashing, then sorting the few left (maintain_order is the faster: one thread, no merge).
+        moments = np.sort(times.unique(maintain_order=True).to_numpy())
         return cls(moments, *_grid(moments, spine_rows))
 
-    def rank_spine(self, times: _Times) -> np.ndarray:
+    def rank_spine(self, times: _Times, scratch: _Scratch) -> np.ndarray:
         """How many moments each spine time has reached; 0 for a null time."""
-        rank = self.rank(times.values)
+        rank = self.rank(times.values, scratch)
         if times.null is not None:
             rank[times.null] = 0
         return rank
 
-    def rank(self, times: np.ndarray) -> np.ndarray:
-        """How many moments are at or before each time."""
+    def rank(self, times: np.ndarray, scratch: _Scratch | None = None) -> np.ndarray:
+        """How many moments are at or before each time (spine times: in ``scratch.rank``)."""
         if self.steps is None:
             return np.searchsorted(self.moments, times, side="right")
         # Clipped first, so that the subtraction cannot overflow whatever the times.
-        at = np.clip(times, self.origin, self.moments[-1])
+        out, rank = (None, None) if scratch is None else (scratch.numbers, scratch.rank)
+        at = np.clip(times, self.origin, self.moments[-1], out=out)
         at -= self.origin
         at //= self.step
-        return np.take(self.steps, at, mode="clip")  # "clip": no checks, indices are in range
+        return np.take(self.steps, at, out=rank, mode="clip")  # "clip": no checks, in range
 
 
 def _grid(moments: np.ndarray, spine_rows: int) -> tuple[int, int, np.ndarray | None]:
@@ -263,16 +456,16 @@ def _grid(moments: np.ndarray, spine_rows: int) -> tuple[int, int, np.ndarray | 
         return 0, 1, None
     reached = np.zeros(size, np.int32)
     reached[(moments - origin) // step] = 1
-    return origin, step, np.cumsum(reached, dtype=np.int32)
+    return origin, step, np.cumsum(reached, out=reached)
 
 
 def _group_ranks(group: _Group, calendar: _Calendar) -> tuple[np.ndarray, np.ndarray]:
     """How many of this group's distinct event times each calendar rank (moments reached) has
     reached, and the rank (from 1) of each group row's own event time."""
     at = calendar.rank(group.times)
-    own = np.zeros(len(calendar.moments) + 1, np.int64)
-    own[at] = 1
-    reached = np.cumsum(own)
+    reached = np.zeros(len(calendar.moments) + 1, np.int32)
+    reached[at] = 1
+    np.cumsum(reached, out=reached)
     return reached, reached[at]
 
 
@@ -281,10 +474,15 @@ def _slot_table(group_slots: np.ndarray, count: int, width: int, no_match: int) 
     within the same key, or ``no_match``. (int32: the table is small by construction.)"""
     size = count * width
     latest = np.full(size, -1, np.int32)
-    # Rows sharing key and event time: the last one given wins, as in an as-of join.
-    np.maximum.at(latest, group_slots, np.arange(len(group_slots), dtype=np.int32))
+    rows = np.arange(len(group_slots), dtype=np.int32)
+    latest[group_slots] = rows
+    if not np.array_equal(latest[group_slots], rows):
+        # Rows sharing key and event time: the last one given wins, as in an as-of join (which
+        # of several writes to one slot lands is unspecified, hence the check; rare in a store).
+        np.maximum.at(latest, group_slots, rows)
     # Carry each filled slot forward; every key's rank-0 slot holds no row and stops the carry.
-    carry = np.where(latest >= 0, np.arange(size, dtype=np.int32), np.int32(-1))
+    carry = np.arange(size, dtype=np.int32)
+    np.putmask(carry, latest < 0, -1)
     carry[::width] = np.arange(0, size, width, dtype=np.int32)
     np.maximum.accumulate(carry, out=carry)
     table = np.take(latest, carry, out=carry, mode="clip")
@@ -326,20 +524,35 @@ def _tolerance_in_units(tolerance: timedelta, dtype: pl.DataType, request: JoinR
 
 @dataclass(frozen=True)
 class _Scratch:
-    """Arrays of one entry per spine row, reused by every group: first touches of fresh memory
-    (page faults) cost more than the arithmetic done in them. ``np.take(..., out=, mode="clip")``
-    writes into them directly (indices are always in range; "clip" only skips the bounds checks
-    and the temporary of the default mode, several times slower here)."""
+    """Arrays of one entry per spine row for every intermediate of a call, reused by every key
+    column and group, and carved from one block: first touches of fresh memory (page faults)
+    cost more than the arithmetic done in them (about 2 us a 4 KiB page here), so the fewer
+    the better. ``np.take(..., out=, mode="clip")`` writes into them directly (indices are
+    always in range; "clip" only skips the bounds checks and the temporary of the default mode,
+    several times slower here)."""
 
-    slots: np.ndarray
-    numbers: np.ndarray
-    rows: np.ndarray
-    flags: np.ndarray
+    key: np.ndarray  # int64: a group's key codes, then its slots
+    part: np.ndarray  # int64: the codes of a key's second column
+    numbers: np.ndarray  # int64
+    work: np.ndarray  # uint64: while a group's key is coded
+    rows: np.ndarray  # uint32: then its matched rows, in the same memory
+    rank: np.ndarray  # int32
+    flags: np.ndarray  # bool
 
     @classmethod
     def of(cls, size: int) -> _Scratch:
-        int64, uint32 = np.empty(size, np.int64), np.empty(size, np.uint32)
-        return cls(int64, np.empty_like(int64), uint32, np.empty(size, bool))
+        block = np.empty(size * (8 * 4 + 4 + 1), np.uint8)
+        wide = block[: 8 * 4 * size].view(np.int64).reshape(4, size)
+        narrow = block[8 * 4 * size :]
+        return cls(
+            key=wide[0],
+            part=wide[1],
+            numbers=wide[2],
+            work=wide[3].view(np.uint64),
+            rows=wide[3].view(np.uint32)[:size],
+            rank=narrow[: 4 * size].view(np.int32),
+            flags=narrow[4 * size :].view(bool),
+        )
 
 
 @dataclass(frozen=True)
@@ -363,10 +576,11 @@ def _matched_rows(
     """
     reached, group_ranks = _group_ranks(group, calendar)
     width = int(reached[-1]) + 1
-    group_slots = codes.group * width + group_ranks
+    group_slots = np.multiply(codes.group, width)
+    group_slots += group_ranks
     scratch = spine.scratch
-    spine_slots, rows = np.multiply(codes.spine, width, out=scratch.slots), scratch.rows
-    spine_slots += np.take(reached, spine.rank, out=scratch.numbers, mode="clip")
+    spine_slots, rows = np.multiply(codes.spine, width, out=scratch.key), scratch.rows
+    spine_slots += np.take(reached, spine.rank, out=rows.view(np.int32), mode="clip")
     if codes.count * width <= _TABLE_SLOTS_PER_ROW * (len(spine_slots) + len(group_slots)):
         table = _slot_table(group_slots, codes.count, width, group.no_match)
         np.take(table, spine_slots, out=rows, mode="clip")
@@ -374,11 +588,13 @@ def _matched_rows(
         rows[:] = _latest_by_search(group_slots, spine_slots, width, group.no_match)
     if group.request.tolerance is not None:
         limit = _tolerance_in_units(group.request.tolerance, spine.time_dtype, group.request)
-        # The placeholder time of "no match" makes it stale or not: either way it stays no match.
-        times = np.append(group.times, 0).astype(np.int64)
-        age = np.take(times, rows, out=scratch.numbers, mode="clip")
-        np.subtract(spine.times.values, age, out=age)
-        np.putmask(rows, np.greater(age, limit, out=scratch.flags), group.no_match)
+        if len(group.times):  # (else every row is no match already)
+            # "No match" (one past the last row) reads the last row's time ("clip"): stale or
+            # not, it stays no match.
+            times = group.times.astype(np.int64, copy=False)
+            age = np.take(times, rows, out=scratch.numbers, mode="clip")
+            np.subtract(spine.times.values, age, out=age)
+            np.putmask(rows, np.greater(age, limit, out=scratch.flags), group.no_match)
     return rows
 
 
@@ -387,8 +603,9 @@ def _features(
 ) -> pl.DataFrame:
     """The group's columns at ``rows``, nulls where there is no match."""
     columns = group.columns
-    if not keep_event_times:
-        columns = columns.drop(event_time_column(group.request))
+    if not keep_event_times:  # (a frame of the other columns: a drop is a Polars query)
+        event = event_time_column(group.request)
+        columns = pl.DataFrame([c for c in columns.iter_columns() if c.name != event])
     if columns.height == 0:
         return columns.clear(n=len(rows))
     missing = np.equal(rows, group.no_match, out=scratch.flags)
@@ -418,12 +635,13 @@ def point_in_time_join(
     prepared = [_prepare_group(request, frame, spine, spine_time) for request, frame in groups]
     calendar = _Calendar.of(prepared, spine.height)
     times = _Times.of(spine[spine_time])
-    matching = _Spine(
-        times, spine.schema[spine_time], calendar.rank_spine(times), _Scratch.of(spine.height)
-    )
+    scratch = _Scratch.of(spine.height)
+    matching = _Spine(times, spine.schema[spine_time], calendar.rank_spine(times, scratch), scratch)
+    columns = _column_codes(spine, prepared)
     found = []
-    for group, parts in zip(prepared, _column_codes(spine, prepared), strict=True):
-        rows = _matched_rows(group, _group_key_codes(parts).by_row(group), calendar, matching)
+    for position, group in enumerate(prepared):
+        codes = _group_key_codes(position, group, columns, spine, scratch)
+        rows = _matched_rows(group, codes, calendar, matching)
         found.append(_features(group, rows, keep_event_times, matching.scratch))
     return pl.concat([spine, *found], how="horizontal")
 

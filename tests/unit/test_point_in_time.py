@@ -155,8 +155,20 @@ def _keyed_group(dtype: pl.DataType, n_keys: int) -> FeatureGroup:
     )
 
 
-KEY_VALUES: dict[str, list[str] | list[int]] = {"text": ["a", "b"], "integer": [-3, 7]}
-SPINE_ONLY = {"text": "z", "integer": 99}
+# Text keys: short (read from their Arrow views), up to 7 bytes (a value that differs only by a
+# trailing NUL byte must not match), and longer (coded by an Enum cast instead).
+KEY_VALUES: dict[str, list[str] | list[int]] = {
+    "text": ["a", "b"],
+    "7-byte text": ["N14228", "N1422"],
+    "long text": ["a-very-long-key", "a"],
+    "integer": [-3, 7],
+}
+SPINE_ONLY = {
+    "text": "z",
+    "7-byte text": "N14228\x00",
+    "long text": "a-very-long-kez",
+    "integer": 99,
+}
 BASES = [datetime(2013, 1, 1, tzinfo=UTC), datetime(1955, 6, 1, tzinfo=UTC)]  # before 1970 too
 
 Row = tuple[tuple[object, ...], int | None, int]  # keys, minute offset (None: null time), value
@@ -164,9 +176,9 @@ Row = tuple[tuple[object, ...], int | None, int]  # keys, minute offset (None: n
 
 @st.composite
 def join_cases(draw: st.DrawFn) -> dict[str, Any]:
-    kind = draw(st.sampled_from(["text", "categorical", "integer"]))
-    values = KEY_VALUES["integer" if kind == "integer" else "text"]
-    only = SPINE_ONLY["integer" if kind == "integer" else "text"]
+    kind = draw(st.sampled_from(["text", "7-byte text", "long text", "categorical", "integer"]))
+    values = KEY_VALUES["text" if kind == "categorical" else kind]
+    only = SPINE_ONLY["text" if kind == "categorical" else kind]
     n_keys = draw(st.sampled_from([1, 2]))
     group_key = st.sampled_from([*values, None])
     spine_key = st.sampled_from([*values, only, None])
@@ -192,7 +204,7 @@ def timedelta_minutes(minutes: int) -> timedelta:
 
 
 def _frame(case: dict[str, Any], rows: list[Row], time_column: str) -> pl.DataFrame:
-    dtype = {"text": pl.String, "categorical": pl.Categorical, "integer": pl.Int64}[case["kind"]]
+    dtype = {"categorical": pl.Categorical, "integer": pl.Int64}.get(case["kind"], pl.String)
     base = case["base"]
     columns: dict[str, list[Any]] = {
         f"k{i}": [r[0][i] for r in rows] for i in range(case["n_keys"])
@@ -345,3 +357,48 @@ def test_times_between_event_times_see_the_earlier_one_on_and_off_a_grid() -> No
     )
     joined = point_in_time_join(spine, "ts", [(REQUEST, stats)])
     assert joined["c_flights_7d"].to_list() == [1, 2, 3, 4]
+
+
+def test_many_short_text_keys_and_unknown_ones() -> None:
+    """Thousands of tail-number-like keys (a hash table where some keys sit past their first
+    slot), spine keys no group has, keys differing only by length or a trailing NUL, nulls."""
+    known = [f"N{i}" for i in range(3000)]
+    unknown = [f"X{i}" for i in range(500)] + ["N1\x00", "N12345\x00", "", "N"]
+    stats = pl.DataFrame(
+        {"carrier": known, "valid_from": [T0] * len(known), "flights_7d": range(len(known))},
+        schema={"carrier": pl.String, "valid_from": UTC_US, "flights_7d": pl.Int32},
+    )
+    keys = [*known[::-1], *unknown, None]
+    spine = _spine([(k, 1) for k in keys])  # type: ignore[misc]
+    joined = point_in_time_join(spine, "ts", [(REQUEST, stats)])
+    number = {k: i for i, k in enumerate(known)}
+    assert joined["c_flights_7d"].to_list() == [number.get(k) for k in keys]  # type: ignore[arg-type]
+
+
+def test_spine_slices_and_chunks_are_read_in_place_correctly() -> None:
+    """Short texts are read from the Arrow views: a sliced or many-chunk spine column too."""
+    stats = _stats([("AA", 0, 1), ("UA", 0, 2), ("DL", 0, 3)])
+    parts = [_spine([("UA", 1), ("AA", 1)]), _spine([("DL", 1), ("ZZ", 1), ("UA", 1)])]
+    spine = pl.concat(parts, rechunk=False).slice(1, 4)
+    assert spine["carrier"].n_chunks() == 2
+    joined = point_in_time_join(spine, "ts", [(REQUEST, stats)])
+    assert joined["c_flights_7d"].to_list() == [1, 3, None, 2]
+
+
+def test_tolerance_is_exact_to_the_unit_between_event_times() -> None:
+    """The tolerance holds to the time unit, between a group's event times (here one hour
+    apart, a tolerance 2 us short of it) and at them."""
+    us, hour = timedelta(microseconds=1), T0 + timedelta(hours=1)
+    stats = pl.DataFrame(
+        {"carrier": ["AA", "UA"], "valid_from": [T0, hour], "flights_7d": [1, 2]},
+        schema={"carrier": pl.String, "valid_from": UTC_US, "flights_7d": pl.Int32},
+    )
+    spine = pl.DataFrame(
+        {"carrier": ["AA"] * 5, "ts": [T0, hour - 3 * us, hour - 2 * us, hour - us, hour]},
+        schema={"carrier": pl.String, "ts": UTC_US},
+    )
+    request = JoinRequest(
+        CARRIER_STATS, ["flights_7d"], prefix="c_", tolerance=timedelta(hours=1) - 2 * us
+    )
+    joined = point_in_time_join(spine, "ts", [(request, stats)])
+    assert joined["c_flights_7d"].to_list() == [1, 1, 1, None, None]
