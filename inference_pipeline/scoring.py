@@ -8,6 +8,7 @@ missing, and calls the model (Triton, or TorchScript in process for the batch jo
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -15,22 +16,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import grpc
 import numpy as np
 import polars as pl
 import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
-import tritonclient.http.aio as aiohttpclient
 from tritonclient.utils import InferenceServerException
 
+from inference_pipeline.coalescing import Coalescer
 from inference_pipeline.model_artifact import ServingModel
+from inference_pipeline.triton_http import TritonHttpClient, TritonHttpError
 from shared.errors import ModelServerUnavailable
 from shared.feature_store import FeatureStore
 from shared.feature_view import OnlineFeatures, online_feature_columns
 from shared.flight_identity import flight_id_of
 from shared.transforms import OOV_INDEX, FeatureMatrices, MDTState, apply_mdt, apply_mdt_columns
-from shared.triton_repository import CATEGORICAL_INPUT, NUMERIC_INPUT, PROBABILITY_OUTPUT
+from shared.triton_repository import (
+    CATEGORICAL_INPUT,
+    MAX_BATCH_SIZE,
+    NUMERIC_INPUT,
+    PROBABILITY_OUTPUT,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +71,26 @@ class OnlineInputs:
     reports: list[InputReport]
     features_s: float  # online read + on-demand features
     transform_s: float  # MDT + input reports
+
+    def split(self, sizes: Sequence[int]) -> list[OnlineInputs]:
+        """Consecutive parts of ``sizes`` rows each (the requests of a coalesced batch)."""
+        if len(sizes) == 1:
+            return [self]
+        parts, start = [], 0
+        for size in sizes:
+            stop = start + size
+            parts.append(
+                OnlineInputs(
+                    self.flight_ids[start:stop],
+                    self.features.rows_between(start, stop),
+                    self.matrices.rows(start, stop),
+                    self.reports[start:stop],
+                    self.features_s,
+                    self.transform_s,
+                )
+            )
+            start = stop
+        return parts
 
 
 def online_inputs(
@@ -168,75 +194,58 @@ class AsyncTritonClient:
     """The service's one Triton client, with a deadline on every call and every failure turned
     into `ModelServerUnavailable`.
 
-    Inference goes over gRPC (``tritonclient.grpc.aio``: one HTTP/2 channel, multiplexed) when
-    Triton's gRPC address is known: it costs about half the client-side time of the HTTP client
-    per call, which is most of a one-flight request. Without it, ``tritonclient.http.aio``
-    (pooled keep-alive connections)."""
+    Inference goes over HTTP with the lean `TritonHttpClient` (pooled keep-alive connections
+    on the event loop, binary tensors): per call it costs about a third of the Python work of
+    ``tritonclient``'s aio clients, which was most of a one-flight request. With Triton's gRPC
+    address given explicitly (``FTI_TRITON_GRPC_URL``), over gRPC (``tritonclient.grpc.aio``)
+    instead, for deployments that route only gRPC to Triton."""
 
     def __init__(self, http_url: str, timeout_s: float, grpc_url: str | None = None) -> None:
         self.url = grpc_url or http_url
         self.protocol = "grpc" if grpc_url else "http"
         self.timeout_s = timeout_s
-        self._pending: dict[
-            tuple[str, str], list[tuple[FeatureMatrices, asyncio.Future[np.ndarray]]]
-        ] = {}
-        self._sending: set[tuple[str, str]] = set()
-        self._client: Any
+        self._batches: Coalescer[tuple[str, str], FeatureMatrices, np.ndarray] = Coalescer(
+            self._infer_batch, size=len, max_size=MAX_BATCH_SIZE
+        )
+        self._grpc: Any = None
+        self._http: TritonHttpClient | None = None
         if grpc_url:
-            self._client = grpcaio.InferenceServerClient(grpc_url, channel_args=_GRPC_CHANNEL_ARGS)
-            self._module: Any = grpcaio
+            self._grpc = grpcaio.InferenceServerClient(grpc_url, channel_args=_GRPC_CHANNEL_ARGS)
         else:
-            self._client = aiohttpclient.InferenceServerClient(
-                http_url, conn_limit=64, conn_timeout=timeout_s
-            )
-            self._module = aiohttpclient
+            self._http = TritonHttpClient(http_url, connect_timeout_s=timeout_s)
 
     async def infer(self, model: str, version: str, matrices: FeatureMatrices) -> np.ndarray:
         """Probabilities for ``matrices``. Concurrent calls for the same model version share
-        one Triton request: whatever arrives while a request is in flight goes in the next
-        one, so one connection waits for nothing and sixteen pay one client call, not
-        sixteen (the client's Python work costs more than the model on a few rows)."""
-        key = (model, version)
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self._pending.setdefault(key, []).append((matrices, future))
-        if key not in self._sending:
-            self._sending.add(key)
-            asyncio.get_running_loop().create_task(self._send(key))
-        return await future
+        one Triton request (see `Coalescer`): the client's Python work per call costs more
+        than the model on a few rows."""
+        return await self._batches.submit((model, version), matrices)
 
-    async def _send(self, key: tuple[str, str]) -> None:
-        """Send the pending requests of ``key`` until none are left."""
-        try:
-            while batch := self._pending.pop(key, []):
-                try:
-                    merged = FeatureMatrices(
-                        numeric=np.concatenate([m.numeric for m, _ in batch]),
-                        categorical=np.concatenate([m.categorical for m, _ in batch]),
-                    )
-                    probability = await self._infer_now(*key, merged)
-                except Exception as exc:  # every waiter gets the failure, typed
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                start = 0
-                for matrices, future in batch:
-                    if not future.done():
-                        future.set_result(probability[start : start + len(matrices)])
-                    start += len(matrices)
-        finally:
-            self._sending.discard(key)
+    async def _infer_batch(
+        self, key: tuple[str, str], batch: list[FeatureMatrices]
+    ) -> list[np.ndarray]:
+        merged = batch[0] if len(batch) == 1 else FeatureMatrices.concat(batch)
+        probability = await self._infer_now(*key, merged)
+        bounds = np.cumsum([0, *(len(m) for m in batch)])
+        return [probability[start:stop] for start, stop in itertools.pairwise(bounds)]
 
     async def _infer_now(self, model: str, version: str, matrices: FeatureMatrices) -> np.ndarray:
-        inputs, outputs = triton_inputs(self._module, matrices)
+        what = f"inference on {model} v{version}"
+        if self._http is not None:
+            tensors = [(NUMERIC_INPUT, matrices.numeric), (CATEGORICAL_INPUT, matrices.categorical)]
+            call = self._http.infer(model, version, tensors, PROBABILITY_OUTPUT)
+            return np.asarray(await self._call(call, what), dtype=np.float32).reshape(-1)
+        inputs, outputs = triton_inputs(grpcaio, matrices)
         result = await self._call(
-            self._client.infer(model, inputs, model_version=version, outputs=outputs),
-            f"inference on {model} v{version}",
+            self._grpc.infer(model, inputs, model_version=version, outputs=outputs), what
         )
         return np.asarray(result.as_numpy(PROBABILITY_OUTPUT), dtype=np.float32).reshape(-1)
 
     async def model_ready(self, model: str, version: str) -> bool:
-        ready = await self._call(self._client.is_model_ready(model, version), "model readiness")
+        if self._http is not None:
+            call = self._http.model_ready(model, version)
+        else:
+            call = self._grpc.is_model_ready(model, version)
+        ready = await self._call(call, "model readiness")
         return bool(ready)
 
     async def _call(self, call: Any, what: str) -> Any:
@@ -246,12 +255,19 @@ class AsyncTritonClient:
             raise ModelServerUnavailable(
                 f"Triton at {self.url}: {what} took longer than {self.timeout_s:g} s"
             ) from exc
-        except (InferenceServerException, aiohttp.ClientError, grpc.RpcError, OSError) as exc:
+        except (
+            TritonHttpError,
+            InferenceServerException,
+            grpc.RpcError,
+            OSError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+        ) as exc:
             message = exc.message() if isinstance(exc, InferenceServerException) else str(exc)
             raise ModelServerUnavailable(f"Triton at {self.url}: {what} failed: {message}") from exc
 
     async def close(self) -> None:
-        await self._client.close()
+        await (self._http if self._http is not None else self._grpc).close()
 
 
 def score_with_triton(

@@ -18,6 +18,11 @@ from shared.registry import RegistrySettings
 from shared.settings import FeatureStoreSettings
 
 
+class TritonProtocol(StrEnum):
+    http = "http"  # the lean asyncio client (inference_pipeline.triton_http): least cost per call
+    grpc = "grpc"  # tritonclient.grpc.aio, for deployments that route only gRPC to Triton
+
+
 class TritonMode(StrEnum):
     managed = "managed"  # start the nvidia-pytriton wheel's tritonserver as a subprocess
     external = "external"  # use a running server at FTI_TRITON_URL (the official container)
@@ -38,8 +43,14 @@ class InferenceSettings(FeatureStoreSettings, RegistrySettings):
     triton_url: str | None = Field(default=None, description="host:port of Triton's HTTP API")
     triton_grpc_url: str | None = Field(
         default=None,
-        description="host:port of Triton's gRPC API (external mode): inference then goes over "
-        "gRPC, cheaper per call than HTTP; unset, it uses FTI_TRITON_URL",
+        description="host:port of Triton's gRPC API (external mode). Set it: model control "
+        "then goes over gRPC, because Triton's HTTP frontend stalls HTTP inference while it "
+        "handles an HTTP load request",
+    )
+    triton_protocol: TritonProtocol = Field(
+        default=TritonProtocol.http,
+        description="protocol of the online service's inference calls (grpc needs "
+        "FTI_TRITON_GRPC_URL in external mode)",
     )
     triton_flavour: TritonFlavour = TritonFlavour.cpu
     triton_model_repository: Path | None = Field(
@@ -97,6 +108,14 @@ class InferenceSettings(FeatureStoreSettings, RegistrySettings):
             )
         if self.triton_mode is TritonMode.external and not self.triton_url:
             raise ConfigurationError("FTI_TRITON_MODE=external needs FTI_TRITON_URL (host:port)")
+        if (
+            self.triton_protocol is TritonProtocol.grpc
+            and self.triton_mode is TritonMode.external
+            and not self.triton_grpc_url
+        ):
+            raise ConfigurationError(
+                "FTI_TRITON_PROTOCOL=grpc needs FTI_TRITON_GRPC_URL (host:port) in external mode"
+            )
         if self.workers > 1 and self.triton_mode is TritonMode.managed:
             # A managed Triton belongs to one process: each worker would start its own server
             # and publish into the same model repository.

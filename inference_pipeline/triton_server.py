@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -215,6 +215,7 @@ class TritonServer:
         self._stop_timeout_s = stop_timeout_s
         self._request_timeout_s = request_timeout_s
         self._http: httpclient.InferenceServerClient | None = None
+        self._grpc_control: grpcclient.InferenceServerClient | None = None
 
     # -- construction -----------------------------------------------------------------------
 
@@ -361,6 +362,9 @@ class TritonServer:
         if self._http is not None:
             self._http.close()
             self._http = None
+        if self._grpc_control is not None:
+            self._grpc_control.close()
+            self._grpc_control = None
 
     def __enter__(self) -> Self:
         return self
@@ -393,12 +397,26 @@ class TritonServer:
             raise TritonServerError(f"no gRPC endpoint known for Triton at {self.endpoints.http}")
         return grpcclient.InferenceServerClient(self.endpoints.grpc)
 
+    def _control_client(self) -> Any:
+        """The client for model control: gRPC when its address is known. Triton's HTTP
+        frontend answers no HTTP inference while it handles an HTTP load request (seconds
+        for a Python-backend model); a load over gRPC leaves HTTP inference flowing."""
+        if self.endpoints.grpc is None:
+            return self.http_client()
+        if self._grpc_control is None:
+            self._grpc_control = grpcclient.InferenceServerClient(self.endpoints.grpc)
+        return self._grpc_control
+
+    def _control_timeout(self) -> dict[str, float]:
+        """The per-call deadline as the control client takes it (the HTTP one has its own)."""
+        return {} if self.endpoints.grpc is None else {"client_timeout": self._request_timeout_s}
+
     def load_model(self, name: str) -> None:
         """Load, or reload, ``name``: Triton serves the latest version directory and retires the
         one it served before, without dropping in-flight requests."""
         logger.info("loading model %s", name)
         try:
-            self.http_client().load_model(name)
+            self._control_client().load_model(name, **self._control_timeout())
         except InferenceServerException as err:
             raise TritonServerError(
                 f"Triton could not load model {name!r}: {err.message()}" + self._log_suffix()
@@ -410,7 +428,7 @@ class TritonServer:
         """Unload ``name`` and wait until Triton no longer reports it ready."""
         logger.info("unloading model %s", name)
         try:
-            self.http_client().unload_model(name)
+            self._control_client().unload_model(name, **self._control_timeout())
         except InferenceServerException as err:
             raise TritonServerError(
                 f"Triton could not unload model {name!r}: {err.message()}"
@@ -426,7 +444,7 @@ class TritonServer:
     def is_model_ready(self, name: str, version: str = "") -> bool:
         """Whether ``name`` (a given ``version``, or the one served) answers requests."""
         try:
-            return bool(self.http_client().is_model_ready(name, version))
+            return bool(self._control_client().is_model_ready(name, version))
         except InferenceServerException as err:
             raise TritonServerError(f"Triton at {self.endpoints.http}: {err.message()}") from err
 

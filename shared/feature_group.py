@@ -63,6 +63,19 @@ class FeatureGroup:
             [pl.col(name).cast(dtype) for name, dtype in self.polars_schema.items()]
         )
 
+    def conform_for_write(self, frame: pl.DataFrame, action: str) -> pl.DataFrame:
+        """`conform`, refusing rows that share a primary key + event time (which one would a
+        store keep?); ``action`` names the write in the error ("inserting", "appending")."""
+        rows = self.conform(frame)
+        keys = [*self.primary_key, self.event_time]
+        duplicated = rows.select(keys).is_duplicated().sum()
+        if duplicated:
+            raise ValueError(
+                f"{self.table_name}: {duplicated} rows share a primary key + event time; "
+                f"deduplicate before {action}"
+            )
+        return rows
+
     def metadata(self) -> dict[str, Any]:
         """What the offline table remembers about its definition (stored in the Delta table)."""
         return {

@@ -304,6 +304,9 @@ class OnlineFeatures:
     columns: dict[str, Any]
     rows: int
 
+    def rows_between(self, start: int, stop: int) -> OnlineFeatures:
+        return OnlineFeatures({k: v[start:stop] for k, v in self.columns.items()}, stop - start)
+
     def row(self, index: int, names: Sequence[str]) -> dict[str, Any]:
         """One row's values as JSON-ready Python values (NaN -> None)."""
         return {name: _plain(self.columns[name][index]) for name in names}

@@ -45,6 +45,8 @@ Flavour = Literal["cpu", "gpu"]
 NUMERIC_INPUT: Final = "NUMERIC"
 CATEGORICAL_INPUT: Final = "CATEGORICAL"
 PROBABILITY_OUTPUT: Final = "PROBABILITY"
+# Rows per inference request the published configs accept; clients batching requests stay under.
+MAX_BATCH_SIZE: Final = 4096
 TORCHSCRIPT_FILENAME: Final = "model.pt"
 PYTHON_MODEL_FILENAME: Final = "model.py"
 CONFIG_FILENAME: Final = "config.pbtxt"
@@ -70,13 +72,15 @@ class ModelSignature(BaseModel):
 
 
 class DynamicBatching(BaseModel):
-    """Server-side batching of concurrent requests: the online service sends one request per
-    API call, and Triton merges those that arrive within ``max_queue_delay_microseconds``."""
+    """Server-side batching of concurrent requests from several clients (service workers and
+    replicas, the batch job): Triton merges what is queued. No queue delay by default: the
+    online service already coalesces its own concurrent requests, and a delay would be paid
+    by every lone request (batch sizes are rarely a preferred one)."""
 
     model_config = ConfigDict(frozen=True)
 
     preferred_batch_sizes: tuple[int, ...] = (64, 256, 1024)
-    max_queue_delay_microseconds: int = Field(default=100, ge=0)
+    max_queue_delay_microseconds: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _positive_sizes(self) -> DynamicBatching:
@@ -238,7 +242,7 @@ def write_model_repository(
     torchscript: Path,
     signature: ModelSignature,
     flavour: Flavour,
-    max_batch_size: int = 4096,
+    max_batch_size: int = MAX_BATCH_SIZE,
     batching: DynamicBatching | None = None,
     instance_count: int = 1,
     intra_op_threads: int = 1,

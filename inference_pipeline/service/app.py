@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from inference_pipeline.service.metrics import ServiceMetrics
 from inference_pipeline.service.routes import admin, health, predictions
 from inference_pipeline.service.runtime import ServiceRuntime
+from inference_pipeline.service.schemas import PredictionRequest
 from inference_pipeline.settings import InferenceSettings
 from shared.errors import (
     ArtifactIntegrityError,
@@ -85,6 +88,15 @@ class RequestContext:
 _GIL_SWITCH_INTERVAL_S = 0.0005
 
 
+def _freeze_startup_objects() -> None:
+    """Move everything allocated so far (imported libraries, the loaded model and vocabularies:
+    millions of objects) out of the garbage collector's reach. A full collection otherwise
+    walks them all, stopping every thread for a long pause whenever a prediction-log flush
+    allocates enough to trigger one."""
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(settings: InferenceSettings) -> FastAPI:
     sys.setswitchinterval(_GIL_SWITCH_INTERVAL_S)
     metrics = ServiceMetrics()
@@ -95,6 +107,7 @@ def create_app(settings: InferenceSettings) -> FastAPI:
         app.state.runtime = runtime
         try:
             await runtime.start()
+            _freeze_startup_objects()
             yield
         finally:
             await runtime.close()
@@ -111,6 +124,7 @@ def create_app(settings: InferenceSettings) -> FastAPI:
     app.include_router(admin)
 
     app.add_middleware(RequestContext, metrics=metrics)
+    _document_request_bodies(app)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -155,6 +169,24 @@ def app_from_environment(overrides: Mapping[str, object] | None = None) -> FastA
     ``serve`` validated with the same environment before starting the workers.
     """
     return create_app(InferenceSettings(**dict(overrides or {})))  # type: ignore[arg-type]
+
+
+def _document_request_bodies(app: FastAPI) -> None:
+    """Add the schemas of bodies that routes validate themselves (``POST /v1/predictions``) to
+    the OpenAPI components their ``$ref`` names, as FastAPI does for declared bodies."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = build()
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            body = PredictionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(body.pop("$defs", {}))
+            schemas["PredictionRequest"] = body
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _describe(error: dict[str, object]) -> str:

@@ -1,5 +1,5 @@
-"""Request dependencies, as ``Annotated`` aliases the routes declare: the runtime, the model being
-served, the feature store, the Triton client, and the API-key checks.
+"""Request dependencies, as ``Annotated`` aliases the routes declare: the runtime and the API-key
+checks. (The prediction route reads the runtime off the app itself: see its comment.)
 
 All are ``async def`` although none awaits: FastAPI runs a plain ``def`` dependency in its
 thread pool, and four thread hops per request cost more than the model call."""
@@ -13,11 +13,7 @@ from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader
 from pydantic import SecretStr
 
-from inference_pipeline.model_artifact import ServingModel
-from inference_pipeline.scoring import AsyncTritonClient
 from inference_pipeline.service.runtime import ServiceRuntime
-from shared.errors import ModelServerUnavailable, StoreUnavailable
-from shared.feature_store import FeatureStore
 
 API_KEY_HEADER = "X-API-Key"
 _api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, scheme_name="APIKey")
@@ -30,27 +26,6 @@ async def get_runtime(request: Request) -> ServiceRuntime:
 
 
 Runtime = Annotated[ServiceRuntime, Depends(get_runtime)]
-
-
-async def get_model(runtime: Runtime) -> ServingModel:
-    return runtime.model
-
-
-async def get_store(runtime: Runtime) -> FeatureStore:
-    if runtime.store is None:
-        raise StoreUnavailable("feature store not opened")
-    return runtime.store
-
-
-async def get_triton(runtime: Runtime) -> AsyncTritonClient:
-    if runtime.client is None:
-        raise ModelServerUnavailable("Triton client not connected")
-    return runtime.client
-
-
-Model = Annotated[ServingModel, Depends(get_model)]
-Store = Annotated[FeatureStore, Depends(get_store)]
-Triton = Annotated[AsyncTritonClient, Depends(get_triton)]
 
 
 def _check_key(given: str | None, expected: SecretStr, what: str) -> None:

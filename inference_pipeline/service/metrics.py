@@ -9,6 +9,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+class _Stages:
+    """The stage histogram's children, looked up once (``labels()`` per request costs)."""
+
+    def __init__(self, histogram: Histogram) -> None:
+        self.features = histogram.labels("features")
+        self.transform = histogram.labels("transform")
+        self.triton = histogram.labels("triton")
+        self.total = histogram.labels("total")
+
+
 class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -33,6 +43,7 @@ class ServiceMetrics:
             buckets=_BUCKETS,
             registry=r,
         )
+        self.stages = _Stages(self.stage_seconds)
         self.flights = Counter("fti_predicted_flights", "Flights scored", registry=r)
         self.errors = Counter(
             "fti_prediction_errors", "Failed predictions by cause", ["cause"], registry=r

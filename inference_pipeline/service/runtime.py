@@ -22,21 +22,23 @@ from typing import Any, TypeVar
 
 import polars as pl
 
+from inference_pipeline.coalescing import Coalescer
 from inference_pipeline.model_artifact import (
     ServingModel,
     load_serving_model,
     publish_for_triton,
     retire_versions,
 )
-from inference_pipeline.scoring import AsyncTritonClient
+from inference_pipeline.scoring import AsyncTritonClient, OnlineInputs, online_inputs
 from inference_pipeline.service.metrics import ServiceMetrics
 from inference_pipeline.service.prediction_writer import PredictionWriter
-from inference_pipeline.settings import InferenceSettings, TritonMode
+from inference_pipeline.settings import InferenceSettings, TritonMode, TritonProtocol
 from inference_pipeline.triton_server import TritonServer, TritonServerError
 from shared.errors import ModelServerUnavailable, RegistryUnavailable, StoreUnavailable
 from shared.feature_definitions import CARRIER_STATS
 from shared.feature_store import FeatureStore, open_feature_store
 from shared.registry import ModelRegistry
+from shared.triton_repository import MAX_BATCH_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,9 @@ class ServiceRuntime:
         # tritonclient's synchronous HTTP client (model control) is gevent-based and must stay
         # on the thread that created it: every control call goes through this one thread.
         self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triton-control")
+        self._inputs: Coalescer[
+            tuple[str, str], tuple[ServingModel, list[dict[str, Any]]], OnlineInputs
+        ] = Coalescer(self._read_inputs, size=lambda item: len(item[1]), max_size=MAX_BATCH_SIZE)
 
     async def _on_control_thread(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._control, fn, *args)
@@ -98,7 +103,9 @@ class ServiceRuntime:
         if s.serves_challenger:
             await self._follow_challenger()
         endpoints = self.triton.endpoints
-        self.client = AsyncTritonClient(endpoints.http, s.triton_timeout_s, endpoints.grpc)
+        # Inference over gRPC only when asked for: the lean HTTP client is cheaper per call.
+        grpc = endpoints.grpc if s.triton_protocol is TritonProtocol.grpc else None
+        self.client = AsyncTritonClient(endpoints.http, s.triton_timeout_s, grpc)
         if s.prediction_log:
             self.writer = PredictionWriter(
                 self.store,
@@ -108,7 +115,7 @@ class ServiceRuntime:
             )
             self.writer.start()
         if s.alias_poll_s > 0:
-            self._spawn(self._follow_aliases(), "alias-follower")
+            self.spawn(self._follow_aliases(), "alias-follower")
         log.info("serving %s version %s (%s)", model.triton_name, model.version, model.alias)
 
     def _triton_server(self) -> TritonServer:
@@ -212,7 +219,7 @@ class ServiceRuntime:
         assert self.triton is not None
         await self._on_control_thread(self.triton.load_model, model.triton_name)
         self._set_model(role, model)
-        self._spawn(self._retire_later(role, model), f"retire-{role}")
+        self.spawn(self._retire_later(role, model), f"retire-{role}")
 
     @property
     def _retire_grace_s(self) -> float:
@@ -223,18 +230,21 @@ class ServiceRuntime:
 
     async def _retire_later(self, role: str, model: ServingModel) -> None:
         await asyncio.sleep(self._retire_grace_s)
-        if self._models.get(role) is not model:
-            return  # switched again meanwhile: that switch retires
-        retired = await asyncio.to_thread(
-            retire_versions, self.settings.model_repository, model.triton_name, model.version
-        )
-        if retired and self.triton is not None:
-            try:
-                await self._on_control_thread(self.triton.load_model, model.triton_name)
-            except TritonServerError as exc:
-                log.warning("could not unload retired versions %s: %s", retired, exc)
-            else:
-                log.info("%s: retired versions %s of %s", role, retired, model.triton_name)
+        # Under the switch lock: a switch in progress has published its version but not yet
+        # switched to it, and retiring "all but the served one" then would delete it.
+        async with self._switch_lock:
+            if self._models.get(role) is not model:
+                return  # switched again meanwhile: that switch retires
+            retired = await asyncio.to_thread(
+                retire_versions, self.settings.model_repository, model.triton_name, model.version
+            )
+            if retired and self.triton is not None:
+                try:
+                    await self._on_control_thread(self.triton.load_model, model.triton_name)
+                except TritonServerError as exc:
+                    log.warning("could not unload retired versions %s: %s", retired, exc)
+                else:
+                    log.info("%s: retired versions %s of %s", role, retired, model.triton_name)
 
     async def switch(
         self, role: str, ref: str | None = None
@@ -298,7 +308,7 @@ class ServiceRuntime:
             except Exception as exc:  # the registry or Triton may be down: keep serving
                 log.warning("could not follow registry aliases: %s", exc)
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+    def spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coroutine, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -326,6 +336,23 @@ class ServiceRuntime:
                 log.warning("Triton not healed yet: %s", exc)
 
     # -- downstream calls with deadlines ----------------------------------------------------
+
+    async def online_inputs(
+        self, model: ServingModel, flights: list[dict[str, Any]]
+    ) -> OnlineInputs:
+        """Online features, on-demand features and MDT for ``flights``. Concurrent requests for
+        the same model version share one store read, one MDT and one thread hop."""
+        return await self._inputs.submit((model.triton_name, model.version), (model, flights))
+
+    async def _read_inputs(
+        self, key: tuple[str, str], batch: list[tuple[ServingModel, list[dict[str, Any]]]]
+    ) -> list[OnlineInputs]:
+        if self.store is None:
+            raise StoreUnavailable("feature store not opened")
+        model = batch[0][0]
+        flights = batch[0][1] if len(batch) == 1 else [f for _, part in batch for f in part]
+        inputs = await self.with_store(online_inputs, self.store, model, flights)
+        return inputs.split([len(part) for _, part in batch])
 
     async def with_store(self, fn: Callable[..., T], *args: object) -> T:
         """Run a blocking feature store call in a thread, within the online timeout."""

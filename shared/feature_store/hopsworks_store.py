@@ -305,16 +305,14 @@ class HopsworksFeatureStore:
 
     # -- writes ----------------------------------------------------------------------------
 
+    def append(self, group: FeatureGroup, rows: pl.DataFrame) -> WriteResult:
+        """Hopsworks has no cheaper path for new-by-construction rows: an upsert."""
+        return self.insert(group, rows)
+
     def insert(self, group: FeatureGroup, rows: pl.DataFrame) -> WriteResult:
         """Upsert on primary key + event time, sending only rows that are new or changed."""
-        rows = group.conform(rows)
+        rows = group.conform_for_write(rows, "inserting")
         keys = [*group.primary_key, group.event_time]
-        duplicated = rows.select(keys).is_duplicated().sum()
-        if duplicated:
-            raise ValueError(
-                f"{group.table_name}: {duplicated} rows share a primary key + event time; "
-                "deduplicate before inserting"
-            )
         handle = self._handle(group)
         existing = self._stored_like(group, rows)
         changes = rows.join(existing, on=group.columns, how="anti", nulls_equal=True)

@@ -41,6 +41,9 @@ class LocalFeatureStore:
     def insert(self, group: FeatureGroup, rows: pl.DataFrame) -> WriteResult:
         return self.offline.insert(group, rows)
 
+    def append(self, group: FeatureGroup, rows: pl.DataFrame) -> WriteResult:
+        return self.offline.append(group, rows)
+
     def read(
         self,
         group: FeatureGroup,

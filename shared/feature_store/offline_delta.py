@@ -102,14 +102,8 @@ class DeltaOfflineStore:
     # -- writes ----------------------------------------------------------------------------
 
     def insert(self, group: FeatureGroup, rows: pl.DataFrame) -> WriteResult:
-        rows = group.conform(rows)
+        rows = group.conform_for_write(rows, "inserting")
         keys = [*group.primary_key, group.event_time]
-        duplicated = rows.select(keys).is_duplicated().sum()
-        if duplicated:
-            raise ValueError(
-                f"{group.table_name}: {duplicated} rows share a primary key + event time; "
-                "deduplicate before inserting"
-            )
         table = self._table(group)
         if rows.is_empty():
             return WriteResult(group.table_name, 0, 0, 0, table.version())
@@ -140,6 +134,17 @@ class DeltaOfflineStore:
             table_version=self._table(group).version(),
         )
         log.info("upserted %s", result)
+        return result
+
+    def append(self, group: FeatureGroup, rows: pl.DataFrame) -> WriteResult:
+        """One commit adding ``rows`` (keys unique within the batch; new by the caller's word)."""
+        rows = group.conform_for_write(rows, "appending")
+        if rows.is_empty():
+            return WriteResult(group.table_name, 0, 0, 0, self._table(group).version())
+        table = self._table(group)
+        write_deltalake(table, rows.to_arrow(), mode="append")
+        result = WriteResult(group.table_name, rows.height, rows.height, 0, table.version())
+        log.info("appended %s", result)
         return result
 
     # -- reads -----------------------------------------------------------------------------

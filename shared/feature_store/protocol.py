@@ -125,6 +125,12 @@ class FeatureStore(Protocol):
         """Atomic upsert on primary key + event time; re-inserting the same rows is a no-op."""
         ...
 
+    def append(self, group: FeatureGroup, rows: pl.DataFrame) -> WriteResult:
+        """Atomic append of rows whose primary key + event time are new by construction (an
+        event log such as the online prediction log): no read of the stored rows, so its cost
+        follows the batch, not the table. Re-appending the same rows duplicates them."""
+        ...
+
     def read(
         self,
         group: FeatureGroup,

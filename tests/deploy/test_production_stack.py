@@ -108,6 +108,7 @@ class Stack:
             ("redis://redis:6379/0", f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"),
             ("http://mlflow:5000", f"http://127.0.0.1:{self.ports['mlflow']}"),
             ("triton:8000", f"127.0.0.1:{self.ports['triton_http']}"),
+            ("triton:8001", f"127.0.0.1:{self.ports['triton_grpc']}"),
             ("/checkpoints", str(self.root / "checkpoints")),
             ("/models", str(self.root / "models")),
             ("/reports", str(self.root / "reports")),

@@ -87,6 +87,21 @@ def test_duplicate_keys_in_one_insert_are_refused(offline: DeltaOfflineStore) ->
     assert offline.version(PLANES) == 0  # nothing committed
 
 
+def test_append_adds_new_rows_in_one_commit_without_reading_the_table(
+    offline: DeltaOfflineStore,
+) -> None:
+    first = offline.append(PLANES, _planes(3))
+    assert (first.inserted, first.updated, first.table_version) == (3, 0, 1)
+    later = _planes(5).filter(pl.col("tailnum").is_in(["N3", "N4"]))
+    second = offline.append(PLANES, later)
+    assert (second.inserted, second.table_version) == (2, 2)
+    assert sorted(offline.read(PLANES)["tailnum"].to_list()) == ["N0", "N1", "N2", "N3", "N4"]
+    assert offline.append(PLANES, _planes(0)).table_version == 2  # nothing: no commit
+    with pytest.raises(ValueError, match="share a primary key"):
+        offline.append(PLANES, pl.concat([_planes(2), _planes(1)]))
+    assert offline.version(PLANES) == 2
+
+
 def test_reading_a_group_that_was_never_written_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(FeatureGroupNotFound, match="run the feature pipeline"):
         DeltaOfflineStore(str(tmp_path)).read(PLANES)

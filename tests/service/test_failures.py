@@ -69,9 +69,11 @@ def post(url: str, timeout: float = 10.0) -> httpx.Response:
     return httpx.post(f"{url}/v1/predictions", json={"flights": [UA_1545]}, timeout=timeout)
 
 
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_triton_killed_gives_fast_503_then_recovers_after_restart(
-    registered_model: RegisteredModel, triton: SharedTriton, tmp_path: Path
+    registered_model: RegisteredModel, triton: SharedTriton, tmp_path: Path, protocol: str
 ) -> None:
+    """Over the default lean HTTP client and over gRPC (``FTI_TRITON_PROTOCOL``)."""
     endpoints = TritonEndpoints(
         http=f"127.0.0.1:{free_port()}",
         grpc=f"127.0.0.1:{free_port()}",
@@ -86,6 +88,7 @@ def test_triton_killed_gives_fast_503_then_recovers_after_restart(
         FTI_TRITON_MODE="external",
         FTI_TRITON_URL=endpoints.http,
         FTI_TRITON_GRPC_URL=str(endpoints.grpc),
+        FTI_TRITON_PROTOCOL=protocol,
         FTI_TRITON_MODEL_REPOSITORY=str(repository),
         FTI_TRITON_RUNTIME_DIR=str(tmp_path / "serving"),
         FTI_TRITON_TIMEOUT_S=str(TIMEOUT_S),

@@ -134,6 +134,14 @@ def test_malformed_requests_get_a_readable_422(client: TestClient) -> None:
         assert expected in response.json()["message"], response.json()
     empty = client.post("/v1/predictions", json={"flights": []}, headers=KEY)
     assert empty.status_code == 422 and "flights" in empty.json()["message"]
+    for broken, expected in (('{"flights": [', "Invalid JSON"), ("", "Invalid JSON")):
+        response = client.post(
+            "/v1/predictions",
+            content=broken,
+            headers={**KEY, "Content-Type": "application/json"},
+        )
+        assert response.status_code == 422
+        assert response.json()["message"].startswith(f"body: {expected}"), response.json()
 
 
 def test_api_key_is_required_and_checked(client: TestClient) -> None:
@@ -211,10 +219,20 @@ def test_every_prediction_is_logged_for_monitoring(
     assert '"route_delay_rate_7d"' in row["features"]
 
 
-def test_openapi_documents_the_api_key(client: TestClient) -> None:
+def test_openapi_documents_the_api_key_and_the_request_body(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert "/v1/predictions" in spec["paths"]
     assert spec["components"]["securitySchemes"]["APIKey"]["name"] == "X-API-Key"
+    body = spec["paths"]["/v1/predictions"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"] == {"$ref": "#/components/schemas/PredictionRequest"}
+    schemas = spec["components"]["schemas"]
+    flights = schemas["PredictionRequest"]["properties"]["flights"]
+    assert flights["items"] == {"$ref": "#/components/schemas/ScheduledFlight"}
+    assert {"flight_date", "carrier", "origin"} <= set(schemas["ScheduledFlight"]["properties"])
+    answer = spec["paths"]["/v1/predictions"]["post"]["responses"]["200"]["content"]
+    assert answer["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/PredictionResponse"
+    }
 
 
 def test_settings_refuse_an_open_api_on_a_public_address(tmp_path: Path) -> None:

@@ -293,6 +293,19 @@ def test_offline_only_groups_are_written_without_online_options(
     assert handle.insert.call_args.kwargs["write_options"] == {"wait_for_job": True}
 
 
+def test_append_is_the_upsert_on_hopsworks(store: HopsworksFeatureStore, sdk: Any) -> None:
+    handle = sdk_group(ROUTE_STATS)
+    handle.commit_details.side_effect = [commit_details([]), commit_details([COMMIT_1])]
+    sdk.get_feature_group.return_value = handle
+    rows = route_rows(date(2013, 3, 10))
+
+    result = store.append(ROUTE_STATS, rows)
+
+    (sent,), _ = handle.insert.call_args
+    assert_frame_equal(sent, rows)
+    assert (result.inserted, result.table_version) == (rows.height, COMMIT_1)
+
+
 def test_duplicate_keys_in_one_insert_are_refused(store: HopsworksFeatureStore, sdk: Any) -> None:
     rows = route_rows(date(2013, 3, 10))
     with pytest.raises(ValueError, match="share a primary key"):
