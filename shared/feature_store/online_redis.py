@@ -182,7 +182,8 @@ class RedisOnlineStore:
         pattern = _glob_escape(self._prefix(group.table_name)) + "*"
         return self._call(
             f"count of {group.table_name}",
-            lambda: sum(1 for _ in self._client.scan_iter(match=pattern, count=1_000)),
+            # SCAN may return a key more than once (while the server rehashes): count distinct.
+            lambda: len(set(self._client.scan_iter(match=pattern, count=1_000))),
         )
 
     # -- bookkeeping -----------------------------------------------------------------------

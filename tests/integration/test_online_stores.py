@@ -299,7 +299,8 @@ def test_redis_keeps_one_compact_value_per_key_under_its_namespace(
     rows = route_rows()
     redis_store.write(ROUTE_STATS, rows)
     client = redis.Redis.from_url(REDIS_URL)
-    keys = sorted(client.scan_iter(match=f"{redis_store.namespace}:route_stats_v1:*"))
+    # SCAN may repeat a key while the shared server rehashes: compare distinct keys.
+    keys = sorted(set(client.scan_iter(match=f"{redis_store.namespace}:route_stats_v1:*")))
     assert keys == sorted(
         f'{redis_store.namespace}:route_stats_v1:["JFK","{d}"]'.encode() for d in rows["dest"]
     )
