@@ -22,13 +22,19 @@ key columns has one code space for all groups, and its times are ranked once for
    when keys x times are too many for a table). The tolerance is checked on the matched time.
 4. The features are gathered by row index, then masked to null where nothing matched.
 
+Steps 1-3 build each group's side once; the spine's side (its codes, ranks, lookups and the
+gathers) runs in ranges of rows on several threads (numpy and Polars release the GIL), so the
+output columns come in one chunk per range.
+
 Per-row intermediates are written into a few arrays of work space reused by every column and
 group (:class:`_Scratch`): first touches of fresh memory cost about as much as the arithmetic.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -43,6 +49,10 @@ from shared.feature_store.protocol import JoinRequest
 _MAX_KEY_CODES = 2**31
 # The slot table may hold this many entries per input row; sparser keys x times are searched.
 _TABLE_SLOTS_PER_ROW = 4
+# Spine rows are matched on this many threads (None: one per thread of Polars' pool, at most
+# 8), in ranges of at least this many rows.
+_THREADS: int | None = None
+_MIN_PART_ROWS = 50_000
 
 
 def event_time_column(request: JoinRequest) -> str:
@@ -287,14 +297,17 @@ class _ColumnCodes:
     texts: _ShortTexts | None  # the spine's, with ``text``
     coded: np.ndarray | None  # the spine's codes, without ``text``
 
-    def of_spine(self, spine: pl.DataFrame, out: np.ndarray, scratch: _Scratch) -> np.ndarray:
-        """The spine's codes: in ``out`` (int64) for short texts."""
+    def of_spine(
+        self, spine: pl.DataFrame, rows: slice, out: np.ndarray, scratch: _Scratch
+    ) -> np.ndarray:
+        """The codes of the spine's ``rows``: in ``out`` (int64) for short texts."""
         if self.text is None or self.texts is None:
             assert self.coded is not None
-            return self.coded
-        keys = self.texts.keys(out=scratch.numbers.view(np.uint64))
+            return self.coded[rows]
+        texts = _ShortTexts(self.texts.views[rows], self.texts.longest)
+        keys = texts.keys(out=scratch.numbers.view(np.uint64))
         self.text.code(keys, out, scratch.work, scratch.flags)
-        column = spine[self.name]
+        column = spine[self.name][rows]
         if column.has_nulls():
             np.putmask(out, column.is_null().to_numpy(), self.text.unknown)
         return out
@@ -351,54 +364,55 @@ def _text_codes(spine: pl.Series, groups: Mapping[int, pl.Series]) -> _ColumnCod
 
 
 @dataclass(frozen=True)
-class _KeyCodes:
-    """Integer keys in [0, count) of the spine rows and of a group's rows; a spine row whose key
-    no group row has gets a code no group row has."""
+class _KeyPlan:
+    """How a group's key columns combine into one integer code in [0, count): the codes of the
+    group's rows, and the steps that code a spine row the same way. A spine row whose key no
+    group row has gets a code no group row has."""
 
-    spine: np.ndarray
+    columns: list[str]
     group: np.ndarray
     count: int
+    # Per further column: its code count (mixed radix: code * count + its code), and the
+    # group's distinct codes when the combination was renumbered to them (see _MAX_KEY_CODES).
+    steps: list[tuple[int, np.ndarray | None]]
 
 
-def _group_key_codes(
-    position: int,
-    group: _Group,
-    columns: Mapping[str, _ColumnCodes],
-    spine: pl.DataFrame,
-    scratch: _Scratch,
-) -> _KeyCodes:
-    """The codes of the whole key of the group at ``position``; the spine's in ``scratch.key``
-    (or Polars' codes of a one-column key)."""
-    names = group.keys.columns
+def _key_plan(position: int, group: _Group, columns: Mapping[str, _ColumnCodes]) -> _KeyPlan:
+    """The key plan of the group at ``position``."""
+    names = list(group.keys.columns)
     first = columns[names[0]]
-    spine_codes = first.of_spine(spine, scratch.key, scratch)
-    if len(names) > 1 and spine_codes is not scratch.key:  # Polars' codes: combined in place
-        np.copyto(scratch.key, spine_codes)
-        spine_codes = scratch.key
-    codes = _KeyCodes(spine_codes, first.groups[position], first.count)
+    codes, count, steps = first.groups[position], first.count, []
     for name in names[1:]:
         then = columns[name]
-        spine_codes = then.of_spine(spine, scratch.part, scratch)
-        codes = _combine(codes, _KeyCodes(spine_codes, then.groups[position], then.count))
+        codes = codes * then.count + then.groups[position]
+        count *= then.count
+        known = None
+        if count > _MAX_KEY_CODES:
+            known = np.unique(codes)
+            codes = np.searchsorted(known, codes)
+            count = len(known) + 1
+        steps.append((then.count, known))
+    return _KeyPlan(names, codes, count, steps)
+
+
+def _spine_key_codes(
+    plan: _KeyPlan, columns: Mapping[str, _ColumnCodes], spine: pl.DataFrame, part: _SpinePart
+) -> np.ndarray:
+    """The key codes of the spine rows of ``part`` (in ``part.scratch.key``, or Polars' codes
+    of a one-column key), combined as ``plan`` combines the group's."""
+    scratch = part.scratch
+    codes = columns[plan.columns[0]].of_spine(spine, part.rows, scratch.key, scratch)
+    if plan.steps and codes is not scratch.key:  # Polars' codes: combined in work space
+        np.copyto(scratch.key, codes)
+        codes = scratch.key
+    for name, (count, known) in zip(plan.columns[1:], plan.steps, strict=True):
+        codes *= count
+        codes += columns[name].of_spine(spine, part.rows, scratch.part, scratch)
+        if known is not None:
+            at = np.searchsorted(known, codes).clip(0, max(len(known) - 1, 0))
+            found = known[at] == codes if len(known) else np.zeros(len(codes), bool)
+            np.copyto(codes, np.where(found, at, len(known)))
     return codes
-
-
-def _combine(first: _KeyCodes, then: _KeyCodes) -> _KeyCodes:
-    """The code of a two-part key: first * then.count + then (mixed radix); the spine's in
-    place of ``first.spine`` (work space, never Polars' codes: see _group_key_codes)."""
-    spine = np.multiply(first.spine, then.count, out=first.spine)
-    spine += then.spine
-    combined = _KeyCodes(spine, first.group * then.count + then.group, first.count * then.count)
-    return combined if combined.count <= _MAX_KEY_CODES else _renumber(combined)
-
-
-def _renumber(codes: _KeyCodes) -> _KeyCodes:
-    """Codes renumbered to the group's distinct ones; a spine code the group lacks gets one more."""
-    known = np.unique(codes.group)
-    at = np.searchsorted(known, codes.spine).clip(0, max(len(known) - 1, 0))
-    found = known[at] == codes.spine if len(known) else np.zeros(len(codes.spine), bool)
-    spine = np.where(found, at, len(known))
-    return _KeyCodes(spine, np.searchsorted(known, codes.group), len(known) + 1)
 
 
 # -- times and matches -----------------------------------------------------------------------
@@ -491,18 +505,54 @@ def _slot_table(group_slots: np.ndarray, count: int, width: int, no_match: int) 
 
 
 def _latest_by_search(
-    group_slots: np.ndarray, spine_slots: np.ndarray, width: int, no_match: int
+    ordered: np.ndarray, order: np.ndarray, spine_slots: np.ndarray, width: int, no_match: int
 ) -> np.ndarray:
-    """What :func:`_slot_table` answers, by binary search: for keys x times too sparse for a
-    table (slower: the spine's slots come unsorted)."""
-    if len(group_slots) == 0:
+    """What :func:`_slot_table` answers, by binary search in the group's slots sorted
+    (``ordered``, from rows ``order``): for keys x times too sparse for a table (slower: the
+    spine's slots come unsorted)."""
+    if len(ordered) == 0:
         return np.full(len(spine_slots), no_match, np.uint32)
-    order = np.argsort(group_slots, kind="stable")  # stable: the last of equal slots wins
-    ordered = group_slots[order]
     at = np.searchsorted(ordered, spine_slots, side="right") - 1
     at.clip(0, out=at)  # a miss (-1) reads slot 0, whose key then differs or is not <= ours
     hit = (ordered[at] <= spine_slots) & (ordered[at] // width == spine_slots // width)
     return np.where(hit, order[at], no_match).astype(np.uint32)
+
+
+@dataclass(frozen=True)
+class _GroupIndex:
+    """A group ready to match spine rows: its key plan, and its rows by slot.
+
+    A (key, rank) pair is one int64 slot, key * width + rank, where rank counts the group's
+    distinct event times reached (0: none yet, so a key's slots never run into the next key's).
+    """
+
+    group: _Group
+    plan: _KeyPlan
+    reached: np.ndarray  # the group's distinct event times reached at each calendar rank
+    width: int
+    table: np.ndarray | None  # see _slot_table; None: search ``ordered`` instead
+    ordered: np.ndarray  # the group's slots, sorted (stable: the last of equal slots wins)
+    order: np.ndarray  # the row of each
+
+    @classmethod
+    def of(
+        cls,
+        position: int,
+        group: _Group,
+        columns: Mapping[str, _ColumnCodes],
+        calendar: _Calendar,
+        spine_rows: int,
+    ) -> _GroupIndex:
+        plan = _key_plan(position, group, columns)
+        reached, group_ranks = _group_ranks(group, calendar)
+        width = int(reached[-1]) + 1
+        slots = np.multiply(plan.group, width)
+        slots += group_ranks
+        if plan.count * width <= _TABLE_SLOTS_PER_ROW * (spine_rows + len(slots)):
+            table = _slot_table(slots, plan.count, width, group.no_match)
+            return cls(group, plan, reached, width, table, slots[:0], slots[:0])
+        order = np.argsort(slots, kind="stable")
+        return cls(group, plan, reached, width, None, slots[order], order)
 
 
 _TIME_UNITS = {"ms": timedelta(milliseconds=1), "us": timedelta(microseconds=1)}
@@ -556,44 +606,47 @@ class _Scratch:
 
 
 @dataclass(frozen=True)
-class _Spine:
-    """What every group's match needs from the spine, computed once."""
+class _SpinePart:
+    """A range of spine rows matched together (by one thread), with its own work space."""
 
+    rows: slice
     times: _Times
     time_dtype: pl.DataType
     rank: np.ndarray  # calendar moments reached at each row's time (0: null time)
     scratch: _Scratch
 
+    @classmethod
+    def of(
+        cls, rows: slice, times: _Times, time_dtype: pl.DataType, calendar: _Calendar
+    ) -> _SpinePart:
+        scratch = _Scratch.of(rows.stop - rows.start)
+        mine = _Times(times.values[rows], None if times.null is None else times.null[rows])
+        return cls(rows, mine, time_dtype, calendar.rank_spine(mine, scratch), scratch)
+
 
 def _matched_rows(
-    group: _Group, codes: _KeyCodes, calendar: _Calendar, spine: _Spine
+    index: _GroupIndex, columns: Mapping[str, _ColumnCodes], spine: pl.DataFrame, part: _SpinePart
 ) -> np.ndarray:
-    """Per spine row, the index of its row in ``group.columns`` (``group.no_match`` when none),
-    in ``spine.scratch.rows``.
-
-    A (key, rank) pair is one int64 slot, key * width + rank, where rank counts the group's
-    distinct event times reached (0: none yet, so a key's slots never run into the next key's).
-    """
-    reached, group_ranks = _group_ranks(group, calendar)
-    width = int(reached[-1]) + 1
-    group_slots = np.multiply(codes.group, width)
-    group_slots += group_ranks
-    scratch = spine.scratch
-    spine_slots, rows = np.multiply(codes.spine, width, out=scratch.key), scratch.rows
-    spine_slots += np.take(reached, spine.rank, out=rows.view(np.int32), mode="clip")
-    if codes.count * width <= _TABLE_SLOTS_PER_ROW * (len(spine_slots) + len(group_slots)):
-        table = _slot_table(group_slots, codes.count, width, group.no_match)
-        np.take(table, spine_slots, out=rows, mode="clip")
+    """Per spine row of ``part``, the index of its row in ``group.columns`` (``group.no_match``
+    when none), in ``part.scratch.rows``."""
+    group, scratch = index.group, part.scratch
+    codes = _spine_key_codes(index.plan, columns, spine, part)
+    spine_slots, rows = np.multiply(codes, index.width, out=scratch.key), scratch.rows
+    spine_slots += np.take(index.reached, part.rank, out=rows.view(np.int32), mode="clip")
+    if index.table is not None:
+        np.take(index.table, spine_slots, out=rows, mode="clip")
     else:
-        rows[:] = _latest_by_search(group_slots, spine_slots, width, group.no_match)
+        rows[:] = _latest_by_search(
+            index.ordered, index.order, spine_slots, index.width, group.no_match
+        )
     if group.request.tolerance is not None:
-        limit = _tolerance_in_units(group.request.tolerance, spine.time_dtype, group.request)
+        limit = _tolerance_in_units(group.request.tolerance, part.time_dtype, group.request)
         if len(group.times):  # (else every row is no match already)
             # "No match" (one past the last row) reads the last row's time ("clip"): stale or
             # not, it stays no match.
             times = group.times.astype(np.int64, copy=False)
             age = np.take(times, rows, out=scratch.numbers, mode="clip")
-            np.subtract(spine.times.values, age, out=age)
+            np.subtract(part.times.values, age, out=age)
             np.putmask(rows, np.greater(age, limit, out=scratch.flags), group.no_match)
     return rows
 
@@ -634,16 +687,47 @@ def point_in_time_join(
         raise ValueError(f"spine has no timestamp column {spine_time!r}")
     prepared = [_prepare_group(request, frame, spine, spine_time) for request, frame in groups]
     calendar = _Calendar.of(prepared, spine.height)
-    times = _Times.of(spine[spine_time])
-    scratch = _Scratch.of(spine.height)
-    matching = _Spine(times, spine.schema[spine_time], calendar.rank_spine(times, scratch), scratch)
     columns = _column_codes(spine, prepared)
-    found = []
-    for position, group in enumerate(prepared):
-        codes = _group_key_codes(position, group, columns, spine, scratch)
-        rows = _matched_rows(group, codes, calendar, matching)
-        found.append(_features(group, rows, keep_event_times, matching.scratch))
+    indexes = [
+        _GroupIndex.of(position, group, columns, calendar, spine.height)
+        for position, group in enumerate(prepared)
+    ]
+    times, time_dtype = _Times.of(spine[spine_time]), spine.schema[spine_time]
+
+    def join_part(rows: slice) -> list[pl.DataFrame]:
+        part = _SpinePart.of(rows, times, time_dtype, calendar)
+        return [
+            _features(
+                index.group,
+                _matched_rows(index, columns, spine, part),
+                keep_event_times,
+                part.scratch,
+            )
+            for index in indexes
+        ]
+
+    parts = _row_parts(spine.height)
+    if len(parts) == 1:
+        found = join_part(parts[0])
+    else:
+        # numpy and Polars release the GIL in the per-row work: each thread takes a range of
+        # spine rows through every group, and its features are chunks of the output columns.
+        with ThreadPoolExecutor(len(parts), thread_name_prefix="pit-join") as pool:
+            chunks = list(pool.map(join_part, parts))
+        found = [
+            pl.concat([chunk[i] for chunk in chunks], how="vertical", rechunk=False)
+            for i in range(len(indexes))
+        ]
     return pl.concat([spine, *found], how="horizontal")
+
+
+def _row_parts(rows: int) -> list[slice]:
+    """Ranges of spine rows matched in parallel: one per thread (see _THREADS), none shorter
+    than _MIN_PART_ROWS (a thread costs more than a few rows)."""
+    threads = min(pl.thread_pool_size(), 8) if _THREADS is None else _THREADS
+    count = max(1, min(threads, rows // _MIN_PART_ROWS))
+    bounds = np.linspace(0, rows, count + 1).astype(int)
+    return [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
 
 
 GroupReader = Callable[..., pl.DataFrame]  # (group, start, end, *, version, columns) -> rows

@@ -195,6 +195,7 @@ def join_cases(draw: st.DrawFn) -> dict[str, Any]:
         "spine": [(*row, 0) for row in draw(st.lists(spine_rows, max_size=40))],
         "tolerance": draw(st.one_of(st.none(), st.integers(0, 600).map(timedelta_minutes))),
         "path": draw(st.sampled_from(["table", "search", "renumbered keys"])),
+        "threads": draw(st.sampled_from([1, 3])),  # spine rows matched in 1 or 3 ranges
         "seed": draw(st.integers(0, 2**16)),
     }
 
@@ -238,7 +239,9 @@ def _brute_force(case: dict[str, Any]) -> list[int | None]:
     return out
 
 
-def _force_path(patch: pytest.MonkeyPatch, path: str) -> None:
+def _force_path(patch: pytest.MonkeyPatch, path: str, threads: int = 1) -> None:
+    patch.setattr(point_in_time, "_THREADS", threads)
+    patch.setattr(point_in_time, "_MIN_PART_ROWS", 1)
     if path in ("search", "renumbered keys"):
         patch.setattr(point_in_time, "_TABLE_SLOTS_PER_ROW", 0)
     if path == "renumbered keys":
@@ -254,7 +257,7 @@ def test_every_path_matches_brute_force(case: dict[str, Any]) -> None:
     rows = _frame(case, case["group"], "valid_from")
     shuffled = rows.sample(fraction=1.0, shuffle=True, seed=case["seed"])
     with pytest.MonkeyPatch.context() as patch:
-        _force_path(patch, case["path"])
+        _force_path(patch, case["path"], case["threads"])
         joined = point_in_time_join(spine, "ts", [(request, rows)], keep_event_times=True)
         on_shuffled = point_in_time_join(spine, "ts", [(request, shuffled)])
     assert_frame_equal(joined.select(spine.columns), spine)  # every row, in order, untouched
