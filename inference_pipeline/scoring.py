@@ -8,7 +8,6 @@ missing, and calls the model (Triton, or TorchScript in process for the batch jo
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -23,7 +22,6 @@ import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from inference_pipeline.coalescing import Coalescer
 from inference_pipeline.model_artifact import ServingModel
 from inference_pipeline.triton_http import TritonHttpClient, TritonHttpError
 from shared.errors import ModelServerUnavailable
@@ -33,7 +31,6 @@ from shared.flight_identity import flight_id_of
 from shared.transforms import OOV_INDEX, FeatureMatrices, MDTState, apply_mdt, apply_mdt_columns
 from shared.triton_repository import (
     CATEGORICAL_INPUT,
-    MAX_BATCH_SIZE,
     NUMERIC_INPUT,
     PROBABILITY_OUTPUT,
 )
@@ -139,7 +136,7 @@ def input_reports(
     reports = []
     for row in range(len(matrices)):
         missing = [n for n, m in zip(numeric, imputed[row], strict=True) if m]
-        unknown = []
+        unknown: list[str] = []
         for j, name in enumerate(categorical):
             if oov[row, j]:
                 (missing if null[j][row] else unknown).append(name)
@@ -204,9 +201,6 @@ class AsyncTritonClient:
         self.url = grpc_url or http_url
         self.protocol = "grpc" if grpc_url else "http"
         self.timeout_s = timeout_s
-        self._batches: Coalescer[tuple[str, str], FeatureMatrices, np.ndarray] = Coalescer(
-            self._infer_batch, size=len, max_size=MAX_BATCH_SIZE
-        )
         self._grpc: Any = None
         self._http: TritonHttpClient | None = None
         if grpc_url:
@@ -215,20 +209,8 @@ class AsyncTritonClient:
             self._http = TritonHttpClient(http_url, connect_timeout_s=timeout_s)
 
     async def infer(self, model: str, version: str, matrices: FeatureMatrices) -> np.ndarray:
-        """Probabilities for ``matrices``. Concurrent calls for the same model version share
-        one Triton request (see `Coalescer`): the client's Python work per call costs more
-        than the model on a few rows."""
-        return await self._batches.submit((model, version), matrices)
-
-    async def _infer_batch(
-        self, key: tuple[str, str], batch: list[FeatureMatrices]
-    ) -> list[np.ndarray]:
-        merged = batch[0] if len(batch) == 1 else FeatureMatrices.concat(batch)
-        probability = await self._infer_now(*key, merged)
-        bounds = np.cumsum([0, *(len(m) for m in batch)])
-        return [probability[start:stop] for start, stop in itertools.pairwise(bounds)]
-
-    async def _infer_now(self, model: str, version: str, matrices: FeatureMatrices) -> np.ndarray:
+        """Probabilities for ``matrices`` (the service batches concurrent requests before
+        they get here: see `ServiceRuntime.score`)."""
         what = f"inference on {model} v{version}"
         if self._http is not None:
             tensors = [(NUMERIC_INPUT, matrices.numeric), (CATEGORICAL_INPUT, matrices.categorical)]

@@ -15,11 +15,13 @@ The flight identity expressions below are the request-side twins of the feature 
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from itertools import chain
 from typing import Any
 
+import numpy as np
 import pandera.polars as pa
 import polars as pl
 
@@ -72,10 +74,16 @@ PREDICTIONS = FeatureGroup(
 )
 
 
-def features_json(frame: pl.DataFrame, features: Sequence[str]) -> list[str]:
-    """One JSON object per row with the feature values (dates and times as ISO text)."""
-    rows = frame.select(features).to_dicts()
-    return [json.dumps(row, default=str, sort_keys=True) for row in rows]
+def features_json(frame: pl.DataFrame, features: Sequence[str]) -> pl.Series:
+    """One JSON object per row with the feature values, keys sorted (dates as ISO text, NaN as
+    null), encoded by Polars: Python's json per row costs most of a logged prediction."""
+    # Float32 as Float64: the text is the value the model was given, as Python prints it.
+    wide = [
+        pl.col(f).cast(pl.Float64) if frame.schema[f] == pl.Float32 else pl.col(f)
+        for f in sorted(features)
+    ]
+    encoded = frame.select(pl.struct(wide).struct.json_encode().alias("features"))
+    return encoded.to_series()
 
 
 def prediction_rows(
@@ -104,16 +112,87 @@ def prediction_rows(
         pl.lit(scored_at).cast(UTC_TIMESTAMP).alias("scored_at"),
         pl.lit(source).alias("source"),
         pl.Series("probability", list(probability), dtype=pl.Float32),
-        pl.Series("features", features_json(frame, features), dtype=pl.String),
+        features_json(frame, features),
         pl.Series("missing_features", [",".join(m) for m in missing], dtype=pl.String),
         pl.lit(latency_ms, dtype=pl.Float32).alias("latency_ms"),
     )
     return PREDICTIONS.conform(rows)
 
 
-# The plain record the online service queues per prediction (no frame on the request path);
-# :func:`prediction_frame` turns a flush's worth of them into PREDICTIONS rows at once.
-_RECORD_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
+@dataclass(frozen=True)
+class LoggedPredictions:
+    """Predictions of one scored request (or one version's share of it), as the online service
+    queues them for the log: references to what scoring built, no copies or formatting on the
+    request path. :func:`logged_prediction_rows` turns a flush's worth into rows at once."""
+
+    flight_ids: Sequence[str]
+    # Request fields and features, one value per flight of a scored batch; these predictions
+    # are the ``window`` of its rows.
+    columns: Mapping[str, Sequence[Any]]
+    window: slice
+    features: Sequence[str]  # the model's input features among ``columns``
+    probabilities: Sequence[float]
+    missing: Sequence[Sequence[str]]
+    model_version: str
+    request_id: str
+    scored_at: datetime
+    source: str
+    latency_ms: float | None
+
+    def __len__(self) -> int:
+        return len(self.flight_ids)
+
+
+def logged_prediction_rows(batches: Sequence[LoggedPredictions]) -> pl.DataFrame:
+    """Rows of :data:`PREDICTIONS` for queued predictions; one frame per set of model features
+    (champion and challenger may differ), the features JSON encoded column-wise."""
+    by_features: dict[tuple[str, ...], list[LoggedPredictions]] = {}
+    for batch in batches:
+        by_features.setdefault(tuple(batch.features), []).append(batch)
+    frames = [_logged_rows(list(names), part) for names, part in by_features.items()]
+    if not frames:
+        return pl.DataFrame(schema=PREDICTIONS.polars_schema)
+    return PREDICTIONS.conform(pl.concat(frames, how="vertical"))
+
+
+def _logged_rows(features: list[str], batches: list[LoggedPredictions]) -> pl.DataFrame:
+    def each(values: Callable[[LoggedPredictions], Sequence[Any]]) -> list[Any]:
+        return list(chain.from_iterable(values(batch) for batch in batches))
+
+    def repeated(value: Callable[[LoggedPredictions], Any]) -> list[Any]:
+        return list(chain.from_iterable([value(batch)] * len(batch) for batch in batches))
+
+    rows = sum(len(batch) for batch in batches)
+    inputs = pl.DataFrame([_input_column(name, batches) for name in features])
+    frame = pl.DataFrame(
+        {
+            "flight_id": each(lambda b: b.flight_ids),
+            "flight_date": each(lambda b: b.columns["flight_date"][b.window]),
+            "sched_dep_time": each(lambda b: b.columns["sched_dep_time"][b.window]),
+            "model_version": repeated(lambda b: b.model_version),
+            "request_id": repeated(lambda b: b.request_id),
+            "scored_at": repeated(lambda b: b.scored_at),
+            "source": repeated(lambda b: b.source),
+            "probability": each(lambda b: b.probabilities),
+            "features": features_json(inputs, features) if features else [None] * rows,
+            "missing_features": [",".join(m) for b in batches for m in b.missing],
+            "latency_ms": repeated(lambda b: b.latency_ms),
+        },
+        schema=_LOGGED_SCHEMA,
+    )
+    return frame.with_columns(sched_dep_utc())
+
+
+def _input_column(name: str, batches: list[LoggedPredictions]) -> pl.Series:
+    """One model input over all ``batches``: whole columns are concatenated (per-value Python
+    work over ~90 inputs per prediction would cost as much as serving it)."""
+    parts = [batch.columns[name][batch.window] for batch in batches]
+    if isinstance(parts[0], np.ndarray):  # an on-demand feature
+        return pl.Series(name, np.concatenate(parts))
+    return pl.Series(name, list(chain.from_iterable(parts)), strict=False)
+
+
+_LOGGED_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "flight_id": pl.String,
     "flight_date": pl.Date,
     "sched_dep_time": pl.Int16,
@@ -126,39 +205,3 @@ _RECORD_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "missing_features": pl.String,
     "latency_ms": pl.Float32,
 }
-
-
-def prediction_record(
-    flight_id: str,
-    flight_date: object,
-    sched_dep_time: int,
-    features: Mapping[str, Any],
-    probability: float,
-    missing: Sequence[str],
-    *,
-    model_version: str,
-    request_id: str,
-    scored_at: datetime,
-    source: str,
-    latency_ms: float | None,
-) -> dict[str, Any]:
-    """One prediction as plain values (``features``: the values given to the MDT)."""
-    return {
-        "flight_id": flight_id,
-        "flight_date": flight_date,
-        "sched_dep_time": sched_dep_time,
-        "model_version": model_version,
-        "request_id": request_id,
-        "scored_at": scored_at,
-        "source": source,
-        "probability": probability,
-        "features": json.dumps(features, default=str, sort_keys=True),
-        "missing_features": ",".join(missing),
-        "latency_ms": latency_ms,
-    }
-
-
-def prediction_frame(records: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
-    """Rows of :data:`PREDICTIONS` from :func:`prediction_record` records."""
-    frame = pl.DataFrame(list(records), schema=_RECORD_SCHEMA, orient="row")
-    return PREDICTIONS.conform(frame.with_columns(sched_dep_utc()))

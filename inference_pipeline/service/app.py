@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import random
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from inference_pipeline.service.dependencies import API_KEY_SCHEME
 from inference_pipeline.service.metrics import ServiceMetrics
 from inference_pipeline.service.routes import admin, health, predictions
 from inference_pipeline.service.runtime import ServiceRuntime
@@ -61,7 +62,9 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         given = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
-        request_id = given if 0 < len(given) <= 64 else uuid.uuid4().hex
+        # 128 random bits as hex, as uuid4 has, without its system call per request (an id
+        # names a request in logs; it guards nothing, so it needs no cryptographic source).
+        request_id = given if 0 < len(given) <= 64 else f"{random.getrandbits(128):032x}"
         scope.setdefault("state", {})["request_id"] = request_id
         began = time.perf_counter()
         status = 500  # unless a response starts
@@ -173,7 +176,8 @@ def app_from_environment(overrides: Mapping[str, object] | None = None) -> FastA
 
 def _document_request_bodies(app: FastAPI) -> None:
     """Add the schemas of bodies that routes validate themselves (``POST /v1/predictions``) to
-    the OpenAPI components their ``$ref`` names, as FastAPI does for declared bodies."""
+    the OpenAPI components their ``$ref`` names, as FastAPI does for declared bodies; and the
+    API-key scheme that route checks itself."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -183,6 +187,7 @@ def _document_request_bodies(app: FastAPI) -> None:
             body = PredictionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(body.pop("$defs", {}))
             schemas["PredictionRequest"] = body
+            spec["components"].setdefault("securitySchemes", {}).update(API_KEY_SCHEME)
             app.openapi_schema = spec
         return app.openapi_schema
 

@@ -12,9 +12,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -23,7 +21,7 @@ from deltalake.exceptions import DeltaError
 from inference_pipeline.service.metrics import ServiceMetrics
 from shared.errors import FTIError
 from shared.feature_store import FeatureStore
-from shared.prediction_log import PREDICTIONS, prediction_frame
+from shared.prediction_log import PREDICTIONS, LoggedPredictions, logged_prediction_rows
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +44,7 @@ class PredictionWriter:
         self._flush_rows = flush_rows
         self._flush_s = flush_s
         self._max_pending = max_pending
-        self._pending: list[Callable[[], list[dict[str, Any]]]] = []
+        self._pending: list[LoggedPredictions] = []
         self._pending_rows = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -57,14 +55,15 @@ class PredictionWriter:
         self._store.register(PREDICTIONS)
         self._task = asyncio.create_task(self._run(), name="prediction-writer")
 
-    def submit(self, records: Callable[[], list[dict[str, Any]]], rows: int) -> None:
-        """Queue ``rows`` predictions: ``records()`` builds their `prediction_record` records
-        at the next flush, in the flush thread, off the request path. Never blocks or raises."""
+    def submit(self, predictions: LoggedPredictions) -> None:
+        """Queue predictions for the next flush, which turns them into rows in the flush
+        thread, off the request path. Never blocks or raises."""
+        rows = len(predictions)
         if self._pending_rows + rows > self._max_pending:
             self._metrics.prediction_log_rows.labels("dropped").inc(rows)
             log.warning("prediction log queue full: %d rows dropped", rows)
             return
-        self._pending.append(records)
+        self._pending.append(predictions)
         self._pending_rows += rows
         if self._pending_rows >= self._flush_rows:
             self._wake.set()
@@ -119,6 +118,6 @@ def _background_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, 0, _NICE)
 
 
-def _frame(batch: list[Callable[[], list[dict[str, Any]]]]) -> pl.DataFrame:
-    records = [record for build in batch for record in build()]
-    return prediction_frame(records).unique(subset=_KEYS, keep="last", maintain_order=True)
+def _frame(batch: list[LoggedPredictions]) -> pl.DataFrame:
+    rows = logged_prediction_rows(batch)
+    return rows.unique(subset=_KEYS, keep="last", maintain_order=True)

@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +18,7 @@ from pydantic import ValidationError
 
 from inference_pipeline.model_artifact import ServingModel
 from inference_pipeline.scoring import OnlineInputs, request_flight_id
-from inference_pipeline.service.dependencies import AdminKey, ApiKey, Runtime
+from inference_pipeline.service.dependencies import AdminKey, Runtime, check_api_key
 from inference_pipeline.service.runtime import CHALLENGER, CHAMPION, ServiceRuntime
 from inference_pipeline.service.schemas import (
     DependencyCheck,
@@ -31,11 +30,11 @@ from inference_pipeline.service.schemas import (
     ReloadResponse,
 )
 from shared.errors import FTIError, ModelServerUnavailable
-from shared.prediction_log import ONLINE_SOURCE, SHADOW_SOURCE, prediction_record
+from shared.prediction_log import ONLINE_SOURCE, SHADOW_SOURCE, LoggedPredictions
 
 log = logging.getLogger(__name__)
 
-predictions = APIRouter(prefix="/v1", tags=["predictions"], dependencies=[ApiKey])
+predictions = APIRouter(prefix="/v1", tags=["predictions"])
 health = APIRouter(tags=["operations"])
 admin = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminKey])
 
@@ -60,26 +59,20 @@ async def _score(
     """Features -> MDT -> Triton with ``role``'s model; when a switch retired that version
     meanwhile, once more with the version serving the role now."""
     stages = runtime.metrics.stages
-    triton = runtime.client
-    if triton is None:
-        raise ModelServerUnavailable("Triton client not connected")
     model = runtime.model_for(role)
     for attempt in (1, 2):
-        inputs = await runtime.online_inputs(model, flights)
-        stages.features.observe(inputs.features_s)
-        stages.transform.observe(inputs.transform_s)
-        stage = time.perf_counter()
         try:
-            probability = await triton.infer(model.triton_name, model.version, inputs.matrices)
-            return model, inputs, probability.tolist()
+            scored = await runtime.score(model, flights)
         except ModelServerUnavailable:
             if attempt == 1 and runtime.model_for(role) is not model:
                 model = runtime.model_for(role)
                 continue
             asyncio.get_running_loop().create_task(runtime.heal())
             raise
-        finally:
-            stages.triton.observe(time.perf_counter() - stage)
+        stages.features.observe(scored.inputs.features_s)
+        stages.transform.observe(scored.inputs.transform_s)
+        stages.triton.observe(scored.triton_s)
+        return model, scored.inputs, scored.probabilities
     raise AssertionError("unreachable")
 
 
@@ -108,16 +101,17 @@ async def _score_by_role(runtime: ServiceRuntime, flights: list[dict[str, Any]])
     return scored
 
 
-# The request body is validated by hand (below) rather than declared as a parameter: FastAPI's
-# generic body handling (JSON decode, then validation, then the dependency machinery) costs a
-# sizeable share of a one-flight prediction. The documented schema stays the model's.
-_REQUEST_BODY = {
+# The request body and the API key are checked by hand (below) rather than declared as a
+# parameter and a dependency: FastAPI's generic body handling and dependency solving cost a
+# sizeable share of a one-flight prediction. The documented schema and security stay the same.
+_HAND_CHECKED = {
+    "security": [{"APIKey": []}],
     "requestBody": {
         "required": True,
         "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/PredictionRequest"}}
         },
-    }
+    },
 }
 
 
@@ -133,13 +127,19 @@ async def prediction_request(request: Request) -> PredictionRequest:
 @predictions.post(
     "/predictions",
     response_model=PredictionResponse,
-    responses={422: {"model": ErrorBody}, **_UNAVAILABLE},
+    responses={
+        401: {"model": ErrorBody, "description": "no API key"},
+        403: {"model": ErrorBody, "description": "wrong API key"},
+        422: {"model": ErrorBody},
+        **_UNAVAILABLE,
+    },
     summary="Probability that each scheduled departure leaves more than 15 minutes late",
-    openapi_extra=_REQUEST_BODY,
+    openapi_extra=_HAND_CHECKED,
 )
 async def predict(request: Request) -> Response:
     began = time.perf_counter()
     runtime: ServiceRuntime = request.app.state.runtime
+    check_api_key(request, runtime)
     body = await prediction_request(request)
     request_id = request.state.request_id
     settings, metrics = runtime.settings, runtime.metrics
@@ -166,9 +166,7 @@ async def predict(request: Request) -> Response:
                 "missing_groups": report.missing_groups,
             }
         if runtime.writer is not None:
-            runtime.writer.submit(
-                _log_entry(part, flights, request_id, ONLINE_SOURCE, total_s), len(part.rows)
-            )
+            runtime.writer.submit(_log_entry(part, request_id, ONLINE_SOURCE, total_s))
     if settings.shadow and runtime.challenger is not None:
         runtime.spawn(_shadow(runtime, flights, request_id), "shadow")
     versions = {part.model.version for part in scored}
@@ -201,9 +199,7 @@ async def _shadow(runtime: ServiceRuntime, flights: list[dict[str, Any]], reques
     if runtime.writer is not None:
         part = _Scored(list(range(len(flights))), model, inputs, probabilities)
         elapsed = time.perf_counter() - began
-        runtime.writer.submit(
-            _log_entry(part, flights, request_id, SHADOW_SOURCE, elapsed), len(part.rows)
-        )
+        runtime.writer.submit(_log_entry(part, request_id, SHADOW_SOURCE, elapsed))
 
 
 def _too_many(count: int, limit: int) -> Exception:
@@ -215,38 +211,23 @@ def _too_many(count: int, limit: int) -> Exception:
     )
 
 
-def _log_entry(
-    part: _Scored,
-    flights: list[dict[str, Any]],
-    request_id: str,
-    source: str,
-    total_s: float,
-) -> Callable[[], list[dict[str, Any]]]:
-    """The log records of one scored part, built later by the writer off the request path
-    (its flush thread): serialising ~90 features per flight is most of a record's cost."""
-    scored_at = datetime.now(UTC)
-
-    def records() -> list[dict[str, Any]]:
-        model, inputs = part.model, part.inputs
-        names = model.input_features
-        return [
-            prediction_record(
-                inputs.flight_ids[i],
-                flights[row]["flight_date"],
-                flights[row]["sched_dep_time"],
-                inputs.features.row(i, names),
-                part.probabilities[i],
-                inputs.reports[i].missing_features,
-                model_version=model.version,
-                request_id=request_id,
-                scored_at=scored_at,
-                source=source,
-                latency_ms=total_s * 1000.0,
-            )
-            for i, row in enumerate(part.rows)
-        ]
-
-    return records
+def _log_entry(part: _Scored, request_id: str, source: str, total_s: float) -> LoggedPredictions:
+    """What the log needs of one scored part: references only; the writer's flush thread turns
+    them into rows (serialising ~90 features per flight is most of a logged row's cost)."""
+    inputs = part.inputs
+    return LoggedPredictions(
+        flight_ids=inputs.flight_ids,
+        columns=inputs.features.columns,
+        window=inputs.features.window,
+        features=part.model.input_features,
+        probabilities=part.probabilities,
+        missing=[report.missing_features for report in inputs.reports],
+        model_version=part.model.version,
+        request_id=request_id,
+        scored_at=datetime.now(UTC),
+        source=source,
+        latency_ms=total_s * 1000.0,
+    )
 
 
 @health.get("/healthz", summary="Liveness: the process answers")

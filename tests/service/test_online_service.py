@@ -19,7 +19,6 @@ from shared.settings import FeatureStoreSettings
 from tests.service.conftest import (
     ADMIN_KEY,
     API_KEY,
-    MODEL_NAME,
     RegisteredModel,
     SharedTriton,
     inference_settings,
@@ -245,52 +244,70 @@ def test_settings_refuse_an_open_api_on_a_public_address(tmp_path: Path) -> None
         InferenceSettings(data_root=tmp_path, api_key=API_KEY, admin_api_key=API_KEY)
 
 
-def test_concurrent_inferences_share_triton_requests_and_get_their_own_rows(
-    triton: SharedTriton, registered_model: RegisteredModel
+def test_concurrent_requests_share_one_batch_and_get_their_own_rows(
+    registered_model: RegisteredModel, triton: SharedTriton, tmp_path: Path
 ) -> None:
-    """The client's opportunistic batching: concurrent calls for one version go out together,
-    and each caller gets exactly its own rows' probabilities, as if sent alone."""
+    """Request coalescing in the runtime: concurrent requests for one model version share one
+    store read, one MDT and one Triton call, and each gets exactly its own flights' inputs and
+    probabilities, as if sent alone."""
     import asyncio
+    from typing import Any
 
     import numpy as np
 
-    from inference_pipeline.scoring import AsyncTritonClient
-    from shared.transforms import FeatureMatrices
+    from inference_pipeline.service.metrics import ServiceMetrics
+    from inference_pipeline.service.runtime import ServiceRuntime
+    from inference_pipeline.service.schemas import PredictionRequest
 
-    config = (triton.repository / MODEL_NAME / "config.pbtxt").read_text()
-    n_numeric = int(config.split('"NUMERIC"')[1].split("dims: [")[1].split("]")[0])
-    n_categorical = int(config.split('"CATEGORICAL"')[1].split("dims: [")[1].split("]")[0])
-    rng = np.random.default_rng(7)
-    parts = [
-        FeatureMatrices(
-            numeric=rng.normal(size=(rows, n_numeric)).astype(np.float32),
-            categorical=rng.integers(0, 2, size=(rows, n_categorical)).astype(np.int64),
-        )
-        for rows in (1, 3, 1, 7, 2, 1, 5, 1)
-    ]
-    version = registered_model.version
+    settings = inference_settings(
+        registered_model.root, triton, tmp_path, prediction_log=False, alias_poll_s=0
+    )
+    carriers = [("UA", "EWR", "IAH"), ("AA", "JFK", "MIA"), ("DL", "LGA", "ATL")]
+    sizes = (1, 3, 1, 7, 2, 1, 5, 1)
+    parts: list[list[dict[str, Any]]] = []
+    for i, size in enumerate(sizes):
+        flights = []
+        for j in range(size):
+            carrier, origin, dest = carriers[(i + j) % 3]
+            when = {"flight_date": f"2013-03-{1 + (i * 7 + j) % 28:02d}", "sched_dep_time": 600 + j}
+            flights.append(UA_1545 | when | {"carrier": carrier, "origin": origin, "dest": dest})
+        parts.append(PredictionRequest.model_validate({"flights": flights}).model_dump()["flights"])
 
-    async def scenario() -> tuple[list[np.ndarray], list[np.ndarray], int]:
-        client = AsyncTritonClient(triton.url, 5.0, triton.grpc_url)
-        sent = 0
-        infer_now = client._infer_now
-
-        async def counting(*args: object) -> np.ndarray:
-            nonlocal sent
-            sent += 1
-            return await infer_now(*args)  # type: ignore[arg-type]
-
-        client._infer_now = counting  # type: ignore[method-assign]
+    async def scenario() -> tuple[list[Any], list[Any], dict[str, int]]:
+        runtime = ServiceRuntime(settings, ServiceMetrics())
+        await runtime.start()
+        calls = {"triton": 0, "store": 0}
         try:
-            alone = [await client.infer(MODEL_NAME, version, p) for p in parts]
-            sent = 0
-            together = await asyncio.gather(*(client.infer(MODEL_NAME, version, p) for p in parts))
-        finally:
-            await client.close()
-        return alone, list(together), sent
+            assert runtime.client is not None and runtime.store is not None
+            model = runtime.model
+            alone = [await runtime.score(model, part) for part in parts]
+            infer, read = runtime.client.infer, runtime.store.get_online_rows
 
-    alone, together, sent = asyncio.run(scenario())
-    for single, batched, part in zip(alone, together, parts, strict=True):
-        assert batched.shape == (len(part),)
-        np.testing.assert_allclose(batched, single, rtol=0, atol=1e-6)
-    assert sent < len(parts)  # shared requests, not one per caller
+            async def counted_infer(*args: Any) -> Any:
+                calls["triton"] += 1
+                return await infer(*args)
+
+            def counted_read(*args: Any) -> Any:
+                calls["store"] += 1
+                return read(*args)
+
+            runtime.client.infer = counted_infer  # type: ignore[method-assign]
+            runtime.store.get_online_rows = counted_read  # type: ignore[method-assign]
+            together = await asyncio.gather(*(runtime.score(model, part) for part in parts))
+        finally:
+            await runtime.close()
+        return alone, list(together), calls
+
+    alone, together, calls = asyncio.run(scenario())
+    for single, batched, size in zip(alone, together, sizes, strict=True):
+        assert len(batched.probabilities) == size
+        np.testing.assert_allclose(batched.probabilities, single.probabilities, atol=1e-6)
+        assert batched.inputs.flight_ids == single.inputs.flight_ids
+        assert batched.inputs.reports == single.inputs.reports
+        names = list(single.inputs.features.columns)
+        assert [batched.inputs.features.row(r, names) for r in range(size)] == [
+            single.inputs.features.row(r, names) for r in range(size)
+        ]
+    assert len({p for s in alone for p in s.probabilities}) > 1  # the flights differ
+    # The first request runs at once; the seven arriving meanwhile share the next batch.
+    assert calls["triton"] == calls["store"] < len(sizes)
