@@ -29,11 +29,7 @@ from shared.feature_store import FeatureStore
 from shared.feature_view import OnlineFeatures, online_feature_columns
 from shared.flight_identity import flight_id_of
 from shared.transforms import OOV_INDEX, FeatureMatrices, MDTState, apply_mdt, apply_mdt_columns
-from shared.triton_repository import (
-    CATEGORICAL_INPUT,
-    NUMERIC_INPUT,
-    PROBABILITY_OUTPUT,
-)
+from shared.triton_repository import CATEGORICAL_INPUT, NUMERIC_INPUT, PROBABILITY_OUTPUT
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +195,6 @@ class AsyncTritonClient:
 
     def __init__(self, http_url: str, timeout_s: float, grpc_url: str | None = None) -> None:
         self.url = grpc_url or http_url
-        self.protocol = "grpc" if grpc_url else "http"
         self.timeout_s = timeout_s
         self._grpc: Any = None
         self._http: TritonHttpClient | None = None

@@ -132,13 +132,6 @@ class FeatureMatrices:
     def rows(self, start: int, stop: int) -> FeatureMatrices:
         return FeatureMatrices(self.numeric[start:stop], self.categorical[start:stop])
 
-    @staticmethod
-    def concat(parts: Sequence[FeatureMatrices]) -> FeatureMatrices:
-        return FeatureMatrices(
-            np.concatenate([p.numeric for p in parts]),
-            np.concatenate([p.categorical for p in parts]),
-        )
-
 
 def _as_float(name: str, frame: pl.DataFrame) -> pl.Expr:
     """The column as Float64 with NaN treated as missing."""

@@ -18,7 +18,12 @@ from pydantic import ValidationError
 
 from inference_pipeline.model_artifact import ServingModel
 from inference_pipeline.scoring import OnlineInputs, request_flight_id
-from inference_pipeline.service.dependencies import AdminKey, Runtime, check_api_key
+from inference_pipeline.service.dependencies import (
+    API_KEY_SCHEME,
+    AdminKey,
+    Runtime,
+    check_api_key,
+)
 from inference_pipeline.service.runtime import CHALLENGER, CHAMPION, ServiceRuntime
 from inference_pipeline.service.schemas import (
     DependencyCheck,
@@ -105,7 +110,7 @@ async def _score_by_role(runtime: ServiceRuntime, flights: list[dict[str, Any]])
 # parameter and a dependency: FastAPI's generic body handling and dependency solving cost a
 # sizeable share of a one-flight prediction. The documented schema and security stay the same.
 _HAND_CHECKED = {
-    "security": [{"APIKey": []}],
+    "security": [{scheme: [] for scheme in API_KEY_SCHEME}],
     "requestBody": {
         "required": True,
         "content": {
