@@ -163,12 +163,13 @@ def _logged_rows(features: list[str], batches: list[LoggedPredictions]) -> pl.Da
         return list(chain.from_iterable([value(batch)] * len(batch) for batch in batches))
 
     rows = sum(len(batch) for batch in batches)
-    inputs = pl.DataFrame([_input_column(name, batches) for name in features])
+    spans = _spans(batches)
+    inputs = pl.DataFrame([_input_column(name, spans) for name in features])
     frame = pl.DataFrame(
         {
             "flight_id": each(lambda b: b.flight_ids),
-            "flight_date": each(lambda b: b.columns["flight_date"][b.window]),
-            "sched_dep_time": each(lambda b: b.columns["sched_dep_time"][b.window]),
+            "flight_date": _input_column("flight_date", spans).to_list(),
+            "sched_dep_time": _input_column("sched_dep_time", spans).to_list(),
             "model_version": repeated(lambda b: b.model_version),
             "request_id": repeated(lambda b: b.request_id),
             "scored_at": repeated(lambda b: b.scored_at),
@@ -183,10 +184,24 @@ def _logged_rows(features: list[str], batches: list[LoggedPredictions]) -> pl.Da
     return frame.with_columns(sched_dep_utc())
 
 
-def _input_column(name: str, batches: list[LoggedPredictions]) -> pl.Series:
-    """One model input over all ``batches``: whole columns are concatenated (per-value Python
-    work over ~90 inputs per prediction would cost as much as serving it)."""
-    parts = [batch.columns[name][batch.window] for batch in batches]
+def _spans(batches: list[LoggedPredictions]) -> list[tuple[Mapping[str, Sequence[Any]], slice]]:
+    """``batches`` as runs of rows of the same scored columns: the requests of one coalesced
+    batch are its consecutive windows and arrive one after the other, so a flush slices each
+    batch's ~90 columns once, not once per request."""
+    spans: list[tuple[Mapping[str, Sequence[Any]], slice]] = []
+    for batch in batches:
+        window = batch.window
+        if spans and spans[-1][0] is batch.columns and spans[-1][1].stop == window.start:
+            spans[-1] = (batch.columns, slice(spans[-1][1].start, window.stop))
+        else:
+            spans.append((batch.columns, window))
+    return spans
+
+
+def _input_column(name: str, spans: list[tuple[Mapping[str, Sequence[Any]], slice]]) -> pl.Series:
+    """One column over all ``spans``: whole columns are concatenated (per-value Python work
+    over ~90 inputs per prediction would cost as much as serving it)."""
+    parts = [columns[name][window] for columns, window in spans]
     if isinstance(parts[0], np.ndarray):  # an on-demand feature
         return pl.Series(name, np.concatenate(parts))
     return pl.Series(name, list(chain.from_iterable(parts)), strict=False)

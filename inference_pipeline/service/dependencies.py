@@ -9,10 +9,11 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 from pydantic import SecretStr
 
+from inference_pipeline.service.errors import ApiError
 from inference_pipeline.service.runtime import ServiceRuntime
 
 API_KEY_HEADER = "X-API-Key"
@@ -29,22 +30,23 @@ Runtime = Annotated[ServiceRuntime, Depends(get_runtime)]
 
 def _check_key(given: str | None, expected: SecretStr, what: str) -> None:
     if not given:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
+        raise ApiError(
+            401,
+            "unauthorized",
             f"missing {API_KEY_HEADER} header ({what})",
             headers={"WWW-Authenticate": API_KEY_HEADER},
         )
     if not secrets.compare_digest(given.encode(), expected.get_secret_value().encode()):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, f"invalid {what}")
+        raise ApiError(403, "forbidden", f"invalid {what}")
 
 
-def check_api_key(request: Request, runtime: ServiceRuntime) -> None:
-    """The prediction route's API-key check, called by the route itself: as a dependency,
-    FastAPI's dependency solving cost a tenth of a one-flight prediction. The route documents
-    the :data:`API_KEY_SCHEME` in OpenAPI by hand."""
+def check_api_key(given: str | None, runtime: ServiceRuntime) -> None:
+    """The prediction endpoint's API-key check (``given``: the request's header), made by the
+    endpoint itself: as a dependency, FastAPI's dependency solving cost a tenth of a one-flight
+    prediction. The route documents the :data:`API_KEY_SCHEME` in OpenAPI by hand."""
     expected = runtime.settings.api_key
     if expected is not None:
-        _check_key(request.headers.get(API_KEY_HEADER), expected, "API key")
+        _check_key(given, expected, "API key")
 
 
 # The OpenAPI security scheme of the prediction route (what APIKeyHeader would declare).
@@ -56,9 +58,7 @@ async def require_admin_key(
 ) -> None:
     expected = runtime.settings.admin_api_key
     if expected is None:
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN, "admin endpoints are disabled: set FTI_ADMIN_API_KEY"
-        )
+        raise ApiError(403, "forbidden", "admin endpoints are disabled: set FTI_ADMIN_API_KEY")
     _check_key(key, expected, "admin API key")
 
 

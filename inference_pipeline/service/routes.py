@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
@@ -19,11 +18,13 @@ from pydantic import ValidationError
 from inference_pipeline.model_artifact import ServingModel
 from inference_pipeline.scoring import OnlineInputs, request_flight_id
 from inference_pipeline.service.dependencies import (
+    API_KEY_HEADER,
     API_KEY_SCHEME,
     AdminKey,
     Runtime,
     check_api_key,
 )
+from inference_pipeline.service.errors import ApiError, describe, invalid_request
 from inference_pipeline.service.runtime import CHALLENGER, CHAMPION, ServiceRuntime
 from inference_pipeline.service.schemas import (
     DependencyCheck,
@@ -34,10 +35,13 @@ from inference_pipeline.service.schemas import (
     ReloadRequest,
     ReloadResponse,
 )
+from inference_pipeline.settings import InferenceSettings
 from shared.errors import FTIError, ModelServerUnavailable
 from shared.prediction_log import ONLINE_SOURCE, SHADOW_SOURCE, LoggedPredictions
 
 log = logging.getLogger(__name__)
+
+PREDICTIONS_PATH = "/v1/predictions"
 
 predictions = APIRouter(prefix="/v1", tags=["predictions"])
 health = APIRouter(tags=["operations"])
@@ -120,37 +124,27 @@ _HAND_CHECKED = {
 }
 
 
-async def prediction_request(request: Request) -> PredictionRequest:
+def _parse(body: bytes) -> PredictionRequest:
     """The body as a `PredictionRequest` (pydantic's own JSON parser); a bad one -> 422."""
     try:
-        return PredictionRequest.model_validate_json(await request.body())
+        return PredictionRequest.model_validate_json(body)
     except ValidationError as exc:
-        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
-        raise RequestValidationError(errors) from None
+        raise invalid_request([describe(e) for e in exc.errors(include_url=False)]) from None
 
 
-@predictions.post(
-    "/predictions",
-    response_model=PredictionResponse,
-    responses={
-        401: {"model": ErrorBody, "description": "no API key"},
-        403: {"model": ErrorBody, "description": "wrong API key"},
-        422: {"model": ErrorBody},
-        **_UNAVAILABLE,
-    },
-    summary="Probability that each scheduled departure leaves more than 15 minutes late",
-    openapi_extra=_HAND_CHECKED,
-)
-async def predict(request: Request) -> Response:
+async def answer_predictions(
+    runtime: ServiceRuntime, api_key: str | None, body: bytes, request_id: str
+) -> bytes:
+    """The JSON answer to a prediction request (its ``X-API-Key`` header and raw body), free
+    of any web framework: both the plain ASGI path and the FastAPI route answer with it.
+    Raises `ApiError` for a request to refuse, `FTIError` for a dependency that failed."""
     began = time.perf_counter()
-    runtime: ServiceRuntime = request.app.state.runtime
-    check_api_key(request, runtime)
-    body = await prediction_request(request)
-    request_id = request.state.request_id
+    check_api_key(api_key, runtime)
+    request = _parse(body)
     settings, metrics = runtime.settings, runtime.metrics
-    if len(body.flights) > settings.max_flights_per_request:
-        raise _too_many(len(body.flights), settings.max_flights_per_request)
-    flights = body.model_dump()["flights"]
+    if len(request.flights) > settings.max_flights_per_request:
+        raise invalid_request([_too_many(len(request.flights), settings.max_flights_per_request)])
+    flights = request.model_dump()["flights"]
     scored = await _score_by_role(runtime, flights)
     total_s = time.perf_counter() - began
     metrics.stages.total.observe(total_s)
@@ -183,7 +177,47 @@ async def predict(request: Request) -> Response:
     }
     # Plain values, serialised once: the response model documents the shape (and the tests
     # check responses against it); validating our own output again costs per request.
-    return Response(_json(response), media_type="application/json")
+    return _json(response)
+
+
+@predictions.post(
+    PREDICTIONS_PATH.removeprefix("/v1"),
+    response_model=PredictionResponse,
+    responses={
+        401: {"model": ErrorBody, "description": "no API key"},
+        403: {"model": ErrorBody, "description": "wrong API key"},
+        413: {"model": ErrorBody, "description": "body larger than the flight limit allows"},
+        422: {"model": ErrorBody},
+        **_UNAVAILABLE,
+    },
+    summary="Probability that each scheduled departure leaves more than 15 minutes late",
+    openapi_extra=_HAND_CHECKED,
+)
+async def predict(request: Request) -> Response:
+    """FastAPI's route: OpenAPI documents it, and it answers whatever the plain ASGI path in
+    front (`app.PredictionService`) passes on; both answer with `answer_predictions`."""
+    runtime: ServiceRuntime = request.app.state.runtime
+    if len(body := await request.body()) > max_body_bytes(runtime.settings):
+        raise body_too_large(runtime.settings)
+    content = await answer_predictions(
+        runtime, request.headers.get(API_KEY_HEADER), body, request.state.request_id
+    )
+    return Response(content, media_type="application/json")
+
+
+def max_body_bytes(settings: InferenceSettings) -> int:
+    """The largest prediction request body read: a flight's JSON is ~200 bytes, so 1 KiB per
+    allowed flight refuses only what could never be a valid request."""
+    return 1024 * settings.max_flights_per_request + 1024
+
+
+def body_too_large(settings: InferenceSettings) -> ApiError:
+    return ApiError(
+        413,
+        "body_too_large",
+        f"request body over {max_body_bytes(settings)} bytes; send at most "
+        f"{settings.max_flights_per_request} flights per request (FTI_MAX_FLIGHTS_PER_REQUEST)",
+    )
 
 
 def _json(value: Any) -> bytes:
@@ -207,13 +241,8 @@ async def _shadow(runtime: ServiceRuntime, flights: list[dict[str, Any]], reques
         runtime.writer.submit(_log_entry(part, request_id, SHADOW_SOURCE, elapsed))
 
 
-def _too_many(count: int, limit: int) -> Exception:
-    from fastapi import HTTPException
-
-    return HTTPException(
-        422,
-        f"{count} flights in one request; at most {limit} (FTI_MAX_FLIGHTS_PER_REQUEST)",
-    )
+def _too_many(count: int, limit: int) -> str:
+    return f"flights: {count} in one request; at most {limit} (FTI_MAX_FLIGHTS_PER_REQUEST)"
 
 
 def _log_entry(part: _Scored, request_id: str, source: str, total_s: float) -> LoggedPredictions:

@@ -4,6 +4,7 @@ readable 422s, API keys, metrics, readiness, reload and the prediction log."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from inference_pipeline.service import create_app
+from inference_pipeline.service.app import PredictionService
 from shared.feature_store import open_feature_store
 from shared.prediction_log import PREDICTIONS
 from shared.settings import FeatureStoreSettings
@@ -152,6 +154,79 @@ def test_api_key_is_required_and_checked(client: TestClient) -> None:
     assert admin_key.status_code == 403
     for probe in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
         assert client.get(probe).status_code == 200, probe
+
+
+def test_refusals_name_the_problem_in_the_error_body(client: TestClient) -> None:
+    missing = client.post("/v1/predictions", json={"flights": [UA_1545]})
+    assert missing.status_code == 401
+    assert missing.headers["WWW-Authenticate"] == "X-API-Key"
+    assert missing.json()["error"] == "unauthorized" and "X-API-Key" in missing.json()["message"]
+    too_many = client.post("/v1/predictions", json={"flights": [UA_1545] * 1001}, headers=KEY)
+    assert too_many.status_code == 422
+    assert "at most 1000 (FTI_MAX_FLIGHTS_PER_REQUEST)" in too_many.json()["message"]
+    huge = client.post(
+        "/v1/predictions",
+        content=b'{"flights": [' + b" " * 2_000_000 + b"]}",
+        headers={**KEY, "Content-Type": "application/json"},
+    )
+    assert huge.status_code == 413
+    assert "FTI_MAX_FLIGHTS_PER_REQUEST" in huge.json()["message"]
+
+
+def _exchange(client: TestClient, body: bytes, headers: dict[str, str]) -> tuple[object, ...]:
+    response = client.post(
+        "/v1/predictions", content=body, headers={"Content-Type": "application/json", **headers}
+    )
+    kept = ("content-type", "x-request-id", "www-authenticate")
+    return response.status_code, response.json(), {h: response.headers.get(h) for h in kept}
+
+
+def test_the_fast_path_and_the_fastapi_route_answer_alike(client: TestClient) -> None:
+    """`PredictionService` answers predictions in front of FastAPI; its route (what OpenAPI
+    documents, and what answers with the fast path off) must give the very same answers."""
+    one = json.dumps({"flights": [UA_1545]}).encode()
+    requests = {
+        "one flight": (one, KEY),
+        "two flights": (json.dumps({"flights": [UA_1545, {**UA_1545, "carrier": "ZZ"}]}), KEY),
+        "no key": (one, {}),
+        "wrong key": (one, {"X-API-Key": "nope"}),
+        "bad field": (json.dumps({"flights": [{**UA_1545, "sched_dep_time": 875}]}), KEY),
+        "broken JSON": (b'{"flights": [', KEY),
+        "too many": (json.dumps({"flights": [UA_1545] * 1001}), KEY),
+        "too large": (b'{"flights": [' + b" " * 2_000_000 + b"]}", KEY),
+    }
+    service = client.app
+    assert isinstance(service, PredictionService)
+    answers = {}
+    for fast in (True, False):
+        service.fast_predictions = fast
+        try:
+            answers[fast] = {
+                name: _exchange(
+                    client,
+                    body if isinstance(body, bytes) else body.encode(),
+                    {**headers, "X-Request-ID": f"same-{name}"},
+                )
+                for name, (body, headers) in requests.items()
+            }
+        finally:
+            service.fast_predictions = True
+    for name in requests:
+        assert answers[True][name] == answers[False][name], name
+    statuses = {name: answer[0] for name, answer in answers[True].items()}
+    assert statuses == {
+        "one flight": 200,
+        "two flights": 200,
+        "no key": 401,
+        "wrong key": 403,
+        "bad field": 422,
+        "broken JSON": 422,
+        "too many": 422,
+        "too large": 413,
+    }
+    text = client.get("/metrics").text
+    for status in (200, 401, 403, 413, 422):
+        assert f'fti_http_requests_total{{route="/v1/predictions",status="{status}"}}' in text
 
 
 def test_reload_needs_the_admin_key_and_serves_the_alias(

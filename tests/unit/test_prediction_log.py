@@ -144,3 +144,43 @@ def test_requests_of_one_scored_batch_log_their_own_rows_of_its_columns() -> Non
     assert [t.hour for t in rows["sched_dep_utc"]] == [4, 10]  # 23:59 and 05:45 in New York
     assert [json.loads(t)["carrier"] for t in rows["features"]] == ['ÄB "q"', "UA"]
     assert [json.loads(t)["dep_hour"] for t in rows["features"]] == [None, 5.0]
+
+
+def test_consecutive_windows_of_one_batch_give_the_rows_each_gives_alone() -> None:
+    features = ["carrier", "route_delay_rate_7d", "dep_hour"]
+    batch, other = _columns(), _columns()
+    other["carrier"] = ["AA", "B6"]
+
+    def request(columns: dict[str, Any], row: int, name: str) -> LoggedPredictions:
+        return LoggedPredictions(
+            flight_ids=[name],
+            columns=columns,
+            window=slice(row, row + 1),
+            features=features,
+            probabilities=[0.5],
+            missing=[[]],
+            model_version="3",
+            request_id=name,
+            scored_at=SCORED_AT,
+            source=ONLINE_SOURCE,
+            latency_ms=1.0,
+        )
+
+    # Rows 0 and 1 of one batch (one span), then another batch's row 1, then the first's
+    # row 1 again (not contiguous with what precedes it: a span of its own).
+    queued = [
+        request(batch, 0, "a"),
+        request(batch, 1, "b"),
+        request(other, 1, "c"),
+        request(batch, 1, "d"),
+    ]
+    together = logged_prediction_rows(queued)
+    alone = pl.concat([logged_prediction_rows([q]) for q in queued])
+    assert together.equals(alone)
+    assert [json.loads(t)["carrier"] for t in together["features"]] == [
+        "UA",
+        'ÄB "q"',
+        "B6",
+        'ÄB "q"',
+    ]
+    assert [t.hour for t in together["sched_dep_utc"]] == [10, 4, 4, 4]
