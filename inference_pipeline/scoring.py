@@ -227,7 +227,8 @@ class AsyncTritonClient:
 
     async def _call(self, call: Any, what: str) -> Any:
         try:
-            return await asyncio.wait_for(call, self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):  # unlike wait_for, no task per call
+                return await call
         except TimeoutError as exc:
             raise ModelServerUnavailable(
                 f"Triton at {self.url}: {what} took longer than {self.timeout_s:g} s"

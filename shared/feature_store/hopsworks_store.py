@@ -179,6 +179,8 @@ def sdk_call(host: str, what: str, action: Callable[[], T]) -> T:
 class HopsworksFeatureStore:
     """Our ``FeatureStore`` on a Hopsworks project's feature store (see the module docstring)."""
 
+    online_reads_in_process = False  # RonDB over the network
+
     def __init__(
         self,
         feature_store: Any,

@@ -35,6 +35,10 @@ class LocalFeatureStore:
         self.offline = offline
         self.online = online
 
+    @property
+    def online_reads_in_process(self) -> bool:
+        return self.online.reads_in_process
+
     def register(self, group: FeatureGroup) -> None:
         self.offline.register(group)
 

@@ -79,6 +79,8 @@ def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
 class RedisOnlineStore:
     """Latest row per primary key in Redis (see the module docstring for the key layout)."""
 
+    reads_in_process = False  # a network round trip per read: callers keep it off their loop
+
     def __init__(self, url: str, *, namespace: str = "fti", timeout_s: float = 1.0) -> None:
         self.url = redacted(url)
         self.namespace = namespace

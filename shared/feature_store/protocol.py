@@ -91,6 +91,10 @@ OnlineRow = dict[str, Any] | None
 class OnlineStore(Protocol):
     """Latest value per primary key, for low-latency serving."""
 
+    # True when a read is a lookup in a local file (no network round trip), cheap and bounded
+    # enough to run on an event loop's own thread; False for a server reached over the network.
+    reads_in_process: bool
+
     def write(self, group: FeatureGroup, rows: pl.DataFrame) -> int: ...
 
     def read(self, group: FeatureGroup, keys: pl.DataFrame) -> pl.DataFrame:
@@ -116,6 +120,11 @@ class OnlineStore(Protocol):
 @runtime_checkable
 class FeatureStore(Protocol):
     """Feature groups offline (history, time travel) and online (latest per key)."""
+
+    @property
+    def online_reads_in_process(self) -> bool:
+        """Whether online reads stay in this process (see `OnlineStore.reads_in_process`)."""
+        ...
 
     def register(self, group: FeatureGroup) -> None:
         """Create the group, or check that the existing one has the same schema."""

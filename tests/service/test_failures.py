@@ -1,15 +1,18 @@
 """Failures, with real processes: Triton killed under traffic -> 503 naming it within the timeout,
 then recovery by itself after a restart on the same ports; the Redis online store killed ->
-503 naming the feature store, then recovery; a corrupted artifact refused at load."""
+503 naming the feature store, then recovery, and the same for a broken SQLite store; a
+corrupted artifact refused at load."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -223,6 +226,33 @@ def test_online_store_down_gives_503_then_recovers(
             "airport_weather",
             "planes",
         }
+
+
+def test_broken_sqlite_store_gives_503_then_recovers(
+    copy_root: Path, triton: SharedTriton, tmp_path: Path
+) -> None:
+    """The SQLite online store is read on the event loop's thread (see
+    `ServiceRuntime._score_batch`): a read that fails must still be a 503 naming the store, and
+    the service must serve again once the store is whole."""
+    settings = inference_settings(copy_root, triton, tmp_path, prediction_log=False)
+    path = FeatureStoreSettings(data_root=copy_root).resolved_sqlite_path
+    table = ROUTE_STATS.table_name
+    body = {"flights": [UA_1545]}
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/v1/predictions", json=body).status_code == 200
+        with closing(sqlite3.connect(path, isolation_level=None)) as db:
+            db.execute(f'ALTER TABLE "{table}" RENAME TO "{table}_away"')
+        began = time.monotonic()
+        down = client.post("/v1/predictions", json=body)
+        assert time.monotonic() - began < 2.0
+        assert down.status_code == 503, down.text
+        assert down.json()["dependency"] == "feature_store" and table in down.json()["message"]
+        assert client.get("/healthz").status_code == 200  # the loop is not stuck
+        with closing(sqlite3.connect(path, isolation_level=None)) as db:
+            db.execute(f'ALTER TABLE "{table}_away" RENAME TO "{table}"')
+        again = client.post("/v1/predictions", json=body)
+        assert again.status_code == 200, again.text
+        assert again.json()["predictions"][0]["missing_groups"] == []
 
 
 def test_corrupted_artifact_is_refused_at_load(
