@@ -123,8 +123,8 @@ def input_reports(
     Read off the MDT's own output (its missing-value indicators and index 0), so the report says
     exactly what the model was given; only "null or unknown value?" needs the raw column."""
     mdt = model.mdt
-    numeric = mdt.numeric_features
-    categorical = mdt.categorical_features
+    numeric = mdt.numeric_names
+    categorical = mdt.categorical_names
     imputed = matrices.numeric[:, len(numeric) :] > 0.5
     oov = matrices.categorical == OOV_INDEX
     null = [[v is None for v in columns[c]] for c in categorical]  # per feature, per row

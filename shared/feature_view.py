@@ -13,7 +13,7 @@ The same functions build the labeled training frame and the scoring frame of the
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -329,15 +329,28 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _key_value(value: Any, dtype: pl.DataType) -> Any:
-    """A request value as the plain value the online store keeps for a key of ``dtype``."""
-    if value is None:
-        return None
+def _key_type(dtype: pl.DataType) -> Callable[[Any], Any]:
+    """How a request value becomes the plain value the online store keeps for a key of
+    ``dtype``."""
     if dtype == pl.String:
-        return str(value)
+        return str
     if dtype.is_integer():
-        return int(value)
+        return int
     raise TypeError(f"online keys of type {dtype} are not supported on the request path")
+
+
+def _online_keys(join: JoinRequest, requests: Sequence[Mapping[str, Any]]) -> OnlineLookup:
+    """The group's key of each request (None parts where the request lacks them); the key's
+    fields and types are looked up once per call, not once per request."""
+    schema = join.group.polars_schema
+    fields = [(spine, _key_type(schema[key])) for spine, key in join.key_pairs()]
+    return OnlineLookup(
+        join.group,
+        [
+            tuple(None if (v := r.get(spine)) is None else convert(v) for spine, convert in fields)
+            for r in requests
+        ],
+    )
 
 
 def online_feature_columns(
@@ -349,18 +362,7 @@ def online_feature_columns(
     carrier, origin, dest, distance, tailnum, ...). One ``get_online_rows`` call reads every
     group; keys unknown online give missing values, imputed by the MDT and reported."""
     rows = len(requests)
-    lookups = [
-        OnlineLookup(
-            join.group,
-            [
-                tuple(
-                    _key_value(r.get(s), join.group.polars_schema[g]) for s, g in join.key_pairs()
-                )
-                for r in requests
-            ],
-        )
-        for join in view.joins
-    ]
+    lookups = [_online_keys(join, requests) for join in view.joins]
     found = store.get_online_rows(lookups) if rows else [[] for _ in lookups]
     fields = requests[0].keys() if requests else ()
     columns: dict[str, Any] = {name: [r.get(name) for r in requests] for name in fields}

@@ -22,6 +22,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -96,6 +97,30 @@ class MDTState:
     @property
     def cardinalities(self) -> list[int]:
         return [s.cardinality for s in self.categorical]
+
+    @cached_property
+    def numeric_names(self) -> tuple[str, ...]:
+        """`numeric_features`, built once per state (the online path reads it per request)."""
+        return tuple(self.numeric_features)
+
+    @cached_property
+    def categorical_names(self) -> tuple[str, ...]:
+        return tuple(self.categorical_features)
+
+    @cached_property
+    def _scaling(self) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray]:
+        """(numeric names, fill, mean, std), built once per state: the online path applies the
+        MDT per request, where rebuilding them was a fifth of the transform's cost."""
+        return (
+            self.numeric_names,
+            np.array([s.fill for s in self.numeric]),
+            np.array([s.mean for s in self.numeric]),
+            np.array([s.std for s in self.numeric]),
+        )
+
+    @cached_property
+    def _input_set(self) -> frozenset[str]:
+        return frozenset(self.input_features)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -214,9 +239,7 @@ FeatureColumns = Mapping[str, Any]
 
 def scale_numeric(values: np.ndarray, state: MDTState) -> np.ndarray:
     """(rows, numeric features) float64 with NaN for missing -> the float32 numeric matrix."""
-    fill = np.array([s.fill for s in state.numeric])
-    mean = np.array([s.mean for s in state.numeric])
-    std = np.array([s.std for s in state.numeric])
+    _, fill, mean, std = state._scaling
     missing = np.isnan(values)
     scaled = np.where(missing, fill, values)
     scaled -= mean
@@ -247,12 +270,14 @@ def category_indices(values: Sequence[object] | pl.Series, state: CategoricalSta
 
 def apply_mdt_columns(columns: FeatureColumns, rows: int, state: MDTState) -> FeatureMatrices:
     """Feature columns -> (numeric float32, categorical int64) matrices, row order kept."""
-    missing = [c for c in state.input_features if c not in columns]
-    if missing:
+    if not state._input_set.issubset(columns):
+        missing = [c for c in state.input_features if c not in columns]
         raise ValueError(f"features {missing} that the MDT state needs are missing")
-    numeric = np.empty((rows, len(state.numeric)), dtype=np.float64, order="F")
-    for j, s in enumerate(state.numeric):
-        numeric[:, j] = np.asarray(columns[s.name], dtype=np.float64)  # None -> NaN
+    names = state._scaling[0]
+    if names:  # one conversion for all columns (None -> NaN): a third of a per-column loop
+        numeric = np.array([columns[n] for n in names], dtype=np.float64).T
+    else:
+        numeric = np.empty((rows, 0), dtype=np.float64)
     categorical = np.empty((rows, len(state.categorical)), dtype=np.int64)
     for j, c in enumerate(state.categorical):
         categorical[:, j] = category_indices(columns[c.name], c)

@@ -29,6 +29,7 @@ _SQL_TYPES = {
 }
 # SQLite caps bound parameters per statement (32,766 since 3.32): read big key sets in chunks.
 _MAX_PARAMS = 30_000
+_KEPT_QUERY_KEYS = 64  # queries for up to this many keys are kept, per group and size
 # How long opening waits for another process that is setting up the same file.
 _SETUP_WAIT_S = 10.0
 
@@ -85,6 +86,7 @@ class SQLiteOnlineStore:
             raise StoreUnavailable(f"online store {self.path} unusable: {exc}") from exc
         self._lock = threading.Lock()
         self._ready: set[str] = set()
+        self._queries: dict[tuple[str, int], str] = {}  # (table, keys) -> SELECT
 
     def _ensure_table(self, group: FeatureGroup) -> None:
         if group.table_name in self._ready:
@@ -145,25 +147,33 @@ class SQLiteOnlineStore:
     def _select(self, group: FeatureGroup, keys: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Stored rows for distinct ``keys`` (caller holds the lock), in chunks of parameters."""
         self._ensure_table(group)
-        pk = list(group.primary_key)
-        names = ", ".join(_ident(c) for c in group.columns)
-        key_cols = ", ".join(_ident(k) for k in pk)
-        per_key = len(pk)
-        chunk = max(1, _MAX_PARAMS // per_key)
+        chunk = max(1, _MAX_PARAMS // len(group.primary_key))
         found: list[Any] = []
         for i in range(0, len(keys), chunk):
             part = keys[i : i + chunk]
-            row_marks = ", ".join("(" + ", ".join("?" * per_key) + ")" for _ in part)
+            params = [v for key in part for v in key]
+            try:
+                found += self._conn.execute(self._query(group, len(part)), params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"online read of {group.table_name} failed: {exc}") from exc
+        return found
+
+    def _query(self, group: FeatureGroup, keys: int) -> str:
+        """The SELECT of ``keys`` keys of ``group``, kept for the small sizes of online requests
+        (their handful of keys per group would otherwise pay for quoting every column)."""
+        sql = self._queries.get((group.table_name, keys))
+        if sql is None:
+            per_key = len(group.primary_key)
+            names = ", ".join(_ident(c) for c in group.columns)
+            key_cols = ", ".join(_ident(k) for k in group.primary_key)
+            row_marks = ", ".join("(" + ", ".join("?" * per_key) + ")" for _ in range(keys))
             sql = (
                 f"SELECT {names} FROM {_ident(group.table_name)} "
                 f"WHERE ({key_cols}) IN (VALUES {row_marks})"
             )
-            params = [v for key in part for v in key]
-            try:
-                found += self._conn.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(f"online read of {group.table_name} failed: {exc}") from exc
-        return found
+            if keys <= _KEPT_QUERY_KEYS:
+                self._queries[(group.table_name, keys)] = sql
+        return sql
 
     def materialized_version(self, table_name: str) -> int | None:
         with self._lock:
