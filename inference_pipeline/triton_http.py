@@ -14,10 +14,10 @@ caller's deadline closes its connection (its state is unknown) instead of poolin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -47,44 +47,121 @@ class _Answer:
     body: bytes
 
 
-class _Connection:
-    """One keep-alive HTTP/1.1 connection: one request at a time."""
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection: one request at a time, its answer parsed as the
+    bytes arrive. A protocol rather than asyncio's stream reader and writer, whose per-read
+    waiters cost about a fifth of a one-flight Triton call's latency on the event loop."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
         self.used = False  # has answered before: may have been closed by the server since
+        self.closed = False
+        self._buffer = bytearray()
+        self._head: tuple[int, dict[str, str]] | None = None  # of the answer being read
+        self._waiter: asyncio.Future[_Answer] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TCP transport is not registered as an asyncio.Transport: no isinstance.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(ConnectionError(f"connection closed by the server{f': {exc}' if exc else ''}"))
 
     async def exchange(self, head: bytes, body: bytes) -> _Answer:
-        self.writer.write(head + body)
-        raw = await self.reader.readuntil(b"\r\n\r\n")
-        lines = raw.decode("latin-1").split("\r\n")
+        if self.closed or self.transport is None:
+            raise ConnectionError("connection closed by the server")
+        self._waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(head + body)
         try:
-            status = int(lines[0].split(" ", 2)[1])
-        except (IndexError, ValueError) as exc:
-            raise TritonHttpError(f"not an HTTP answer: {lines[0][:80]!r}") from exc
-        headers = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if sep:
-                headers[name.strip().lower()] = value.strip()
+            return await self._waiter
+        finally:
+            self._waiter = None
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if self._waiter is None or self._waiter.done():
+            self._fail(TritonHttpError("bytes from the server with no request in flight"))
+            return
+        try:
+            answer = self._answer()
+        except TritonHttpError as exc:
+            self._fail(exc)
+            return
+        if answer is not None:
+            self.used = True
+            self._waiter.set_result(answer)
+
+    def _answer(self) -> _Answer | None:
+        """The answer, once all of it is in the buffer."""
+        if self._head is None:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buffer) > _HEAD_LIMIT:
+                    raise TritonHttpError(f"answer headers longer than {_HEAD_LIMIT} bytes")
+                return None
+            self._head = _parse_head(bytes(self._buffer[:end]))
+            del self._buffer[: end + 4]
+        status, headers = self._head
         if headers.get("transfer-encoding", "").lower() == "chunked":
-            content = await self._chunked()
+            found = _dechunk(self._buffer)
+            if found is None:
+                return None
+            content, used = found
         else:
-            content = await self.reader.readexactly(int(headers.get("content-length", "0")))
-        self.used = True
+            used = int(headers.get("content-length", "0"))
+            if len(self._buffer) < used:
+                return None
+            content = bytes(self._buffer[:used])
+        del self._buffer[:used]
+        self._head = None
         return _Answer(status, headers, content)
 
-    async def _chunked(self) -> bytes:
-        parts = []
-        while size := int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16):
-            parts.append(await self.reader.readexactly(size))
-            await self.reader.readexactly(2)
-        await self.reader.readuntil(b"\r\n")  # no trailers from Triton: the final CRLF
-        return b"".join(parts)
+    def _fail(self, exc: Exception) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(exc)
+        self.close()
 
     def close(self) -> None:
-        self.writer.close()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _parse_head(raw: bytes) -> tuple[int, dict[str, str]]:
+    lines = raw.decode("latin-1").split("\r\n")
+    try:
+        status = int(lines[0].split(" ", 2)[1])
+    except (IndexError, ValueError) as exc:
+        raise TritonHttpError(f"not an HTTP answer: {lines[0][:80]!r}") from exc
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return status, headers
+
+
+def _dechunk(buffer: bytearray) -> tuple[bytes, int] | None:
+    """(content, bytes used) of a complete chunked body at the start of ``buffer``; None
+    while part of it has yet to arrive."""
+    parts: list[bytes] = []
+    at = 0
+    while True:
+        line_end = buffer.find(b"\r\n", at)
+        if line_end < 0:
+            return None
+        try:
+            size = int(bytes(buffer[at:line_end]).split(b";")[0], 16)
+        except ValueError as exc:
+            raise TritonHttpError(f"bad chunk size {bytes(buffer[at:line_end])[:20]!r}") from exc
+        start = line_end + 2
+        if size == 0:  # no trailers from Triton: the final CRLF
+            return (b"".join(parts), start + 2) if len(buffer) >= start + 2 else None
+        if len(buffer) < start + size + 2:
+            return None
+        parts.append(bytes(buffer[start : start + size]))
+        at = start + size + 2
 
 
 class TritonHttpClient:
@@ -151,7 +228,7 @@ class TritonHttpClient:
             connection = await self._acquire()
             try:
                 answer = await connection.exchange(head, body)
-            except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            except ConnectionError as exc:
                 connection.close()
                 if not connection.used:
                     raise TritonHttpError(f"connection lost: {exc}") from exc
@@ -174,28 +251,25 @@ class TritonHttpClient:
     async def _acquire(self) -> _Connection:
         while self._idle:
             connection = self._idle.pop()
-            if not connection.writer.is_closing() and not connection.reader.at_eof():
+            if not connection.closed:
                 return connection
-            connection.close()
         return await self._connect()
 
     async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self._host, self._port, limit=_HEAD_LIMIT),
-                self._connect_timeout_s,
-            )
+            async with asyncio.timeout(self._connect_timeout_s):
+                _, connection = await loop.create_connection(_Connection, self._host, self._port)
         except (OSError, TimeoutError) as exc:
             raise TritonHttpError(f"cannot connect to {self.url}: {exc or 'timed out'}") from exc
-        return _Connection(reader, writer)
+        return connection
 
     async def close(self) -> None:
         self._closed = True
         idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
-            with contextlib.suppress(OSError):
-                await connection.writer.wait_closed()
+        await asyncio.sleep(0)  # let the transports finish closing
 
 
 def _model_path(model: str, version: str) -> str:
