@@ -91,7 +91,7 @@ class PredictionService(FastAPI):
         began = time.perf_counter()
         api_key, given_id = _prediction_headers(scope["headers"])
         request_id = request_id_for(given_id)
-        status, headers = 200, [(b"content-type", b"application/json")]
+        status, headers = 500, [(b"content-type", b"application/json")]  # 500 unless answered
         try:
             try:
                 body = await _read_body(receive, max_body_bytes(runtime.settings))
@@ -101,6 +101,7 @@ class PredictionService(FastAPI):
                 if len(body) > max_body_bytes(runtime.settings):
                     raise body_too_large(runtime.settings)
                 content = await answer_predictions(runtime, api_key, body, request_id)
+                status = 200
             except Exception as exc:
                 status, error, extra = error_answer(exc, request_id, self.metrics, _PREDICT)
                 content = json.dumps(error, separators=(",", ":")).encode()
