@@ -37,9 +37,15 @@ def test_service_process_with_managed_triton_answers_real_requests(
             assert body["model_version"] == registered_model.version
             assert all(0 < p["probability"] < 1 for p in body["predictions"])
             assert client.post("/v1/predictions", json={"flights": [{}]}).status_code == 422
+            # Refused before it is all read; uvicorn drops the rest, the connection still serves.
+            huge = b'{"flights": [' + b" " * 2_000_000 + b"]}"
+            too_large = client.post("/v1/predictions", content=huge)
+            assert too_large.status_code == 413 and too_large.json()["error"] == "body_too_large"
+            again = client.post("/v1/predictions", json={"flights": [UA_1545]})
+            assert again.status_code == 200, again.text
             assert httpx.post(f"{service.url}/v1/predictions", json={}).status_code == 401
             metrics = client.get("/metrics").text
-            assert 'fti_prediction_stage_seconds_count{stage="triton"} 3.0' in metrics
+            assert 'fti_prediction_stage_seconds_count{stage="triton"} 4.0' in metrics
             assert client.get("/docs").status_code == 200
     finally:
         service.stop()
