@@ -168,8 +168,8 @@ def _logged_rows(features: list[str], batches: list[LoggedPredictions]) -> pl.Da
     frame = pl.DataFrame(
         {
             "flight_id": each(lambda b: b.flight_ids),
-            "flight_date": _input_column("flight_date", spans).to_list(),
-            "sched_dep_time": _input_column("sched_dep_time", spans).to_list(),
+            "flight_date": _span_values("flight_date", spans),
+            "sched_dep_time": _span_values("sched_dep_time", spans),
             "model_version": repeated(lambda b: b.model_version),
             "request_id": repeated(lambda b: b.request_id),
             "scored_at": repeated(lambda b: b.scored_at),
@@ -201,10 +201,15 @@ def _spans(batches: list[LoggedPredictions]) -> list[tuple[Mapping[str, Sequence
 def _input_column(name: str, spans: list[tuple[Mapping[str, Sequence[Any]], slice]]) -> pl.Series:
     """One column over all ``spans``: whole columns are concatenated (per-value Python work
     over ~90 inputs per prediction would cost as much as serving it)."""
-    parts = [columns[name][window] for columns, window in spans]
-    if isinstance(parts[0], np.ndarray):  # an on-demand feature
-        return pl.Series(name, np.concatenate(parts))
-    return pl.Series(name, list(chain.from_iterable(parts)), strict=False)
+    first = spans[0][0][name]
+    if isinstance(first, np.ndarray):  # an on-demand feature
+        return pl.Series(name, np.concatenate([columns[name][window] for columns, window in spans]))
+    return pl.Series(name, _span_values(name, spans), strict=False)
+
+
+def _span_values(name: str, spans: list[tuple[Mapping[str, Sequence[Any]], slice]]) -> list[Any]:
+    """One request field or stored feature over all ``spans``, as plain values."""
+    return list(chain.from_iterable(columns[name][window] for columns, window in spans))
 
 
 _LOGGED_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {

@@ -4,7 +4,6 @@ error translation, routes."""
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import random
 import sys
@@ -26,8 +25,8 @@ from inference_pipeline.service.routes import (
     PREDICTIONS_PATH,
     admin,
     answer_predictions,
-    body_too_large,
     health,
+    json_bytes,
     max_body_bytes,
     predictions,
 )
@@ -98,13 +97,11 @@ class PredictionService(FastAPI):
                 if body is None:
                     status = _CLIENT_GONE
                     return
-                if len(body) > max_body_bytes(runtime.settings):
-                    raise body_too_large(runtime.settings)
                 content = await answer_predictions(runtime, api_key, body, request_id)
                 status = 200
             except Exception as exc:
                 status, error, extra = error_answer(exc, request_id, self.metrics, _PREDICT)
-                content = json.dumps(error, separators=(",", ":")).encode()
+                content = json_bytes(error)
                 headers += _raw_headers(extra)
             headers += [
                 (b"content-length", str(len(content)).encode("latin-1")),
@@ -142,7 +139,7 @@ def _prediction_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | N
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
     """The request body, or None when the client disconnected first; reading stops at the
-    first chunk past ``limit`` (the caller refuses it), so a huge body is never held."""
+    first chunk past ``limit`` (`answer_predictions` refuses it), so a huge body is never held."""
     chunks, size = [], 0
     while True:
         message = await receive()

@@ -139,6 +139,8 @@ async def answer_predictions(
     of any web framework: both the plain ASGI path and the FastAPI route answer with it.
     Raises `ApiError` for a request to refuse, `FTIError` for a dependency that failed."""
     began = time.perf_counter()
+    if len(body) > max_body_bytes(runtime.settings):
+        raise body_too_large(runtime.settings)
     check_api_key(api_key, runtime)
     request = _parse(body)
     settings, metrics = runtime.settings, runtime.metrics
@@ -177,7 +179,7 @@ async def answer_predictions(
     }
     # Plain values, serialised once: the response model documents the shape (and the tests
     # check responses against it); validating our own output again costs per request.
-    return _json(response)
+    return json_bytes(response)
 
 
 @predictions.post(
@@ -197,10 +199,8 @@ async def predict(request: Request) -> Response:
     """FastAPI's route: OpenAPI documents it, and it answers whatever the plain ASGI path in
     front (`app.PredictionService`) passes on; both answer with `answer_predictions`."""
     runtime: ServiceRuntime = request.app.state.runtime
-    if len(body := await request.body()) > max_body_bytes(runtime.settings):
-        raise body_too_large(runtime.settings)
     content = await answer_predictions(
-        runtime, request.headers.get(API_KEY_HEADER), body, request.state.request_id
+        runtime, request.headers.get(API_KEY_HEADER), await request.body(), request.state.request_id
     )
     return Response(content, media_type="application/json")
 
@@ -220,7 +220,8 @@ def body_too_large(settings: InferenceSettings) -> ApiError:
     )
 
 
-def _json(value: Any) -> bytes:
+def json_bytes(value: Any) -> bytes:
+    """Compact JSON of plain values, as every answer of the prediction endpoint is written."""
     return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
 
 

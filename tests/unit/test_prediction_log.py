@@ -45,6 +45,25 @@ def _logged(
     )
 
 
+def _one_flight(
+    features: list[str], columns: dict[str, Any], row: int, *, flight_id: str, request_id: str
+) -> LoggedPredictions:
+    """A one-flight request's predictions: ``row`` of a scored batch's ``columns``."""
+    return LoggedPredictions(
+        flight_ids=[flight_id],
+        columns=columns,
+        window=slice(row, row + 1),
+        features=features,
+        probabilities=[0.5],
+        missing=[[]],
+        model_version="3",
+        request_id=request_id,
+        scored_at=SCORED_AT,
+        source=ONLINE_SOURCE,
+        latency_ms=1.0,
+    )
+
+
 def _columns() -> dict[str, Any]:
     return {
         "flight_date": [date(2013, 12, 31), date(2013, 12, 31)],
@@ -124,19 +143,7 @@ def test_requests_of_one_scored_batch_log_their_own_rows_of_its_columns() -> Non
     features = ["carrier", "dep_hour"]
     shared_columns = _columns()
     first, second = (
-        LoggedPredictions(
-            flight_ids=[f"f{i}"],
-            columns=shared_columns,
-            window=slice(i, i + 1),
-            features=features,
-            probabilities=[0.5],
-            missing=[[]],
-            model_version="3",
-            request_id=f"req-{i}",
-            scored_at=SCORED_AT,
-            source=ONLINE_SOURCE,
-            latency_ms=1.0,
-        )
+        _one_flight(features, shared_columns, i, flight_id=f"f{i}", request_id=f"req-{i}")
         for i in (0, 1)
     )
     rows = logged_prediction_rows([second, first])
@@ -152,19 +159,7 @@ def test_consecutive_windows_of_one_batch_give_the_rows_each_gives_alone() -> No
     other["carrier"] = ["AA", "B6"]
 
     def request(columns: dict[str, Any], row: int, name: str) -> LoggedPredictions:
-        return LoggedPredictions(
-            flight_ids=[name],
-            columns=columns,
-            window=slice(row, row + 1),
-            features=features,
-            probabilities=[0.5],
-            missing=[[]],
-            model_version="3",
-            request_id=name,
-            scored_at=SCORED_AT,
-            source=ONLINE_SOURCE,
-            latency_ms=1.0,
-        )
+        return _one_flight(features, columns, row, flight_id=name, request_id=name)
 
     # Rows 0 and 1 of one batch (one span), then another batch's row 1, then the first's
     # row 1 again (not contiguous with what precedes it: a span of its own).
