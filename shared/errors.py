@@ -16,6 +16,14 @@ class SourceError(FTIError):
     """Raw input cannot be read: missing file or column, corrupted content, wrong types."""
 
 
+class HistoryMissing(SourceError):
+    """Days the rolling statistics need are held neither by the source nor by the store."""
+
+    def __init__(self, message: str, *, days: list[object]) -> None:
+        super().__init__(message)
+        self.days = days
+
+
 class ValidationFailed(FTIError):
     """Too large a share of the input broke the data contract; nothing was written."""
 
