@@ -45,6 +45,10 @@ class StoreUnavailable(FTIError):
     """A feature store backend (offline or online) cannot be reached."""
 
 
+class WriteConflict(FTIError):
+    """Every retry of a write lost its commit to concurrent writers; nothing was committed."""
+
+
 class ArtifactIntegrityError(FTIError):
     """A model artifact's files are missing, changed or unexpected: what would be served is not
     what was registered. ``path`` names the first offending file (or directory); the lists name
