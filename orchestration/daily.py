@@ -68,6 +68,7 @@ class DailyFlow(dg.ConfigurableResource):
     monitor_window_days: int
     monitor_source: str
     monitor_model: str
+    monitor_output_dir: str | None
     retrain_config: str | None
     retrain_args: list[str]
 
@@ -86,6 +87,7 @@ class DailyFlow(dg.ConfigurableResource):
             monitor_window_days=settings.monitor_window_days,
             monitor_source=settings.monitor_source,
             monitor_model=settings.monitor_model,
+            monitor_output_dir=settings.monitor_output_dir,
             retrain_config=str(settings.retrain_config) if settings.retrain_config else None,
             retrain_args=list(settings.retrain_args),
         )
@@ -114,7 +116,8 @@ class DailyFlow(dg.ConfigurableResource):
         if task == "monitoring":
             window = ["--window-days", str(self.monitor_window_days)]
             chosen = ["--source", self.monitor_source, "--model", self.monitor_model]
-            return MONITOR, ["run", "--end", iso, *window, *chosen]
+            output = ["--output-dir", self.monitor_output_dir] if self.monitor_output_dir else []
+            return MONITOR, ["run", "--end", iso, *window, *chosen, *output]
         if task == "retraining":
             config = ["--config", self.retrain_config] if self.retrain_config else []
             return TRAINING, ["retrain", "--until", iso, *config, *self.retrain_args]

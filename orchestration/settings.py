@@ -75,6 +75,11 @@ class DagSettings(BaseSettings):
         default="all", pattern="^(all|online|batch|shadow)$", description="monitor --source"
     )
     monitor_model: str = Field(default="champion", min_length=1)
+    monitor_output_dir: str | None = Field(
+        default=None,
+        description="monitor --output-dir, a path where the monitoring job runs (default: the "
+        "job's FTI_REPORT_DIR, else <data_root>/monitoring)",
+    )
     retrain_config: Path | None = Field(
         default=None, description="training config file given to `retrain --config`"
     )

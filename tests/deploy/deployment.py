@@ -595,16 +595,28 @@ FAKED_PROGRAMS = ("python", "python3", "torchrun", "mlflow", "tritonserver", "do
 _FAKE = """#!/bin/sh
 n=$(ls "$CAPTURE_DIR" | wc -l)
 printf '%s\\0' "$0" "$@" > "$CAPTURE_DIR/$(printf %04d "$n")"
+exit "${STUB_EXIT:-0}"
 """
+# Programs of this repository that deployment scripts start by a path relative to the checkout.
+CHECKOUT_PROGRAMS = ("deploy/fti-cron",)
 
 
-def run_script(script: str, env: dict[str, str], workdir: Path) -> tuple[int, list[list[str]]]:
+@dataclass(frozen=True)
+class StubbedRun:
+    status: int
+    argvs: list[list[str]]
+    stderr: str
+
+
+def run_stubbed(
+    script: str, env: dict[str, str], workdir: Path, *, stub_exit: int = 0
+) -> StubbedRun:
     """Run a deployment's shell script as its container or cron would, but with every program
     it may start (python, torchrun, docker, ...) replaced by a stub that records its argv and
-    exits 0: the arguments come out exactly as the shell expands them (``$(date ...)``,
-    variables, quoting). ``cd`` is a no-op, so paths of the target host do not matter.
-
-    Returns the script's exit status and the recorded argvs, in order."""
+    exits ``stub_exit``: the arguments come out exactly as the shell expands them
+    (``$(date ...)``, variables, quoting). ``cd`` is a no-op, so paths of the target host do not
+    matter; the checkout's own programs (``deploy/fti-cron``) are there, real."""
+    import shutil
     import subprocess
 
     fakes = workdir / "bin"
@@ -615,12 +627,20 @@ def run_script(script: str, env: dict[str, str], workdir: Path) -> tuple[int, li
         for place in (fakes / program, workdir / ".venv" / "bin" / program):
             place.write_text(_FAKE)
             place.chmod(0o755)
+    for program in CHECKOUT_PROGRAMS:
+        (workdir / program).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / program, workdir / program)
     for old in capture.iterdir():
         old.unlink()
     done = subprocess.run(
         ["/bin/bash", "-c", f"cd() {{ :; }}\n{script}"],
         cwd=workdir,
-        env={**env, "PATH": f"{fakes}:/usr/bin:/bin", "CAPTURE_DIR": str(capture)},
+        env={
+            **env,
+            "PATH": f"{fakes}:/usr/bin:/bin",
+            "CAPTURE_DIR": str(capture),
+            "STUB_EXIT": str(stub_exit),
+        },
         capture_output=True,
         timeout=30,
         check=False,
@@ -629,7 +649,20 @@ def run_script(script: str, env: dict[str, str], workdir: Path) -> tuple[int, li
     for record in sorted(capture.iterdir()):
         words = record.read_bytes().split(b"\0")[:-1]
         argvs.append([Path(words[0].decode()).name, *(w.decode() for w in words[1:])])
-    return done.returncode, argvs
+    return StubbedRun(done.returncode, argvs, done.stderr.decode(errors="replace"))
+
+
+def run_script(script: str, env: dict[str, str], workdir: Path) -> tuple[int, list[list[str]]]:
+    """`run_stubbed` with every program succeeding: the script's exit status and the recorded
+    argvs, in order."""
+    run = run_stubbed(script, env, workdir)
+    return run.status, run.argvs
+
+
+def cron_command(entry: CronEntry, workdir: Path) -> str:
+    """A cron line's command with the target host's log files made one file of ours."""
+    command = re.sub(r"(\d?>>?)\s*/\S+", rf"\1 {workdir}/cron.log", entry.command)
+    return re.sub(r"/var/log/\S+", f"{workdir}/cron.log", command)
 
 
 @dataclass
@@ -654,9 +687,7 @@ def script_runs(workdir: Path) -> list[ScriptRun]:
     for path in crontabs():
         cron_env, entries = cron_entries(path)
         for entry in entries:
-            # The log files of the target host become one file of ours.
-            command = re.sub(r"(\d?>>?)\s*/\S+", rf"\1 {workdir}/cron.log", entry.command)
-            status, argvs = run_script(command, cron_env, workdir)
+            status, argvs = run_script(cron_command(entry, workdir), cron_env, workdir)
             runs.append(ScriptRun(entry.where, entry.command, status, argvs))
     return runs
 

@@ -837,3 +837,91 @@ def test_serve_refuses_several_workers_with_a_managed_triton() -> None:
     )
     assert result.exit_code == 2
     assert "FTI_WORKERS=2 needs one Triton shared by all workers" in result.output
+
+
+# -- exit codes in automation -------------------------------------------------------------------
+
+# Per job, the exit codes that are fine; every other code needs a person (docs/operations.md,
+# "Exit codes in automation"). 3 is "partial" for the feature pipeline (rows quarantined: the
+# bundled year exits 3 on its one real bad weather row) but "drift detected" for monitoring.
+FINE_EXIT_CODES = {"feature": {0, 3}, "batch": {0}, "monitor": {0}}
+JOBS = {  # what a scheduled command runs -> its job
+    "feature": re.compile(r"feature[-_]pipeline"),
+    "batch": re.compile(r"inference_pipeline\.batch|batch-scoring"),
+    "monitor": re.compile(r"inference_pipeline\.monitor|\bmonitoring\b"),
+}
+
+
+def _job(command: str) -> str:
+    found = [job for job, pattern in JOBS.items() if pattern.search(command)]
+    assert len(found) == 1, f"a scheduled job of unknown kind: {command}"
+    return found[0]
+
+
+def test_cron_lines_alert_exactly_on_the_codes_that_need_a_person(workdir: Path) -> None:
+    """Each cron line runs its job through deploy/fti-cron: a fine code prints nothing (cron
+    mails nothing) and exits 0; any other prints one line naming the exit and is passed on."""
+    lines = 0
+    for path in d.crontabs():
+        env, entries = d.cron_entries(path)
+        for entry in entries:
+            assert "deploy/fti-cron " in entry.command, f"{entry.where}: not run through fti-cron"
+            job, command = _job(entry.command), d.cron_command(entry, workdir)
+            for code in (0, 1, 2, 3):
+                run = d.run_stubbed(command, env, workdir, stub_exit=code)
+                assert run.argvs, f"{entry.where}: started nothing"
+                if code in FINE_EXIT_CODES[job]:
+                    assert (run.status, run.stderr) == (0, ""), f"{entry.where}: exit {code}"
+                else:
+                    alert = run.stderr.strip().splitlines()
+                    assert run.status == code, f"{entry.where}: exit {code} became {run.status}"
+                    assert len(alert) == 1 and f"exit {code} (" in alert[0], (entry.where, alert)
+            lines += 1
+    assert lines == 6  # three jobs in each of the two crontabs
+
+
+def _job_specs() -> Iterator[tuple[str, dict[str, Any]]]:
+    for path, doc in d.k8s_documents():
+        if doc.get("kind") == "CronJob":
+            yield f"{path.name}", doc["spec"]["jobTemplate"]["spec"]
+        elif doc.get("kind") == "Job":
+            yield f"{path.name}", doc["spec"]
+
+
+def test_kubernetes_feature_jobs_complete_on_partial_and_never_retry_bad_usage(
+    workdir: Path,
+) -> None:
+    """A feature pod that exits 3 (partial) completes (not failed, not retried); 1 fails it and
+    the Job retries; 2 (bad command line or setting) fails the Job at once."""
+    checked = 0
+    for where, job in _job_specs():
+        pod = job["template"]["spec"]
+        for container in pod["containers"]:
+            script = d.shell_script([*container.get("command", []), *container.get("args", [])])
+            if script is None or "feature_pipeline" not in script:
+                continue
+            env = {"JOB_COMPLETION_INDEX": "0"}
+            for code, status in {0: 0, 3: 0, 1: 1, 2: 2}.items():
+                run = d.run_stubbed(script, env, workdir, stub_exit=code)
+                assert run.status == status, (
+                    f"{where}: the job exiting {code} ends the pod {run.status}"
+                )
+            assert pod["restartPolicy"] == "Never", where  # a podFailurePolicy needs it
+            rules = job.get("podFailurePolicy", {}).get("rules", [])
+            fail_now = {
+                code
+                for rule in rules
+                if rule["action"] == "FailJob"
+                and rule["onExitCodes"].get("containerName") == container["name"]
+                and rule["onExitCodes"]["operator"] == "In"
+                for code in rule["onExitCodes"]["values"]
+            }
+            assert fail_now == {2}, f"{where}: exit 2 must fail the Job without retries"
+            assert job["backoffLimit"] >= 1, f"{where}: a failure (1) should be retried"
+            checked += 1
+    assert checked == 2  # the daily CronJob and the backfill Job
+
+
+def test_fti_cron_refuses_a_bad_invocation(workdir: Path) -> None:
+    run = d.run_stubbed("deploy/fti-cron only-a-log", {}, workdir)
+    assert run.status == 2 and "usage: fti-cron" in run.stderr
