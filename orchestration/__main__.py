@@ -95,7 +95,7 @@ def _execute(start: date, end: date) -> None:
 def run(
     day: Annotated[str, typer.Option("--date", help="partition day D, YYYY-MM-DD")],
 ) -> None:
-    """Run one day: feature run D, batch scoring D+1, monitoring D, retraining if due."""
+    """Run one day: feature run D, batch scoring D+1, monitoring D, retraining, shadow."""
     the_day = _day("--date", day)
     _execute(the_day, the_day)
 
