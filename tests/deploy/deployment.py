@@ -26,7 +26,10 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 PIPELINE_PACKAGES = ("feature_pipeline", "training_pipeline", "inference_pipeline")
-PROJECT_PACKAGES = ("shared", *PIPELINE_PACKAGES)
+# What containers run: the pipelines, and the daily DAG's Dagster code location.
+DEPLOYED_PACKAGES = (*PIPELINE_PACKAGES, "orchestration")
+PROJECT_PACKAGES = ("shared", *DEPLOYED_PACKAGES)
+DAGSTER_DIR = DEPLOY / "dagster"  # dagster.yaml + workspace.yaml, copied into the image
 
 # -- settings the code reads ----------------------------------------------------------------
 
@@ -489,7 +492,8 @@ class Invocation:
     """One program started by a deployment file, with its arguments as the shell passes them."""
 
     where: str
-    program: str  # "python -m" | "torchrun" | "mlflow" | "tritonserver" | "docker compose run"
+    # "python -m" | "torchrun" | "mlflow" | "tritonserver" | "docker compose run" | "dagster"
+    program: str
     target: str | None  # python module, or compose service
     args: list[str]
     script: str | None = None  # the shell text it came from, if any
@@ -543,12 +547,47 @@ def invocations_in(argv: list[str], where: str, script: str | None = None) -> li
         return found
     if program in {"mlflow", "tritonserver"}:
         return [Invocation(where, program, None, words[1:], script)]
-    if program == "docker" and words[1:3] == ["compose", "run"]:
-        rest = words[3:]
-        while rest and rest[0].startswith("-"):
-            rest.pop(0)
-        return [Invocation(where, "docker compose run", rest[0], rest[1:], script)]
+    if program == "docker" and words[1:2] == ["compose"]:
+        rest = _after_options(words[2:], COMPOSE_VALUED_OPTIONS)
+        if rest[:1] == ["run"]:
+            rest = _after_options(rest[1:], COMPOSE_RUN_VALUED_OPTIONS)
+            return [Invocation(where, "docker compose run", rest[0], rest[1:], script)]
+        return []
+    if program in {"dagster-webserver", "dagster-daemon"}:
+        return [
+            Invocation(where, "dagster", module, words[1:], script)
+            for module in dagster_workspace_modules(words[1:])
+        ]
     return []
+
+
+# Options of `docker compose` and of `docker compose run` that take a value.
+COMPOSE_VALUED_OPTIONS = {"-f", "--file", "--project-directory", "-p", "--project-name",
+                          "--profile", "--env-file"}  # fmt: skip
+COMPOSE_RUN_VALUED_OPTIONS = {"-e", "--env", "--name", "-u", "--user", "-w", "--workdir",
+                              "-v", "--volume", "-p", "--publish", "--entrypoint", "-l",
+                              "--label", "--pull"}  # fmt: skip
+
+
+def _after_options(words: list[str], valued: set[str]) -> list[str]:
+    rest = list(words)
+    while rest and rest[0].startswith("-"):
+        option = rest.pop(0)
+        if option in valued and rest:
+            rest.pop(0)
+    return rest
+
+
+def dagster_workspace_modules(args: list[str]) -> list[str]:
+    """Python modules a Dagster webserver or daemon loads: those of its ``--workspace`` file
+    (the image's copy of deploy/dagster/<name>), or of ``-m`` options."""
+    modules = [args[i + 1] for i, a in enumerate(args[:-1]) if a in {"-m", "--module-name"}]
+    for i, arg in enumerate(args[:-1]):
+        if arg in {"-w", "--workspace"}:
+            workspace = yaml.safe_load((DAGSTER_DIR / Path(args[i + 1]).name).read_text())
+            for location in workspace["load_from"]:
+                modules.append(location["python_module"]["module_name"])
+    return modules
 
 
 FAKED_PROGRAMS = ("python", "python3", "torchrun", "mlflow", "tritonserver", "docker")
@@ -669,19 +708,59 @@ def all_invocations(workdir: Path) -> list[Invocation]:
         stage = dockerfile.final
         argv = [*(stage.entrypoint or []), *(stage.cmd or [])]
         found += invocations_in(argv, f"{path.relative_to(ROOT)}: ENTRYPOINT + CMD")
-    for run in runs.values():
-        if not run.where.startswith("deploy/") or "crontab" not in run.where:
-            continue
-        for argv in run.argvs:
-            for invocation in invocations_in(argv, run.where, run.script):
-                found.append(invocation)
-                if invocation.program == "docker compose run" and invocation.target in compose:
-                    service = compose[invocation.target]
-                    entrypoint = _as_list(service.spec.get("entrypoint"))
-                    if entrypoint is None and service.dockerfile is not None:
-                        entrypoint = service.dockerfile.final.entrypoint
-                    found += invocations_in(
-                        [*(entrypoint or []), *invocation.args],
-                        f"{run.where} (service {invocation.target})",
-                    )
+    launched = [
+        (run.where, argv, run.script)
+        for run in runs.values()
+        if run.where.startswith("deploy/") and "crontab" in run.where
+        for argv in run.argvs
+    ]
+    launched += [(where, argv, None) for where, argv in dag_task_commands()]
+    for where, argv, script in launched:
+        for invocation in invocations_in(argv, where, script):
+            found.append(invocation)
+            if invocation.program == "docker compose run" and invocation.target in compose:
+                service = compose[invocation.target]
+                entrypoint = _as_list(service.spec.get("entrypoint"))
+                if entrypoint is None and service.dockerfile is not None:
+                    entrypoint = service.dockerfile.final.entrypoint
+                found += invocations_in(
+                    [*(entrypoint or []), *invocation.args],
+                    f"{where} (service {invocation.target})",
+                )
     return found
+
+
+DAG_SAMPLE_DAY = "2013-07-04"
+
+
+def dag_orchestrators() -> list[Container]:
+    """Compose containers that run the daily DAG's Dagster code location."""
+    return [
+        c
+        for c in compose_containers()
+        if any(i.target == "orchestration" for i in invocations_in(c.argv, c.where))
+    ]
+
+
+def dag_task_commands() -> list[tuple[str, list[str]]]:
+    """The command line of every task of one day of the daily DAG, as each orchestrator
+    container's settings (FTI_DAG_*) build it."""
+    from datetime import date
+
+    from orchestration.daily import TASKS, DailyFlow
+    from orchestration.launch import Launcher
+    from orchestration.settings import DagSettings
+
+    out = []
+    for container in dag_orchestrators():
+        given = {
+            k.removeprefix("FTI_DAG_").lower(): v
+            for k, v in container.effective_env.items()
+            if k.startswith("FTI_DAG_")
+        }
+        flow = DailyFlow.from_settings(DagSettings(**given))
+        launcher = Launcher.from_settings(DagSettings(**given))
+        for task in TASKS:
+            cli, args = flow.command(task, date.fromisoformat(DAG_SAMPLE_DAY))
+            out.append((f"{container.where}: DAG task {task}", launcher.argv(cli, args)))
+    return out
