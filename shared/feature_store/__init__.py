@@ -13,7 +13,7 @@ from shared.feature_store.protocol import (
     OnlineStore,
     WriteResult,
 )
-from shared.settings import FeatureStoreSettings, OnlineBackend, StoreBackend
+from shared.settings import FeatureStoreSettings, OnlineBackend, PitJoinMethod, StoreBackend
 
 
 def open_online_store(settings: FeatureStoreSettings) -> OnlineStore:
@@ -40,7 +40,7 @@ def open_feature_store(settings: FeatureStoreSettings) -> FeatureStore:
     from shared.feature_store.offline_delta import DeltaOfflineStore
 
     offline = DeltaOfflineStore(settings.resolved_offline_root, settings.storage_options)
-    return LocalFeatureStore(offline, open_online_store(settings))
+    return LocalFeatureStore(offline, open_online_store(settings), pit_join=settings.pit_join)
 
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "OnlineLookup",
     "OnlineRow",
     "OnlineStore",
+    "PitJoinMethod",
     "WriteResult",
     "open_feature_store",
     "open_online_store",

@@ -1,8 +1,8 @@
-"""Point-in-time (backward as-of) join of a spine with feature groups.
+"""The hand-written point-in-time join (``FTI_PIT_JOIN=native``), beside Polars' ``join_asof``.
 
-Pure functions over Polars frames: reading the groups happens in the store. Used by the training
-pipeline (training data) and the batch job (scoring data), so both see exactly the feature values
-that were known at each row's timestamp.
+It answers exactly what the library path of :mod:`shared.feature_store.point_in_time` answers
+(the same tests run against both), faster: ``benchmarks/point_in_time_join.py`` runs both on the
+full year in one invocation. It stays only while it gains at least 25% there (invariant 9).
 
 How it works, and why this way: an as-of join with ``by`` keys hashes the spine's text keys and
 sorts the spine once per group, and its result must be sorted back to the spine's order; that
@@ -33,16 +33,19 @@ group (:class:`_Scratch`): first touches of fresh memory cost about as much as t
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
-from shared.feature_group import FeatureGroup
 from shared.feature_store.protocol import JoinRequest
+
+if TYPE_CHECKING:
+    from shared.feature_store.point_in_time import PreparedGroup
 
 # Beyond this many key codes, a multi-column key is renumbered to the combinations that exist,
 # so that key x time slots stay far from int64 overflow.
@@ -53,11 +56,6 @@ _TABLE_SLOTS_PER_ROW = 4
 # 8), in ranges of at least this many rows.
 _THREADS: int | None = None
 _MIN_PART_ROWS = 50_000
-
-
-def event_time_column(request: JoinRequest) -> str:
-    """Name of the matched row's event time in the output (kept when asked, for audits)."""
-    return f"{request.prefix or request.group.name + '__'}event_time"
 
 
 @dataclass(frozen=True)
@@ -77,63 +75,30 @@ class _Times:
 
 @dataclass(frozen=True)
 class _Group:
-    """One request's rows that can match: keys named and typed as in the spine, event times in
-    the spine's time dtype, and the output columns."""
+    """One group's rows that can match (see :class:`PreparedGroup`): keys, event times as
+    numbers in the spine time's physical unit, and the output columns."""
 
     request: JoinRequest
+    event: str
     keys: pl.DataFrame
     times: np.ndarray
     columns: pl.DataFrame
+
+    @classmethod
+    def of(cls, prepared: PreparedGroup) -> _Group:
+        rows = prepared.rows
+        return cls(
+            request=prepared.request,
+            event=prepared.event,
+            keys=pl.DataFrame([rows.get_column(k) for k in prepared.keys]),
+            times=rows.get_column(prepared.event).to_physical().to_numpy(),
+            columns=prepared.features,
+        )
 
     @property
     def no_match(self) -> int:
         """The row index standing for "no match": one past the last row."""
         return self.columns.height
-
-
-def _prepare_group(
-    request: JoinRequest, frame: pl.DataFrame, spine: pl.DataFrame, spine_time: str
-) -> _Group:
-    group = request.group
-    pairs = request.key_pairs()
-    features = request.feature_list()
-    unknown = [f for f in features if f not in frame.columns]
-    if unknown:
-        raise ValueError(f"{group.name}: features {unknown} are not in the group")
-    absent = [g for _, g in pairs if g not in frame.columns]
-    if group.event_time not in frame.columns:
-        absent.append(group.event_time)
-    if absent:
-        raise ValueError(f"{group.name}: key or event time columns {absent} are not in its rows")
-    missing = [s for s, _ in pairs if s not in spine.columns]
-    if missing:
-        raise ValueError(f"{group.name}: the spine has no key columns {missing}")
-    event = event_time_column(request)
-    keys = [s for s, _ in pairs]
-    # Keys must have the spine's dtypes (e.g. Categorical vs String) to compare equal.
-    # (Frames built from columns, not with select: every Polars query has a fixed cost.)
-    rows = pl.DataFrame(
-        [
-            *[_cast(frame.get_column(g), s, spine.schema[s]) for s, g in pairs],
-            _cast(frame.get_column(group.event_time), event, spine.schema[spine_time]),
-            *[frame.get_column(f).alias(request.prefix + f) for f in features],
-        ]
-    )
-    # A null key or event time can never match: such rows are left out up front.
-    if any(rows.get_column(c).has_nulls() for c in [*keys, event]):
-        rows = rows.drop_nulls([*keys, event])
-    if any(c.n_chunks() > 1 for c in rows.iter_columns()):
-        rows = rows.rechunk()  # one chunk: faster gathers
-    return _Group(
-        request=request,
-        keys=pl.DataFrame([rows.get_column(k) for k in keys]),
-        times=rows.get_column(event).to_physical().to_numpy(),
-        columns=pl.DataFrame([c for c in rows.iter_columns() if c.name not in keys]),
-    )
-
-
-def _cast(column: pl.Series, name: str, dtype: pl.DataType) -> pl.Series:
-    return (column if column.dtype == dtype else column.cast(dtype)).alias(name)
 
 
 # -- keys ------------------------------------------------------------------------------------
@@ -558,18 +523,15 @@ class _GroupIndex:
 _TIME_UNITS = {"ms": timedelta(milliseconds=1), "us": timedelta(microseconds=1)}
 
 
-def _tolerance_in_units(tolerance: timedelta, dtype: pl.DataType, request: JoinRequest) -> int:
-    """The tolerance in the spine time's physical unit (days for a Date), rounded down."""
+def _tolerance_in_units(tolerance: timedelta, dtype: pl.DataType) -> int:
+    """The tolerance in the spine time's physical unit (days for a Date), rounded down
+    (:func:`prepare_groups` has refused a tolerance on any other spine time)."""
     if dtype == pl.Date:
         return tolerance // timedelta(days=1)
-    if isinstance(dtype, (pl.Datetime, pl.Duration)):
-        if dtype.time_unit == "ns":  # finer than a timedelta: exact in microseconds
-            return tolerance // timedelta(microseconds=1) * 1000
-        return tolerance // _TIME_UNITS[dtype.time_unit]
-    raise ValueError(
-        f"{request.group.name}: a tolerance needs a Date or Datetime spine timestamp, not {dtype}; "
-        "drop the tolerance or convert the column"
-    )
+    assert isinstance(dtype, (pl.Datetime, pl.Duration))
+    if dtype.time_unit == "ns":  # finer than a timedelta: exact in microseconds
+        return tolerance // timedelta(microseconds=1) * 1000
+    return tolerance // _TIME_UNITS[dtype.time_unit]
 
 
 @dataclass(frozen=True)
@@ -640,7 +602,7 @@ def _matched_rows(
             index.ordered, index.order, spine_slots, index.width, group.no_match
         )
     if group.request.tolerance is not None:
-        limit = _tolerance_in_units(group.request.tolerance, part.time_dtype, group.request)
+        limit = _tolerance_in_units(group.request.tolerance, part.time_dtype)
         if len(group.times):  # (else every row is no match already)
             # "No match" (one past the last row) reads the last row's time ("clip"): stale or
             # not, it stays no match.
@@ -657,8 +619,7 @@ def _features(
     """The group's columns at ``rows``, nulls where there is no match."""
     columns = group.columns
     if not keep_event_times:  # (a frame of the other columns: a drop is a Polars query)
-        event = event_time_column(group.request)
-        columns = pl.DataFrame([c for c in columns.iter_columns() if c.name != event])
+        columns = pl.DataFrame([c for c in columns.iter_columns() if c.name != group.event])
     if columns.height == 0:
         return columns.clear(n=len(rows))
     missing = np.equal(rows, group.no_match, out=scratch.flags)
@@ -671,26 +632,20 @@ def _features(
     return columns.gather(pl.Series(rows)).select(pl.when(found).then(pl.all()))
 
 
-def point_in_time_join(
+def join_native(
     spine: pl.DataFrame,
     spine_time: str,
-    groups: Sequence[tuple[JoinRequest, pl.DataFrame]],
-    *,
-    keep_event_times: bool = False,
+    prepared: Sequence[PreparedGroup],
+    keep_event_times: bool,
 ) -> pl.DataFrame:
-    """Attach to every spine row the latest feature values with event time <= its timestamp.
-
-    Every spine row is kept, in its original order, including rows that share a key and a
-    timestamp; a row with no match (or a null timestamp or key) gets nulls.
-    """
-    if spine_time not in spine.columns:
-        raise ValueError(f"spine has no timestamp column {spine_time!r}")
-    prepared = [_prepare_group(request, frame, spine, spine_time) for request, frame in groups]
-    calendar = _Calendar.of(prepared, spine.height)
-    columns = _column_codes(spine, prepared)
+    """The features of every group for every spine row, in the spine's order (see the module
+    docstring), after the spine's own columns."""
+    groups = [_Group.of(p) for p in prepared]
+    calendar = _Calendar.of(groups, spine.height)
+    columns = _column_codes(spine, groups)
     indexes = [
         _GroupIndex.of(position, group, columns, calendar, spine.height)
-        for position, group in enumerate(prepared)
+        for position, group in enumerate(groups)
     ]
     times, time_dtype = _Times.of(spine[spine_time]), spine.schema[spine_time]
 
@@ -728,38 +683,3 @@ def _row_parts(rows: int) -> list[slice]:
     count = max(1, min(threads, rows // _MIN_PART_ROWS))
     bounds = np.linspace(0, rows, count + 1).astype(int)
     return [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
-
-
-GroupReader = Callable[..., pl.DataFrame]  # (group, start, end, *, version, columns) -> rows
-
-
-def join_from_store(
-    read: GroupReader,
-    spine: pl.DataFrame,
-    spine_time: str,
-    requests: Sequence[JoinRequest],
-    *,
-    versions: Mapping[str, int] | None = None,
-    keep_event_times: bool = False,
-) -> pl.DataFrame:
-    """Read only the rows of each group that can match the spine, then join.
-
-    Rows after the spine's last timestamp can never match; with a tolerance, neither can rows
-    older than the first timestamp minus the tolerance. ``versions`` pins group tables.
-    """
-    versions = versions or {}
-    bounds = spine.select(
-        pl.col(spine_time).min().alias("first"), pl.col(spine_time).max().alias("last")
-    )
-    first, last = bounds.row(0)
-    end = None if last is None else last + timedelta(microseconds=1)
-    frames = []
-    for request in requests:
-        group: FeatureGroup = request.group
-        start: datetime | None = None
-        if request.tolerance is not None and first is not None:
-            start = first - request.tolerance
-        columns = [*group.primary_key, group.event_time, *request.feature_list()]
-        frame = read(group, start, end, version=versions.get(group.name), columns=columns)
-        frames.append((request, frame))
-    return point_in_time_join(spine, spine_time, frames, keep_event_times=keep_event_times)
