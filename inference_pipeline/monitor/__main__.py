@@ -84,12 +84,7 @@ def run(
     logging.getLogger("mlflow").setLevel(max(logging.WARNING, logging.getLogger().level))
     err = Console(stderr=True)
     last_day = _parse_end(end, err)
-    try:
-        settings = MonitorSettings()
-    except (ValidationError, SettingsError) as exc:
-        _fail(err, invalid_settings_line(exc), EXIT_USAGE)
-    except ConfigurationError as exc:
-        _fail(err, f"invalid settings: {_one_line(exc)}", EXIT_USAGE)
+    settings = _settings(err)
     from inference_pipeline.monitor.pipeline import run_monitor  # scipy, MLflow: only when run
 
     try:
@@ -158,10 +153,7 @@ def shadow(
     logging.getLogger("mlflow").setLevel(max(logging.WARNING, logging.getLogger().level))
     err = Console(stderr=True)
     last_day = _parse_end(end, err)
-    try:
-        settings = MonitorSettings()
-    except (ConfigurationError, ValidationError) as exc:
-        _fail(err, f"invalid settings: {_one_line(exc)}", EXIT_USAGE)
+    settings = _settings(err)
     from inference_pipeline.monitor.pipeline import run_shadow
 
     try:
@@ -226,6 +218,15 @@ def _parse_end(end: str | None, err: Console) -> date:
         return date.fromisoformat(end)
     except ValueError:
         _fail(err, f"--end {end!r} is not a YYYY-MM-DD date", EXIT_USAGE)
+
+
+def _settings(err: Console) -> MonitorSettings:
+    try:
+        return MonitorSettings()
+    except (ValidationError, SettingsError) as exc:
+        _fail(err, invalid_settings_line(exc), EXIT_USAGE)
+    except ConfigurationError as exc:
+        _fail(err, f"invalid settings: {_one_line(exc)}", EXIT_USAGE)
 
 
 def _fail(err: Console, message: str, code: int) -> NoReturn:
