@@ -7,14 +7,16 @@ from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
 class ExitCode(IntEnum):
-    """Exit codes that tell cron what happened (2 is Typer's own usage error)."""
+    """Exit codes that tell cron what happened (2 is also Typer's own usage error)."""
 
     success = 0
     failure = 1
+    usage = 2  # a bad command line or setting: nothing was run
     partial = 3  # written, but some input rows were quarantined
 
 
@@ -43,6 +45,9 @@ class RunSummary:
     groups: dict[str, GroupCounts] = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None
+    # Where the rolling statistics' lookback before the window came from (days of it).
+    lookback_days_from_source: int = 0
+    lookback_days_from_store: int = 0
 
     @property
     def exit_code(self) -> ExitCode:
@@ -91,6 +96,10 @@ class RunSummary:
                 "-" if g.online_keys is None else f"{g.online_keys:,}",
             )
         console.print(sources)
+        console.print(
+            f"lookback before the window: {self.lookback_days_from_source} days from the "
+            f"source, {self.lookback_days_from_store} from the store"
+        )
         console.print(groups)
-        if self.error:
-            console.print(f"[bold red]error:[/] {self.error}")
+        if self.error:  # one line, never wrapped: what a log search or an alert shows
+            console.print(f"[bold red]error:[/] {escape(self.error)}", soft_wrap=True)

@@ -317,9 +317,11 @@ def load_training_data(
     )
     empty = [name for name in SPLITS if not spilled.rows[name]]
     if empty:
+        named = ", ".join(f"{name} {getattr(windows, name)}" for name in empty)
         raise ConfigurationError(
-            f"no labeled flights in the {', '.join(empty)} window(s) of {windows.model_dump()}; "
-            "check the windows and that the feature pipeline backfilled them"
+            f"no labeled flights in the {named} window{'s' if len(empty) > 1 else ''} (START:END, "
+            "END exclusive); give windows the feature store holds (--train/--validation/--test) "
+            "or backfill those days with the feature pipeline first"
         )
     seconds = {"join": time.perf_counter() - started}
     started = time.perf_counter()

@@ -13,7 +13,7 @@ from shared.feature_store.protocol import (
     OnlineStore,
     WriteResult,
 )
-from shared.settings import FeatureStoreSettings, OnlineBackend, StoreBackend
+from shared.settings import FeatureStoreSettings, OnlineBackend, PitJoinMethod, StoreBackend
 
 
 def open_online_store(settings: FeatureStoreSettings) -> OnlineStore:
@@ -36,11 +36,16 @@ def open_feature_store(settings: FeatureStoreSettings) -> FeatureStore:
         from shared.feature_store.hopsworks_store import HopsworksFeatureStore
 
         return HopsworksFeatureStore.connect(settings)
+    from shared.feature_store.commit_retry import CommitRetry
     from shared.feature_store.local import LocalFeatureStore
     from shared.feature_store.offline_delta import DeltaOfflineStore
 
-    offline = DeltaOfflineStore(settings.resolved_offline_root, settings.storage_options)
-    return LocalFeatureStore(offline, open_online_store(settings))
+    offline = DeltaOfflineStore(
+        settings.resolved_offline_root,
+        settings.storage_options,
+        commit_retry=CommitRetry(settings.commit_retries, settings.commit_backoff_s),
+    )
+    return LocalFeatureStore(offline, open_online_store(settings), pit_join=settings.pit_join)
 
 
 __all__ = [
@@ -51,6 +56,7 @@ __all__ = [
     "OnlineLookup",
     "OnlineRow",
     "OnlineStore",
+    "PitJoinMethod",
     "WriteResult",
     "open_feature_store",
     "open_online_store",
