@@ -207,7 +207,7 @@ def batch_scoring(context: OpExecutionContext, flow: DailyFlow, features: TaskRe
 
 
 @dg.op(
-    description="python -m inference_pipeline.monitor run --end D: drift, delayed-label "
+    description="python -m inference_pipeline monitor run --end D: drift, delayed-label "
     "quality and the retraining policy over the window ending D"
 )
 def monitoring(context: OpExecutionContext, flow: DailyFlow, features: TaskResult) -> TaskResult:
@@ -235,7 +235,7 @@ def retraining(context: OpExecutionContext, flow: DailyFlow, monitored: TaskResu
 
 
 @dg.op(
-    description="python -m inference_pipeline.monitor shadow --end D: champion vs the "
+    description="python -m inference_pipeline monitor shadow --end D: champion vs the "
     "challenger in shadow on the window's labelled flights; promote (FTI_SHADOW_PROMOTE) or "
     "record why not"
 )

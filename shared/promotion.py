@@ -8,7 +8,7 @@ whoever promotes, which reads them; both import only ``shared``.
 
 The **shadow decision** is the one rule by which a challenger that scored the same flights as the
 champion replaces it: the year replay (batch shadowing) and the monitor's shadow step (online
-shadow traffic, ``python -m inference_pipeline.monitor shadow``) both call :func:`decide`, with
+shadow traffic, ``python -m inference_pipeline monitor shadow``) both call :func:`decide`, with
 the margins of :class:`ShadowRuleSettings` (``FTI_SHADOW_*``). How the two versions' scores are
 paired and measured on labelled flights lives with the monitor's quality metrics.
 

@@ -246,7 +246,9 @@ class TrainingSettings(FeatureStoreSettings, RegistrySettings):
     checkpoint_dir: Path | None = Field(
         default=None, description="checkpoints; defaults to <data_root>/checkpoints"
     )
-    device: Device = Device.auto
+    device: Device = Field(
+        default=Device.auto, description="auto: CUDA when present, else CPU; or cpu, cuda"
+    )
     training_chunk_days: int = Field(
         default=31,
         ge=1,

@@ -1,9 +1,11 @@
-"""``python -m inference_pipeline.monitor run``: drift, quality and the retraining decision;
-``... shadow``: the shadow decision on a challenger scored beside the champion.
+"""``python -m inference_pipeline monitor run``: drift, quality and the retraining decision;
+``... monitor shadow``: the shadow decision on a challenger scored beside the champion.
 
-    python -m inference_pipeline.monitor run --end 2013-07-07 --window-days 7 --source all \\
+    python -m inference_pipeline monitor run --end 2013-07-07 --window-days 7 --source all \\
         --model champion --output-dir reports/
-    python -m inference_pipeline.monitor shadow --end 2013-07-07 --window-days 7 [--promote]
+    python -m inference_pipeline monitor shadow --end 2013-07-07 --window-days 7 [--promote]
+
+(``python -m inference_pipeline.monitor run|shadow`` is the same command.)
 
 Exit codes of ``run``: 0 healthy, 3 drift detected or retraining recommended, 1 failure (one
 ``error:`` line on stderr), 2 bad command line or settings. ``shadow``: 0 whatever it decided
@@ -17,7 +19,6 @@ stdout; the JSON result and the HTML report are written to the output directory.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -25,15 +26,21 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 from zoneinfo import ZoneInfo
 
 import typer
-from pydantic import ValidationError
-from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from inference_pipeline.monitor.settings import MonitorSettings, PredictionSource
+from shared.command_line import (
+    CommandLine,
+    DataRootOption,
+    LogLevel,
+    LogLevelOption,
+    build_settings,
+    configure_logging,
+    setting_option,
+)
 from shared.errors import ConfigurationError, FTIError
-from shared.setting_errors import invalid_settings_line
 
 if TYPE_CHECKING:
     from inference_pipeline.monitor.pipeline import MonitorResult, ShadowResult
@@ -41,7 +48,10 @@ if TYPE_CHECKING:
 EXIT_HEALTHY, EXIT_FAILURE, EXIT_USAGE, EXIT_DRIFT = 0, 1, 2, 3
 NYC_TZ = ZoneInfo("America/New_York")
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
+app = CommandLine(
+    no_args_is_help=True,
+    help="Model monitoring: data drift, prediction drift, delayed-label quality, retraining.",
+)
 
 
 @app.callback()
@@ -78,20 +88,22 @@ def run(
     ] = False,
     output_dir: Annotated[
         Path | None,
-        typer.Option(
-            help="where the JSON result and HTML report go (default FTI_REPORT_DIR, "
-            "else <data_root>/monitoring)"
+        setting_option(
+            MonitorSettings,
+            "report_dir",
+            "--output-dir",
+            help="where the JSON result and HTML report go",
+            show_default="<data_root>/monitoring",
         ),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="Python log level")] = "WARNING",
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
 ) -> None:
     """Monitor a window of logged predictions against the model's training reference."""
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    # MLflow configures its own INFO handler (schema migrations, downloads): keep the CLI quiet.
-    logging.getLogger("mlflow").setLevel(max(logging.WARNING, logging.getLogger().level))
+    configure_logging(log_level, "%(levelname)s %(name)s: %(message)s")
     err = Console(stderr=True)
     last_day = _parse_end(end, err)
-    settings = _settings(err)
+    settings = build_settings(MonitorSettings, data_root=data_root)
     from inference_pipeline.monitor.pipeline import run_monitor  # scipy, MLflow: only when run
 
     try:
@@ -135,21 +147,26 @@ def shadow(
     ] = 7,
     promote: Annotated[
         bool | None,
-        typer.Option(
+        setting_option(
+            MonitorSettings,
+            "shadow_promote",
             "--promote/--no-promote",
-            help="promote a challenger the shadow rule prefers (default: FTI_SHADOW_PROMOTE, "
-            "off); --no-promote records the decision only",
-            show_default=False,
+            help="promote a challenger the shadow rule prefers; --no-promote records the "
+            "decision only",
         ),
     ] = None,
     output_dir: Annotated[
         Path | None,
-        typer.Option(
-            help="where the JSON result and HTML report go (default FTI_REPORT_DIR, "
-            "else <data_root>/monitoring)"
+        setting_option(
+            MonitorSettings,
+            "report_dir",
+            "--output-dir",
+            help="where the JSON result and HTML report go",
+            show_default="<data_root>/monitoring",
         ),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="Python log level")] = "WARNING",
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
 ) -> None:
     """Shadow decision: champion vs the challenger in shadow on the window's labelled flights.
 
@@ -157,11 +174,10 @@ def shadow(
     FTI_SHADOW_MAX_LOG_LOSS_INCREASE on at least FTI_SHADOW_MIN_LABELS flights (and promotion is
     on), else records why not on the version (tag shadow_result) or keeps shadowing.
     """
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("mlflow").setLevel(max(logging.WARNING, logging.getLogger().level))
+    configure_logging(log_level, "%(levelname)s %(name)s: %(message)s")
     err = Console(stderr=True)
     last_day = _parse_end(end, err)
-    settings = _settings(err)
+    settings = build_settings(MonitorSettings, data_root=data_root)
     from inference_pipeline.monitor.pipeline import run_shadow
 
     try:
@@ -209,10 +225,7 @@ def render_shadow_summary(console: Console, result: ShadowResult) -> None:
             ("ROC AUC gain", _number(comparison.get("auc_gain"))),
             ("log loss increase", _number(comparison.get("log_loss_increase"))),
         ]
-    rows += [
-        ("done", step["action"]),
-        ("report", result.outputs.get("html", "-")),
-    ]
+    rows += [("done", step["action"]), ("report", result.outputs.get("html", "-"))]
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
@@ -226,15 +239,6 @@ def _parse_end(end: str | None, err: Console) -> date:
         return date.fromisoformat(end)
     except ValueError:
         _fail(err, f"--end {end!r} is not a YYYY-MM-DD date", EXIT_USAGE)
-
-
-def _settings(err: Console) -> MonitorSettings:
-    try:
-        return MonitorSettings()
-    except (ValidationError, SettingsError) as exc:
-        _fail(err, invalid_settings_line(exc), EXIT_USAGE)
-    except ConfigurationError as exc:
-        _fail(err, f"invalid settings: {_one_line(exc)}", EXIT_USAGE)
 
 
 def _fail(err: Console, message: str, code: int) -> NoReturn:

@@ -19,7 +19,7 @@
    and the reference keeps no per-window baseline for them;
 6. the **shadow comparison**, when a challenger is in shadow: champion and challenger on the
    window's labelled flights both scored, and what the shadow rule decides (reported only:
-   :func:`run_shadow`, ``python -m inference_pipeline.monitor shadow``, acts on it);
+   :func:`run_shadow`, ``python -m inference_pipeline monitor shadow``, acts on it);
 7. the JSON result, the HTML report and the Prometheus gauges are written.
 
 :func:`run_shadow` is the shadow step on its own: the same comparison and rule, then it promotes

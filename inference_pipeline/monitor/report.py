@@ -358,7 +358,7 @@ def shadow_section(shadow: Mapping[str, Any] | None) -> str:
 
 
 def render_shadow_html(result: Mapping[str, Any]) -> str:
-    """The shadow step's own report (``python -m inference_pipeline.monitor shadow``)."""
+    """The shadow step's own report (``python -m inference_pipeline monitor shadow``)."""
     window = result["window"]
     title = f"Shadow decision, {result['model_name']}: flights {window['start']} to {window['end']}"
     return "\n".join(

@@ -126,7 +126,8 @@ def cli(root: Path, module: str, *args: str, **extra: str) -> subprocess.Complet
 def shadow_step(root: Path, **extra: str) -> dict[str, object]:
     done = cli(
         root,
-        "inference_pipeline.monitor",
+        "inference_pipeline",
+        "monitor",
         "shadow",
         "--end",
         SCORED_DAY.isoformat(),
@@ -209,7 +210,8 @@ def test_a_shadowed_challenger_is_judged_on_arriving_labels_and_promoted(
     report_dir = tmp_path / "reports"
     monitored = cli(
         root,
-        "inference_pipeline.monitor",
+        "inference_pipeline",
+        "monitor",
         "run",
         "--end",
         SCORED_DAY.isoformat(),
