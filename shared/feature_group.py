@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
@@ -30,6 +31,10 @@ class FeatureGroup:
     description: str
     # Columns stored offline (for lineage, labels, monitoring) but never served as features.
     non_features: tuple[str, ...] = field(default=())
+    # How far behind a key's newest row the online store keeps the key's older rows, so that a
+    # read as of a past instant T within it (a replay, an ``as_of`` request) is answered with
+    # the row valid at T, as the offline join would. Zero: the newest row only.
+    online_history: timedelta = timedelta(0)
 
     def __post_init__(self) -> None:
         missing = [c for c in (*self.primary_key, self.event_time) if c not in self.schema.columns]

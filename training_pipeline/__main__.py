@@ -22,6 +22,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from shared.errors import ConfigurationError, FTIError, GateFailed
+from shared.prediction_time import DEFAULT_LEAD_MINUTES
 from shared.promotion import Promotion, promote_if_eligible
 from shared.registry import ModelRegistry
 from training_pipeline.config import RecentWindows, TrainingConfig, TrainingSettings, Window
@@ -68,6 +69,23 @@ def _window(value: str | None) -> Window | None:
     return None if value is None else Window.parse(value)
 
 
+LeadMinutes = Annotated[
+    int | None,
+    typer.Option(
+        "--lead-minutes",
+        help="predict this many minutes before the scheduled departure: every feature is read "
+        f"as of departure - lead (env FTI_LEAD_MINUTES; default: the config's, "
+        f"{DEFAULT_LEAD_MINUTES})",
+        show_default=False,
+    ),
+]
+
+
+def _lead(given: int | None) -> int | None:
+    """--lead-minutes, else FTI_LEAD_MINUTES, else None (the config's)."""
+    return given if given is not None else _settings().lead_minutes
+
+
 def build_config(
     config_file: Path | None,
     *,
@@ -76,12 +94,14 @@ def build_config(
     validation: str | None = None,
     test: str | None = None,
     seed: int | None = None,
+    lead_minutes: int | None = None,
 ) -> TrainingConfig:
     base = TrainingConfig.from_file(config_file) if config_file else TrainingConfig()
     return base.with_overrides(
         **{
             "optim.epochs": epochs,
             "seed": seed,
+            "lead_minutes": lead_minutes,
             "windows.train": _window(train),
             "windows.validation": _window(validation),
             "windows.test": _window(test),
@@ -91,7 +111,8 @@ def build_config(
 
 def _summary_table(outcome: TrainingOutcome) -> Table:
     table = Table(
-        title=f"model version {outcome.version} (run {outcome.run_id[:8]})",
+        title=f"model version {outcome.version} (run {outcome.run_id[:8]}), "
+        f"lead {outcome.lead_minutes} min",
         caption=_alias_line(outcome),
     )
     table.add_column("test window metric")
@@ -137,6 +158,7 @@ def train(
     validation_window: Annotated[str | None, typer.Option("--validation")] = None,
     test_window: Annotated[str | None, typer.Option("--test")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
+    lead_minutes: LeadMinutes = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="continue from the last checkpoint")
     ] = False,
@@ -164,6 +186,7 @@ def train(
             validation=validation_window,
             test=test_window,
             seed=seed,
+            lead_minutes=_lead(lead_minutes),
         )
         _train_and_report(config, promotion=promote, resume=resume)
 
@@ -185,6 +208,7 @@ def retrain(
     test_days: Annotated[int, typer.Option(help="the gates' window")] = _RECENT.test_days,
     epochs: Annotated[int | None, typer.Option(help="maximum epochs")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
+    lead_minutes: LeadMinutes = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Continuous training: train on the newest window, register as challenger only.
@@ -207,7 +231,9 @@ def retrain(
         except ValidationError as exc:
             raise ConfigurationError(f"retrain windows: {exc.errors()[0]['msg']}") from exc
         windows = recent.ending(last_day)
-        config = build_config(config_file, epochs=epochs, seed=seed).with_overrides(windows=windows)
+        config = build_config(
+            config_file, epochs=epochs, seed=seed, lead_minutes=_lead(lead_minutes)
+        ).with_overrides(windows=windows)
         _train_and_report(config, promotion=Promotion.never)
 
 

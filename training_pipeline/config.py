@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.errors import ConfigurationError
+from shared.prediction_time import DEFAULT_LEAD_MINUTES, MAX_LEAD_MINUTES
 from shared.registry import RegistrySettings
 from shared.settings import FeatureStoreSettings
 
@@ -149,6 +150,10 @@ class TrainingConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     seed: int = 13
+    # Prediction time T = scheduled departure - lead: every training row is read as of T, so the
+    # model learns from what is known this long before departure (stored with the version; the
+    # batch job scores at it).
+    lead_minutes: int = Field(default=DEFAULT_LEAD_MINUTES, ge=0, le=MAX_LEAD_MINUTES)
     windows: Windows = Windows()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
@@ -225,6 +230,13 @@ class TrainingSettings(FeatureStoreSettings, RegistrySettings):
     )
     device: Device = Device.auto
     git_commit: str | None = Field(default=None, description="overrides `git rev-parse HEAD`")
+    lead_minutes: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_LEAD_MINUTES,
+        description="prediction lead time; overrides the config's lead_minutes (default 60), "
+        "--lead-minutes overrides it",
+    )
 
     @property
     def resolved_checkpoint_dir(self) -> Path:

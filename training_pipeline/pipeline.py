@@ -59,6 +59,7 @@ class TrainingOutcome:
     best_epoch: int
     resumed_from_epoch: int | None
     rows_per_s: float
+    lead_minutes: int
 
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in ("lineage",)} | {
@@ -162,6 +163,7 @@ def run_training(
     version is only an *eligible* challenger and a later step decides. See ``outcome.decision``
     (:func:`raise_if_refused` for callers that want an error).
     """
+    view = view.with_lead(config.lead_minutes)  # every row as of departure - lead
     with distributed_context(settings.device) as ctx:
         store = open_feature_store(settings.store_settings())
         try:
@@ -229,7 +231,11 @@ def _validate_and_register(
 
     commit = git_commit(settings)
     lineage = data.lineage.to_dict() | {"git_commit": commit}
-    tags = data.lineage.tags() | {"git_commit": commit, "config_sha256": config.fingerprint()}
+    tags = data.lineage.tags() | {
+        "git_commit": commit,
+        "config_sha256": config.fingerprint(),
+        "lead_minutes": str(config.lead_minutes),
+    }
     image = plot_reliability(
         curves, workdir / "plots" / "reliability.png", f"Test window {data.lineage.windows['test']}"
     )
@@ -290,6 +296,7 @@ def _validate_and_register(
         best_epoch=result.state.best_epoch,
         resumed_from_epoch=result.resumed_from_epoch,
         rows_per_s=result.rows_per_s,
+        lead_minutes=config.lead_minutes,
     )
     return outcome
 

@@ -5,9 +5,20 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 Airport = Annotated[str, Field(pattern=r"^[A-Z0-9]{3,4}$", examples=["JFK"])]
+AsOf = Annotated[
+    AwareDatetime | None,
+    Field(
+        description="prediction time T: features are read as they were at this instant "
+        "(ISO 8601 with a UTC offset, not in the future). Default: the request's arrival. "
+        "For replays, backtests and the demo on 2013 data; an instant older than what the "
+        "online store keeps (a day of weather, two days of daily stats) finds those features "
+        "missing: backtest further back with the batch job.",
+        examples=["2013-12-31T16:00:00-05:00"],
+    ),
+]
 
 
 class ScheduledFlight(BaseModel):
@@ -24,6 +35,7 @@ class ScheduledFlight(BaseModel):
     dest: Airport
     tailnum: str | None = Field(default=None, max_length=10, examples=["N14228"])
     distance: int = Field(ge=1, le=6000, description="great-circle distance, miles")
+    as_of: AsOf = None  # this flight's T, over the request's
 
     @field_validator("sched_dep_time")
     @classmethod
@@ -37,12 +49,20 @@ class PredictionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     flights: list[ScheduledFlight] = Field(min_length=1)
+    as_of: AsOf = None  # T of every flight without its own
 
 
 class FlightPrediction(BaseModel):
     flight_id: str
     probability: float = Field(description="probability of a departure delay above 15 minutes")
     model_version: str
+    prediction_time: dt.datetime = Field(
+        description="T: the instant the features were read as of (as_of, or the arrival), UTC"
+    )
+    lead_minutes: int = Field(
+        description="the lead the model was trained at: its training rows were read this many "
+        "minutes before the scheduled departure"
+    )
     missing_features: list[str] = Field(
         description="features with no value (imputed, or the out-of-vocabulary index)"
     )
@@ -80,6 +100,9 @@ class DependencyCheck(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     model_version: str | None
+    lead_minutes: int | None = Field(
+        default=None, description="the served model's lead (see FlightPrediction.lead_minutes)"
+    )
     checks: dict[str, DependencyCheck]
 
 

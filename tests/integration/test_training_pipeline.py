@@ -72,11 +72,22 @@ def test_train_register_refuse_a_worse_model_promote_and_roll_back(
     worse.write_text(
         json.dumps(SMALL | {"optim": SMALL["optim"] | {"epochs": 1, "lr": 1e-7, "warmup_steps": 0}})
     )
-    result = CliRunner().invoke(app, ["train", "--config", str(worse)])
+    monkeypatch.setenv("FTI_LEAD_MINUTES", "120")  # the flag wins over the environment
+    result = CliRunner().invoke(app, ["train", "--config", str(worse), "--lead-minutes", "15"])
     assert result.exit_code == 3, result.output
     assert "stays challenger" in result.output and "champion v1" in result.output
     assert registry.version_for(CHAMPION) == "1"
     assert registry.version_for(CHALLENGER) == "2"
+
+    # The lead is stored with each version: tag, config, feature view; the data hash follows it.
+    assert first.lead_minutes == 60 and registry.get("1").tags["lead_minutes"] == "60"
+    assert registry.get("2").tags["lead_minutes"] == "15"
+    second = registry.load("2", tmp_path / "v2")
+    assert second.read_json("feature_view.json")["lead_minutes"] == 15
+    assert second.read_json("config.json")["lead_minutes"] == 15
+    assert loaded.read_json("feature_view.json")["lead_minutes"] == 60
+    assert second.read_json("lineage.json")["data_sha256"] != first.lineage["data_sha256"]
+    monkeypatch.delenv("FTI_LEAD_MINUTES")
 
     result = CliRunner().invoke(app, ["promote", "challenger"])
     assert result.exit_code == 0, result.output
@@ -97,3 +108,9 @@ def test_cli_errors_are_one_line_and_non_zero(
     assert result.exit_code == 1 and result.output.startswith("error:")
     result = CliRunner().invoke(app, ["train", "--epochs", "1"])  # no feature store there
     assert result.exit_code == 1 and "feature pipeline" in result.output
+    result = CliRunner().invoke(app, ["train", "--lead-minutes", "-5"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "lead_minutes" in result.output, result.output
+    monkeypatch.setenv("FTI_LEAD_MINUTES", "soon")
+    result = CliRunner().invoke(app, ["retrain", "--until", "2013-03-01"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
