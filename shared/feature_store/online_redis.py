@@ -40,10 +40,32 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Rows per MULTI/EXEC on write: big enough to amortise round trips, small enough that one
-# transaction never blocks the single-threaded server for long.
+# Rows per write script: big enough to amortise round trips, small enough that one script
+# never blocks the single-threaded server for long.
 WRITE_CHUNK = 5_000
 _LAYOUT = "asof"  # in every key: see the module docstring
+
+
+# Upsert rows into their keys' sorted sets, then cut each key's history from its newest row.
+# ARGV: the history in microseconds, then per row: its key's index in KEYS, its event time (the
+# score), the row (JSON). Scores are integer microseconds, exact in Lua's doubles below 2^53;
+# "%.0f" writes them back without rounding.
+_UPSERT_RECENT = """
+local horizon = tonumber(ARGV[1])
+for i = 2, #ARGV, 3 do
+  local key, score = KEYS[tonumber(ARGV[i])], ARGV[i + 1]
+  redis.call('ZREMRANGEBYSCORE', key, score, score)
+  redis.call('ZADD', key, score, ARGV[i + 2])
+end
+for _, key in ipairs(KEYS) do
+  local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2]
+  if newest then
+    local first_kept = string.format('%.0f', tonumber(newest) - horizon)
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. first_kept)
+  end
+end
+return #KEYS
+"""
 
 
 def _compact(value: Any) -> str:
@@ -104,6 +126,8 @@ class RedisOnlineStore:
         except ValueError as exc:
             raise ConfigurationError(f"invalid Redis URL {self.url}: {exc}") from exc
 
+        self._upsert_recent = self._client.register_script(_UPSERT_RECENT)
+
     # -- keys ------------------------------------------------------------------------------
 
     def _prefix(self, table_name: str) -> str:
@@ -126,9 +150,10 @@ class RedisOnlineStore:
     # -- rows ------------------------------------------------------------------------------
 
     def write(self, group: FeatureGroup, rows: pl.DataFrame) -> int:
-        """Upsert by key + event time (a row replaces the key's row of the same time); then
-        each written key keeps only its rows within ``group.online_history`` of its newest
-        written one. One MULTI/EXEC per chunk of rows: readers never see half a chunk."""
+        """Upsert by key + event time (a row replaces the key's row of the same time, never one
+        of another time: writers that raced cannot regress a key), then drop each written key's
+        rows older than its newest stored row minus ``group.online_history``. One server-side
+        script per chunk of rows: atomic (readers never see half a chunk), one round trip."""
         if rows.is_empty():
             return 0
         values = storable(group, rows).rows()
@@ -136,26 +161,17 @@ class RedisOnlineStore:
         event_at = group.columns.index(group.event_time)
         horizon = group.online_history // timedelta(microseconds=1)
         for part in _chunks(values, WRITE_CHUNK):
-            newest: dict[str, int] = {}
-            entries = []
+            names: dict[str, int] = {}  # key -> its position in KEYS (from 1, as in Lua)
+            args: list[Any] = [horizon]
             for row in part:
                 name = self._key(group.table_name, [row[i] for i in positions])
-                event = row[event_at]
-                entries.append((name, event, _compact(row)))
-                newest[name] = max(event, newest.get(name, event))
-            oldest = {name: event - horizon for name, event in newest.items()}
-            self._call(f"write to {group.table_name}", partial(self._write_chunk, entries, oldest))
+                args += [names.setdefault(name, len(names) + 1), row[event_at], _compact(row)]
+            self._call(
+                f"write to {group.table_name}",
+                partial(self._upsert_recent, keys=list(names), args=args),
+            )
         log.debug("wrote %d rows to %s in Redis", len(values), group.table_name)
         return len(values)
-
-    def _write_chunk(self, entries: list[tuple[str, int, str]], oldest: dict[str, int]) -> None:
-        pipe = self._client.pipeline(transaction=True)
-        for name, event, row in entries:
-            pipe.zremrangebyscore(name, event, event)  # the key's row of this time, if any
-            pipe.zadd(name, {row: event})
-        for name, first_kept in oldest.items():
-            pipe.zremrangebyscore(name, "-inf", f"({first_kept}")
-        pipe.execute()
 
     def read(self, group: FeatureGroup, keys: pl.DataFrame) -> pl.DataFrame:
         """Newest rows for ``keys`` in their order, nulls for unknown keys; one round trip."""

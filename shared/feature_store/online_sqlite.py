@@ -142,25 +142,26 @@ class SQLiteOnlineStore:
             raise StoreUnavailable(f"online table {group.table_name} not converted: {exc}") from exc
 
     def write(self, group: FeatureGroup, rows: pl.DataFrame) -> int:
-        """Upsert by key + event time; then each written key keeps only its rows within
-        ``group.online_history`` of its newest written one."""
+        """Upsert by key + event time, then drop each written key's rows older than its newest
+        stored row minus ``group.online_history``. A row never replaces one of another event
+        time, so writers that raced (parallel backfill windows materializing) cannot regress a
+        key: the newest row stays, and the history is cut from it."""
         if rows.is_empty():
             return 0
         stored = storable(group, rows)
         values = stored.rows()
         keys = list(group.primary_key)
         horizon = group.online_history // timedelta(microseconds=1)
-        oldest_kept = (
-            stored.group_by(keys)
-            .agg((pl.col(group.event_time).max() - horizon).alias("oldest"))
-            .select([*keys, "oldest"])
-            .rows()
-        )
+        written = [(*key, *key, horizon) for key in stored.select(keys).unique().rows()]
         table = _ident(group.table_name)
         names = ", ".join(_ident(c) for c in group.columns)
         marks = ", ".join("?" for _ in group.columns)
         key_match = " AND ".join(f"{_ident(k)} = ?" for k in keys)
-        prune = f"DELETE FROM {table} WHERE {key_match} AND {_ident(group.event_time)} < ?"
+        event = _ident(group.event_time)
+        prune = (
+            f"DELETE FROM {table} WHERE {key_match} AND {event} < "
+            f"(SELECT max({event}) FROM {table} WHERE {key_match}) - ?"
+        )
         with self._lock:
             self._ensure_table(group)
             try:
@@ -168,7 +169,7 @@ class SQLiteOnlineStore:
                 self._conn.executemany(
                     f"INSERT OR REPLACE INTO {table} ({names}) VALUES ({marks})", values
                 )
-                self._conn.executemany(prune, oldest_kept)
+                self._conn.executemany(prune, written)
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._conn.execute("ROLLBACK")

@@ -376,6 +376,19 @@ def test_processes_opening_one_fresh_sqlite_file_together_all_succeed(tmp_path: 
     store.close()
 
 
+def test_an_older_row_never_replaces_a_newer_one(online: OnlineStore) -> None:
+    # Two writers that raced (parallel windows materializing) may write in either order.
+    older, newer = route_rows(date(2013, 3, 10), 2), route_rows(date(2013, 3, 11), 2, bump=0.2)
+    online.write(ROUTE_STATS, newer)
+    online.write(ROUTE_STATS, older)
+    assert_frame_equal(online.read(ROUTE_STATS, keys_of(ROUTE_STATS, older)), newer)
+    online.write(ROUTE_STATS, pl.concat([newer, older]))  # within one write too
+    assert_frame_equal(online.read(ROUTE_STATS, keys_of(ROUTE_STATS, older)), newer)
+    restated = newer.with_columns(pl.col("delay_rate_7d") + 0.1)  # the same time: replaced
+    online.write(ROUTE_STATS, restated)
+    assert_frame_equal(online.read(ROUTE_STATS, keys_of(ROUTE_STATS, older)), restated)
+
+
 # -- reads as of a prediction time T ---------------------------------------------------------
 
 
@@ -531,3 +544,15 @@ def test_an_older_sqlite_file_is_converted_and_refilled(tmp_path: Path) -> None:
     )
     assert online.read_rows([lookup])[0][0] is not None  # the older row is still there
     online.close()
+
+
+def test_a_late_older_write_keeps_the_newest_row_and_the_history_cut_from_it(
+    online: OnlineStore,
+) -> None:
+    """Windows materializing out of order: the older window's rows stay only within the
+    history of the newest stored row, so what is kept stays a suffix of the key's rows."""
+    online.write(HOURLY, hourly_rows([20, 21, 22]))
+    online.write(HOURLY, hourly_rows([3, 4, 15, 16]))  # a window before, written after
+    every = [as_of(h) for h in (4, 15.5, 16, 22)]
+    [served] = online.read_rows([OnlineLookup(HOURLY, [("EWR",)] * len(every), every)])
+    assert [None if r is None else r["temp"] for r in served] == [None, None, 16.0, 22.0]

@@ -5,12 +5,15 @@ corrupted artifact refused at load."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -228,16 +231,100 @@ def test_online_store_down_gives_503_then_recovers(
         }
 
 
+def test_a_hung_store_answers_503_within_one_timeout_per_request(
+    registered_model: RegisteredModel, triton: SharedTriton, tmp_path: Path, redis_server
+) -> None:  # type: ignore[no-untyped-def]
+    """Redis paused (SIGSTOP: connections are accepted, nothing is answered) under concurrent
+    requests to the real service process: every 503 comes within the online timeout of its
+    request's start, queued requests included (they took up to twice the timeout, waiting
+    for the hung read ahead of them and then for their own); back to 200 on SIGCONT."""
+    url, holder = redis_server
+    namespace = f"hung-{uuid.uuid4().hex[:8]}"
+    store = open_feature_store(
+        FeatureStoreSettings(
+            data_root=registered_model.root,
+            online_backend="redis",  # type: ignore[arg-type]
+            redis_url=url,
+            redis_namespace=namespace,
+        )
+    )
+    try:
+        for group in (ROUTE_STATS, CARRIER_STATS, AIRPORT_WEATHER, PLANES):
+            store.materialize(group)
+    finally:
+        store.close()
+    service = start_service(
+        registered_model.root,
+        tmp_path / "service.log",
+        FTI_TRITON_MODE="external",
+        FTI_TRITON_URL=triton.url,
+        FTI_TRITON_GRPC_URL=str(triton.grpc_url),
+        FTI_TRITON_MODEL_REPOSITORY=str(triton.repository),
+        FTI_TRITON_RUNTIME_DIR=str(tmp_path / "serving"),
+        FTI_ONLINE_BACKEND="redis",
+        FTI_REDIS_URL=url,
+        FTI_REDIS_NAMESPACE=namespace,
+        FTI_ONLINE_TIMEOUT_S=str(TIMEOUT_S),
+        FTI_PREDICTION_LOG="false",
+        FTI_ALIAS_POLL_S="0",
+    )
+    answers: list[tuple[float, float, int, str | None]] = []  # (sent, seconds, status, dep.)
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(base_url=service.url, timeout=10) as http:
+            while not stop.is_set():
+                sent = time.monotonic()
+                response = http.post("/v1/predictions", json={"flights": [UA_1545]})
+                body = response.json()
+                answers.append(
+                    (sent, time.monotonic() - sent, response.status_code, body.get("dependency"))
+                )
+
+    try:
+        assert post(service.url).status_code == 200
+        threads = [threading.Thread(target=client) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        holder["process"].send_signal(signal.SIGSTOP)
+        paused = time.monotonic()
+        time.sleep(4 * TIMEOUT_S)
+        holder["process"].send_signal(signal.SIGCONT)
+        resumed = time.monotonic()
+        time.sleep(2.0)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    finally:
+        holder["process"].send_signal(signal.SIGCONT)
+        stop.set()
+        service.stop()
+    failed = [a for a in answers if a[2] != 200]
+    assert {(status, dependency) for _, _, status, dependency in failed} == {(503, "feature_store")}
+    assert len(failed) >= 8, answers  # every client met the outage, several times
+    slowest = max(seconds for _, seconds, _, _ in failed)
+    assert slowest < TIMEOUT_S + 0.3, sorted(seconds for _, seconds, _, _ in failed)[-10:]
+    during = [a for a in answers if paused + TIMEOUT_S < a[0] < resumed - TIMEOUT_S]
+    assert during and all(status == 503 for _, _, status, _ in during)
+    late = [a for a in answers if a[0] > resumed + 1.0]
+    assert late and all(status == 200 for _, _, status, _ in late), late
+
+
 def test_broken_sqlite_store_gives_503_then_recovers(
-    copy_root: Path, triton: SharedTriton, tmp_path: Path
+    copy_root: Path, triton: SharedTriton, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The SQLite online store is read on the event loop's thread (see
     `ServiceRuntime._score_batch`): a read that fails must still be a 503 naming the store, and
-    the service must serve again once the store is whole."""
-    settings = inference_settings(copy_root, triton, tmp_path, prediction_log=False)
+    the service must serve again once the store is whole. The outage is logged in two lines,
+    not one per failed request."""
+    settings = inference_settings(
+        copy_root, triton, tmp_path, prediction_log=False, failure_log_interval_s=0.5
+    )
     path = FeatureStoreSettings(data_root=copy_root).resolved_sqlite_path
     table = ROUTE_STATS.table_name
     body = {"flights": [UA_1545]}
+    caplog.set_level(logging.WARNING, logger="inference_pipeline.service.errors")
     with TestClient(create_app(settings)) as client:
         assert client.post("/v1/predictions", json=body).status_code == 200
         with closing(sqlite3.connect(path, isolation_level=None)) as db:
@@ -248,11 +335,20 @@ def test_broken_sqlite_store_gives_503_then_recovers(
         assert down.status_code == 503, down.text
         assert down.json()["dependency"] == "feature_store" and table in down.json()["message"]
         assert client.get("/healthz").status_code == 200  # the loop is not stuck
+        for _ in range(29):
+            assert client.post("/v1/predictions", json=body).status_code == 503
+        time.sleep(0.7)  # the interval ends: its summary line
         with closing(sqlite3.connect(path, isolation_level=None)) as db:
             db.execute(f'ALTER TABLE "{table}_away" RENAME TO "{table}"')
         again = client.post("/v1/predictions", json=body)
         assert again.status_code == 200, again.text
         assert again.json()["predictions"][0]["missing_groups"] == []
+    lines = [
+        r.getMessage() for r in caplog.records if r.name == "inference_pipeline.service.errors"
+    ]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("POST /v1/predictions -> 503: online read of")
+    assert lines[1].startswith("feature_store: 29 more failures in the last 0.5 s (latest: POST")
 
 
 def test_corrupted_artifact_is_refused_at_load(
