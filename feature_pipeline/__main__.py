@@ -1,7 +1,7 @@
 """`python -m feature_pipeline`: backfills, the daily run cron calls, and the catalog.
 
 Exit codes: 0 success, 3 partial (written, some input rows quarantined), 1 failure (nothing of
-the failing chunk written), 2 bad command line.
+the failing chunk written), 2 bad command line or setting.
 """
 
 from __future__ import annotations
@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -23,6 +25,7 @@ from feature_pipeline.settings import FeaturePipelineSettings
 from feature_pipeline.summary import ExitCode, RunSummary
 from shared.errors import FTIError
 from shared.feature_store import open_feature_store
+from shared.setting_errors import invalid_settings_line
 
 app = typer.Typer(
     name="feature-pipeline",
@@ -55,13 +58,23 @@ def _day(value: str) -> date:
         raise typer.BadParameter(f"{value!r} is not a date; use YYYY-MM-DD") from exc
 
 
+def _fail(message: str, code: ExitCode) -> NoReturn:
+    """One line on stderr (never wrapped), then the exit code."""
+    console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
 def _settings(**overrides: object) -> FeaturePipelineSettings:
+    """Settings from the environment and the command's options (``overrides``: every option
+    of the command, None where not given); a bad one is one line naming it, exit 2."""
     given = {k: v for k, v in overrides.items() if v is not None}
+    flags = {name: "--" + name.replace("_", "-") for name in overrides}
     try:
         return FeaturePipelineSettings(**given)  # type: ignore[arg-type]
-    except (ValidationError, FTIError) as exc:
-        console.print(f"[red]error:[/] invalid settings: {exc}".splitlines()[0])
-        raise typer.Exit(ExitCode.failure) from exc
+    except (ValidationError, SettingsError) as exc:
+        _fail(invalid_settings_line(exc, flags=flags), ExitCode.usage)
+    except FTIError as exc:
+        _fail(f"invalid settings: {exc}", ExitCode.usage)
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -135,8 +148,7 @@ def catalog(data_root: DataRoot = None) -> None:
         infos = store.catalog()
         store.close()
     except FTIError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(ExitCode.failure) from exc
+        _fail(str(exc), ExitCode.failure)
     out = Console()
     table = Table(title=f"feature groups in {settings.resolved_offline_root}")
     for column in (

@@ -31,6 +31,8 @@ from typing import Annotated
 import numpy as np
 import polars as pl
 import typer
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -49,6 +51,7 @@ from shared.feature_view import (
 )
 from shared.prediction_log import BATCH_SOURCE, PREDICTIONS, prediction_rows
 from shared.registry import ModelRegistry
+from shared.setting_errors import invalid_settings_line
 from shared.transforms import FeatureMatrices, apply_mdt
 
 log = logging.getLogger(__name__)
@@ -230,11 +233,18 @@ def batch(
     try:
         scored_day = date.fromisoformat(day)
     except ValueError:
-        err.print(f"error: --date {day!r} is not a YYYY-MM-DD date")
+        err.print(f"error: --date {day!r} is not a YYYY-MM-DD date", markup=False)
         raise typer.Exit(2) from None
     try:
         overrides = {} if lead_minutes is None else {"lead_minutes": lead_minutes}
         settings = InferenceSettings(allow_unauthenticated=True, **overrides)  # type: ignore[arg-type]
+    except (ValidationError, SettingsError) as exc:
+        err.print(f"error: {invalid_settings_line(exc)}", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except FTIError as exc:
+        err.print(f"error: invalid settings: {exc}", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    try:
         with Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+from collections.abc import Mapping
 from datetime import date, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from shared.errors import ConfigurationError
 from shared.prediction_time import DEFAULT_LEAD_MINUTES, MAX_LEAD_MINUTES
 from shared.registry import RegistrySettings
+from shared.setting_errors import invalid_settings_line, setting_problems
 from shared.settings import FeatureStoreSettings
 
 
@@ -47,9 +49,16 @@ class Window(BaseModel):
         if not sep:
             raise ConfigurationError(f"window {text!r}: expected START:END (ISO dates)")
         try:
-            return cls(start=date.fromisoformat(start), end=date.fromisoformat(end))
-        except (ValueError, ValidationError) as exc:
-            raise ConfigurationError(f"window {text!r}: {exc}") from exc
+            first, last = date.fromisoformat(start), date.fromisoformat(end)
+        except ValueError as exc:
+            raise ConfigurationError(f"window {text!r}: {exc}; expected START:END") from exc
+        try:
+            return cls(start=first, end=last)
+        except ValidationError as exc:
+            raise ConfigurationError(
+                f"window {text!r}: {'; '.join(setting_problems(exc, env_prefix=None))}; give "
+                "START:END with END after START (END exclusive)"
+            ) from exc
 
     def __str__(self) -> str:
         return f"{self.start}:{self.end}"
@@ -171,11 +180,20 @@ class TrainingConfig(BaseModel):
         try:
             data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
             return cls.model_validate(data)
-        except (ValueError, ValidationError) as exc:
-            raise ConfigurationError(f"config {path}: {_one_line(exc)}") from exc
+        except ValidationError as exc:
+            raise ConfigurationError(
+                invalid_settings_line(
+                    exc, env_prefix=None, where=f"config {path}", advice=f"Fix {path}."
+                )
+            ) from exc
+        except ValueError as exc:  # not TOML / JSON
+            raise ConfigurationError(f"config {path}: {str(exc).splitlines()[0]}") from exc
 
-    def with_overrides(self, **changes: Any) -> TrainingConfig:
-        """A copy with dotted keys replaced, e.g. ``{"optim.epochs": 3}``; re-validated."""
+    def with_overrides(
+        self, flags: Mapping[str, str] | None = None, **changes: Any
+    ) -> TrainingConfig:
+        """A copy with dotted keys replaced, e.g. ``{"optim.epochs": 3}``; re-validated.
+        ``flags`` names the CLI option of each key, for the error line."""
         data = self.model_dump(mode="json")
         for dotted, value in changes.items():
             if value is None:
@@ -188,7 +206,15 @@ class TrainingConfig(BaseModel):
         try:
             return TrainingConfig.model_validate(data)
         except ValidationError as exc:
-            raise ConfigurationError(_one_line(exc)) from exc
+            raise ConfigurationError(
+                invalid_settings_line(
+                    exc,
+                    flags=flags,
+                    env_prefix=None,
+                    where="the training config",
+                    advice="Fix the options or the config file.",
+                )
+            ) from exc
 
     def fingerprint(self) -> str:
         """sha256 of the resolved config: a checkpoint only resumes under the same one."""
@@ -208,12 +234,6 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
-
-
-def _one_line(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-    return str(exc).splitlines()[0]
 
 
 class Device(StrEnum):

@@ -137,9 +137,11 @@ def load_training_data(
     frames = {name: split_by_window(labeled.frame, getattr(windows, name)) for name in SPLITS}
     empty = [name for name, frame in frames.items() if frame.is_empty()]
     if empty:
+        named = ", ".join(f"{name} {getattr(windows, name)}" for name in empty)
         raise ConfigurationError(
-            f"no labeled flights in the {', '.join(empty)} window(s) of {windows.model_dump()}; "
-            "check the windows and that the feature pipeline backfilled them"
+            f"no labeled flights in the {named} window{'s' if len(empty) > 1 else ''} (START:END, "
+            "END exclusive); give windows the feature store holds (--train/--validation/--test) "
+            "or backfill those days with the feature pipeline first"
         )
     # Fitted on the training split ONLY: validation and test statistics never leak into it.
     mdt = fit_mdt(

@@ -35,8 +35,9 @@ from inference_pipeline.service.errors import failure_log
 from inference_pipeline.service.failure_log import FailureLog
 from inference_pipeline.service.metrics import ServiceMetrics
 from inference_pipeline.service.prediction_writer import PredictionWriter
+from inference_pipeline.service.triton_supervisor import TritonSupervisor
 from inference_pipeline.settings import InferenceSettings, TritonMode, TritonProtocol
-from inference_pipeline.triton_server import TritonServer, TritonServerError
+from inference_pipeline.triton_server import TritonEndpoints, TritonServer, TritonServerError
 from shared.errors import ModelServerUnavailable, RegistryUnavailable, StoreUnavailable
 from shared.feature_definitions import CARRIER_STATS
 from shared.feature_store import FeatureStore, open_feature_store
@@ -104,6 +105,8 @@ class ServiceRuntime:
         self.triton: TritonServer | None = None
         self.client: AsyncTritonClient | None = None
         self.writer: PredictionWriter | None = None
+        self.supervisor: TritonSupervisor | None = None  # of a managed Triton
+        self._client_endpoints: TritonEndpoints | None = None  # what `client` was built for
         self._models: dict[str, ServingModel] = {}  # role -> the version serving it
         self._champion_alias = settings.model_alias  # admin reload may point it elsewhere
         self._switch_lock = asyncio.Lock()
@@ -140,10 +143,17 @@ class ServiceRuntime:
         await self._load(CHAMPION, model)
         if s.serves_challenger:
             await self._follow_challenger()
-        endpoints = self.triton.endpoints
-        # Inference over gRPC only when asked for: the lean HTTP client is cheaper per call.
-        grpc = endpoints.grpc if s.triton_protocol is TritonProtocol.grpc else None
-        self.client = AsyncTritonClient(endpoints.http, s.triton_timeout_s, grpc)
+        self.client = self._triton_client()
+        if self.triton.managed:
+            self.supervisor = TritonSupervisor(
+                self.triton,
+                s,
+                self.metrics,
+                on_control_thread=self._on_control_thread,
+                restore=self._restore_triton,
+                spawn=self.spawn,
+            )
+            self.supervisor.start()
         if s.prediction_log:
             self.writer = PredictionWriter(
                 self.store,
@@ -172,6 +182,30 @@ class ServiceRuntime:
             startup_timeout_s=s.triton_startup_timeout_s,
         )
 
+    def _triton_client(self) -> AsyncTritonClient:
+        assert self.triton is not None
+        endpoints = self._client_endpoints = self.triton.endpoints
+        # Inference over gRPC only when asked for: the lean HTTP client is cheaper per call.
+        grpc = endpoints.grpc if self.settings.triton_protocol is TritonProtocol.grpc else None
+        return AsyncTritonClient(endpoints.http, self.settings.triton_timeout_s, grpc)
+
+    async def _restore_triton(self) -> None:
+        """After the managed Triton was restarted (`TritonSupervisor`): load every served
+        model again, and a client for its new ports if they changed."""
+        triton = self.triton
+        assert triton is not None
+        for model in list(self._models.values()):
+            await self._on_control_thread(triton.load_model, model.triton_name)
+        client = self.client
+        if client is None or self._client_endpoints != triton.endpoints:
+            self.client = self._triton_client()
+            if client is not None:
+                await client.close()
+
+    def liveness_problem(self) -> str | None:
+        """Why the process should be restarted by its supervisor (`/healthz` 503), or None."""
+        return None if self.supervisor is None else self.supervisor.liveness_problem()
+
     def _fetch(self, role: str, ref: str) -> ServingModel:
         """Download and verify ``ref``; the challenger is served under a Triton name of its own,
         so both versions answer side by side."""
@@ -185,6 +219,8 @@ class ServiceRuntime:
         return model
 
     async def close(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -361,6 +397,8 @@ class ServiceRuntime:
             triton, client = self.triton, self.client
             if triton is None or client is None:
                 return
+            if self.supervisor is not None and self.supervisor.restarting:
+                return  # the supervisor loads the models once the new server is up
             try:
                 if not await self._on_control_thread(triton.is_ready):
                     return

@@ -110,7 +110,8 @@ def test_cli_errors_are_one_line_and_non_zero(
     assert result.exit_code == 1 and "feature pipeline" in result.output
     result = CliRunner().invoke(app, ["train", "--lead-minutes", "-5"])
     assert result.exit_code == 2 and result.output.count("\n") == 1
-    assert "lead_minutes" in result.output, result.output
+    assert "--lead-minutes" in result.output, result.output
     monkeypatch.setenv("FTI_LEAD_MINUTES", "soon")
     result = CliRunner().invoke(app, ["retrain", "--until", "2013-03-01"])
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "FTI_LEAD_MINUTES" in result.output, result.output
