@@ -87,7 +87,9 @@ class FlightPrediction(BaseModel):
         description="categorical features whose value the model never saw (out-of-vocabulary)"
     )
     missing_groups: list[str] = Field(
-        description="feature groups with no online row for this flight's key"
+        description="feature groups with no row valid at prediction_time for this flight's "
+        "key: none online, or only one older than the view's tolerance (28 days for daily "
+        "stats, 3 hours for weather) or newer than prediction_time"
     )
 
 
