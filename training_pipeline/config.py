@@ -141,6 +141,9 @@ class BaselineConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     enabled: bool = True
+    # The reference trees fit on a seeded sample of at most this many training (and validation)
+    # rows: all of the 2013 year (245,723), a bounded cost on 10x-100x stores.
+    max_rows: int = Field(default=500_000, ge=1000)
     max_iter: int = Field(default=500, ge=1)
     learning_rate: float = Field(default=0.1, gt=0)
     max_leaf_nodes: int = Field(default=63, ge=2)
@@ -249,6 +252,17 @@ class TrainingSettings(FeatureStoreSettings, RegistrySettings):
         default=None, description="checkpoints; defaults to <data_root>/checkpoints"
     )
     device: Device = Device.auto
+    training_chunk_days: int = Field(
+        default=31,
+        ge=1,
+        description="days of flights joined at a time while building the training data: "
+        "bounds memory (lower it for very large stores); the data built does not depend on it",
+    )
+    cuda_graphs: bool = Field(
+        default=True,
+        description="on one CUDA GPU, capture the training step as a CUDA graph and replay it "
+        "(false: eager steps, for debugging or profiling)",
+    )
     git_commit: str | None = Field(default=None, description="overrides `git rev-parse HEAD`")
     lead_minutes: int | None = Field(
         default=None,
