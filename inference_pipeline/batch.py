@@ -1,6 +1,8 @@
 """The nightly batch job: score one day's scheduled flights and upsert the predictions.
 
-    python -m inference_pipeline.batch --date 2013-03-10 [--in-process] [--model champion]
+    python -m inference_pipeline batch --date 2013-03-10 [--in-process] [--model champion]
+
+(``python -m inference_pipeline.batch`` is the same command.)
 
 Reads the day's flights and their point-in-time features from the offline store
 (:func:`shared.feature_view.build_scoring_frame`, the function training uses), as of each
@@ -31,8 +33,6 @@ from typing import Annotated
 import numpy as np
 import polars as pl
 import typer
-from pydantic import ValidationError
-from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -41,6 +41,15 @@ from inference_pipeline.model_artifact import ServingModel, load_serving_model, 
 from inference_pipeline.scoring import input_reports, score_in_process, score_with_triton
 from inference_pipeline.settings import InferenceSettings, TritonMode
 from inference_pipeline.triton_server import TritonServer
+from shared.command_line import (
+    CommandLine,
+    DataRootOption,
+    LogLevel,
+    LogLevelOption,
+    build_settings,
+    configure_logging,
+    setting_option,
+)
 from shared.errors import ConfigurationError, FTIError, NothingToScore
 from shared.feature_store import FeatureStore, open_feature_store
 from shared.feature_view import (
@@ -51,7 +60,6 @@ from shared.feature_view import (
 )
 from shared.prediction_log import BATCH_SOURCE, PREDICTIONS, prediction_rows
 from shared.registry import ModelRegistry
-from shared.setting_errors import invalid_settings_line
 from shared.transforms import FeatureMatrices, apply_mdt
 
 log = logging.getLogger(__name__)
@@ -206,7 +214,7 @@ def render_summary(console: Console, summary: BatchSummary) -> None:
     console.print(table)
 
 
-app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0] if __doc__ else None)
+app = CommandLine(help=__doc__.split("\n\n")[0] if __doc__ else None)
 
 
 @app.command()
@@ -217,33 +225,25 @@ def batch(
         bool, typer.Option("--in-process", help="run the TorchScript file here, not on Triton")
     ] = False,
     lead_minutes: Annotated[
-        int | None,
-        typer.Option(
-            "--lead-minutes",
-            min=0,
-            help="score as of departure minus this many minutes (env FTI_LEAD_MINUTES; "
-            "default: the model's lead; another lead is refused with exit 2)",
-            show_default=False,
-        ),
+        int | None, setting_option(InferenceSettings, "lead_minutes", min=0)
     ] = None,
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
 ) -> None:
     """Score one day's scheduled flights and upsert the predictions (idempotent)."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level, "%(levelname)s %(name)s: %(message)s")
     err = Console(stderr=True)
     try:
         scored_day = date.fromisoformat(day)
     except ValueError:
         err.print(f"error: --date {day!r} is not a YYYY-MM-DD date", markup=False)
         raise typer.Exit(2) from None
-    try:
-        overrides = {} if lead_minutes is None else {"lead_minutes": lead_minutes}
-        settings = InferenceSettings(allow_unauthenticated=True, **overrides)  # type: ignore[arg-type]
-    except (ValidationError, SettingsError) as exc:
-        err.print(f"error: {invalid_settings_line(exc)}", markup=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-    except FTIError as exc:
-        err.print(f"error: invalid settings: {exc}", markup=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    settings = build_settings(
+        InferenceSettings,
+        data_root=data_root,
+        lead_minutes=lead_minutes,
+        allow_unauthenticated=True,
+    )
     try:
         with Progress(
             SpinnerColumn(),

@@ -197,7 +197,7 @@ def batch_scoring(context: OpExecutionContext, flow: DailyFlow, features: TaskRe
 
 
 @dg.op(
-    description="python -m inference_pipeline.monitor run --end D: drift, delayed-label "
+    description="python -m inference_pipeline monitor run --end D: drift, delayed-label "
     "quality and the retraining policy over the window ending D"
 )
 def monitoring(context: OpExecutionContext, flow: DailyFlow, features: TaskResult) -> TaskResult:

@@ -251,7 +251,9 @@ class TrainingSettings(FeatureStoreSettings, RegistrySettings):
     checkpoint_dir: Path | None = Field(
         default=None, description="checkpoints; defaults to <data_root>/checkpoints"
     )
-    device: Device = Device.auto
+    device: Device = Field(
+        default=Device.auto, description="auto: CUDA when present, else CPU; or cpu, cuda"
+    )
     training_chunk_days: int = Field(
         default=31,
         ge=1,
@@ -268,8 +270,8 @@ class TrainingSettings(FeatureStoreSettings, RegistrySettings):
         default=None,
         ge=0,
         le=MAX_LEAD_MINUTES,
-        description="prediction lead time; overrides the config's lead_minutes (default 60), "
-        "--lead-minutes overrides it",
+        description="predict this many minutes before the scheduled departure: every feature "
+        "is read as of departure - lead (default: the config's lead_minutes, 60)",
     )
 
     @property

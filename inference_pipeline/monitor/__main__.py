@@ -1,7 +1,9 @@
-"""``python -m inference_pipeline.monitor run``: drift, quality and the retraining decision.
+"""``python -m inference_pipeline monitor run``: drift, quality and the retraining decision.
 
-    python -m inference_pipeline.monitor run --end 2013-07-07 --window-days 7 --source all \\
+    python -m inference_pipeline monitor run --end 2013-07-07 --window-days 7 --source all \\
         --model champion --output-dir reports/
+
+(``python -m inference_pipeline.monitor run`` is the same command.)
 
 Exit codes: 0 healthy, 3 drift detected or retraining recommended, 1 failure (one ``error:``
 line on stderr), 2 bad command line or settings. The summary table goes to stderr and one JSON
@@ -13,7 +15,6 @@ Settings (thresholds, retraining policy, Prometheus outputs) are ``FTI_*`` varia
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -21,15 +22,21 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 from zoneinfo import ZoneInfo
 
 import typer
-from pydantic import ValidationError
-from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from inference_pipeline.monitor.settings import MonitorSettings, PredictionSource
+from shared.command_line import (
+    CommandLine,
+    DataRootOption,
+    LogLevel,
+    LogLevelOption,
+    build_settings,
+    configure_logging,
+    setting_option,
+)
 from shared.errors import ConfigurationError, FTIError
-from shared.setting_errors import invalid_settings_line
 
 if TYPE_CHECKING:
     from inference_pipeline.monitor.pipeline import MonitorResult
@@ -37,7 +44,10 @@ if TYPE_CHECKING:
 EXIT_HEALTHY, EXIT_FAILURE, EXIT_USAGE, EXIT_DRIFT = 0, 1, 2, 3
 NYC_TZ = ZoneInfo("America/New_York")
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
+app = CommandLine(
+    no_args_is_help=True,
+    help="Model monitoring: data drift, prediction drift, delayed-label quality, retraining.",
+)
 
 
 @app.callback()
@@ -74,25 +84,22 @@ def run(
     ] = False,
     output_dir: Annotated[
         Path | None,
-        typer.Option(
-            help="where the JSON result and HTML report go (default FTI_REPORT_DIR, "
-            "else <data_root>/monitoring)"
+        setting_option(
+            MonitorSettings,
+            "report_dir",
+            "--output-dir",
+            help="where the JSON result and HTML report go",
+            show_default="<data_root>/monitoring",
         ),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="Python log level")] = "WARNING",
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
 ) -> None:
     """Monitor a window of logged predictions against the model's training reference."""
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    # MLflow configures its own INFO handler (schema migrations, downloads): keep the CLI quiet.
-    logging.getLogger("mlflow").setLevel(max(logging.WARNING, logging.getLogger().level))
+    configure_logging(log_level, "%(levelname)s %(name)s: %(message)s")
     err = Console(stderr=True)
     last_day = _parse_end(end, err)
-    try:
-        settings = MonitorSettings()
-    except (ValidationError, SettingsError) as exc:
-        _fail(err, invalid_settings_line(exc), EXIT_USAGE)
-    except ConfigurationError as exc:
-        _fail(err, f"invalid settings: {_one_line(exc)}", EXIT_USAGE)
+    settings = build_settings(MonitorSettings, data_root=data_root)
     from inference_pipeline.monitor.pipeline import run_monitor  # scipy, MLflow: only when run
 
     try:

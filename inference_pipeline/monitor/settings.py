@@ -103,7 +103,9 @@ class MonitorSettings(FeatureStoreSettings, RegistrySettings):
     pushgateway_url: str | None = Field(
         default=None, description="push the gauges to this Prometheus Pushgateway (host:port)"
     )
-    pushgateway_job: str = Field(default="fti_monitoring", min_length=1)
+    pushgateway_job: str = Field(
+        default="fti_monitoring", min_length=1, description="job label of the pushed gauges"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> MonitorSettings:

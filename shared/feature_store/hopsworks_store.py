@@ -445,6 +445,12 @@ class HopsworksFeatureStore:
             found = typed(group, vectors).filter(pl.all_horizontal(pl.col(pk).is_not_null()))
         return align_to_keys(group, keys, found)
 
+    def check_online(self, groups: Sequence[FeatureGroup]) -> None:
+        """Each group exists on the cluster (looked up once, then remembered); the service's
+        readiness probe read covers the online path itself."""
+        for group in groups:
+            self._handle(group)
+
     def get_online_rows(self, lookups: Sequence[OnlineLookup]) -> list[list[OnlineRow]]:
         """Plain rows per lookup (one SDK call per group); a key with no online row gives None.
 

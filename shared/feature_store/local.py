@@ -92,6 +92,9 @@ class LocalFeatureStore:
     def get_online_rows(self, lookups: Sequence[OnlineLookup]) -> list[list[OnlineRow]]:
         return self.online.read_rows(lookups)
 
+    def check_online(self, groups: Sequence[FeatureGroup]) -> None:
+        self.online.check(groups)
+
     def point_in_time_join(
         self,
         spine: pl.DataFrame,

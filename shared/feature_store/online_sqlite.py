@@ -9,6 +9,7 @@ that the next materialization writes the history too.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -44,6 +45,18 @@ _MAX_PARAMS = 30_000
 _KEPT_QUERY_KEYS = 64  # queries for up to this many keys are kept, per group and size
 # How long opening waits for another process that is setting up the same file.
 _SETUP_WAIT_S = 10.0
+# How often reads look whether another file now stands at the store's path (one stat).
+_IDENTITY_CHECK_S = 1.0
+
+
+def _sidecars(path: Path) -> list[Path]:
+    return [path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """(device, inode): which file is at ``path``; another after a replacement."""
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino
 
 
 def _sql_type(dtype: pl.DataType) -> str:
@@ -89,17 +102,81 @@ class SQLiteOnlineStore:
     def __init__(self, path: Path, timeout_s: float = 1.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._conn = sqlite3.connect(
-                self.path, timeout=timeout_s, check_same_thread=False, isolation_level=None
-            )
-            _set_up(self._conn, deadline=time.monotonic() + max(_SETUP_WAIT_S, timeout_s))
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"online store {self.path} unusable: {exc}") from exc
+        self._timeout_s = timeout_s
+        self._sidecars: dict[Path, tuple[int, int]] = {}  # our WAL and shm files, by identity
+        self._conn, self._identity = self._connect()
+        self._next_identity_check = time.monotonic() + _IDENTITY_CHECK_S
         self._lock = threading.Lock()
         self._ready: set[str] = set()
         # (table, keys, oldest bounded, newest bounded) -> SELECT
         self._queries: dict[tuple[str, int, bool, bool], str] = {}
+
+    def _connect(self) -> tuple[sqlite3.Connection, tuple[int, int]]:
+        """A connection to the file at ``path`` now, and that file's identity."""
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=self._timeout_s, check_same_thread=False, isolation_level=None
+            )
+            _set_up(conn, deadline=time.monotonic() + max(_SETUP_WAIT_S, self._timeout_s))
+            self._sidecars = {}
+            for sidecar in _sidecars(self.path):
+                with contextlib.suppress(FileNotFoundError):
+                    self._sidecars[sidecar] = _identity(sidecar)
+            return conn, _identity(self.path)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(f"online store {self.path} unusable: {exc}") from exc
+
+    # -- the file behind the connection ----------------------------------------------------
+
+    def _follow_replacement(self) -> None:
+        """Reopen when another file now stands at ``path`` (caller holds the lock): the one
+        open connection would otherwise serve the replaced file for good. A missing file is
+        left to `check` to report (the open one still serves: it was the store a moment ago)."""
+        try:
+            now = _identity(self.path)
+        except FileNotFoundError:
+            return
+        if now != self._identity:
+            # Closed first: its WAL and shared-memory files are named after the path, and a
+            # connection to the new file must not find the old file's there. If the new file
+            # cannot be opened, reads fail (503) and the next look tries again.
+            self._conn.close()
+            self._ready.clear()
+            self._drop_old_sidecars()
+            self._conn, self._identity = self._connect()
+            log.warning("online store %s was replaced: reopened it", self.path)
+
+    def _drop_old_sidecars(self) -> None:
+        """Remove the WAL and shared-memory files the closed connection left at the path's
+        names. SQLite neither checkpoints nor deletes them when the database file was moved
+        or deleted under it, and opening the new file would replay the old file's WAL into
+        it (seen: the old rows served from the new file). Files another process created for
+        the new database since (other identities) are left alone."""
+        for sidecar, identity in self._sidecars.items():
+            with contextlib.suppress(FileNotFoundError):
+                if _identity(sidecar) == identity:
+                    sidecar.unlink()
+
+    def check(self, groups: Sequence[FeatureGroup]) -> None:
+        """Readiness: the file the next process would open is there (followed if replaced),
+        and every group's table in it is readable. Raises `StoreUnavailable` naming it."""
+        with self._lock:
+            if not self.path.exists():
+                raise StoreUnavailable(
+                    f"online store {self.path} is gone (deleted or moved): the service still "
+                    "reads the file it opened, a restart would find none; put the store back "
+                    "or re-materialize it"
+                )
+            self._follow_replacement()
+            self._next_identity_check = time.monotonic() + _IDENTITY_CHECK_S
+            for group in groups:
+                try:
+                    self._conn.execute(f"SELECT 1 FROM {_ident(group.table_name)} LIMIT 1")
+                except sqlite3.Error as exc:
+                    raise StoreUnavailable(
+                        f"online store {self.path}: table {group.table_name} unreadable "
+                        f"({exc}); materialize the feature groups"
+                    ) from exc
 
     def _ensure_table(self, group: FeatureGroup) -> None:
         if group.table_name in self._ready:
@@ -188,6 +265,9 @@ class SQLiteOnlineStore:
         """Plain rows per lookup and key, as of each key's T; one lock and one query per group."""
         results: list[list[OnlineRow]] = []
         with self._lock:
+            if time.monotonic() >= self._next_identity_check:  # a stat per second at most
+                self._next_identity_check = time.monotonic() + _IDENTITY_CHECK_S
+                self._follow_replacement()
             for lookup in lookups:
                 group = lookup.group
                 wanted = [k for k in dict.fromkeys(lookup.keys) if None not in k]

@@ -127,6 +127,11 @@ class OnlineStore(Protocol):
 
     def ping(self) -> None: ...
 
+    def check(self, groups: Sequence[FeatureGroup]) -> None:
+        """Readiness: the store the next process would open is there and each group's data
+        readable; raises `StoreUnavailable` naming what is wrong."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -176,6 +181,10 @@ class FeatureStore(Protocol):
 
     def get_online_rows(self, lookups: Sequence[OnlineLookup]) -> list[list[OnlineRow]]:
         """Online rows of several groups at once, as plain values (see `OnlineStore.read_rows`)."""
+        ...
+
+    def check_online(self, groups: Sequence[FeatureGroup]) -> None:
+        """Readiness of the online store for ``groups`` (see `OnlineStore.check`)."""
         ...
 
     def point_in_time_join(

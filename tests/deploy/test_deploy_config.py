@@ -155,7 +155,7 @@ def test_the_deployment_files_start_the_expected_programs() -> None:
         ("python -m", "inference_pipeline", "serve"),
         ("python -m", "inference_pipeline", "triton"),
         ("python -m", "inference_pipeline.batch", "--date"),
-        ("python -m", "inference_pipeline.monitor", "run"),
+        ("python -m", "inference_pipeline", "monitor"),
         ("torchrun", None, "--nnodes=2"),
         ("mlflow", None, "server"),
         ("tritonserver", None, "--model-repository=/models"),
@@ -199,8 +199,6 @@ def test_every_pipeline_command_is_a_working_cli_of_the_project(
     where = f"{invocation.where}: python -m {module} {' '.join(invocation.args)}"
     assert module.split(".")[0] in d.PIPELINE_PACKAGES, f"{where}: not a pipeline of ours"
     if importlib.util.find_spec(module) is None:
-        if module == "inference_pipeline.monitor":
-            pytest.skip("the monitoring package is not in this checkout yet")
         pytest.fail(f"{where}: module {module} does not exist")
     app = _typer_app(module)
     command, path, rest = _resolve(app, invocation.args)
@@ -349,7 +347,8 @@ def test_the_dag_starts_its_tasks_through_the_compose_stack() -> None:
     for cli in (FEATURES, BATCH, MONITOR, TRAINING):
         service = services[cli.service]
         entrypoint = _as_entrypoint(service)
-        assert entrypoint == ["python", "-m", cli.module], f"{service.where}: {entrypoint}"
+        expected = ["python", "-m", cli.module, *cli.command]
+        assert entrypoint == expected, f"{service.where}: {entrypoint}"
 
 
 def _as_entrypoint(container: d.Container) -> list[str] | None:

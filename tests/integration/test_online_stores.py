@@ -292,6 +292,35 @@ def test_materialized_version_round_trips(online: OnlineStore) -> None:
 def test_it_is_an_online_store_that_answers_ping(online: OnlineStore) -> None:
     assert isinstance(online, OnlineStore)
     online.ping()
+    online.write(ROUTE_STATS, route_rows())
+    online.check([ROUTE_STATS])
+
+
+def test_sqlite_check_sees_the_file_the_next_process_would_open(tmp_path: Path) -> None:
+    """One connection stays open: a missing table, a deleted file and a replaced file must
+    still be seen (readiness), and reads follow a replacement."""
+    path = tmp_path / "online.sqlite"
+    store = SQLiteOnlineStore(path)
+    with pytest.raises(StoreUnavailable, match=f"table {ROUTE_STATS.table_name} unreadable"):
+        store.check([ROUTE_STATS])
+    rows = route_rows()
+    store.write(ROUTE_STATS, rows)
+    store.check([ROUTE_STATS])
+    other = SQLiteOnlineStore(tmp_path / "other.sqlite")
+    other.write(ROUTE_STATS, rows.head(1))
+    other.close()
+
+    path.unlink()
+    with pytest.raises(StoreUnavailable, match="is gone"):
+        store.check([ROUTE_STATS])
+    lookup = [OnlineLookup(ROUTE_STATS, [tuple(r) for r in rows.select("origin", "dest").rows()])]
+    assert all(row is not None for row in store.read_rows(lookup)[0])  # the open file serves
+
+    (tmp_path / "other.sqlite").rename(path)
+    store.check([ROUTE_STATS])  # the new file, reopened
+    found = store.read_rows(lookup)[0]
+    assert found[0] is not None and found[1:] == [None] * (rows.height - 1)
+    store.close()
 
 
 # -- Redis specifics -------------------------------------------------------------------------
