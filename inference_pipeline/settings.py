@@ -14,9 +14,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 
 from shared.errors import ConfigurationError
-from shared.prediction_time import MAX_LEAD_MINUTES
 from shared.registry import RegistrySettings
-from shared.settings import FeatureStoreSettings
+from shared.settings import FeatureStoreSettings, PredictionTimeSettings
 
 
 class TritonProtocol(StrEnum):
@@ -34,7 +33,7 @@ class TritonFlavour(StrEnum):
     gpu = "gpu"
 
 
-class InferenceSettings(FeatureStoreSettings, RegistrySettings):
+class InferenceSettings(FeatureStoreSettings, RegistrySettings, PredictionTimeSettings):
     """Where the model, the features and Triton are; how the service protects itself."""
 
     model_alias: str = Field(default="champion", description="registry alias or version served")
@@ -149,13 +148,6 @@ class InferenceSettings(FeatureStoreSettings, RegistrySettings):
 
     # Batch job
     batch_size: int = Field(default=4096, ge=1, description="rows per Triton request")
-    lead_minutes: int | None = Field(
-        default=None,
-        ge=0,
-        le=MAX_LEAD_MINUTES,
-        description="batch job: score as of departure minus this many minutes; default the "
-        "model's own lead, and any other is refused (the model learned features that old)",
-    )
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> InferenceSettings:

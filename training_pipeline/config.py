@@ -25,7 +25,7 @@ from shared.errors import ConfigurationError
 from shared.prediction_time import DEFAULT_LEAD_MINUTES, MAX_LEAD_MINUTES
 from shared.registry import RegistrySettings
 from shared.setting_errors import invalid_settings_line, setting_problems
-from shared.settings import FeatureStoreSettings
+from shared.settings import FeatureStoreSettings, PredictionTimeSettings
 
 
 class Window(BaseModel):
@@ -245,7 +245,7 @@ class Device(StrEnum):
     cuda = "cuda"
 
 
-class TrainingSettings(FeatureStoreSettings, RegistrySettings):
+class TrainingSettings(FeatureStoreSettings, RegistrySettings, PredictionTimeSettings):
     """Everything the training pipeline reads from the environment (prefix ``FTI_``)."""
 
     checkpoint_dir: Path | None = Field(
@@ -266,13 +266,6 @@ class TrainingSettings(FeatureStoreSettings, RegistrySettings):
         "(false: eager steps, for debugging or profiling)",
     )
     git_commit: str | None = Field(default=None, description="overrides `git rev-parse HEAD`")
-    lead_minutes: int | None = Field(
-        default=None,
-        ge=0,
-        le=MAX_LEAD_MINUTES,
-        description="predict this many minutes before the scheduled departure: every feature "
-        "is read as of departure - lead (default: the config's lead_minutes, 60)",
-    )
 
     @property
     def resolved_checkpoint_dir(self) -> Path:
