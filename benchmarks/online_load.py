@@ -252,6 +252,14 @@ def read_json(url: str) -> dict[str, Any]:
         return payload
 
 
+def _serving_leftovers(folder: str, names: list[str]) -> set[str]:
+    """What not to copy of a data root: the serving folder's runtime files and downloads
+    (not MLflow's ``mlartifacts/<run>/artifacts``, which the copy's registry reads)."""
+    if Path(folder).name != "serving":
+        return set()
+    return {n for n in names if n in ("triton", "triton-batch", "artifacts")}
+
+
 def check_once(url: str, body: dict[str, Any]) -> dict[str, Any]:
     """One request before loading: the target answers 200 to exactly this body."""
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=_HEADERS)
@@ -296,11 +304,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     root = work / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FTI_")}
     if args.data_root is not None:
-        shutil.copytree(
-            args.data_root,
-            root,
-            ignore=shutil.ignore_patterns("triton", "triton-batch", "artifacts"),
-        )
+        shutil.copytree(args.data_root, root, ignore=_serving_leftovers)
     else:
         build_data_root(root, env)
     repository = root / "serving" / "model_repository"
