@@ -41,7 +41,7 @@ from scripts.year_replay.settings import ReplaySettings
 from shared.command_line import default_text
 from shared.promotion import ShadowRuleSettings
 from shared.registry import RegistrySettings
-from shared.settings import CommonSettings, FeatureStoreSettings
+from shared.settings import CommonSettings, FeatureStoreSettings, PredictionTimeSettings
 from training_pipeline.config import TrainingSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,6 +79,12 @@ SECTIONS = (
         "Model registry",
         RegistrySettings,
         "training, the online service, the batch job, monitoring, the replay",
+    ),
+    Section(
+        "Prediction time",
+        PredictionTimeSettings,
+        "training (`python -m training_pipeline train`, `retrain`) and the batch job "
+        "(`python -m inference_pipeline batch`): T = scheduled departure - lead",
     ),
     Section(
         "Feature pipeline",
