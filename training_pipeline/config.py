@@ -156,6 +156,11 @@ class GateConfig(BaseModel):
     min_roc_auc: float = Field(default=0.65, ge=0, le=1)  # absolute floor on the test window
     # The candidate may trail the champion by at most this much ROC AUC on the same window.
     max_roc_auc_drop: float = Field(default=0.0, ge=0, le=1)
+    # Per segment (carrier, origin, hour-of-day bucket, month: shared/segments.py): on every
+    # segment holding more than `min_segment_share` of the test rows, the candidate may trail the
+    # champion's ROC AUC on that segment by at most this much. None: no segment gate.
+    max_segment_roc_auc_drop: float | None = Field(default=0.05, ge=0, le=1)
+    min_segment_share: float = Field(default=0.10, gt=0, le=1)
 
 
 class TrainingConfig(BaseModel):

@@ -1,4 +1,5 @@
-"""Metrics on the test window: ranking, probability quality, calibration, per origin airport."""
+"""Metrics on the test window: ranking, probability quality, calibration, per origin airport,
+and per segment (carrier, origin, hour-of-day bucket, month: :mod:`shared.segments`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+
+from shared.segments import HOUR_BUCKETS, SEGMENT_KINDS, prediction_fractions, segment_members
 
 _EPS = 1e-7
 
@@ -42,6 +46,37 @@ def per_group_metrics(
     return {
         str(value): classification_metrics(labels[groups == value], probs[groups == value])
         for value in sorted(set(groups.tolist()))
+    }
+
+
+SEGMENT_METRICS = ("rows", "base_rate", "mean_prediction", "roc_auc", "log_loss", "brier")
+
+
+def segment_metrics(
+    segments: pl.DataFrame, labels: np.ndarray, probs: np.ndarray
+) -> list[dict[str, Any]]:
+    """The metrics of every segment present (``segments``: :func:`shared.segments.segment_columns`
+    of the same rows), with its share of the rows and its predictions' histogram."""
+    rows = []
+    for kind, value, index in segment_members(segments):
+        metrics = classification_metrics(labels[index], probs[index])
+        rows.append(
+            {"kind": kind, "segment": value, "share": index.size / max(len(labels), 1)}
+            | {name: metrics[name] for name in SEGMENT_METRICS}
+            | {"prediction_fractions": prediction_fractions(probs[index])}
+        )
+    return rows
+
+
+def segment_document(rows: list[dict[str, Any]], test_window: str) -> dict[str, Any]:
+    """``segment_metrics.json`` of a model version: what monitoring compares each segment of a
+    window with."""
+    return {
+        "format": "fti-segment-metrics/1",
+        "test_window": test_window,
+        "kinds": list(SEGMENT_KINDS),
+        "hour_buckets": [name for _, name in HOUR_BUCKETS],
+        "segments": rows,
     }
 
 

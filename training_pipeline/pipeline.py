@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import torch
 
 from shared.errors import ConfigurationError, GateFailed
@@ -23,6 +24,8 @@ from shared.feature_store import open_feature_store
 from shared.feature_view import FLIGHT_DELAY_VIEW, FeatureView
 from shared.promotion import Promotion, gate_tags, promote_if_eligible
 from shared.registry import CHAMPION, ModelRegistry, RegisteredVersion
+from shared.segments import INPUT_COLUMNS as SEGMENT_INPUTS
+from shared.segments import segment_columns, segment_name
 from training_pipeline.baseline import train_baseline
 from training_pipeline.champion import score_exported, score_version
 from training_pipeline.config import TrainingConfig, TrainingSettings
@@ -33,8 +36,10 @@ from training_pipeline.evaluation import (
     per_group_metrics,
     plot_reliability,
     reliability_curve,
+    segment_document,
+    segment_metrics,
 )
-from training_pipeline.gates import GateDecision, check_gates
+from training_pipeline.gates import GateDecision, SegmentScores, check_gates
 from training_pipeline.loop import EpochCallback, FitResult, Tensors, fit
 from training_pipeline.model import TabularNet, export_torchscript
 from training_pipeline.reference_stats import MAX_ROWS, reference_stats
@@ -127,8 +132,9 @@ def train_network(
 
 def score_champion(
     registry: ModelRegistry, test: Split, workdir: Path
-) -> tuple[str | None, float | None]:
-    """The current champion's ROC AUC on this run's test window (None when there is none)."""
+) -> tuple[str | None, np.ndarray | None]:
+    """The current champion's probabilities on this run's test window (None when there is
+    none)."""
     version = registry.version_for(CHAMPION)
     if version is None:
         return None, None
@@ -141,7 +147,29 @@ def score_champion(
             f"cannot score champion v{version} on this test window ({exc}); compare by hand and "
             "use `promote`"
         ) from exc
-    return version, classification_metrics(test.labels, probs)["roc_auc"]
+    return version, probs
+
+
+def test_segments(test: Split) -> pl.DataFrame:
+    """The segment of every test row, in row order (:mod:`shared.segments`)."""
+    return segment_columns(pl.concat(list(test.frames(list(SEGMENT_INPUTS)))))
+
+
+def segment_scores(
+    candidate: list[dict[str, Any]], champion: list[dict[str, Any]]
+) -> list[SegmentScores]:
+    """Candidate and champion side by side on each segment both were measured on."""
+    theirs = {(r["kind"], r["segment"]): r for r in champion}
+    return [
+        SegmentScores(
+            name=segment_name(r["kind"], r["segment"]),
+            share=r["share"],
+            candidate_roc_auc=r["roc_auc"],
+            champion_roc_auc=theirs[(r["kind"], r["segment"])]["roc_auc"],
+        )
+        for r in candidate
+        if (r["kind"], r["segment"]) in theirs
+    ]
 
 
 def run_training(
@@ -211,9 +239,12 @@ def _validate_and_register(
     network = classification_metrics(test.labels, probs)
     origins = test.column("origin").to_numpy()
     curves = {"network": reliability_curve(test.labels, probs)}
+    segments = test_segments(test)
+    network_segments = segment_metrics(segments, test.labels, probs)
     metrics: dict[str, Any] = {
         "network": network,
         "network_per_origin": per_group_metrics(origins, test.labels, probs),
+        "network_per_segment": network_segments,
     }
     seconds["test"] = time.perf_counter() - started
     started = time.perf_counter()
@@ -237,9 +268,18 @@ def _validate_and_register(
     started = time.perf_counter()
 
     registry = ModelRegistry(settings.registry_settings())
-    champion_version, champion_auc = score_champion(registry, test, workdir)
+    champion_version, champion_probs = score_champion(registry, test, workdir)
+    champion_auc, champion_segments = None, []
+    if champion_probs is not None:
+        champion_auc = classification_metrics(test.labels, champion_probs)["roc_auc"]
+        champion_segments = segment_metrics(segments, test.labels, champion_probs)
+        metrics["champion_per_segment"] = champion_segments
     decision = check_gates(
-        network["roc_auc"], champion_auc, config.gates, champion_version=champion_version
+        network["roc_auc"],
+        champion_auc,
+        config.gates,
+        champion_version=champion_version,
+        segments=segment_scores(network_segments, champion_segments),
     )
     metrics["gates"] = asdict(decision) | {
         "champion_version": champion_version,
@@ -279,6 +319,7 @@ def _validate_and_register(
                 "lineage": lineage,
                 "metrics": metrics,
                 "reference_stats": _reference_stats(data, exported, config.seed, batch),
+                "segment_metrics": segment_document(network_segments, data.lineage.windows["test"]),
             },
             images=[image],
         )
@@ -366,4 +407,9 @@ def _flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         for origin, values in metrics.get(name, {}).items():
             for key in ("roc_auc", "pr_auc", "log_loss", "brier", "base_rate", "rows"):
                 flat[f"{prefix}_{key}.{origin}"] = values[key]
+    for name, prefix in (("network_per_segment", "test"), ("champion_per_segment", "champion")):
+        for row in metrics.get(name, []):
+            where = f"{row['kind']}.{row['segment']}"
+            for key in ("roc_auc", "log_loss", "rows"):
+                flat[f"{prefix}_{key}.{where}"] = row[key]
     return {k: v for k, v in flat.items() if v == v}  # MLflow refuses NaN in some stores

@@ -17,10 +17,14 @@
    retraining is recommended, else ``healthy``. Prediction drift is reported (and gauged) but
    does not decide: a week's predictions move with its weather as much as its features do,
    and the reference keeps no per-window baseline for them;
-6. the **shadow comparison**, when a challenger is in shadow: champion and challenger on the
+6. **quality and drift per segment** (carrier, origin, hour-of-day bucket, month) of the
+   monitored version's predictions against its test metrics per segment, the segments that
+   fell furthest first (reported, named in the notes when they fell more than
+   ``FTI_SEGMENT_AUC_DROP``; they do not decide the status);
+7. the **shadow comparison**, when a challenger is in shadow: champion and challenger on the
    window's labelled flights both scored, and what the shadow rule decides (reported only:
    :func:`run_shadow`, ``python -m inference_pipeline monitor shadow``, acts on it);
-7. the JSON result, the HTML report and the Prometheus gauges are written.
+8. the JSON result, the HTML report and the Prometheus gauges are written.
 
 :func:`run_shadow` is the shadow step on its own: the same comparison and rule, then it promotes
 (when ``FTI_SHADOW_PROMOTE`` allows) or records why not, with its own JSON and HTML report.
@@ -59,6 +63,7 @@ from inference_pipeline.monitor.quality import (
     window_quality,
 )
 from inference_pipeline.monitor.report import render_html, render_shadow_html
+from inference_pipeline.monitor.segments import segment_section
 from inference_pipeline.monitor.settings import MonitorSettings, PredictionSource
 from inference_pipeline.monitor.shadow import ShadowStep, shadow_step
 from inference_pipeline.monitor.window import (
@@ -110,6 +115,7 @@ class MonitorResult:
     outputs: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     shadow: dict[str, Any] | None = None  # the shadow comparison (reported, not acted on)
+    segments: dict[str, Any] | None = None  # quality and drift per segment
 
     @property
     def exit_code(self) -> int:
@@ -176,7 +182,7 @@ def run_monitor(
         choices = ", ".join(PredictionSource)
         raise ConfigurationError(f"source={source!r}: use one of {choices}")
     window = Window(end=end, days=window_days)
-    task = progress.add_task("load model", total=7) if progress else None
+    task = progress.add_task("load model", total=8) if progress else None
 
     def step(label: str) -> None:
         if progress is not None and task is not None:
@@ -212,6 +218,17 @@ def run_monitor(
     ]
     own = next((v for v in versions if v["version"] == monitored.version), None)
 
+    step("quality and drift per segment")
+    segments = segment_section(
+        predictions,
+        outcomes,
+        monitored.version,
+        monitored.segment_metrics,
+        rule,
+        min_labels=settings.segment_min_labels,
+        auc_drop=settings.segment_auc_drop,
+    )
+
     step("shadow comparison")
     shadow = shadow_step(
         registry,
@@ -238,6 +255,12 @@ def run_monitor(
     alerts = list(decision.reasons)
     predicted = own["prediction_drift"] if own else None
     notes = observations(summary, predicted, own is not None, monitored.version, baseline_info)
+    if segments["fell"]:
+        notes.append(
+            f"segments whose ROC AUC fell more than {settings.segment_auc_drop} below "
+            f"{'their test values' if segments['against'] == 'test' else 'the window'}: "
+            + ", ".join(segments["fell"])
+        )
     status = DRIFT if summary.detected or decision.fire else HEALTHY
 
     result = MonitorResult(
@@ -290,6 +313,7 @@ def run_monitor(
         thresholds=asdict(rule) | {"retrain": asdict(retrain_policy(settings))},
         generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
         shadow=shadow.to_dict(),
+        segments=segments,
     )
     step("write report")
     result.seconds = round(time.perf_counter() - began, 3)

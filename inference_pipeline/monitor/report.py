@@ -63,6 +63,7 @@ def render_html(result: Mapping[str, Any]) -> str:
         _prediction_section(result),
         _quality_section(result),
         _versions_section(result),
+        segment_section(result.get("segments")),
         shadow_section(result.get("shadow")),
         _distribution_section(result),
         _rule_section(result),
@@ -309,6 +310,61 @@ def _versions_section(result: Mapping[str, Any]) -> str:
         "predictions and test metrics (a rollout, canary or shadow ran in this window).</p>"
         + _table(header, rows, left=1)
     )
+
+
+MAX_SEGMENT_ROWS = 30  # the segments that fell furthest; the JSON result holds every one
+
+
+def segment_section(segments: Mapping[str, Any] | None) -> str:
+    """Quality and drift per segment, the segments that fell furthest first."""
+    if not segments:
+        return ""
+    against = (
+        f"its own ROC AUC on the test window of v{segments['version']}"
+        if segments["against"] == "test"
+        else "the window's overall ROC AUC (this version recorded no per-segment test metrics)"
+    )
+    intro = (
+        "<h2>Quality and drift per segment</h2><p>The monitored version's predictions per "
+        f"carrier, origin, hour-of-day bucket and month. <b>Fell by</b>: how far a segment's ROC "
+        f"AUC is below {escape(against)}, with at least {segments['min_labels']:,} labelled "
+        "flights; furthest first. Values in brackets are the test window's. Prediction PSI "
+        "compares the segment's predictions with its test-window predictions.</p>"
+    )
+    if segments.get("note"):
+        return intro + f"<p class='muted'>{escape(segments['note'])}</p>"
+    header = [
+        "segment",
+        "flights",
+        "share (test)",
+        "labelled",
+        "delay rate (test)",
+        "mean prediction (test)",
+        "ROC AUC (test)",
+        "fell by",
+        "log loss (test)",
+        "prediction PSI",
+        "prediction status",
+    ]
+    rows = [
+        [
+            escape(r["name"]),
+            f"{r['flights']:,}",
+            f"{_share(r['share'])} ({_share(r['reference_share'])})",
+            f"{r['labelled']:,}",
+            f"{_num(r['base_rate'])} ({_num(r['reference_base_rate'])})",
+            f"{_num(r['mean_prediction'])} ({_num(r['reference_mean_prediction'])})",
+            f"{_num(r['roc_auc'])} ({_num(r['reference_roc_auc'])})",
+            _signed(r["fell_by"]),
+            f"{_num(r['log_loss'])} ({_num(r['reference_log_loss'])})",
+            _num(r["prediction_psi"]),
+            escape(str(r["prediction_status"])),
+        ]
+        for r in segments["rows"][:MAX_SEGMENT_ROWS]
+    ]
+    more = len(segments["rows"]) - MAX_SEGMENT_ROWS
+    tail = f"<p class='muted'>{more} more segments in the JSON result.</p>" if more > 0 else ""
+    return intro + _table(header, rows, left=1) + tail
 
 
 def shadow_section(shadow: Mapping[str, Any] | None) -> str:

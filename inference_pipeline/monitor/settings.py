@@ -96,6 +96,19 @@ class MonitorSettings(FeatureStoreSettings, RegistrySettings, ShadowRuleSettings
     quality_min_labels: int = Field(
         default=500, ge=1, description="labelled flights the window needs before quality counts"
     )
+    segment_min_labels: int = Field(
+        default=200,
+        ge=1,
+        description="labelled flights a segment (carrier, origin, hour bucket, month) needs "
+        "before its quality counts",
+    )
+    segment_auc_drop: float = Field(
+        default=0.05,
+        gt=0,
+        le=1,
+        description="a segment whose ROC AUC fell more than this below its test ROC AUC (or the "
+        "window's, without per-segment test metrics) is named in the report's notes",
+    )
     quality_min_labels_per_day: int = Field(
         default=100, ge=1, description="labelled flights a day needs for its own quality row"
     )

@@ -26,6 +26,7 @@ from shared.feature_store import FeatureStore
 from shared.feature_view import FeatureView, build_training_frame, local_day_start_utc
 from shared.prediction_log import PREDICTIONS
 from shared.registry import LoadedVersion, ModelRegistry
+from shared.segments import SEGMENT_FILE
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class VersionReference:
     aliases: tuple[str, ...] = ()
     windows: dict[str, str] = field(default_factory=dict)
     view: FeatureView | None = None  # the feature view it was trained on (None: unreadable)
+    segment_metrics: dict[str, Any] | None = None  # its test metrics per segment, if recorded
 
     @property
     def numeric(self) -> list[str]:
@@ -216,6 +218,7 @@ def load_version_reference(registry: ModelRegistry, ref: str) -> VersionReferenc
         reference = loaded.read_json(REFERENCE_FILE)
         metrics = loaded.read_json(METRICS_FILE) if loaded.file(METRICS_FILE).is_file() else {}
         lineage = loaded.read_json(LINEAGE_FILE) if loaded.file(LINEAGE_FILE).is_file() else {}
+        segments = loaded.read_json(SEGMENT_FILE) if loaded.file(SEGMENT_FILE).is_file() else None
         view = _feature_view(loaded, registry.name)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -228,6 +231,7 @@ def load_version_reference(registry: ModelRegistry, ref: str) -> VersionReferenc
         aliases=loaded.version.aliases,
         windows=windows,
         view=view,
+        segment_metrics=segments,
     )
 
 

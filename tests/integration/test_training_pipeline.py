@@ -35,6 +35,7 @@ EXPECTED_FILES = {
     "signature.json",
     "feature_view.json",
     "reference_stats.json",
+    "segment_metrics.json",
     "config.json",
     "lineage.json",
     "metrics.json",
@@ -174,3 +175,77 @@ def test_recorded_test_metrics_are_the_served_models(
     tensors = loop.Tensors.from_split(data.test.features, data.test.labels, torch.device("cpu"))
     network_probs = loop.predict(net, tensors, config.optim.eval_batch_size).numpy()
     assert classification_metrics(data.test.labels, network_probs) != served
+
+
+def test_test_metrics_per_segment_are_recorded_and_a_segment_regression_is_refused(
+    year_root: Path, tmp_path: Path
+) -> None:
+    """Each version records its test metrics per segment (MLflow metrics, metrics.json and the
+    segment_metrics.json monitoring reads); a challenger that trails the champion on a segment
+    holding more than the configured share of the test rows is refused, the segment named."""
+    import numpy as np
+    import polars as pl
+    from sklearn.metrics import roc_auc_score
+
+    from shared.segments import segment_columns
+
+    settings = training_settings(year_root, tmp_path / "data")
+    first = run_training(settings, small_config())
+    assert first is not None and first.promoted
+    registry = ModelRegistry(settings.registry_settings())
+    loaded = registry.load(first.version, tmp_path / "v1")
+    document = loaded.read_json("segment_metrics.json")
+    rows = {(r["kind"], r["segment"]): r for r in document["segments"]}
+    assert {k for k, _ in rows} == {"carrier", "origin", "hour", "month"}
+    assert document["test_window"] == str(small_config().windows.test)
+
+    # Independently: the served model on the test rows of origin=EWR.
+    store = open_feature_store(settings.store_settings())
+    try:
+        data = load_training_data(
+            store, FLIGHT_DELAY_VIEW, small_config().windows, small_config().mdt
+        )
+    finally:
+        store.close()
+    frame = data.test.frame
+    probs = score_version(loaded, frame)
+    ewr = (segment_columns(frame)["origin"] == "EWR").to_numpy()
+    expected = roc_auc_score(data.test.labels[ewr], probs[ewr])
+    assert rows[("origin", "EWR")]["roc_auc"] == pytest.approx(expected, abs=1e-9)
+    assert rows[("origin", "EWR")]["rows"] == ewr.sum()
+    assert sum(r["share"] for (kind, _), r in rows.items() if kind == "origin") == pytest.approx(1)
+    assert sum(rows[("origin", "EWR")]["prediction_fractions"]) == pytest.approx(1)
+    run = MlflowClient(settings.registry_settings().tracking_uri).get_run(first.run_id)
+    assert run.data.metrics["test_roc_auc.origin.EWR"] == pytest.approx(expected)
+    assert "test_rows.hour.06-08" in run.data.metrics
+
+    # A barely trained challenger, let through by the overall gate, refused on its segments.
+    weak = small_config(
+        **{
+            "optim.epochs": 1,
+            "optim.lr": 1e-5,
+            "gates.max_roc_auc_drop": 1.0,
+            "gates.min_roc_auc": 0.0,
+            "gates.max_segment_roc_auc_drop": 0.02,
+            "gates.min_segment_share": 0.15,
+        }
+    )
+    second = run_training(settings, weak)
+    assert second is not None and not second.decision.passed and not second.promoted
+    assert registry.version_for(CHAMPION) == first.version
+    assert second.decision.reasons and all(
+        r.startswith("segment ") for r in second.decision.reasons
+    )
+    metrics = registry.load(second.version, tmp_path / "v2").read_json("metrics.json")
+    mine = {(r["kind"], r["segment"]): r for r in metrics["network_per_segment"]}
+    theirs = {(r["kind"], r["segment"]): r for r in metrics["champion_per_segment"]}
+    fell = [
+        f"segment {kind}={value} ({mine[(kind, value)]['share']:.0%} of the test rows)"
+        for (kind, value), r in mine.items()
+        if r["share"] > 0.15 and r["roc_auc"] < theirs[(kind, value)]["roc_auc"] - 0.02
+    ]
+    assert fell and sorted(r.split(":")[0] for r in second.decision.reasons) == sorted(fell)
+    assert np.isclose(
+        theirs[("origin", "EWR")]["roc_auc"], rows[("origin", "EWR")]["roc_auc"]
+    )  # the champion scored with its own files on the same window: its recorded numbers
+    assert pl.Series(second.decision.checks).str.contains("segments with more than 15%").any()

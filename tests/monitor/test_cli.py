@@ -194,6 +194,47 @@ def test_window_quality_equals_scikit_learn_on_the_joined_outcomes(
     assert [d["date"] for d in result["quality"]["days"]] == [d.isoformat() for d in JULY]
 
 
+def test_quality_and_drift_per_segment_against_the_versions_test_metrics(
+    july_run, monitored: Monitored, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    done, _, _ = july_run
+    line = stdout_json(done.stdout)
+    result = json.loads(Path(line["outputs"]["json"]).read_text())
+    segments = result["segments"]
+    assert segments["version"] == monitored.champion and segments["against"] == "test"
+    rows = segments["rows"]
+    assert {r["kind"] for r in rows} == {"carrier", "origin", "hour", "month"}
+    assert [r["segment"] for r in rows if r["kind"] == "month"] == ["07"]
+    judged = [r["fell_by"] for r in rows if r["fell_by"] is not None]
+    assert judged and judged == sorted(judged, reverse=True)  # fell furthest first
+    assert all(r["fell_by"] is not None for r in rows[: len(judged)])
+    # Independently: the champion's predictions of JFK flights, joined with their outcomes.
+    predictions = read_table(monitored.root, "predictions").filter(
+        pl.col("flight_date").is_between(JULY[0], JULY[-1])
+        & (pl.col("model_version") == monitored.champion)
+    )
+    flights = read_table(monitored.root, "flights").select("flight_id", "is_delayed", "origin")
+    jfk = predictions.join(flights, on="flight_id").drop_nulls("is_delayed").filter(
+        pl.col("origin") == "JFK"
+    )
+    row = next(r for r in rows if r["name"] == "origin=JFK")
+    assert row["labelled"] == jfk.height
+    assert row["roc_auc"] == pytest.approx(roc_auc_score(jfk["is_delayed"], jfk["probability"]))
+    recorded = ModelRegistry(RegistrySettings(data_root=monitored.root, model_name=MODEL)).load(
+        monitored.champion, tmp_path / "v"
+    )
+    test_jfk = next(
+        r
+        for r in recorded.read_json("segment_metrics.json")["segments"]
+        if (r["kind"], r["segment"]) == ("origin", "JFK")
+    )
+    assert row["reference_roc_auc"] == pytest.approx(test_jfk["roc_auc"])
+    assert row["fell_by"] == pytest.approx(test_jfk["roc_auc"] - row["roc_auc"])
+    assert row["prediction_status"] in {"ok", "warn", "drift", "usual"}
+    html = Path(line["outputs"]["html"]).read_text()
+    assert "Quality and drift per segment" in html and "origin=JFK" in html
+
+
 def test_html_report_is_self_contained(july_run) -> None:  # type: ignore[no-untyped-def]
     import xml.etree.ElementTree as ET
 
