@@ -54,7 +54,11 @@ def train_challenger(root: Path) -> str:
             "optim": {"epochs": 2, "batch_size": 1024, "warmup_steps": 5, "patience": 5},
             "seed": 7,
             "baseline": {"enabled": False},
-            "gates": {"min_roc_auc": 0.0, "max_roc_auc_drop": 1.0, "max_segment_roc_auc_drop": None},
+            "gates": {
+                "min_roc_auc": 0.0,
+                "max_roc_auc_drop": 1.0,
+                "max_segment_roc_auc_drop": None,
+            },
         }
     )
     settings = TrainingSettings(
