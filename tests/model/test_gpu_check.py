@@ -81,7 +81,12 @@ def test_gpu_check_runs_the_real_loop_without_the_store_packages(tmp_path: Path)
 def test_the_gpu_checks_default_config_is_the_training_default() -> None:
     """Boxes without pydantic read the defaults from a file; it must not drift from the code."""
     committed = json.loads((REPO / "benchmarks" / "default_training_config.json").read_text())
-    assert committed == TrainingConfig().model_dump(mode="json")
+    assert committed == TrainingConfig().model_dump(mode="json"), (
+        "benchmarks/default_training_config.json is stale; rewrite it with: python -c 'import "
+        "json; from training_pipeline.config import TrainingConfig; print(json.dumps("
+        'TrainingConfig().model_dump(mode="json"), indent=1, sort_keys=True))\' '
+        "> benchmarks/default_training_config.json"
+    )
 
 
 @pytest.mark.slow
