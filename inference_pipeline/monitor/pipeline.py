@@ -54,6 +54,7 @@ from inference_pipeline.monitor.quality import (
 )
 from inference_pipeline.monitor.report import render_html
 from inference_pipeline.monitor.settings import MonitorSettings, PredictionSource
+from inference_pipeline.monitor.status import DRIFT, HEALTHY
 from inference_pipeline.monitor.window import (
     VersionReference,
     Window,
@@ -70,8 +71,6 @@ from shared.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
-HEALTHY = "healthy"
-DRIFT = "drift"
 TEST_METRICS = ("roc_auc", "log_loss", "brier", "base_rate", "mean_prediction", "rows")
 
 
