@@ -520,6 +520,53 @@ def test_broken_sqlite_store_gives_503_then_recovers(
     assert lines[1].startswith("feature_store: 29 more failures in the last 0.5 s (latest: POST")
 
 
+def test_a_deleted_or_replaced_sqlite_store_is_noticed(
+    copy_root: Path, triton: SharedTriton, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The service keeps one connection to the SQLite online store. Deleted, the file is still
+    read through it, but a restart would find none: /readyz says so, naming it. Replaced by
+    another file, the service reopens and serves from the new one."""
+    settings = inference_settings(copy_root, triton, tmp_path, prediction_log=False)
+    path = FeatureStoreSettings(data_root=copy_root).resolved_sqlite_path
+    body = {"flights": [UA_1545]}
+    # The replacement, made as an operator would (the backup API, then an edit): it lacks
+    # the flight's route row.
+    replacement = tmp_path / "replacement.sqlite"
+    with closing(sqlite3.connect(path)) as source, closing(sqlite3.connect(replacement)) as copy:
+        source.backup(copy)
+        copy.execute(
+            f'DELETE FROM "{ROUTE_STATS.table_name}" WHERE origin = ? AND dest = ?',
+            (UA_1545["origin"], UA_1545["dest"]),
+        )
+        copy.commit()
+    caplog.set_level(logging.WARNING, logger="shared.feature_store.online_sqlite")
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/readyz").status_code == 200
+        assert (
+            client.post("/v1/predictions", json=body).json()["predictions"][0]["missing_groups"]
+            == []
+        )
+        path.unlink()
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        store = ready.json()["checks"]["feature_store"]
+        assert not store["ok"] and str(path) in store["detail"] and "gone" in store["detail"]
+        assert client.post("/v1/predictions", json=body).status_code == 200  # still serving
+
+        os.replace(replacement, path)
+        deadline, missing = time.monotonic() + 10, None
+        while time.monotonic() < deadline:
+            answer = client.post("/v1/predictions", json=body)
+            assert answer.status_code == 200, answer.text
+            missing = answer.json()["predictions"][0]["missing_groups"]
+            if missing == ["route_stats"]:
+                break
+            time.sleep(0.2)
+        assert missing == ["route_stats"]  # served from the new file
+        assert client.get("/readyz").status_code == 200
+    assert any("was replaced: reopened it" in r.getMessage() for r in caplog.records)
+
+
 def test_corrupted_artifact_is_refused_at_load(
     registered_model: RegisteredModel, tmp_path: Path
 ) -> None:
