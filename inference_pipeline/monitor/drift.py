@@ -61,8 +61,6 @@ from inference_pipeline.monitor.status import (
 )
 from shared.reference_statistics import bin_fractions
 
-__all__ = ["ABSENT", "DRIFT", "NO_REFERENCE", "OK", "TESTED", "TOO_FEW", "USUAL", "WARN"]
-
 PSI_FLOOR = 1e-4  # share given to empty bins, so PSI stays finite (a common convention)
 MIN_EXPECTED = 5.0  # chi-square needs expected counts of about 5 per cell to be trustworthy
 MISSING = "(missing)"
