@@ -15,7 +15,7 @@ from pydantic import Field, SecretStr, model_validator
 
 from shared.errors import ConfigurationError
 from shared.registry import RegistrySettings
-from shared.settings import FeatureStoreSettings
+from shared.settings import FeatureStoreSettings, PredictionTimeSettings
 
 
 class TritonProtocol(StrEnum):
@@ -33,7 +33,7 @@ class TritonFlavour(StrEnum):
     gpu = "gpu"
 
 
-class InferenceSettings(FeatureStoreSettings, RegistrySettings):
+class InferenceSettings(FeatureStoreSettings, RegistrySettings, PredictionTimeSettings):
     """Where the model, the features and Triton are; how the service protects itself."""
 
     model_alias: str = Field(default="champion", description="registry alias or version served")

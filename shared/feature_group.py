@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
@@ -31,6 +32,10 @@ class FeatureGroup:
     description: str
     # Columns stored offline (for lineage, labels, monitoring) but never served as features.
     non_features: tuple[str, ...] = field(default=())
+    # How far behind a key's newest row the online store keeps the key's older rows, so that a
+    # read as of a past instant T within it (a replay, an ``as_of`` request) is answered with
+    # the row valid at T, as the offline join would. Zero: the newest row only.
+    online_history: timedelta = timedelta(0)
     # Columns added to the group after its tables were created: nullable, never keys. A
     # stored table without them gains them on registration (old rows read null) instead of
     # being refused as a schema change: additive evolution, without a new group version.

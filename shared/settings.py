@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigurationError
+from shared.prediction_time import MAX_LEAD_MINUTES
 
 
 class LogLevel(StrEnum):
@@ -145,3 +146,17 @@ class FeatureStoreSettings(CommonSettings):
     @property
     def resolved_sqlite_path(self) -> Path:
         return self.sqlite_path or self.data_root / "online.sqlite"
+
+
+class PredictionTimeSettings(CommonSettings):
+    """The prediction lead (invariant 7, :mod:`shared.prediction_time`): one variable, read by
+    training and the batch job, so that a deployment declares its lead once."""
+
+    lead_minutes: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_LEAD_MINUTES,
+        description="prediction lead: training reads every row as of the scheduled departure "
+        "minus this many minutes (unset: the config's lead_minutes, 60); the batch job scores "
+        "at the model's own lead (unset: that one) and refuses another",
+    )

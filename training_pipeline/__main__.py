@@ -28,6 +28,7 @@ from shared.command_line import (
     LogLevelOption,
     build_settings,
     configure_logging,
+    setting_option,
 )
 from shared.errors import ConfigurationError, FTIError, GateFailed
 from shared.promotion import Promotion, promote_if_eligible
@@ -71,11 +72,16 @@ def _settings(data_root: Path | None) -> TrainingSettings:
 OPTION_KEYS = {
     "optim.epochs": "--epochs",
     "seed": "--seed",
+    "lead_minutes": "--lead-minutes",
     "windows.train": "--train",
     "windows.validation": "--validation",
     "windows.test": "--test",
     "windows": "--train/--validation/--test",
 }
+
+
+# --lead-minutes, else FTI_LEAD_MINUTES (read by the option), else the config's lead_minutes.
+LeadMinutes = Annotated[int | None, setting_option(TrainingSettings, "lead_minutes")]
 
 
 def _window(flag: str, value: str | None) -> Window | None:
@@ -95,6 +101,7 @@ def build_config(
     validation: str | None = None,
     test: str | None = None,
     seed: int | None = None,
+    lead_minutes: int | None = None,
 ) -> TrainingConfig:
     base = TrainingConfig.from_file(config_file) if config_file else TrainingConfig()
     return base.with_overrides(
@@ -102,6 +109,7 @@ def build_config(
         **{
             "optim.epochs": epochs,
             "seed": seed,
+            "lead_minutes": lead_minutes,
             "windows.train": _window("--train", train),
             "windows.validation": _window("--validation", validation),
             "windows.test": _window("--test", test),
@@ -111,7 +119,8 @@ def build_config(
 
 def _summary_table(outcome: TrainingOutcome) -> Table:
     table = Table(
-        title=f"model version {outcome.version} (run {outcome.run_id[:8]})",
+        title=f"model version {outcome.version} (run {outcome.run_id[:8]}), "
+        f"lead {outcome.lead_minutes} min",
         caption=_alias_line(outcome),
     )
     table.add_column("test window metric")
@@ -162,6 +171,7 @@ def train(
         str | None, typer.Option("--test", help="START:END of the gates' window, END exclusive")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="random seed (default: the config's)")] = None,
+    lead_minutes: LeadMinutes = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="continue from the last checkpoint")
     ] = False,
@@ -190,6 +200,7 @@ def train(
             validation=validation_window,
             test=test_window,
             seed=seed,
+            lead_minutes=lead_minutes,
         )
         _train_and_report(config, _settings(data_root), promotion=promote, resume=resume)
 
@@ -213,6 +224,7 @@ def retrain(
     test_days: Annotated[int, typer.Option(help="the gates' window")] = _RECENT.test_days,
     epochs: Annotated[int | None, typer.Option(help="maximum epochs")] = None,
     seed: Annotated[int | None, typer.Option(help="random seed (default: the config's)")] = None,
+    lead_minutes: LeadMinutes = None,
     data_root: DataRootOption = None,
     log_level: LogLevelOption = LogLevel.warning,
 ) -> None:
@@ -239,9 +251,9 @@ def retrain(
                 invalid_settings_line(exc, flags=flags, env_prefix=None, advice="")
             ) from exc
         windows = recent.ending(last_day)
-        config = build_config(config_file, epochs=epochs, seed=seed).with_overrides(
-            OPTION_KEYS, windows=windows
-        )
+        config = build_config(
+            config_file, epochs=epochs, seed=seed, lead_minutes=lead_minutes
+        ).with_overrides(OPTION_KEYS, windows=windows)
         _train_and_report(config, _settings(data_root), promotion=Promotion.never)
 
 
