@@ -118,7 +118,7 @@ def run(
     day: Annotated[str, typer.Option("--date", help="partition day D, YYYY-MM-DD")],
     log_level: LogLevelOption = LogLevel.warning,
 ) -> None:
-    """Run one day: feature run D, batch scoring D+1, monitoring D, retraining if due."""
+    """Run one day: feature run D, batch scoring D+1, monitoring D, retraining, shadow."""
     the_day = _day("--date", day)
     _execute(the_day, the_day, log_level)
 

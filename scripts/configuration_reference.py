@@ -39,6 +39,7 @@ from inference_pipeline.settings import InferenceSettings
 from orchestration.settings import DagSettings
 from scripts.year_replay.settings import ReplaySettings
 from shared.command_line import default_text
+from shared.promotion import ShadowRuleSettings
 from shared.registry import RegistrySettings
 from shared.settings import CommonSettings, FeatureStoreSettings, PredictionTimeSettings
 from training_pipeline.config import TrainingSettings
@@ -107,6 +108,12 @@ SECTIONS = (
         "Monitoring",
         MonitorSettings,
         "`python -m inference_pipeline monitor` (plus the feature store's and the registry's)",
+    ),
+    Section(
+        "Shadow decision",
+        ShadowRuleSettings,
+        "`python -m inference_pipeline monitor shadow` and `monitor run` (its report), and the "
+        "year replay: the one rule by which a shadowed challenger replaces the champion",
     ),
     Section(
         "Year replay",
