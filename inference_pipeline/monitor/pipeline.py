@@ -66,6 +66,7 @@ from inference_pipeline.monitor.report import render_html, render_shadow_html
 from inference_pipeline.monitor.segments import segment_section
 from inference_pipeline.monitor.settings import MonitorSettings, PredictionSource
 from inference_pipeline.monitor.shadow import ShadowStep, shadow_step
+from inference_pipeline.monitor.status import DRIFT, HEALTHY
 from inference_pipeline.monitor.window import (
     PREDICTION_COLUMNS,
     VersionReference,
@@ -89,8 +90,6 @@ from shared.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
-HEALTHY = "healthy"
-DRIFT = "drift"
 TEST_METRICS = ("roc_auc", "log_loss", "brier", "base_rate", "mean_prediction", "rows")
 
 
