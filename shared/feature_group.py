@@ -30,9 +30,18 @@ class FeatureGroup:
     description: str
     # Columns stored offline (for lineage, labels, monitoring) but never served as features.
     non_features: tuple[str, ...] = field(default=())
+    # An event group's online rows are read by time range rather than by primary key: each
+    # index names columns (e.g. ``("origin",)``) whose rows the online store returns for an
+    # event-time range, in time order (see `OnlineRangeLookup`). Empty: key lookups only.
+    online_indexes: tuple[tuple[str, ...], ...] = field(default=())
 
     def __post_init__(self) -> None:
-        missing = [c for c in (*self.primary_key, self.event_time) if c not in self.schema.columns]
+        indexed = [c for index in self.online_indexes for c in index]
+        missing = [
+            c
+            for c in (*self.primary_key, self.event_time, *indexed)
+            if c not in self.schema.columns
+        ]
         if missing:
             raise ValueError(f"feature group {self.name}: key columns {missing} not in its schema")
 
