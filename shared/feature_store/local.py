@@ -17,6 +17,8 @@ from shared.feature_store.protocol import (
     JoinRequest,
     MaterializeResult,
     OnlineLookup,
+    OnlineRange,
+    OnlineRangeLookup,
     OnlineRow,
     OnlineStore,
     WriteResult,
@@ -85,6 +87,16 @@ class LocalFeatureStore:
 
     def get_online_rows(self, lookups: Sequence[OnlineLookup]) -> list[list[OnlineRow]]:
         return self.online.read_rows(lookups)
+
+    def get_online_rows_and_ranges(
+        self, lookups: Sequence[OnlineLookup], ranges: Sequence[OnlineRangeLookup]
+    ) -> tuple[list[list[OnlineRow]], list[list[OnlineRange]]]:
+        return self.online.read_rows_and_ranges(lookups, ranges)
+
+    def write_online(self, group: FeatureGroup, rows: pl.DataFrame) -> int:
+        if not group.online:
+            raise ValueError(f"feature group {group.name} is offline-only")
+        return self.online.write(group, rows)
 
     def point_in_time_join(
         self,

@@ -27,7 +27,7 @@ from redis.retry import Retry
 from shared.errors import ConfigurationError, StoreUnavailable
 from shared.feature_group import FeatureGroup
 from shared.feature_store.online_codec import align_to_keys, from_storable, storable
-from shared.feature_store.protocol import OnlineLookup, OnlineRow
+from shared.feature_store.protocol import OnlineLookup, OnlineRange, OnlineRangeLookup, OnlineRow
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,21 @@ T = TypeVar("T")
 # small enough that one command never blocks the single-threaded server for long.
 WRITE_CHUNK = 5_000
 READ_CHUNK = 10_000
+
+
+# An event group's range read, server-side so that it costs one round trip: per index key
+# (a sorted set of primary keys scored by event time), the rows in [start, end). ARGV[1] is the
+# rows' key prefix, then a start and an (exclusive) end per key.
+_RANGES = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local ids = redis.call('ZRANGEBYSCORE', key, ARGV[2 * i], '(' .. ARGV[2 * i + 1])
+  local rows = {}
+  for j, id in ipairs(ids) do rows[j] = redis.call('GET', ARGV[1] .. id) or false end
+  out[i] = rows
+end
+return out
+"""
 
 
 def _compact(value: Any) -> str:
@@ -96,6 +111,7 @@ class RedisOnlineStore:
             )
         except ValueError as exc:
             raise ConfigurationError(f"invalid Redis URL {self.url}: {exc}") from exc
+        self._ranges_script = self._client.register_script(_RANGES)
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -122,6 +138,8 @@ class RedisOnlineStore:
         """Upsert one value per key; within ``rows`` the last row of a key wins (as in SQLite)."""
         if rows.is_empty():
             return 0
+        if group.online_indexes:
+            return self._write_events(group, rows)
         values = storable(group, rows).rows()
         positions = [group.columns.index(k) for k in group.primary_key]
         for part in _chunks(values, WRITE_CHUNK):
@@ -168,6 +186,74 @@ class RedisOnlineStore:
                     for value in raw
                 ]
             )
+        return results
+
+    # -- event groups: rows by index and event-time range ----------------------------------
+
+    def _index_key(self, table_name: str, index: Sequence[str], values: Sequence[Any]) -> str:
+        return f"{self._prefix(table_name)}@{','.join(index)}:{_compact(list(values))}"
+
+    def _write_events(self, group: FeatureGroup, rows: pl.DataFrame) -> int:
+        """Each row under its primary key, and its primary key in one sorted set per index,
+        scored by event time: upserts are idempotent (the same row and score again change
+        nothing) and commute, so replicas writing at once need no coordination."""
+        values = storable(group, rows).rows()
+        columns = group.columns
+        keys = [columns.index(k) for k in group.primary_key]
+        at = columns.index(group.event_time)
+        indexes = [(index, [columns.index(c) for c in index]) for index in group.online_indexes]
+        prefix = self._prefix(group.table_name)
+        for part in _chunks(values, WRITE_CHUNK):
+            pipe = self._client.pipeline(transaction=True)
+            for row in part:
+                member = _compact([row[i] for i in keys])
+                pipe.set(prefix + member, _compact(list(row)))
+                for index, positions in indexes:
+                    indexed = [row[i] for i in positions]
+                    if None not in indexed:
+                        name = self._index_key(group.table_name, index, indexed)
+                        pipe.zadd(name, {member: row[at]})
+            self._call(f"write to {group.table_name}", pipe.execute)
+        return len(values)
+
+    def read_ranges(self, lookups: Sequence[OnlineRangeLookup]) -> list[list[OnlineRange]]:
+        pipe = self._client.pipeline(transaction=False)
+        self._queue_ranges(pipe, lookups)
+        replies = self._call("online range read", pipe.execute) if lookups else []
+        return self._parse_ranges(lookups, replies)
+
+    def read_rows_and_ranges(
+        self, lookups: Sequence[OnlineLookup], ranges: Sequence[OnlineRangeLookup]
+    ) -> tuple[list[list[OnlineRow]], list[list[OnlineRange]]]:
+        return self.read_rows(lookups) if lookups else [], self.read_ranges(ranges)
+
+    def _queue_ranges(self, pipe: Any, lookups: Sequence[OnlineRangeLookup]) -> None:
+        """One script call per lookup: every key's range, one round trip with the rest."""
+        for lookup in lookups:
+            table = lookup.group.table_name
+            names: list[str] = []
+            args: list[Any] = [self._prefix(table)]
+            for values, start, end in zip(lookup.keys, lookup.start_us, lookup.end_us, strict=True):
+                names.append(self._index_key(table, lookup.index, values))
+                args += [start, end]
+            self._ranges_script(keys=names, args=args, client=pipe)
+
+    @staticmethod
+    def _parse_ranges(
+        lookups: Sequence[OnlineRangeLookup], replies: Sequence[Any]
+    ) -> list[list[OnlineRange]]:
+        results: list[list[OnlineRange]] = []
+        for lookup, reply in zip(lookups, replies, strict=True):
+            columns = lookup.group.columns
+            positions = [columns.index(c) for c in lookup.index]
+            per_key: list[OnlineRange] = []
+            for values, found in zip(lookup.keys, reply, strict=True):
+                wanted = list(values)
+                rows = [dict(zip(columns, json.loads(raw), strict=True)) for raw in found if raw]
+                # A row rewritten under another index value leaves its old index entry behind:
+                # the row itself says where it belongs now.
+                per_key.append([r for r in rows if [r[columns[i]] for i in positions] == wanted])
+            results.append(per_key)
         return results
 
     def _mget(self, table_name: str, names: list[str]) -> list[bytes | None]:

@@ -85,6 +85,30 @@ class OnlineLookup:
 
 # One online row as stored: column -> plain value (None when the store has no row for the key).
 OnlineRow = dict[str, Any] | None
+# The rows one range lookup found for one key, in event-time order.
+OnlineRange = list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class OnlineRangeLookup:
+    """Ranges to read in one event group (a group with ``online_indexes``): for each key (the
+    values of the ``index`` columns, plain values as stored), every row with
+    ``start_us <= event time < end_us`` (epoch microseconds, UTC), in event-time order."""
+
+    group: FeatureGroup
+    index: tuple[str, ...]
+    keys: Sequence[tuple[Any, ...]]
+    start_us: Sequence[int]
+    end_us: Sequence[int]
+
+    def __post_init__(self) -> None:
+        if self.index not in self.group.online_indexes:
+            raise ValueError(
+                f"{self.group.name} has no online index {self.index}; "
+                f"it has {list(self.group.online_indexes)}"
+            )
+        if not len(self.keys) == len(self.start_us) == len(self.end_us):
+            raise ValueError("a range lookup needs one start and one end per key")
 
 
 @runtime_checkable
@@ -104,6 +128,17 @@ class OnlineStore(Protocol):
     def read_rows(self, lookups: Sequence[OnlineLookup]) -> list[list[OnlineRow]]:
         """Per lookup, per key: the stored row as plain values, or None. The request path's
         read: no frames, one round trip for all lookups where the backend allows it."""
+        ...
+
+    def read_ranges(self, lookups: Sequence[OnlineRangeLookup]) -> list[list[OnlineRange]]:
+        """Per lookup, per key: the event group's rows in the key's time range."""
+        ...
+
+    def read_rows_and_ranges(
+        self, lookups: Sequence[OnlineLookup], ranges: Sequence[OnlineRangeLookup]
+    ) -> tuple[list[list[OnlineRow]], list[list[OnlineRange]]]:
+        """`read_rows` and `read_ranges` together: one round trip where the backend allows it
+        (the request path of a model with fresh window features)."""
         ...
 
     def materialized_version(self, table_name: str) -> int | None:
@@ -162,6 +197,17 @@ class FeatureStore(Protocol):
 
     def get_online_rows(self, lookups: Sequence[OnlineLookup]) -> list[list[OnlineRow]]:
         """Online rows of several groups at once, as plain values (see `OnlineStore.read_rows`)."""
+        ...
+
+    def get_online_rows_and_ranges(
+        self, lookups: Sequence[OnlineLookup], ranges: Sequence[OnlineRangeLookup]
+    ) -> tuple[list[list[OnlineRow]], list[list[OnlineRange]]]:
+        """Key lookups and event-time ranges in one read (`OnlineStore.read_rows_and_ranges`)."""
+        ...
+
+    def write_online(self, group: FeatureGroup, rows: pl.DataFrame) -> int:
+        """Upsert ``rows`` straight into the online store (a streaming writer, which inserts the
+        same rows offline itself); returns the rows written."""
         ...
 
     def point_in_time_join(
