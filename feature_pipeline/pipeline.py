@@ -23,6 +23,11 @@ from rich.progress import Progress, TaskID
 from feature_pipeline.compress import compress
 from feature_pipeline.extract import Source, Window
 from feature_pipeline.features.daily_stats import LOOKBACK_DAYS, rolling_stats
+from feature_pipeline.features.departures import (
+    departure_event_rows,
+    departure_schedule,
+    events_from_flights,
+)
 from feature_pipeline.features.flights import FLIGHT_RAW_COLUMNS, typed_flights
 from feature_pipeline.features.planes import PLANE_RAW_COLUMNS, typed_planes
 from feature_pipeline.features.weather import WEATHER_RAW_COLUMNS, typed_weather
@@ -33,13 +38,18 @@ from shared.errors import FTIError, ValidationFailed
 from shared.feature_definitions import (
     AIRPORT_WEATHER,
     CARRIER_STATS,
+    DEPARTURE_EVENTS,
+    DEPARTURE_SCHEDULE,
+    DEPARTURES_STREAM,
     FLIGHTS,
     PLANES,
     QUARANTINE,
     ROUTE_STATS,
+    STREAM_PROGRESS,
 )
 from shared.feature_group import FeatureGroup
 from shared.feature_store import FeatureStore, open_feature_store
+from shared.feature_view import local_day_start_utc
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +59,9 @@ WRITE_ORDER: tuple[FeatureGroup, ...] = (
     PLANES,
     ROUTE_STATS,
     CARRIER_STATS,
+    DEPARTURE_EVENTS,
+    DEPARTURE_SCHEDULE,
+    STREAM_PROGRESS,
 )
 ONLINE_GROUPS = tuple(g for g in WRITE_ORDER if g.online)
 
@@ -142,15 +155,43 @@ def build_chunk(
 
     outcomes = pl.concat([history, flights.valid])
     last_day = window.end + timedelta(days=1)  # tomorrow's stats describe today: serve them next
+    # The schedule is known ahead: tomorrow's scheduled departures are written with today's
+    # (their own run records their outcomes and any quarantined rows).
+    ahead = validate_flights(source.flights(Window(last_day, last_day)), airports).valid
     features = {
         FLIGHTS.name: flights.valid,
         AIRPORT_WEATHER.name: weather.valid,
         ROUTE_STATS.name: rolling_stats(outcomes, ["origin", "dest"], window.start, last_day),
         CARRIER_STATS.name: rolling_stats(outcomes, ["carrier"], window.start, last_day),
+        **departures(flights.valid, ahead, window),
     }
     if with_planes:
         features[PLANES.name] = validated[2].valid
     return ChunkResult(window, tuple(validated), {n: f for n, f in features.items() if f.height})
+
+
+def departures(
+    flights: pl.DataFrame, ahead: pl.DataFrame, window: Window
+) -> dict[str, pl.DataFrame]:
+    """The window's departure events (from the outcomes, with the function the stream runs),
+    the schedule through tomorrow, and the progress row saying the events are complete up to
+    the end of the window."""
+    events, broken = departure_event_rows(events_from_flights(flights))
+    if broken.height:  # the flights contract implies every event rule: a bug, not bad input
+        raise ValueError(f"{broken.height} valid flights made invalid events: {broken.head(3)}")
+    progress = pl.DataFrame(
+        {
+            "stream": [DEPARTURES_STREAM],
+            "watermark": [local_day_start_utc(window.end + timedelta(days=1))],
+            "committed_at": [datetime.now(UTC)],
+            "events": [events.height],
+        }
+    )
+    return {
+        DEPARTURE_EVENTS.name: events,
+        DEPARTURE_SCHEDULE.name: departure_schedule(pl.concat([flights, ahead])),
+        STREAM_PROGRESS.name: STREAM_PROGRESS.conform(progress),
+    }
 
 
 def new_quarantine_rows(store: FeatureStore, rows: pl.DataFrame) -> pl.DataFrame:

@@ -233,6 +233,8 @@ DEPARTURE_SCHEDULE = FeatureGroup(
     ),
 )
 
+DEPARTURES_STREAM = "departures"  # the stream_progress key of the departure events
+
 STREAM_PROGRESS = FeatureGroup(
     name="stream_progress",
     version=1,

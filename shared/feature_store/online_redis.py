@@ -39,21 +39,6 @@ WRITE_CHUNK = 5_000
 READ_CHUNK = 10_000
 
 
-# An event group's range read, server-side so that it costs one round trip: per index key
-# (a sorted set of primary keys scored by event time), the rows in [start, end). ARGV[1] is the
-# rows' key prefix, then a start and an (exclusive) end per key.
-_RANGES = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  local ids = redis.call('ZRANGEBYSCORE', key, ARGV[2 * i], '(' .. ARGV[2 * i + 1])
-  local rows = {}
-  for j, id in ipairs(ids) do rows[j] = redis.call('GET', ARGV[1] .. id) or false end
-  out[i] = rows
-end
-return out
-"""
-
-
 def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -111,7 +96,6 @@ class RedisOnlineStore:
             )
         except ValueError as exc:
             raise ConfigurationError(f"invalid Redis URL {self.url}: {exc}") from exc
-        self._ranges_script = self._client.register_script(_RANGES)
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -194,25 +178,26 @@ class RedisOnlineStore:
         return f"{self._prefix(table_name)}@{','.join(index)}:{_compact(list(values))}"
 
     def _write_events(self, group: FeatureGroup, rows: pl.DataFrame) -> int:
-        """Each row under its primary key, and its primary key in one sorted set per index,
-        scored by event time: upserts are idempotent (the same row and score again change
-        nothing) and commute, so replicas writing at once need no coordination."""
+        """Per index value (an airport, a tail number), one sorted set of whole rows (compact
+        JSON) scored by event time, added to with one ZADD per set and batch. Upserts are
+        idempotent and commute (a redelivered row is the same member with the same score), so
+        replicas writing at once need no coordination; a restated event is another member,
+        and readers keep a flight's latest (as offline)."""
         values = storable(group, rows).rows()
         columns = group.columns
-        keys = [columns.index(k) for k in group.primary_key]
         at = columns.index(group.event_time)
-        indexes = [(index, [columns.index(c) for c in index]) for index in group.online_indexes]
-        prefix = self._prefix(group.table_name)
         for part in _chunks(values, WRITE_CHUNK):
-            pipe = self._client.pipeline(transaction=True)
+            members: dict[str, dict[str, int]] = {}
             for row in part:
-                member = _compact([row[i] for i in keys])
-                pipe.set(prefix + member, _compact(list(row)))
-                for index, positions in indexes:
-                    indexed = [row[i] for i in positions]
+                member = _compact(list(row))
+                for index in group.online_indexes:
+                    indexed = [row[columns.index(c)] for c in index]
                     if None not in indexed:
                         name = self._index_key(group.table_name, index, indexed)
-                        pipe.zadd(name, {member: row[at]})
+                        members.setdefault(name, {})[member] = row[at]
+            pipe = self._client.pipeline(transaction=True)
+            for name, scored in members.items():
+                pipe.zadd(name, scored)
             self._call(f"write to {group.table_name}", pipe.execute)
         return len(values)
 
@@ -228,32 +213,26 @@ class RedisOnlineStore:
         return self.read_rows(lookups) if lookups else [], self.read_ranges(ranges)
 
     def _queue_ranges(self, pipe: Any, lookups: Sequence[OnlineRangeLookup]) -> None:
-        """One script call per lookup: every key's range, one round trip with the rest."""
+        """One ZRANGEBYSCORE per key and range, [start, end)."""
         for lookup in lookups:
             table = lookup.group.table_name
-            names: list[str] = []
-            args: list[Any] = [self._prefix(table)]
             for values, start, end in zip(lookup.keys, lookup.start_us, lookup.end_us, strict=True):
-                names.append(self._index_key(table, lookup.index, values))
-                args += [start, end]
-            self._ranges_script(keys=names, args=args, client=pipe)
+                pipe.zrangebyscore(self._index_key(table, lookup.index, values), start, f"({end}")
 
     @staticmethod
     def _parse_ranges(
         lookups: Sequence[OnlineRangeLookup], replies: Sequence[Any]
     ) -> list[list[OnlineRange]]:
         results: list[list[OnlineRange]] = []
-        for lookup, reply in zip(lookups, replies, strict=True):
+        found = iter(replies)
+        for lookup in lookups:
             columns = lookup.group.columns
-            positions = [columns.index(c) for c in lookup.index]
-            per_key: list[OnlineRange] = []
-            for values, found in zip(lookup.keys, reply, strict=True):
-                wanted = list(values)
-                rows = [dict(zip(columns, json.loads(raw), strict=True)) for raw in found if raw]
-                # A row rewritten under another index value leaves its old index entry behind:
-                # the row itself says where it belongs now.
-                per_key.append([r for r in rows if [r[columns[i]] for i in positions] == wanted])
-            results.append(per_key)
+            results.append(
+                [
+                    [dict(zip(columns, json.loads(raw), strict=True)) for raw in next(found)]
+                    for _ in lookup.keys
+                ]
+            )
         return results
 
     def _mget(self, table_name: str, names: list[str]) -> list[bytes | None]:
@@ -266,7 +245,18 @@ class RedisOnlineStore:
         return [value for reply in replies for value in reply]
 
     def row_count(self, group: FeatureGroup) -> int:
-        """Keys held for the group (a SCAN: for operators and tests, not the request path)."""
+        """Keys held for the group (a SCAN: for operators and tests, not the request path);
+        for an event group, the rows under its first index."""
+        if group.online_indexes:
+            index = group.online_indexes[0]
+            sets = _glob_escape(f"{self._prefix(group.table_name)}@{','.join(index)}:") + "*"
+            return self._call(
+                f"count of {group.table_name}",
+                lambda: sum(
+                    int(self._client.zcard(name))
+                    for name in set(self._client.scan_iter(match=sets, count=1_000))
+                ),
+            )
         pattern = _glob_escape(self._prefix(group.table_name)) + "*"
         return self._call(
             f"count of {group.table_name}",

@@ -14,6 +14,7 @@ import polars as pl
 from shared.errors import StoreUnavailable
 from shared.feature_group import FeatureGroup
 from shared.feature_store.online_codec import align_to_keys, from_storable, storable
+from shared.feature_store.online_sqlite_events import SQLiteEventTables
 from shared.feature_store.protocol import OnlineLookup, OnlineRange, OnlineRangeLookup, OnlineRow
 
 _SQL_TYPES = {
@@ -87,6 +88,7 @@ class SQLiteOnlineStore:
         self._lock = threading.Lock()
         self._ready: set[str] = set()
         self._queries: dict[tuple[str, int], str] = {}  # (table, keys) -> SELECT
+        self._events = SQLiteEventTables(self._conn, _sql_type)  # event groups' tables
 
     def _ensure_table(self, group: FeatureGroup) -> None:
         if group.table_name in self._ready:
@@ -96,17 +98,14 @@ class SQLiteOnlineStore:
         self._conn.execute(
             f"CREATE TABLE IF NOT EXISTS {_ident(group.table_name)} ({cols}, PRIMARY KEY ({pk}))"
         )
-        for index in group.online_indexes:  # an event group's time-range reads
-            name = _ident(f"{group.table_name}__by_{'_'.join(index)}")
-            columns = ", ".join(_ident(c) for c in (*index, group.event_time))
-            self._conn.execute(
-                f"CREATE INDEX IF NOT EXISTS {name} ON {_ident(group.table_name)} ({columns})"
-            )
         self._ready.add(group.table_name)
 
     def write(self, group: FeatureGroup, rows: pl.DataFrame) -> int:
         if rows.is_empty():
             return 0
+        if group.online_indexes:
+            with self._lock:
+                return self._events.write(group, rows)
         values = storable(group, rows).rows()
         names = ", ".join(_ident(c) for c in group.columns)
         marks = ", ".join("?" for _ in group.columns)
@@ -152,7 +151,7 @@ class SQLiteOnlineStore:
 
     def read_ranges(self, lookups: Sequence[OnlineRangeLookup]) -> list[list[OnlineRange]]:
         with self._lock:
-            return [self._ranges(lookup) for lookup in lookups]
+            return [self._events.ranges(lookup) for lookup in lookups]
 
     def read_rows_and_ranges(
         self, lookups: Sequence[OnlineLookup], ranges: Sequence[OnlineRangeLookup]
@@ -160,31 +159,6 @@ class SQLiteOnlineStore:
         """Both reads on the local file (no round trip to save: two lock acquisitions)."""
         rows = self.read_rows(lookups) if lookups else []
         return rows, self.read_ranges(ranges) if ranges else []
-
-    def _ranges(self, lookup: OnlineRangeLookup) -> list[OnlineRange]:
-        """One indexed range scan per key (caller holds the lock)."""
-        group = lookup.group
-        self._ensure_table(group)
-        columns = group.columns
-        key = " AND ".join(f"{_ident(c)} = ?" for c in lookup.index)
-        event = _ident(group.event_time)
-        sql = (
-            f"SELECT {', '.join(_ident(c) for c in columns)} FROM {_ident(group.table_name)} "
-            f"WHERE {key} AND {event} >= ? AND {event} < ? ORDER BY {event}"
-        )
-        found: list[OnlineRange] = []
-        try:
-            for values, start, end in zip(lookup.keys, lookup.start_us, lookup.end_us, strict=True):
-                if None in values or start >= end:
-                    found.append([])
-                    continue
-                rows = self._conn.execute(sql, (*values, start, end)).fetchall()
-                found.append([dict(zip(columns, row, strict=True)) for row in rows])
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(
-                f"online range read of {group.table_name} failed: {exc}"
-            ) from exc
-        return found
 
     def _select(self, group: FeatureGroup, keys: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Stored rows for distinct ``keys`` (caller holds the lock), in chunks of parameters."""
@@ -232,6 +206,8 @@ class SQLiteOnlineStore:
 
     def row_count(self, group: FeatureGroup) -> int:
         with self._lock:
+            if group.online_indexes:
+                return self._events.row_count(group)
             self._ensure_table(group)
             return int(
                 self._conn.execute(f"SELECT count(*) FROM {_ident(group.table_name)}").fetchone()[0]

@@ -16,7 +16,7 @@ from shared.feature_definitions import DEPARTURE_EVENTS, STREAM_PROGRESS
 from shared.feature_store.online_redis import RedisOnlineStore
 from shared.feature_store.online_sqlite import SQLiteOnlineStore
 from shared.feature_store.protocol import OnlineLookup, OnlineRangeLookup, OnlineStore
-from shared.recent_departures import epoch_us
+from shared.recent_departures import DepartureLog, epoch_us
 
 pytestmark = pytest.mark.integration
 
@@ -101,17 +101,21 @@ def test_ranges_return_the_rows_in_time_order_with_exact_bounds(online: OnlineSt
     assert n9 == [] and unknown == []
 
 
-def test_upserts_are_idempotent_and_a_rewritten_row_moves(online: OnlineStore) -> None:
+def test_upserts_are_idempotent_and_a_restated_event_is_read_as_the_latest(
+    online: OnlineStore,
+) -> None:
     first = events(("a", "EWR", "N1", 0, 10.0), ("b", "EWR", "N1", 5, 1.0))
     online.write(DEPARTURE_EVENTS, first)
     online.write(DEPARTURE_EVENTS, first)  # a redelivered micro-batch
     online.write(DEPARTURE_EVENTS, first.reverse())
     [[rows]] = online.read_ranges([by_origin("EWR", -60, 60)])
     assert [r["flight_id"] for r in rows] == ["a", "b"]
-    online.write(DEPARTURE_EVENTS, events(("b", "JFK", "N1", 5, 1.0)))  # b was at JFK after all
+    assert online.row_count(DEPARTURE_EVENTS) == 2  # type: ignore[attr-defined]
+    # b restated: it left from JFK, later. Both rows are kept; readers take a flight's latest.
+    online.write(DEPARTURE_EVENTS, events(("b", "JFK", "N1", 7, 3.0)))
     [[ewr], [jfk]] = online.read_ranges([by_origin("EWR", -60, 60), by_origin("JFK", -60, 60)])
-    assert [r["flight_id"] for r in ewr] == ["a"]
-    assert [r["flight_id"] for r in jfk] == ["b"]
+    log = DepartureLog.from_rows([*ewr, *jfk])
+    assert sorted(zip(log.flight_id, log.origin, strict=True)) == [("a", "EWR"), ("b", "JFK")]
 
 
 def test_key_lookups_and_ranges_in_one_read(online: OnlineStore) -> None:

@@ -1,0 +1,48 @@
+"""Settings of the streaming part of the feature pipeline (``FTI_STREAM_*``)."""
+
+from __future__ import annotations
+
+import socket
+from enum import StrEnum
+
+from pydantic import Field, SecretStr
+
+from feature_pipeline.settings import FeaturePipelineSettings
+
+
+class Broker(StrEnum):
+    redis = "redis"  # Redis Streams, a consumer group (production)
+    embedded = "embedded"  # a replay read in this process (no servers; the main job)
+
+
+class StreamSettings(FeaturePipelineSettings):
+    """Built once at the entry point from the environment (``FTI_*``) and CLI flags."""
+
+    stream_broker: Broker = Field(default=Broker.redis, description="redis or embedded")
+    stream_url: SecretStr = Field(
+        default=SecretStr("redis://127.0.0.1:6379/0"),
+        description="Redis holding the stream (may carry a password)",
+    )
+    stream_key: str = Field(default="fti:departures", description="the stream's key")
+    stream_group: str = Field(default="feature-pipeline", description="the consumer group")
+    stream_consumer: str = Field(
+        default_factory=socket.gethostname,
+        description="this member's name in the group (stable across restarts: its pending "
+        "entries are re-read on start)",
+    )
+    stream_batch: int = Field(default=5_000, ge=1, description="messages per micro-batch, at most")
+    stream_wait_s: float = Field(
+        default=0.2, gt=0, description="longest wait for a micro-batch's first message"
+    )
+    stream_commit_interval_s: float = Field(
+        default=5.0, gt=0, description="offline commits at most this often per group..."
+    )
+    stream_commit_events: int = Field(
+        default=50_000, ge=1, description="...or as soon as this many events wait"
+    )
+    stream_claim_idle_s: float = Field(
+        default=30.0, gt=0, description="a dead member's entries idle this long are claimed"
+    )
+    stream_maxlen: int | None = Field(
+        default=2_000_000, ge=1, description="publishers trim the stream to about this length"
+    )

@@ -1,0 +1,112 @@
+"""Event groups in the SQLite online store: one clustered table per online index.
+
+An event group (``FeatureGroup.online_indexes``, e.g. departure events by origin and by tail
+number) is read by event-time range, never by primary key. Each index gets a table ``WITHOUT
+ROWID`` keyed by (index columns, event time, primary key) and holding the whole row, so a range
+read is one ordered scan of adjacent pages, and the stream's events, arriving in time order,
+are appended at the end of each key's range. That is two B-trees for the departure events
+instead of the four of a keyed table with two secondary indexes: measured, about half the
+write time for a year of events.
+
+Upserts are idempotent and commute (``INSERT OR REPLACE`` on the full key): a redelivered event
+changes nothing, and replicas writing at once need no coordination. An event restated with
+another time or index value is a second row; readers keep a flight's latest event
+(``shared.recent_departures``), as the offline path does with the offline rows.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import polars as pl
+
+from shared.errors import StoreUnavailable
+from shared.feature_group import FeatureGroup
+from shared.feature_store.online_codec import storable
+from shared.feature_store.protocol import OnlineRange, OnlineRangeLookup
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def index_table(group: FeatureGroup, index: Sequence[str]) -> str:
+    return f"{group.table_name}__by_{'_'.join(index)}"
+
+
+class SQLiteEventTables:
+    """The event-group part of `SQLiteOnlineStore`; the caller holds the store's lock."""
+
+    def __init__(self, conn: sqlite3.Connection, sql_type: Any) -> None:
+        self._conn = conn
+        self._sql_type = sql_type
+        self._ready: set[str] = set()
+        self._sql: dict[tuple[str, tuple[str, ...]], tuple[str, str]] = {}  # insert, select
+
+    def _ensure(self, group: FeatureGroup) -> None:
+        if group.table_name in self._ready:
+            return
+        columns = ", ".join(
+            f"{_ident(n)} {self._sql_type(t)}" for n, t in group.polars_schema.items()
+        )
+        names = ", ".join(_ident(c) for c in group.columns)
+        marks = ", ".join("?" for _ in group.columns)
+        event = _ident(group.event_time)
+        for index in group.online_indexes:
+            key = ", ".join(_ident(c) for c in (*index, group.event_time, *group.primary_key))
+            table = _ident(index_table(group, index))
+            self._conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {table} ({columns}, PRIMARY KEY ({key})) WITHOUT ROWID"
+            )
+            match = " AND ".join(f"{_ident(c)} = ?" for c in index)
+            self._sql[(group.table_name, index)] = (
+                f"INSERT OR REPLACE INTO {table} ({names}) VALUES ({marks})",
+                f"SELECT {names} FROM {table} WHERE {match} AND {event} >= ? AND {event} < ? "
+                f"ORDER BY {event}",
+            )
+        self._ready.add(group.table_name)
+
+    def write(self, group: FeatureGroup, rows: pl.DataFrame) -> int:
+        """One transaction: the rows into every index table (rows whose index columns are
+        null have nothing to be found by there), each table's rows in its key order."""
+        self._ensure(group)
+        stored = storable(group, rows)
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            for index in group.online_indexes:
+                part = stored.drop_nulls(list(index)).sort([*index, group.event_time])
+                insert, _ = self._sql[(group.table_name, index)]
+                self._conn.executemany(insert, part.iter_rows())
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._conn.execute("ROLLBACK")
+            raise StoreUnavailable(f"online write to {group.table_name} failed: {exc}") from exc
+        return stored.height
+
+    def ranges(self, lookup: OnlineRangeLookup) -> list[OnlineRange]:
+        """One ordered range scan per key."""
+        group = lookup.group
+        self._ensure(group)
+        _, select = self._sql[(group.table_name, lookup.index)]
+        columns = group.columns
+        found: list[OnlineRange] = []
+        try:
+            for values, start, end in zip(lookup.keys, lookup.start_us, lookup.end_us, strict=True):
+                if None in values or start >= end:
+                    found.append([])
+                    continue
+                rows = self._conn.execute(select, (*values, start, end)).fetchall()
+                found.append([dict(zip(columns, row, strict=True)) for row in rows])
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(
+                f"online range read of {group.table_name} failed: {exc}"
+            ) from exc
+        return found
+
+    def row_count(self, group: FeatureGroup) -> int:
+        """Rows under the group's first index (every row, unless its index value is null)."""
+        self._ensure(group)
+        table = _ident(index_table(group, group.online_indexes[0]))
+        return int(self._conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
