@@ -47,6 +47,16 @@ class FeatureStoreSettings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_namespace: str = "fti"
     online_timeout_s: float = Field(default=1.0, gt=0)
+    commit_retries: int = Field(
+        default=8,
+        ge=0,
+        description="retries of an offline write that lost its commit to a concurrent writer",
+    )
+    commit_backoff_s: float = Field(
+        default=0.2,
+        gt=0,
+        description="first back-off of those retries; doubles each time (jittered, capped 10 s)",
+    )
     hopsworks_host: str | None = None
     hopsworks_project: str | None = None
     hopsworks_api_key: SecretStr | None = None
