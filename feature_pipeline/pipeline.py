@@ -160,41 +160,38 @@ def build_chunk(
 
     outcomes = pl.concat([history, lookback.outcomes(flights.valid)])
     last_day = window.end + timedelta(days=1)  # tomorrow's stats describe today: serve them next
-    # The schedule is known ahead: tomorrow's scheduled departures are written with today's
-    # (their own run records their outcomes and any quarantined rows).
-    ahead = validate_flights(source.flights(Window(last_day, last_day)), airports).valid
     features = {
         FLIGHTS.name: flights.valid,
         AIRPORT_WEATHER.name: weather.valid,
         ROUTE_STATS.name: rolling_stats(outcomes, ["origin", "dest"], window.start, last_day),
         CARRIER_STATS.name: rolling_stats(outcomes, ["carrier"], window.start, last_day),
-        **departures(flights.valid, ahead, window),
+        **departures(flights.valid, window),
     }
     if with_planes:
         features[PLANES.name] = validated[2].valid
     return ChunkResult(window, tuple(validated), {n: f for n, f in features.items() if f.height})
 
 
-def departures(
-    flights: pl.DataFrame, ahead: pl.DataFrame, window: Window
-) -> dict[str, pl.DataFrame]:
+def departures(flights: pl.DataFrame, window: Window) -> dict[str, pl.DataFrame]:
     """The window's departure events (from the outcomes, with the function the stream runs),
-    the schedule through tomorrow, and the progress row saying the events are complete up to
-    the end of the window."""
+    its schedule, and the progress row saying the events are complete up to the end of the
+    window. (The flights extract of a day carries its schedule; a schedule feed known days
+    ahead would write `departure_schedule` the same way, before the day.)"""
     events, broken = departure_event_rows(events_from_flights(flights))
     if broken.height:  # the flights contract implies every event rule: a bug, not bad input
         raise ValueError(f"{broken.height} valid flights made invalid events: {broken.head(3)}")
+    complete_until = local_day_start_utc(window.end + timedelta(days=1))
     progress = pl.DataFrame(
         {
             "stream": [DEPARTURES_STREAM],
-            "watermark": [local_day_start_utc(window.end + timedelta(days=1))],
-            "committed_at": [datetime.now(UTC)],
+            "watermark": [complete_until],
+            "committed_at": [complete_until],  # not the wall clock: a re-run writes the same row
             "events": [events.height],
         }
     )
     return {
         DEPARTURE_EVENTS.name: events,
-        DEPARTURE_SCHEDULE.name: departure_schedule(pl.concat([flights, ahead])),
+        DEPARTURE_SCHEDULE.name: departure_schedule(flights),
         STREAM_PROGRESS.name: STREAM_PROGRESS.conform(progress),
     }
 

@@ -251,7 +251,9 @@ STREAM_PROGRESS = FeatureGroup(
         {
             "stream": _key(pl.String, "the stream (e.g. departures)"),
             "watermark": _key(UTC_TIMESTAMP, "every event up to this event time is stored"),
-            "committed_at": _key(UTC_TIMESTAMP, "wall-clock time of the commit"),
+            "committed_at": _key(
+                UTC_TIMESTAMP, "wall-clock time of the stream's commit (a batch run: the watermark)"
+            ),
             "events": _key(pl.Int64, "events in the commit", pa.Check.ge(0)),
         },
         unique=["stream", "watermark"],
@@ -282,5 +284,14 @@ QUARANTINE = FeatureGroup(
 )
 
 FEATURE_GROUPS: dict[str, FeatureGroup] = {
-    g.name: g for g in (FLIGHTS, ROUTE_STATS, CARRIER_STATS, AIRPORT_WEATHER, PLANES)
+    g.name: g
+    for g in (
+        FLIGHTS,
+        ROUTE_STATS,
+        CARRIER_STATS,
+        AIRPORT_WEATHER,
+        PLANES,
+        DEPARTURE_EVENTS,
+        DEPARTURE_SCHEDULE,
+    )
 }

@@ -17,6 +17,7 @@ another time or index value is a second row; readers keep a flight's latest even
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,11 @@ from shared.errors import StoreUnavailable
 from shared.feature_group import FeatureGroup
 from shared.feature_store.online_codec import storable
 from shared.feature_store.protocol import OnlineRange, OnlineRangeLookup
+
+_CHUNK = 5_000  # rows per write transaction
+# How long a writer waits for another process's write transaction (readers keep the store's
+# short busy timeout: a request never waits long).
+_WRITER_WAIT_S = 30.0
 
 
 def _ident(name: str) -> str:
@@ -69,21 +75,38 @@ class SQLiteEventTables:
         self._ready.add(group.table_name)
 
     def write(self, group: FeatureGroup, rows: pl.DataFrame) -> int:
-        """One transaction: the rows into every index table (rows whose index columns are
-        null have nothing to be found by there), each table's rows in its key order."""
+        """The rows into every index table (rows whose index columns are null have nothing to
+        be found by there), each table's rows in its key order, in transactions of at most
+        ``_CHUNK`` rows: readers and other writers (parallel backfills materializing) wait
+        for one short transaction at a time, never for a whole backfill."""
         self._ensure(group)
         stored = storable(group, rows)
+        for index in group.online_indexes:
+            part = stored.drop_nulls(list(index)).sort([*index, group.event_time])
+            insert, _ = self._sql[(group.table_name, index)]
+            for start in range(0, part.height, _CHUNK):
+                self._transaction(group, insert, part.slice(start, _CHUNK).rows())
+        return stored.height
+
+    def _transaction(self, group: FeatureGroup, insert: str, values: list[tuple[Any, ...]]) -> None:
+        deadline = time.monotonic() + _WRITER_WAIT_S
+        while True:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:  # another process writes: wait our turn
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise StoreUnavailable(
+                        f"online write to {group.table_name} failed: {exc}"
+                    ) from exc
+                time.sleep(0.01)
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            for index in group.online_indexes:
-                part = stored.drop_nulls(list(index)).sort([*index, group.event_time])
-                insert, _ = self._sql[(group.table_name, index)]
-                self._conn.executemany(insert, part.iter_rows())
+            self._conn.executemany(insert, values)
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            self._conn.execute("ROLLBACK")
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
             raise StoreUnavailable(f"online write to {group.table_name} failed: {exc}") from exc
-        return stored.height
 
     def ranges(self, lookup: OnlineRangeLookup) -> list[OnlineRange]:
         """One ordered range scan per key."""
