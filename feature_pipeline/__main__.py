@@ -1,4 +1,6 @@
-"""`python -m feature_pipeline`: backfills, the daily run cron calls, and the catalog.
+"""`python -m feature_pipeline`: backfills, the daily run cron calls, the catalog, and the
+streaming part: `replay-events` (publish 2013's departures), `stream` (consume them into the
+stores), `compact` (rewrite a streamed table's small files).
 
 Exit codes: 0 success, 3 partial (written, some input rows quarantined), 1 failure (nothing of
 the failing chunk written), 2 bad command line.
@@ -6,8 +8,13 @@ the failing chunk written), 2 bad command line.
 
 from __future__ import annotations
 
+import json
 import logging
-from datetime import date, datetime
+import signal
+import threading
+import time
+from dataclasses import asdict
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -18,11 +25,22 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from feature_pipeline.pipeline import run_backfill
+from feature_pipeline.pipeline import run_backfill, run_schedule
 from feature_pipeline.settings import FeaturePipelineSettings
+from feature_pipeline.stream.processor import StreamSummary
+from feature_pipeline.stream.run import (
+    PublishSummary,
+    Replay,
+    parse_speed,
+    publish_replay,
+    run_stream,
+)
+from feature_pipeline.stream.settings import Broker, StreamSettings
 from feature_pipeline.summary import ExitCode, RunSummary
 from shared.errors import FTIError
+from shared.feature_definitions import FEATURE_GROUPS, STREAMED_GROUPS
 from shared.feature_store import open_feature_store
+from shared.feature_store.local import LocalFeatureStore
 
 app = typer.Typer(
     name="feature-pipeline",
@@ -126,6 +144,23 @@ def run(
 
 
 @app.command()
+def schedule(
+    start: Annotated[str, typer.Option("--start", help="first local day, YYYY-MM-DD")],
+    end: Annotated[str, typer.Option("--end", help="last local day (inclusive), YYYY-MM-DD")],
+    data_root: DataRoot = None,
+    source: SourceOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Write the scheduled departures of days ahead (no outcomes), offline and online: the
+    stream's pending counts need a day's schedule before the day."""
+    _configure_logging(verbose)
+    first, last = _day(start), _day(end)
+    if last < first:
+        raise typer.BadParameter(f"--end {end} is before --start {start}")
+    _finish(run_schedule(_settings(data_root=data_root, source=source), first, last))
+
+
+@app.command()
 def catalog(data_root: DataRoot = None) -> None:
     """List feature groups: versions, keys, row counts, table and online versions, schemas."""
     _configure_logging(False)
@@ -169,6 +204,262 @@ def catalog(data_root: DataRoot = None) -> None:
             f"[bold]{info.name}_v{info.version}[/]: "
             + ", ".join(f"{c} {t}" for c, t in info.columns.items())
         )
+
+
+# -- streaming -------------------------------------------------------------------------------
+
+Start = Annotated[str | None, typer.Option("--start", help="first local day to replay, YYYY-MM-DD")]
+End = Annotated[
+    str | None, typer.Option("--end", help="last local day to replay (inclusive), YYYY-MM-DD")
+]
+Speed = Annotated[
+    str,
+    typer.Option("--speed", help="times faster than real time, or 'max' (as fast as possible)"),
+]
+Heartbeat = Annotated[
+    float,
+    typer.Option(
+        "--heartbeat-s", help="a heartbeat every this many seconds of event time (0: none)"
+    ),
+]
+MaxEvents = Annotated[
+    int | None, typer.Option("--max-events", help="replay only the first N messages", min=1)
+]
+StreamUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--stream-url", help="Redis holding the stream (env FTI_STREAM_URL)", show_default=False
+    ),
+]
+StreamKey = Annotated[
+    str | None,
+    typer.Option(
+        "--stream-key",
+        help="the stream (env FTI_STREAM_KEY, default fti:departures)",
+        show_default=False,
+    ),
+]
+
+
+def _stream_settings(**overrides: object) -> StreamSettings:
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return StreamSettings(**given)  # type: ignore[arg-type]
+    except (ValidationError, FTIError) as exc:
+        console.print(f"[red]error:[/] invalid settings: {exc}".splitlines()[0])
+        raise typer.Exit(2) from exc
+
+
+def _replay(
+    start: str | None, end: str | None, speed: str, heartbeat_s: float, max_events: int | None
+) -> Replay | None:
+    if start is None and end is None:
+        return None
+    if start is None or end is None:
+        raise typer.BadParameter("give both --start and --end")
+    first, last = _day(start), _day(end)
+    if last < first:
+        raise typer.BadParameter(f"--end {end} is before --start {start}")
+    try:
+        pace = parse_speed(speed)
+    except FTIError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if heartbeat_s < 0:
+        raise typer.BadParameter("--heartbeat-s must be 0 or more")
+    every = timedelta(seconds=heartbeat_s) if heartbeat_s else None
+    return Replay(first, last, pace, every, max_events)
+
+
+def _stop_on_signals() -> threading.Event:
+    """SIGTERM (Kubernetes, compose) and SIGINT stop the loop; what was fetched is committed
+    and acknowledged before exiting."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+@app.command("replay-events")
+def replay_events_command(
+    start: Annotated[str, typer.Option("--start", help="first local day, YYYY-MM-DD")],
+    end: Annotated[str, typer.Option("--end", help="last local day (inclusive), YYYY-MM-DD")],
+    speed: Speed = "max",
+    heartbeat_s: Heartbeat = 60.0,
+    max_events: MaxEvents = None,
+    source: SourceOpt = None,
+    stream_url: StreamUrl = None,
+    stream_key: StreamKey = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Publish the departures of the days --start to --end to the stream in event-time
+    order, --speed times faster than real time (the upstream system's role, for 2013)."""
+    _configure_logging(verbose)
+    replay = _replay(start, end, speed, heartbeat_s, max_events)
+    assert replay is not None
+    settings = _stream_settings(source=source, stream_url=stream_url, stream_key=stream_key)
+    stop = _stop_on_signals()
+    with Progress(
+        TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True
+    ) as progress:
+        task = progress.add_task("publishing")
+
+        def show(s: PublishSummary) -> None:
+            progress.update(
+                task, description=f"published {s.published:,} (event time {s.last_event})"
+            )
+
+        try:
+            summary = publish_replay(settings, replay, stop=stop, on_batch=show)
+        except FTIError as exc:
+            console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(ExitCode.failure) from exc
+    console.print(
+        f"published {summary.published:,} messages to {summary.stream} in {summary.seconds:.1f} s"
+    )
+    typer.echo(json.dumps(asdict(summary)))
+
+
+@app.command()
+def stream(
+    broker: Annotated[
+        Broker | None, typer.Option("--broker", help="redis (env FTI_STREAM_BROKER) or embedded")
+    ] = None,
+    start: Start = None,
+    end: End = None,
+    speed: Speed = "max",
+    heartbeat_s: Heartbeat = 60.0,
+    max_events: MaxEvents = None,
+    consumer: Annotated[
+        str | None,
+        typer.Option(
+            "--consumer",
+            help="member name in the group (env FTI_STREAM_CONSUMER, default the host name)",
+            show_default=False,
+        ),
+    ] = None,
+    max_messages: Annotated[
+        int | None, typer.Option("--max-messages", help="stop after N messages", min=1)
+    ] = None,
+    data_root: DataRoot = None,
+    source: SourceOpt = None,
+    stream_url: StreamUrl = None,
+    stream_key: StreamKey = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Consume departure events into the stores: online at once, offline in bounded commits,
+    acknowledged once both hold them. With --broker embedded, replays the days --start to
+    --end in this process instead of reading Redis."""
+    _configure_logging(verbose)
+    replay = _replay(start, end, speed, heartbeat_s, max_events)
+    settings = _stream_settings(
+        stream_broker=broker,
+        stream_consumer=consumer,
+        data_root=data_root,
+        source=source,
+        stream_url=stream_url,
+        stream_key=stream_key,
+    )
+    stop = _stop_on_signals()
+    shown = [0.0]
+
+    def show(s: StreamSummary) -> None:
+        if time.monotonic() - shown[0] >= 1.0:
+            shown[0] = time.monotonic()
+            console.print(
+                f"{s.events:,} events, {s.quarantined} quarantined, watermark {s.watermark}",
+                highlight=False,
+            )
+
+    try:
+        summary = run_stream(
+            settings, replay=replay, stop=stop, max_messages=max_messages, on_batch=show
+        )
+    except FTIError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(ExitCode.failure) from exc
+    table = Table(title=f"stream: {summary.source}")
+    for column in (
+        "messages",
+        "events",
+        "heartbeats",
+        "quarantined",
+        "commits",
+        "acked",
+        "watermark",
+        "seconds",
+    ):
+        table.add_column(column)
+    table.add_row(
+        *(
+            str(summary.as_dict()[c]) if c != "seconds" else f"{summary.seconds:.1f}"
+            for c in (
+                "messages",
+                "events",
+                "heartbeats",
+                "quarantined",
+                "commits",
+                "acked",
+                "watermark",
+                "seconds",
+            )
+        )
+    )
+    console.print(table)
+    typer.echo(json.dumps(summary.as_dict()))
+    if summary.error:
+        console.print(f"[red]error:[/] {summary.error}")
+        raise typer.Exit(ExitCode.failure)
+    if summary.messages == 0 and replay is not None:
+        console.print("[red]error:[/] nothing was consumed")
+        raise typer.Exit(ExitCode.failure)
+    raise typer.Exit(ExitCode.partial if summary.quarantined else ExitCode.success)
+
+
+@app.command()
+def compact(
+    group: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--group", help="feature group to compact (repeatable; default: the streamed ones)"
+        ),
+    ] = None,
+    vacuum_hours: Annotated[
+        int | None,
+        typer.Option(
+            "--vacuum-hours", help="then delete files unreferenced this long (>= 168)", min=168
+        ),
+    ] = None,
+    data_root: DataRoot = None,
+) -> None:
+    """Rewrite the small files of streamed offline tables into large ones (OPTIMIZE), and
+    optionally VACUUM. Safe while the stream runs: a conflicting commit is retried."""
+    _configure_logging(False)
+    names = group or [g.name for g in STREAMED_GROUPS]
+    known = {g.name: g for g in (*FEATURE_GROUPS.values(), *STREAMED_GROUPS)}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise typer.BadParameter(f"unknown feature groups {unknown}; known: {sorted(known)}")
+    settings = _settings(data_root=data_root)
+    store = open_feature_store(settings)
+    try:
+        if not isinstance(store, LocalFeatureStore):
+            console.print(
+                "[red]error:[/] compaction is for the local Delta store; "
+                "Hopsworks compacts its own tables"
+            )
+            raise typer.Exit(2)
+        results = [store.compact(known[n], vacuum_hours=vacuum_hours) for n in names]
+    except FTIError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(ExitCode.failure) from exc
+    finally:
+        store.close()
+    for r in results:
+        console.print(
+            f"{r.group}: {r.files_removed} files -> {r.files_added}, "
+            f"{r.files_vacuumed} vacuumed, version {r.table_version}"
+        )
+    typer.echo(json.dumps([asdict(r) for r in results]))
 
 
 if __name__ == "__main__":

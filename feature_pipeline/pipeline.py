@@ -386,3 +386,42 @@ def run_backfill(
         store.close()
         summary.seconds = time.perf_counter() - began
     return summary
+
+
+def run_schedule(settings: FeaturePipelineSettings, start: date, end: date) -> RunSummary:
+    """Write the scheduled departures of the local days [start, end] (schedule fields only, no
+    outcome) offline and online, ahead of the days: the stream counts each window's pending
+    departures against them. The day's own run writes the same rows again (and quarantines
+    the rows that fail validation, which are left out here and counted as skipped)."""
+    window = Window(start, end)
+    summary = RunSummary(
+        run_id=f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}",
+        command="schedule",
+        window=f"{start}..{end}",
+    )
+    began = time.perf_counter()
+    store = open_feature_store(settings)
+    try:
+        source = Source(settings.source, settings.source_storage_options)
+        source.check()
+        check_window_has_flights(source, window)
+        flights = validate_flights(source.flights(window), source.airport_codes())
+        summary.source("flights").rows_read = flights.rows_read
+        if flights.quarantine.height:
+            log.warning(
+                "%d invalid flights left out of the schedule (their day's run quarantines them)",
+                flights.quarantine.height,
+            )
+        store.register(DEPARTURE_SCHEDULE)
+        result = store.insert(DEPARTURE_SCHEDULE, departure_schedule(flights.valid))
+        written = summary.group(DEPARTURE_SCHEDULE.name)
+        written.rows_written, written.inserted = result.rows_in, result.inserted
+        written.updated, written.table_version = result.updated, result.table_version
+        written.online_keys = store.materialize(DEPARTURE_SCHEDULE).keys_written
+    except FTIError as exc:
+        log.error("schedule %s failed: %s", summary.window, exc)
+        summary.error = str(exc)
+    finally:
+        store.close()
+        summary.seconds = time.perf_counter() - began
+    return summary

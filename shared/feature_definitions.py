@@ -295,3 +295,6 @@ FEATURE_GROUPS: dict[str, FeatureGroup] = {
         DEPARTURE_SCHEDULE,
     )
 }
+
+# The groups a stream writes in micro-batch commits (and `compact` compacts by default).
+STREAMED_GROUPS: tuple[FeatureGroup, ...] = (DEPARTURE_EVENTS, STREAM_PROGRESS, QUARANTINE)

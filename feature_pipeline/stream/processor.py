@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 import polars as pl
-from deltalake.exceptions import CommitFailedError
 
 from feature_pipeline.features.departures import departure_event_rows
 from feature_pipeline.pipeline import new_quarantine_rows
@@ -49,7 +48,6 @@ from shared.feature_store import FeatureStore
 log = logging.getLogger(__name__)
 
 QUARANTINE_SOURCE = "departures"
-_COMMIT_TRIES = 5
 
 
 @dataclass
@@ -193,20 +191,16 @@ class OfflineCommitter:
         rows = pl.concat([p.rows for p in batch])
         keys = [*DEPARTURE_EVENTS.primary_key, DEPARTURE_EVENTS.event_time]
         rows = rows.unique(keys, keep="last", maintain_order=True)
-        quarantined = pl.concat(
-            [p.quarantine for p in batch if p.quarantine.height], how="vertical"
-        )
+        quarantined = [p.quarantine for p in batch if p.quarantine.height]
         marks = [p.watermark for p in batch if p.watermark is not None]
-        self._retrying(lambda: self._store.insert(DEPARTURE_EVENTS, rows))
-        if quarantined.height:
-            fresh = new_quarantine_rows(
-                self._store, quarantined.unique(list(QUARANTINE.primary_key))
-            )
-            self._retrying(lambda: self._store.insert(QUARANTINE, fresh))
+        # Each insert is one MERGE, retried by the store when a concurrent writer (another
+        # replica, a backfill) committed first.
+        self._store.insert(DEPARTURE_EVENTS, rows)
+        if quarantined:
+            keyed = pl.concat(quarantined).unique(list(QUARANTINE.primary_key))
+            self._store.insert(QUARANTINE, new_quarantine_rows(self._store, keyed))
         if marks:
-            self._retrying(
-                lambda: self._store.insert(STREAM_PROGRESS, progress_row(max(marks), rows.height))
-            )
+            self._store.insert(STREAM_PROGRESS, progress_row(max(marks), rows.height))
         ids = [i for p in batch for i in p.ids]
         self._source.ack(ids)
         self._summary.commits += 1
@@ -214,19 +208,6 @@ class OfflineCommitter:
         self._summary.commit_seconds.append(self._clock() - began)
         self._last_commit = self._clock()
         log.info("committed %d events, acknowledged %d messages", rows.height, len(ids))
-
-    def _retrying(self, write: Callable[[], object]) -> None:
-        """A concurrent writer's commit (another replica) makes a MERGE fail, never
-        interleave; the MERGE is idempotent, so it is simply run again."""
-        for attempt in range(1, _COMMIT_TRIES + 1):
-            try:
-                write()
-                return
-            except CommitFailedError as exc:
-                if attempt == _COMMIT_TRIES:
-                    raise
-                log.warning("offline commit conflicted (%s); retrying", exc)
-                time.sleep(0.05 * attempt)
 
 
 class StreamProcessor:

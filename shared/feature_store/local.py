@@ -13,6 +13,7 @@ from shared.feature_group import FeatureGroup
 from shared.feature_store.offline_delta import DeltaOfflineStore
 from shared.feature_store.point_in_time import join_from_store
 from shared.feature_store.protocol import (
+    CompactResult,
     GroupInfo,
     JoinRequest,
     MaterializeResult,
@@ -60,6 +61,10 @@ class LocalFeatureStore:
         columns: Sequence[str] | None = None,
     ) -> pl.DataFrame:
         return self.offline.read(group, start, end, version=version, columns=columns)
+
+    def compact(self, group: FeatureGroup, *, vacuum_hours: int | None = None) -> CompactResult:
+        """Compact the group's offline table (see `DeltaOfflineStore.compact`)."""
+        return self.offline.compact(group, vacuum_hours=vacuum_hours)
 
     def table_version(self, group: FeatureGroup) -> int | None:
         return self.offline.version(group)

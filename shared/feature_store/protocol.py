@@ -26,6 +26,15 @@ class WriteResult:
 
 
 @dataclass(frozen=True)
+class CompactResult:
+    group: str
+    files_removed: int
+    files_added: int
+    files_vacuumed: int
+    table_version: int | None
+
+
+@dataclass(frozen=True)
 class MaterializeResult:
     group: str
     keys_written: int
