@@ -245,8 +245,13 @@ def _stream_settings(**overrides: object) -> StreamSettings:
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
         return StreamSettings(**given)  # type: ignore[arg-type]
-    except (ValidationError, FTIError) as exc:
-        console.print(f"[red]error:[/] invalid settings: {exc}".splitlines()[0])
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        console.print(f"[red]error:[/] invalid setting {where}: {first['msg']}", highlight=False)
+        raise typer.Exit(2) from exc
+    except FTIError as exc:
+        console.print(f"[red]error:[/] invalid settings: {exc}")
         raise typer.Exit(2) from exc
 
 

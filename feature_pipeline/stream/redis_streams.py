@@ -5,12 +5,12 @@ runs on Redis, so production gains no new system to operate, secure and monitor,
 client is already a dependency. A consumer group gives what the stream needs: members share
 the entries (`XREADGROUP >`), each entry stays *pending* on its member until acknowledged
 (`XACK`), a restarted member re-reads its own pending entries first (`XREADGROUP 0`), and a
-live member claims a dead member's entries once they have been idle long enough (`XAUTOCLAIM`).
-The price: durability is Redis's (AOF with ``appendfsync everysec`` loses at most a second of
-appended entries on a crash of the broker; JetStream would fsync each append), and a stream is
-held in memory (trimmed with ``MAXLEN``). The events are replayable from their source, and the
-batch run rewrites a day's events from the flights' outcomes, which bounds what such a loss
-costs.
+live member claims a dead member's entries once they have been idle long enough (`XPENDING`,
+`XCLAIM`). The price: durability is Redis's (AOF with ``appendfsync everysec`` loses at most
+a second of appended entries on a crash of the broker; JetStream would fsync each append),
+and a stream is held in memory (trimmed with ``MAXLEN``). The events are replayable from
+their source, and the batch run rewrites a day's events from the flights' outcomes, which
+bounds what such a loss costs.
 """
 
 from __future__ import annotations
@@ -69,7 +69,6 @@ class RedisStreamSource:
         self._retry_max_s = retry_max_s
         self._stop = stop or threading.Event()
         self._own_pending = True  # re-read what this member fetched and never acked, first
-        self._claim_cursor = b"0-0"
         self._next_claim = 0.0
         self._broker_down_since: float | None = None
         self._patiently(self._create_group)
@@ -149,19 +148,21 @@ class RedisStreamSource:
         return self._messages(reply[0][1] if reply else [])
 
     def _claim(self, count: int) -> list[Message]:
-        """A dead member's entries, idle longer than ``claim_idle_s``, become this member's."""
-        reply: Any = self._client.xautoclaim(
-            self.stream,
-            self.group,
-            self.consumer,
-            min_idle_time=self._claim_idle_ms,
-            start_id=self._claim_cursor,
-            count=count,
+        """Other members' entries idle longer than ``claim_idle_s`` (a dead member's) become
+        this member's. Not XAUTOCLAIM: it would also take back this member's own entries
+        waiting for their offline commit."""
+        pending: Any = self._client.xpending_range(
+            self.stream, self.group, min="-", max="+", count=count, idle=self._claim_idle_ms
         )
-        self._claim_cursor = reply[0]
-        claimed = self._messages(reply[1])
+        theirs = [p["message_id"] for p in pending if p["consumer"].decode() != self.consumer]
+        if not theirs:
+            return []
+        entries: Any = self._client.xclaim(
+            self.stream, self.group, self.consumer, self._claim_idle_ms, theirs
+        )
+        claimed = self._messages(entries)
         if claimed:
-            log.warning("claimed %d idle entries of a dead group member", len(claimed))
+            log.warning("claimed %d idle entries of another group member", len(claimed))
         return claimed
 
     def _messages(self, entries: Sequence[Any]) -> list[Message]:

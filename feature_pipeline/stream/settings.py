@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from enum import StrEnum
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from feature_pipeline.settings import FeaturePipelineSettings
 
@@ -46,3 +46,14 @@ class StreamSettings(FeaturePipelineSettings):
     stream_maxlen: int | None = Field(
         default=2_000_000, ge=1, description="publishers trim the stream to about this length"
     )
+
+    @model_validator(mode="after")
+    def _claim_after_commit(self) -> StreamSettings:
+        # A live member's entries stay pending until their offline commit: claiming sooner
+        # would take them from a member that is only waiting for it.
+        if self.stream_claim_idle_s <= self.stream_commit_interval_s:
+            raise ValueError(
+                f"FTI_STREAM_CLAIM_IDLE_S ({self.stream_claim_idle_s:g}) must exceed "
+                f"FTI_STREAM_COMMIT_INTERVAL_S ({self.stream_commit_interval_s:g})"
+            )
+        return self

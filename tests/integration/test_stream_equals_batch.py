@@ -83,9 +83,7 @@ def _offline(root: Path, group: FeatureGroup) -> pl.DataFrame:
 def test_the_streamed_day_writes_the_batch_rows(batch_and_stream: tuple[Path, Path]) -> None:
     batch, streamed = batch_and_stream
     assert_frame_equal(_offline(streamed, DEPARTURE_EVENTS), _offline(batch, DEPARTURE_EVENTS))
-    assert_frame_equal(
-        _offline(streamed, DEPARTURE_SCHEDULE), _offline(batch, DEPARTURE_SCHEDULE)
-    )
+    assert_frame_equal(_offline(streamed, DEPARTURE_SCHEDULE), _offline(batch, DEPARTURE_SCHEDULE))
     assert _offline(streamed, QUARANTINE).filter(pl.col("source") == "departures").is_empty()
 
 
