@@ -3,7 +3,7 @@ streaming part: `replay-events` (publish 2013's departures), `stream` (consume t
 stores), `compact` (rewrite a streamed table's small files).
 
 Exit codes: 0 success, 3 partial (written, some input rows quarantined), 1 failure (nothing of
-the failing chunk written), 2 bad command line.
+the failing chunk written), 2 bad command line or setting.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ import time
 from dataclasses import asdict
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -41,6 +43,7 @@ from shared.errors import FTIError
 from shared.feature_definitions import FEATURE_GROUPS, STREAMED_GROUPS
 from shared.feature_store import open_feature_store
 from shared.feature_store.local import LocalFeatureStore
+from shared.setting_errors import invalid_settings_line
 
 app = typer.Typer(
     name="feature-pipeline",
@@ -73,13 +76,23 @@ def _day(value: str) -> date:
         raise typer.BadParameter(f"{value!r} is not a date; use YYYY-MM-DD") from exc
 
 
+def _fail(message: str, code: ExitCode) -> NoReturn:
+    """One line on stderr (never wrapped), then the exit code."""
+    console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
 def _settings(**overrides: object) -> FeaturePipelineSettings:
+    """Settings from the environment and the command's options (``overrides``: every option
+    of the command, None where not given); a bad one is one line naming it, exit 2."""
     given = {k: v for k, v in overrides.items() if v is not None}
+    flags = {name: "--" + name.replace("_", "-") for name in overrides}
     try:
         return FeaturePipelineSettings(**given)  # type: ignore[arg-type]
-    except (ValidationError, FTIError) as exc:
-        console.print(f"[red]error:[/] invalid settings: {exc}".splitlines()[0])
-        raise typer.Exit(ExitCode.failure) from exc
+    except (ValidationError, SettingsError) as exc:
+        _fail(invalid_settings_line(exc, flags=flags), ExitCode.usage)
+    except FTIError as exc:
+        _fail(f"invalid settings: {exc}", ExitCode.usage)
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -170,8 +183,7 @@ def catalog(data_root: DataRoot = None) -> None:
         infos = store.catalog()
         store.close()
     except FTIError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(ExitCode.failure) from exc
+        _fail(str(exc), ExitCode.failure)
     out = Console()
     table = Table(title=f"feature groups in {settings.resolved_offline_root}")
     for column in (
@@ -241,18 +253,25 @@ StreamKey = Annotated[
 ]
 
 
-def _stream_settings(**overrides: object) -> StreamSettings:
+def _stream_settings(flags: dict[str, str], **overrides: object) -> StreamSettings:
+    """Stream settings from the environment and the options (``flags``: setting -> option)."""
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
         return StreamSettings(**given)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        console.print(f"[red]error:[/] invalid setting {where}: {first['msg']}", highlight=False)
-        raise typer.Exit(2) from exc
+    except (ValidationError, SettingsError) as exc:
+        _fail(invalid_settings_line(exc, flags=flags), ExitCode.usage)
     except FTIError as exc:
-        console.print(f"[red]error:[/] invalid settings: {exc}")
-        raise typer.Exit(2) from exc
+        _fail(f"invalid settings: {exc}", ExitCode.usage)
+
+
+_STREAM_FLAGS = {
+    "stream_broker": "--broker",
+    "stream_consumer": "--consumer",
+    "stream_url": "--stream-url",
+    "stream_key": "--stream-key",
+    "data_root": "--data-root",
+    "source": "--source",
+}
 
 
 def _replay(
@@ -301,7 +320,9 @@ def replay_events_command(
     _configure_logging(verbose)
     replay = _replay(start, end, speed, heartbeat_s, max_events)
     assert replay is not None
-    settings = _stream_settings(source=source, stream_url=stream_url, stream_key=stream_key)
+    settings = _stream_settings(
+        _STREAM_FLAGS, source=source, stream_url=stream_url, stream_key=stream_key
+    )
     stop = _stop_on_signals()
     with Progress(
         TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True
@@ -316,8 +337,7 @@ def replay_events_command(
         try:
             summary = publish_replay(settings, replay, stop=stop, on_batch=show)
         except FTIError as exc:
-            console.print(f"[red]error:[/] {exc}")
-            raise typer.Exit(ExitCode.failure) from exc
+            _fail(str(exc), ExitCode.failure)
     console.print(
         f"published {summary.published:,} messages to {summary.stream} in {summary.seconds:.1f} s"
     )
@@ -357,6 +377,7 @@ def stream(
     _configure_logging(verbose)
     replay = _replay(start, end, speed, heartbeat_s, max_events)
     settings = _stream_settings(
+        _STREAM_FLAGS,
         stream_broker=broker,
         stream_consumer=consumer,
         data_root=data_root,
@@ -380,8 +401,7 @@ def stream(
             settings, replay=replay, stop=stop, max_messages=max_messages, on_batch=show
         )
     except FTIError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(ExitCode.failure) from exc
+        _fail(str(exc), ExitCode.failure)
     table = Table(title=f"stream: {summary.source}")
     for column in (
         "messages",
@@ -412,11 +432,9 @@ def stream(
     console.print(table)
     typer.echo(json.dumps(summary.as_dict()))
     if summary.error:
-        console.print(f"[red]error:[/] {summary.error}")
-        raise typer.Exit(ExitCode.failure)
+        _fail(summary.error, ExitCode.failure)
     if summary.messages == 0 and replay is not None:
-        console.print("[red]error:[/] nothing was consumed")
-        raise typer.Exit(ExitCode.failure)
+        _fail("nothing was consumed", ExitCode.failure)
     raise typer.Exit(ExitCode.partial if summary.quarantined else ExitCode.success)
 
 
@@ -448,15 +466,13 @@ def compact(
     store = open_feature_store(settings)
     try:
         if not isinstance(store, LocalFeatureStore):
-            console.print(
-                "[red]error:[/] compaction is for the local Delta store; "
-                "Hopsworks compacts its own tables"
+            _fail(
+                "compaction is for the local Delta store; Hopsworks compacts its own tables",
+                ExitCode.usage,
             )
-            raise typer.Exit(2)
         results = [store.compact(known[n], vacuum_hours=vacuum_hours) for n in names]
     except FTIError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(ExitCode.failure) from exc
+        _fail(str(exc), ExitCode.failure)
     finally:
         store.close()
     for r in results:

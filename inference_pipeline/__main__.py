@@ -12,15 +12,26 @@ from typing import Annotated
 
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from inference_pipeline import batch as batch_job
 from inference_pipeline.settings import InferenceSettings, TritonMode
 from shared.errors import FTIError
+from shared.setting_errors import invalid_settings_line
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 app.command("batch")(batch_job.batch)
+# The settings `serve`'s options set (named in error lines).
+SERVE_FLAGS = {
+    "host": "--host",
+    "port": "--port",
+    "workers": "--workers",
+    "model_alias": "--model",
+    "triton_url": "--triton-url",
+    "triton_grpc_url": "--triton-grpc-url",
+}
 
 
 @app.command()
@@ -62,7 +73,10 @@ def serve(
         overrides["triton_grpc_url"] = triton_grpc_url
     try:
         settings = InferenceSettings(**overrides)  # type: ignore[arg-type]
-    except (FTIError, ValidationError) as exc:
+    except (ValidationError, SettingsError) as exc:
+        typer.echo(f"error: {invalid_settings_line(exc, flags=SERVE_FLAGS)}", err=True)
+        raise typer.Exit(2) from None
+    except FTIError as exc:
         typer.echo(f"error: invalid settings: {_one_line(exc)}", err=True)
         raise typer.Exit(2) from None
     if settings.workers > 1:
@@ -159,6 +173,13 @@ def triton(
     logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
     try:
         settings = InferenceSettings(allow_unauthenticated=True)
+    except (ValidationError, SettingsError) as exc:
+        typer.echo(f"error: {invalid_settings_line(exc)}", err=True)
+        raise typer.Exit(2) from None
+    except FTIError as exc:
+        typer.echo(f"error: invalid settings: {_one_line(exc)}", err=True)
+        raise typer.Exit(2) from None
+    try:
         exec_tritonserver(
             settings.model_repository,
             settings.serving_dir / "triton-standalone",
@@ -170,14 +191,12 @@ def triton(
                 exit_timeout_s=exit_timeout_secs,
             ),
         )
-    except (FTIError, ValidationError, OSError) as exc:
+    except (FTIError, OSError) as exc:
         typer.echo(f"error: cannot start tritonserver: {_one_line(exc)}", err=True)
         raise typer.Exit(1) from None
 
 
 def _one_line(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
     return " ".join(str(exc).split())
 
 

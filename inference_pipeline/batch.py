@@ -24,6 +24,8 @@ from typing import Annotated
 import numpy as np
 import polars as pl
 import typer
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -42,6 +44,7 @@ from shared.feature_view import (
 )
 from shared.prediction_log import BATCH_SOURCE, PREDICTIONS, prediction_rows
 from shared.registry import ModelRegistry
+from shared.setting_errors import invalid_settings_line
 from shared.transforms import FeatureMatrices, apply_mdt
 
 log = logging.getLogger(__name__)
@@ -197,10 +200,17 @@ def batch(
     try:
         scored_day = date.fromisoformat(day)
     except ValueError:
-        err.print(f"error: --date {day!r} is not a YYYY-MM-DD date")
+        err.print(f"error: --date {day!r} is not a YYYY-MM-DD date", markup=False)
         raise typer.Exit(2) from None
     try:
         settings = InferenceSettings(allow_unauthenticated=True)
+    except (ValidationError, SettingsError) as exc:
+        err.print(f"error: {invalid_settings_line(exc)}", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except FTIError as exc:
+        err.print(f"error: invalid settings: {exc}", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    try:
         with Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -212,7 +222,9 @@ def batch(
                 settings, scored_day, model_ref=model, in_process=in_process, progress=progress
             )
     except FTIError as exc:
-        err.print(f"error: {type(exc).__name__}: {exc}", markup=False, highlight=False)
+        err.print(
+            f"error: {type(exc).__name__}: {exc}", markup=False, highlight=False, soft_wrap=True
+        )
         raise typer.Exit(1) from None
     render_summary(err, summary)
     sys.stdout.write(json.dumps(asdict(summary), sort_keys=True) + "\n")

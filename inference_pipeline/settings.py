@@ -64,6 +64,19 @@ class InferenceSettings(FeatureStoreSettings, RegistrySettings):
     triton_timeout_s: float = Field(default=2.0, gt=0, description="per inference call")
     triton_startup_timeout_s: float = Field(default=120.0, gt=0)
     triton_load_timeout_s: float = Field(default=120.0, gt=0)
+    triton_restart_backoff_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="managed Triton: wait before restarting it again after a failed restart or "
+        "a death soon after one; doubles each time, up to FTI_TRITON_RESTART_BACKOFF_MAX_S",
+    )
+    triton_restart_backoff_max_s: float = Field(default=30.0, gt=0)
+    triton_restart_limit_s: float = Field(
+        default=180.0,
+        gt=0,
+        description="managed Triton down this long (restarts failing) fails liveness: /healthz "
+        "answers 503 so that the service's supervisor restarts it",
+    )
 
     # Online service
     host: str = "127.0.0.1"

@@ -27,6 +27,7 @@ from typing import Annotated, Any
 import torch
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.table import Table
 from year_replay.calendar import selected_weeks
@@ -36,6 +37,7 @@ from year_replay.report import summary, write_report
 from year_replay.settings import ReplayPlan, ReplaySettings, Scorer
 
 from shared.errors import ConfigurationError, FTIError
+from shared.setting_errors import invalid_settings_line
 
 DEFAULT_ROOT = Path("data/replay-2013")
 
@@ -137,8 +139,8 @@ def replay(
             notify=lambda line: err.print(f"[dim]replay[/dim] {line}", highlight=False),
         )
         paths = write_report(journal, settings.resolved_replay_dir)
-    except ValidationError as exc:
-        err.print(f"error: invalid settings: {exc.errors()[0]['msg']}", markup=False)
+    except (ValidationError, SettingsError) as exc:
+        err.print(f"error: {invalid_settings_line(exc)}", markup=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except ConfigurationError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -24,6 +25,7 @@ from rich.table import Table
 from shared.errors import ConfigurationError, FTIError, GateFailed
 from shared.promotion import Promotion, promote_if_eligible
 from shared.registry import ModelRegistry
+from shared.setting_errors import invalid_settings_line
 from training_pipeline.config import RecentWindows, TrainingConfig, TrainingSettings, Window
 
 if TYPE_CHECKING:  # torch & co. load only when a command trains, so promote/rollback are quick
@@ -46,8 +48,8 @@ def _errors_as_exit() -> Iterator[None]:
         code = next((c for t, c in EXIT_CODES.items() if isinstance(exc, t)), 1)
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code) from exc
-    except ValidationError as exc:
-        typer.echo(f"error: invalid settings: {exc.errors()[0]['msg']}", err=True)
+    except (ValidationError, SettingsError) as exc:  # FTI_* settings of the environment
+        typer.echo(f"error: {invalid_settings_line(exc)}", err=True)
         raise typer.Exit(2) from exc
 
 
@@ -64,8 +66,24 @@ def _configure_logging(verbose: bool) -> None:
     logging.getLogger("mlflow").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
-def _window(value: str | None) -> Window | None:
-    return None if value is None else Window.parse(value)
+# The config keys each training option overrides (named in error lines).
+OPTION_KEYS = {
+    "optim.epochs": "--epochs",
+    "seed": "--seed",
+    "windows.train": "--train",
+    "windows.validation": "--validation",
+    "windows.test": "--test",
+    "windows": "--train/--validation/--test",
+}
+
+
+def _window(flag: str, value: str | None) -> Window | None:
+    if value is None:
+        return None
+    try:
+        return Window.parse(value)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{flag}: {exc}") from exc
 
 
 def build_config(
@@ -79,13 +97,14 @@ def build_config(
 ) -> TrainingConfig:
     base = TrainingConfig.from_file(config_file) if config_file else TrainingConfig()
     return base.with_overrides(
+        OPTION_KEYS,
         **{
             "optim.epochs": epochs,
             "seed": seed,
-            "windows.train": _window(train),
-            "windows.validation": _window(validation),
-            "windows.test": _window(test),
-        }
+            "windows.train": _window("--train", train),
+            "windows.validation": _window("--validation", validation),
+            "windows.test": _window("--test", test),
+        },
     )
 
 
@@ -205,9 +224,14 @@ def retrain(
                 train_days=train_days, validation_days=validation_days, test_days=test_days
             )
         except ValidationError as exc:
-            raise ConfigurationError(f"retrain windows: {exc.errors()[0]['msg']}") from exc
+            flags = {f"{n}_days": f"--{n}-days" for n in ("train", "validation", "test")}
+            raise ConfigurationError(
+                invalid_settings_line(exc, flags=flags, env_prefix=None, advice="")
+            ) from exc
         windows = recent.ending(last_day)
-        config = build_config(config_file, epochs=epochs, seed=seed).with_overrides(windows=windows)
+        config = build_config(config_file, epochs=epochs, seed=seed).with_overrides(
+            OPTION_KEYS, windows=windows
+        )
         _train_and_report(config, promotion=Promotion.never)
 
 

@@ -10,7 +10,7 @@ import logging
 import random
 import subprocess
 import tempfile
-from collections.abc import Callable
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from shared.feature_view import FLIGHT_DELAY_VIEW, FeatureView
 from shared.promotion import Promotion, gate_tags, promote_if_eligible
 from shared.registry import CHAMPION, ModelRegistry, RegisteredVersion
 from training_pipeline.baseline import train_baseline
-from training_pipeline.champion import score_version
+from training_pipeline.champion import score_exported, score_version
 from training_pipeline.config import TrainingConfig, TrainingSettings
 from training_pipeline.data import Split, TrainingData, load_training_data
 from training_pipeline.distributed import DistContext, distributed_context
@@ -35,9 +35,9 @@ from training_pipeline.evaluation import (
     reliability_curve,
 )
 from training_pipeline.gates import GateDecision, check_gates
-from training_pipeline.loop import EpochRecord, FitResult, Tensors, fit, predict
+from training_pipeline.loop import EpochCallback, FitResult, Tensors, fit
 from training_pipeline.model import TabularNet, export_torchscript
-from training_pipeline.reference_stats import reference_stats
+from training_pipeline.reference_stats import MAX_ROWS, reference_stats
 from training_pipeline.register import build_model_package
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class TrainingOutcome:
     best_epoch: int
     resumed_from_epoch: int | None
     rows_per_s: float
+    seconds: dict[str, float]  # wall time per stage: data.*, fit, test, baseline, register
 
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in ("lineage",)} | {
@@ -100,7 +101,7 @@ def train_network(
     ctx: DistContext,
     *,
     resume: bool = False,
-    on_epoch_end: Callable[[EpochRecord], None] | None = None,
+    on_epoch_end: EpochCallback | None = None,
 ) -> tuple[TabularNet, FitResult]:
     """Fit the network on this process's device; returns it with the best epoch's weights."""
     seed_everything(config.seed)
@@ -117,14 +118,10 @@ def train_network(
         fingerprint=run_fingerprint(config, data),
         resume=resume,
         on_epoch_end=on_epoch_end,
+        cuda_graphs=settings.cuda_graphs,
     )
     net.load_state_dict(result.best_state)
     return net, result
-
-
-def predict_split(net: TabularNet, split: Split, device: torch.device, batch: int) -> np.ndarray:
-    tensors = Tensors.from_split(split.features, split.labels, device)
-    return predict(net, tensors, batch).float().cpu().numpy()
 
 
 def score_champion(
@@ -136,7 +133,8 @@ def score_champion(
         return None, None
     loaded = registry.load(version, workdir / f"champion-v{version}")
     try:
-        probs = score_version(loaded, test.frame)
+        # A chunk of the test window at a time: memory stays bounded on large stores.
+        probs = np.concatenate([score_version(loaded, frame) for frame in test.frames()])
     except ValueError as exc:  # e.g. a champion trained on another feature view
         raise ConfigurationError(
             f"cannot score champion v{version} on this test window ({exc}); compare by hand and "
@@ -151,7 +149,7 @@ def run_training(
     *,
     resume: bool = False,
     view: FeatureView = FLIGHT_DELAY_VIEW,
-    on_epoch_end: Callable[[EpochRecord], None] | None = None,
+    on_epoch_end: EpochCallback | None = None,
     promotion: Promotion = Promotion.if_gates_pass,
 ) -> TrainingOutcome | None:
     """Train, validate and register. Returns the outcome on rank 0, None on other ranks.
@@ -163,19 +161,30 @@ def run_training(
     (:func:`raise_if_refused` for callers that want an error).
     """
     with distributed_context(settings.device) as ctx:
+        started = time.perf_counter()
         store = open_feature_store(settings.store_settings())
         try:
-            data = load_training_data(store, view, config.windows, config.mdt)
+            data = load_training_data(
+                store,
+                view,
+                config.windows,
+                config.mdt,
+                chunk_days=settings.training_chunk_days,
+            )
         finally:
             store.close()
+        seconds = {f"data.{k}": v for k, v in data.seconds.items()}
+        seconds["data"] = time.perf_counter() - started
+        started = time.perf_counter()
         net, result = train_network(
             settings, config, data, ctx, resume=resume, on_epoch_end=on_epoch_end
         )
+        seconds["fit"] = time.perf_counter() - started
         if not ctx.is_main:
             return None
         with tempfile.TemporaryDirectory(prefix="fti-train-") as tmp:
             return _validate_and_register(
-                settings, config, data, net, result, ctx, Path(tmp), promotion
+                settings, config, data, net, result, ctx, Path(tmp), promotion, seconds
             )
 
 
@@ -188,17 +197,24 @@ def _validate_and_register(
     ctx: DistContext,
     workdir: Path,
     promotion: Promotion,
+    seconds: dict[str, float],
 ) -> TrainingOutcome:
+    started = time.perf_counter()
     batch = config.optim.eval_batch_size
     test = data.test
-    probs = predict_split(net, test, ctx.device, batch)
+    # The gates and the registry judge the served artifact: the exported float32 TorchScript
+    # model, scored on CPU as Triton runs it (not the network, which may have run in bf16).
+    exported = export_torchscript(net, workdir / "export" / "model.pt")
+    probs = score_exported(exported, test.features, batch)
     network = classification_metrics(test.labels, probs)
-    origins = test.frame["origin"].to_numpy()
+    origins = test.column("origin").to_numpy()
     curves = {"network": reliability_curve(test.labels, probs)}
     metrics: dict[str, Any] = {
         "network": network,
         "network_per_origin": per_group_metrics(origins, test.labels, probs),
     }
+    seconds["test"] = time.perf_counter() - started
+    started = time.perf_counter()
     baseline_metrics = None
     if config.baseline.enabled:
         baseline = train_baseline(
@@ -215,6 +231,8 @@ def _validate_and_register(
         metrics["baseline_per_origin"] = per_group_metrics(origins, test.labels, baseline_probs)
         curves["hist_gradient_boosting"] = reliability_curve(test.labels, baseline_probs)
     metrics["reliability"] = curves
+    seconds["baseline"] = time.perf_counter() - started
+    started = time.perf_counter()
 
     registry = ModelRegistry(settings.registry_settings())
     champion_version, champion_auc = score_champion(registry, test, workdir)
@@ -245,7 +263,7 @@ def _validate_and_register(
         version_number = registry.next_version()
         package = build_model_package(
             workdir / "model",
-            torchscript=export_torchscript(net, workdir / "export" / "model.pt"),
+            torchscript=exported,
             mdt=data.mdt,
             model_name=settings.model_name,
             version=version_number,
@@ -254,13 +272,7 @@ def _validate_and_register(
                 "feature_view": data.lineage.feature_view,
                 "lineage": lineage,
                 "metrics": metrics,
-                "reference_stats": reference_stats(
-                    data.train.frame,
-                    data.mdt.numeric_features,
-                    data.mdt.categorical_features,
-                    predict_split(net, data.train, ctx.device, batch),
-                    seed=config.seed,
-                ),
+                "reference_stats": _reference_stats(data, exported, config.seed, batch),
             },
             images=[image],
         )
@@ -275,6 +287,7 @@ def _validate_and_register(
         )
         promoted = _maybe_promote(registry, registered, decision, promotion)
         registry.set_tags(run_id, {"model_version": registered.version, "promoted": str(promoted)})
+    seconds["register"] = time.perf_counter() - started  # champion scoring, gates, MLflow
     outcome = TrainingOutcome(
         run_id=run_id,
         version=registered.version,
@@ -290,8 +303,27 @@ def _validate_and_register(
         best_epoch=result.state.best_epoch,
         resumed_from_epoch=result.resumed_from_epoch,
         rows_per_s=result.rows_per_s,
+        seconds={k: round(v, 3) for k, v in seconds.items()},
     )
     return outcome
+
+
+def _reference_stats(
+    data: TrainingData, exported: Path, seed: int, batch: int
+) -> dict[str, Any]:
+    """Drift reference: the training split's raw features and the served model's predictions,
+    on a sample of at most ``reference_stats.MAX_ROWS`` rows (all of them for the 2013 year)."""
+    mdt = data.mdt
+    index, frame = data.train.sample(MAX_ROWS, seed=seed, columns=mdt.input_features)
+    predictions = score_exported(exported, data.train.features.take(index), batch)
+    return reference_stats(
+        frame,
+        mdt.numeric_features,
+        mdt.categorical_features,
+        predictions,
+        seed=seed,
+        split_rows=data.train.rows,
+    )
 
 
 def raise_if_refused(outcome: TrainingOutcome) -> None:

@@ -22,12 +22,14 @@ from zoneinfo import ZoneInfo
 
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from inference_pipeline.monitor.settings import MonitorSettings, PredictionSource
 from shared.errors import ConfigurationError, FTIError
+from shared.setting_errors import invalid_settings_line
 
 if TYPE_CHECKING:
     from inference_pipeline.monitor.pipeline import MonitorResult
@@ -80,7 +82,9 @@ def run(
     last_day = _parse_end(end, err)
     try:
         settings = MonitorSettings()
-    except (ConfigurationError, ValidationError) as exc:
+    except (ValidationError, SettingsError) as exc:
+        _fail(err, invalid_settings_line(exc), EXIT_USAGE)
+    except ConfigurationError as exc:
         _fail(err, f"invalid settings: {_one_line(exc)}", EXIT_USAGE)
     from inference_pipeline.monitor.pipeline import run_monitor  # scipy, MLflow: only when run
 
@@ -125,10 +129,6 @@ def _fail(err: Console, message: str, code: int) -> NoReturn:
 
 
 def _one_line(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(
-            f"FTI_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
-        )
     return " ".join(str(exc).split())
 
 

@@ -8,9 +8,11 @@ so a stored JSON result can be rendered again.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from html import escape
 from typing import Any, TypeGuard
+
+from inference_pipeline.monitor.drift import MISSING
 
 REFERENCE_COLOUR = "#4c78a8"
 CURRENT_COLOUR = "#f58518"
@@ -121,41 +123,37 @@ def model_end(result: Mapping[str, Any]) -> str:
     return result["model"].get("data_end") or "unknown"
 
 
-def _drift_table_section(result: Mapping[str, Any]) -> str:
-    header = [
-        "feature",
-        "kind",
+# The drift table, one (header, cell) pair per column: a header can never drift away from its
+# values (an earlier table had 12 headers for 13 cells, each column from "null ref" on showing
+# its neighbour's value).
+DRIFT_COLUMNS: tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...] = (
+    ("feature", lambda r: f"<a href='#f-{escape(r['feature'])}'>{escape(r['feature'])}</a>"),
+    ("kind", lambda r: escape(r["kind"])),
+    (
         "status",
-        "test",
-        "statistic",
-        "p-value",
-        "PSI",
-        "null ref",
-        "null now",
-        "out of range / unseen",
-        "values",
-        "note",
+        lambda r: (
+            f"<b style='color:{STATUS_COLOURS.get(r['status'], '#7f7f7f')}'>"
+            f"{escape(r['status'])}</b>"
+        ),
+    ),
+    ("test", lambda r: escape(r["test"] or "")),
+    ("statistic", lambda r: _num(r["statistic"])),
+    ("p-value", lambda r: _p(r["p_value"])),
+    ("PSI", lambda r: _num(r["psi"])),
+    ("usual PSI", lambda r: _num(r["baseline_psi"])),
+    ("null ref", lambda r: _share(r["null_fraction_reference"])),
+    ("null now", lambda r: _share(r["null_fraction_current"])),
+    ("out of range / unseen", lambda r: _share(r["ood_rate"])),
+    ("values", lambda r: f"{r['values']:,}"),
+    ("note", lambda r: escape(r["note"] or "")),
+)
+
+
+def _drift_table_section(result: Mapping[str, Any]) -> str:
+    header = [name for name, _ in DRIFT_COLUMNS]
+    rows = [
+        [cell(row) for _, cell in DRIFT_COLUMNS] for row in _ordered(result["drift"]["features"])
     ]
-    rows = []
-    for row in _ordered(result["drift"]["features"]):
-        colour = STATUS_COLOURS.get(row["status"], "#7f7f7f")
-        rows.append(
-            [
-                f"<a href='#f-{escape(row['feature'])}'>{escape(row['feature'])}</a>",
-                escape(row["kind"]),
-                f"<b style='color:{colour}'>{escape(row['status'])}</b>",
-                escape(row["test"] or ""),
-                _num(row["statistic"]),
-                _p(row["p_value"]),
-                _num(row["psi"]),
-                _num(row["baseline_psi"]),
-                _share(row["null_fraction_reference"]),
-                _share(row["null_fraction_current"]),
-                _share(row["ood_rate"]),
-                f"{row['values']:,}",
-                escape(row["note"] or ""),
-            ]
-        )
     baseline = result["drift"].get("baseline") or {}
     if baseline.get("used"):
         text = (
@@ -317,9 +315,7 @@ def _distribution_section(result: Mapping[str, Any]) -> str:
     for row in _ordered(result["drift"]["features"]):
         if not row["bins"]:
             continue
-        labels, reference, current = _top_bins(
-            row["bins"], row["reference_fractions"], row["current_fractions"]
-        )
+        labels, reference, current = _top_bins(*_display_order(row))
         colour = STATUS_COLOURS.get(row["status"], "#7f7f7f")
         cards.append(
             f"<div class='card' id='f-{escape(row['feature'])}'>"
@@ -483,6 +479,27 @@ def reliability_chart(bins: Sequence[Mapping[str, Any]], size: int = 220) -> str
 # -- small helpers --------------------------------------------------------------------------
 
 
+def _display_order(row: Mapping[str, Any]) -> tuple[list[str], list[float], list[float]]:
+    """A categorical feature's bins in their natural order: numeric codes (``sched_hour``,
+    ``weekday``) by value, not as text ("10" before "5"), then the other categories by name,
+    the missing-value bin last. Numeric features keep their bins in value order as computed."""
+    bins, reference, current = row["bins"], row["reference_fractions"], row["current_fractions"]
+    if row["kind"] != "categorical":
+        return list(bins), list(reference), list(current)
+
+    def key(i: int) -> tuple[int, float, str]:
+        label = bins[i]
+        if label == MISSING:
+            return (2, 0.0, "")
+        try:
+            return (0, float(label), "")
+        except ValueError:
+            return (1, 0.0, label)
+
+    order = sorted(range(len(bins)), key=key)
+    return [bins[i] for i in order], [reference[i] for i in order], [current[i] for i in order]
+
+
 def _top_bins(
     labels: Sequence[str], reference: Sequence[float], current: Sequence[float]
 ) -> tuple[list[str], list[float], list[float]]:
@@ -509,6 +526,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) 
     def cell(tag: str, i: int, value: str) -> str:
         return f"<{tag}{' class=l' if i < left else ''}>{value}</{tag}>"
 
+    widths = {len(row) for row in rows} - {len(header)}
+    if widths:  # a table whose headers do not name its cells misleads every reader
+        raise ValueError(f"table rows have {sorted(widths)} cells for {len(header)} headers")
     head = "".join(cell("th", i, escape(h)) for i, h in enumerate(header))
     body = "".join(
         "<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>" for row in rows

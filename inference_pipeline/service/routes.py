@@ -27,6 +27,7 @@ from inference_pipeline.service.runtime import CHALLENGER, CHAMPION, ServiceRunt
 from inference_pipeline.service.schemas import (
     DependencyCheck,
     ErrorBody,
+    Liveness,
     PredictionRequest,
     PredictionResponse,
     Readiness,
@@ -308,9 +309,21 @@ def _log_entry(part: _Scored, request_id: str, source: str, total_s: float) -> L
     )
 
 
-@health.get("/healthz", summary="Liveness: the process answers")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+@health.get(
+    "/healthz",
+    response_model=Liveness,
+    responses={503: {"model": Liveness, "description": "restart this process"}},
+    summary="Liveness: the process answers, and can recover by itself",
+)
+async def healthz(runtime: Runtime, response: Response) -> Liveness:
+    """503 only when restarting the process is what it needs: a managed Triton that could not
+    be brought back within ``FTI_TRITON_RESTART_LIMIT_S``. A dependency that is merely down
+    shows in ``/readyz``."""
+    problem = runtime.liveness_problem()
+    if problem is None:
+        return Liveness(status="ok")
+    response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return Liveness(status="failing", detail=problem)
 
 
 @health.get(

@@ -13,9 +13,7 @@ import asyncio
 import hashlib
 import itertools
 import logging
-import shutil
 import time
-import uuid
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -31,12 +29,14 @@ from inference_pipeline.model_artifact import (
     retire_versions,
 )
 from inference_pipeline.scoring import AsyncTritonClient, OnlineInputs, online_inputs
+from inference_pipeline.service.downloads import Downloads
 from inference_pipeline.service.errors import failure_log
 from inference_pipeline.service.failure_log import FailureLog
 from inference_pipeline.service.metrics import ServiceMetrics
 from inference_pipeline.service.prediction_writer import PredictionWriter
+from inference_pipeline.service.triton_supervisor import TritonSupervisor
 from inference_pipeline.settings import InferenceSettings, TritonMode, TritonProtocol
-from inference_pipeline.triton_server import TritonServer, TritonServerError
+from inference_pipeline.triton_server import TritonEndpoints, TritonServer, TritonServerError
 from shared.errors import ModelServerUnavailable, RegistryUnavailable, StoreUnavailable
 from shared.feature_definitions import CARRIER_STATS
 from shared.feature_store import FeatureStore, open_feature_store
@@ -49,6 +49,9 @@ T = TypeVar("T")
 
 # After a failed inference, check Triton's model at most this often (seconds).
 _HEAL_INTERVAL_S = 1.0
+# Threads for reads of a network online store (Redis, Hopsworks); coalescing keeps one read in
+# flight per served version, and a hung store holds a thread for its client's socket timeouts.
+_STORE_THREADS = 8
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -69,6 +72,15 @@ class OnlineScores:
     inputs: OnlineInputs
     probabilities: list[float]
     triton_s: float  # the batch's Triton call
+
+
+@dataclass(slots=True)
+class _Job:
+    """One request's flights, queued for a batch (see `ServiceRuntime._store_deadline`)."""
+
+    model: ServingModel
+    flights: list[dict[str, Any]]
+    arrived: float  # event loop time
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,9 @@ class ServiceRuntime:
         self.triton: TritonServer | None = None
         self.client: AsyncTritonClient | None = None
         self.writer: PredictionWriter | None = None
+        self.supervisor: TritonSupervisor | None = None  # of a managed Triton
+        self.downloads = Downloads(settings.serving_dir / "artifacts")
+        self._client_endpoints: TritonEndpoints | None = None  # what `client` was built for
         self._models: dict[str, ServingModel] = {}  # role -> the version serving it
         self._champion_alias = settings.model_alias  # admin reload may point it elsewhere
         self._switch_lock = asyncio.Lock()
@@ -101,9 +116,17 @@ class ServiceRuntime:
         # tritonclient's synchronous HTTP client (model control) is gevent-based and must stay
         # on the thread that created it: every control call goes through this one thread.
         self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triton-control")
-        self._batches: Coalescer[
-            tuple[str, str], tuple[ServingModel, list[dict[str, Any]]], OnlineScores
-        ] = Coalescer(self._score_batch, size=lambda item: len(item[1]), max_size=MAX_BATCH_SIZE)
+        # Network store reads on threads of their own: a hung store leaves threads blocked in
+        # its client's socket timeouts, and must not starve the default pool (registry calls).
+        self._store_threads = ThreadPoolExecutor(
+            max_workers=_STORE_THREADS, thread_name_prefix="online-store"
+        )
+        # Per batch key: when the batch last in flight passed its store read (see
+        # `_store_deadline`).
+        self._store_passed: dict[tuple[str, str], float] = {}
+        self._batches: Coalescer[tuple[str, str], _Job, OnlineScores] = Coalescer(
+            self._score_batch, size=lambda job: len(job.flights), max_size=MAX_BATCH_SIZE
+        )
 
     async def _on_control_thread(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._control, fn, *args)
@@ -112,6 +135,7 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         s = self.settings
+        await asyncio.to_thread(self.downloads.open)
         self.store = await asyncio.to_thread(open_feature_store, s.store_settings())
         self.registry = await asyncio.to_thread(ModelRegistry, s.registry_settings())
         model = await asyncio.to_thread(self._fetch, CHAMPION, s.model_alias)
@@ -120,10 +144,17 @@ class ServiceRuntime:
         await self._load(CHAMPION, model)
         if s.serves_challenger:
             await self._follow_challenger()
-        endpoints = self.triton.endpoints
-        # Inference over gRPC only when asked for: the lean HTTP client is cheaper per call.
-        grpc = endpoints.grpc if s.triton_protocol is TritonProtocol.grpc else None
-        self.client = AsyncTritonClient(endpoints.http, s.triton_timeout_s, grpc)
+        self.client = self._triton_client()
+        if self.triton.managed:
+            self.supervisor = TritonSupervisor(
+                self.triton,
+                s,
+                self.metrics,
+                on_control_thread=self._on_control_thread,
+                restore=self._restore_triton,
+                spawn=self.spawn,
+            )
+            self.supervisor.start()
         if s.prediction_log:
             self.writer = PredictionWriter(
                 self.store,
@@ -152,19 +183,49 @@ class ServiceRuntime:
             startup_timeout_s=s.triton_startup_timeout_s,
         )
 
+    def _triton_client(self) -> AsyncTritonClient:
+        assert self.triton is not None
+        endpoints = self._client_endpoints = self.triton.endpoints
+        # Inference over gRPC only when asked for: the lean HTTP client is cheaper per call.
+        grpc = endpoints.grpc if self.settings.triton_protocol is TritonProtocol.grpc else None
+        return AsyncTritonClient(endpoints.http, self.settings.triton_timeout_s, grpc)
+
+    async def _restore_triton(self) -> None:
+        """After the managed Triton was restarted (`TritonSupervisor`): load every served
+        model again, and a client for its new ports if they changed."""
+        triton = self.triton
+        assert triton is not None
+        for model in list(self._models.values()):
+            await self._on_control_thread(triton.load_model, model.triton_name)
+        client = self.client
+        if client is None or self._client_endpoints != triton.endpoints:
+            self.client = self._triton_client()
+            if client is not None:
+                await client.close()
+
+    def liveness_problem(self) -> str | None:
+        """Why the process should be restarted by its supervisor (`/healthz` 503), or None."""
+        return None if self.supervisor is None else self.supervisor.liveness_problem()
+
     def _fetch(self, role: str, ref: str) -> ServingModel:
         """Download and verify ``ref``; the challenger is served under a Triton name of its own,
         so both versions answer side by side."""
         assert self.registry is not None
-        destination = self.settings.serving_dir / "artifacts" / uuid.uuid4().hex
-        model = load_serving_model(
-            self.registry, ref, destination, flavour=self.settings.triton_flavour
-        )
+        destination = self.downloads.destination()
+        try:
+            model = load_serving_model(
+                self.registry, ref, destination, flavour=self.settings.triton_flavour
+            )
+        except BaseException:
+            self.downloads.discard(destination)
+            raise
         if role == CHALLENGER:
             model = replace(model, triton_name=model.triton_name + CHALLENGER_SUFFIX)
         return model
 
     async def close(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -175,6 +236,8 @@ class ServiceRuntime:
         if self.triton is not None:
             await self._on_control_thread(self.triton.stop)
         self._control.shutdown(wait=False)
+        self._store_threads.shutdown(wait=False, cancel_futures=True)
+        self.downloads.close()
         if self.store is not None:
             self.store.close()
 
@@ -218,7 +281,7 @@ class ServiceRuntime:
             self.metrics.set_model(model.version, model.alias, model.triton_name)
         if previous is not None and previous.path != model.path:
             # Requests in flight hold the previous model's MDT in memory, not its files.
-            shutil.rmtree(previous.path.parent, ignore_errors=True)
+            self.downloads.discard(previous.path)
 
     async def _deploy(self, role: str, model: ServingModel) -> None:
         """Zero-downtime switch: publish the version beside the one served, load (Triton now
@@ -263,6 +326,8 @@ class ServiceRuntime:
                     log.warning("could not unload retired versions %s: %s", retired, exc)
                 else:
                     log.info("%s: retired versions %s of %s", role, retired, model.triton_name)
+        # Downloads of siblings that are gone (the served ones' own went with each switch).
+        await asyncio.to_thread(self.downloads.sweep)
 
     async def switch(
         self, role: str, ref: str | None = None
@@ -274,7 +339,7 @@ class ServiceRuntime:
             try:
                 model = await asyncio.to_thread(self._fetch, role, ref or self._alias(role))
                 if previous is not None and model.version == previous.version:
-                    shutil.rmtree(model.path.parent, ignore_errors=True)
+                    self.downloads.discard(model.path)
                     return previous, previous
                 await self._deploy(role, model)
             except Exception:
@@ -298,7 +363,8 @@ class ServiceRuntime:
         alias = self.settings.challenger_alias
         version = await asyncio.to_thread(self.registry.version_for, alias)
         if version is None:
-            if self._models.pop(CHALLENGER, None) is not None:
+            if (gone := self._models.pop(CHALLENGER, None)) is not None:
+                self.downloads.discard(gone.path)
                 log.info("alias %s removed: champion answers everything", alias)
             return
         current = self.challenger
@@ -340,6 +406,8 @@ class ServiceRuntime:
             triton, client = self.triton, self.client
             if triton is None or client is None:
                 return
+            if self.supervisor is not None and self.supervisor.restarting:
+                return  # the supervisor loads the models once the new server is up
             try:
                 if not await self._on_control_thread(triton.is_ready):
                     return
@@ -360,28 +428,29 @@ class ServiceRuntime:
         requests for the same model version share one store read, one MDT (one thread hop)
         and one Triton call: on a few cores the per-call Python work, not the per-row
         arithmetic, is where an online service spends its time."""
-        return await self._batches.submit((model.triton_name, model.version), (model, flights))
+        job = _Job(model, flights, asyncio.get_running_loop().time())
+        return await self._batches.submit((model.triton_name, model.version), job)
 
-    async def _score_batch(
-        self, key: tuple[str, str], batch: list[tuple[ServingModel, list[dict[str, Any]]]]
-    ) -> list[OnlineScores]:
+    async def _score_batch(self, key: tuple[str, str], batch: list[_Job]) -> list[OnlineScores]:
         if self.store is None:
             raise StoreUnavailable("feature store not opened")
         if self.client is None:
             raise ModelServerUnavailable("Triton client not connected")
-        model = batch[0][0]
-        flights = batch[0][1] if len(batch) == 1 else [f for _, part in batch for f in part]
+        model = batch[0].model
+        flights = batch[0].flights if len(batch) == 1 else [f for job in batch for f in job.flights]
         if self.store.online_reads_in_process:
             # A local SQLite file (bounded by its busy timeout, the online timeout): on a worker
             # thread the read and MDT only traded the GIL back and forth with this loop, which
             # cost a third of the throughput at 16 connections (benchmarks/online_load.py).
             inputs = online_inputs(self.store, model, flights)
         else:
-            inputs = await self.with_store(online_inputs, self.store, model, flights)
+            deadline = self._store_deadline(key, batch[0].arrived)
+            inputs = await self.with_store(online_inputs, self.store, model, flights, due=deadline)
+            self._store_passed[key] = asyncio.get_running_loop().time()
         began = time.perf_counter()
         probabilities = await self.client.infer(model.triton_name, model.version, inputs.matrices)
         triton_s = time.perf_counter() - began
-        sizes = [len(part) for _, part in batch]
+        sizes = [len(job.flights) for job in batch]
         bounds = itertools.accumulate(sizes, initial=0)
         return [
             OnlineScores(part, probabilities[start:stop].tolist(), triton_s)
@@ -390,13 +459,30 @@ class ServiceRuntime:
             )
         ]
 
-    async def with_store(self, fn: Callable[..., T], *args: object) -> T:
-        """Run a blocking feature store call in a thread, within the online timeout."""
+    def _store_deadline(self, key: tuple[str, str], first_arrived: float) -> float:
+        """When this batch's store read must have answered: one deadline per request, the
+        online timeout from its arrival, whatever it waited for.
+
+        A request that arrives while a batch is in flight waits for the next batch. When the
+        batch ahead hangs on the store, that wait is store time too: with a deadline per store
+        call, a request queued behind a hung read got a 503 after up to twice the timeout. The
+        time queued while the batch ahead was in Triton does not count (Triton has its own
+        deadline, and a 503 must name the dependency at fault). The batch's earliest request
+        has waited longest, so its deadline is the batch's."""
+        now = asyncio.get_running_loop().time()
+        passed = self._store_passed.pop(key, None)  # None: the batch ahead failed its read
+        waited = now - first_arrived if passed is None else max(0.0, passed - first_arrived)
+        return now + self.settings.online_timeout_s - waited
+
+    async def with_store(self, fn: Callable[..., T], *args: object, due: float | None = None) -> T:
+        """Run a blocking feature store call on a store thread, answered by ``due`` (loop time;
+        default: within the online timeout from now)."""
+        loop = asyncio.get_running_loop()
         timeout = self.settings.online_timeout_s
         try:
             # asyncio.timeout, not wait_for: no extra task per call (Python 3.11).
-            async with asyncio.timeout(timeout):
-                return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+            async with asyncio.timeout_at(loop.time() + timeout if due is None else due):
+                return await loop.run_in_executor(self._store_threads, fn, *args)
         except TimeoutError as exc:
             raise StoreUnavailable(
                 f"online feature store did not answer within {timeout:g} s"

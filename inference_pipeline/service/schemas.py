@@ -94,6 +94,11 @@ class DependencyCheck(BaseModel):
     detail: str = ""
 
 
+class Liveness(BaseModel):
+    status: str = Field(description="ok, or failing: restart this process")
+    detail: str | None = None
+
+
 class Readiness(BaseModel):
     ready: bool
     model_version: str | None

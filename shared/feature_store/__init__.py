@@ -15,7 +15,7 @@ from shared.feature_store.protocol import (
     OnlineStore,
     WriteResult,
 )
-from shared.settings import FeatureStoreSettings, OnlineBackend, StoreBackend
+from shared.settings import FeatureStoreSettings, OnlineBackend, PitJoinMethod, StoreBackend
 
 
 def open_online_store(settings: FeatureStoreSettings) -> OnlineStore:
@@ -47,7 +47,7 @@ def open_feature_store(settings: FeatureStoreSettings) -> FeatureStore:
         settings.storage_options,
         commit_retry=CommitRetry(settings.commit_retries, settings.commit_backoff_s),
     )
-    return LocalFeatureStore(offline, open_online_store(settings))
+    return LocalFeatureStore(offline, open_online_store(settings), pit_join=settings.pit_join)
 
 
 __all__ = [
@@ -60,6 +60,7 @@ __all__ = [
     "OnlineRangeLookup",
     "OnlineRow",
     "OnlineStore",
+    "PitJoinMethod",
     "WriteResult",
     "open_feature_store",
     "open_online_store",

@@ -52,7 +52,7 @@ from shared.feature_store.protocol import (
     OnlineRow,
     WriteResult,
 )
-from shared.settings import FeatureStoreSettings
+from shared.settings import DEFAULT_PIT_JOIN, FeatureStoreSettings, PitJoinMethod
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +198,10 @@ class HopsworksFeatureStore:
         host: str = "hopsworks",
         online_timeout_s: float = 1.0,
         on_close: Callable[[], None] | None = None,
+        pit_join: PitJoinMethod = DEFAULT_PIT_JOIN,
     ) -> None:
         self._fs = feature_store
+        self.pit_join = pit_join
         self.host = host
         self._timeout_s = online_timeout_s
         self._on_close = on_close
@@ -236,6 +238,7 @@ class HopsworksFeatureStore:
             host=where,
             online_timeout_s=settings.online_timeout_s,
             on_close=hopsworks.logout,
+            pit_join=settings.pit_join,
         )
 
     # -- SDK calls -------------------------------------------------------------------------
@@ -503,6 +506,7 @@ class HopsworksFeatureStore:
             requests,
             versions=versions,
             keep_event_times=keep_event_times,
+            method=self.pit_join,
         )
 
     # -- catalog ---------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from shared.feature_store.protocol import (
     OnlineStore,
     WriteResult,
 )
+from shared.settings import DEFAULT_PIT_JOIN, PitJoinMethod
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,16 @@ def latest_per_key(group: FeatureGroup, rows: pl.DataFrame) -> pl.DataFrame:
 
 
 class LocalFeatureStore:
-    def __init__(self, offline: DeltaOfflineStore, online: OnlineStore) -> None:
+    def __init__(
+        self,
+        offline: DeltaOfflineStore,
+        online: OnlineStore,
+        *,
+        pit_join: PitJoinMethod = DEFAULT_PIT_JOIN,
+    ) -> None:
         self.offline = offline
         self.online = online
+        self.pit_join = pit_join
 
     @property
     def online_reads_in_process(self) -> bool:
@@ -120,6 +128,7 @@ class LocalFeatureStore:
             requests,
             versions=versions,
             keep_event_times=keep_event_times,
+            method=self.pit_join,
         )
 
     def catalog(self) -> list[GroupInfo]:

@@ -27,11 +27,19 @@ from shared.feature_definitions import (
     ROUTE_STATS,
 )
 from shared.feature_group import FeatureGroup
-from shared.feature_store import FeatureStore, JoinRequest, open_feature_store
+from shared.feature_store import (
+    FeatureStore,
+    JoinRequest,
+    PitJoinMethod,
+    open_feature_store,
+    point_in_time_join,
+)
+from shared.feature_view import FLIGHT_DELAY_VIEW
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 RUN_METADATA = ["first_run_id", "quarantined_at"]  # differ between runs by design
+SPINE_KEYS = ["origin", "dest", "carrier", "tailnum"]
 
 
 def _table(root: Path, group: FeatureGroup) -> pl.DataFrame:
@@ -89,20 +97,25 @@ def test_online_store_holds_the_latest_row_per_key(year_store: FeatureStore) -> 
 
 
 @pytest.mark.data
-def test_point_in_time_join_of_real_flights_never_sees_the_future(year_store: FeatureStore) -> None:
-    spine = year_store.read(
-        FLIGHTS, columns=["flight_id", "sched_dep_utc", "origin", "dest", "carrier"]
-    )
-    joined = year_store.point_in_time_join(
-        spine.sample(fraction=1.0, shuffle=True, seed=7),
-        "sched_dep_utc",
-        [
-            JoinRequest(ROUTE_STATS, ["delay_rate_7d"], prefix="route_"),
-            JoinRequest(CARRIER_STATS, ["delay_rate_7d"], prefix="carrier_"),
-            JoinRequest(AIRPORT_WEATHER, ["temp"], prefix="wx_"),
-        ],
-        keep_event_times=True,
-    )
+@pytest.mark.parametrize("method", list(PitJoinMethod))
+def test_point_in_time_join_of_real_flights_never_sees_the_future(
+    year_root: Path, method: PitJoinMethod
+) -> None:
+    store = open_feature_store(FeaturePipelineSettings(data_root=year_root, pit_join=method))
+    spine = store.read(FLIGHTS, columns=["flight_id", "sched_dep_utc", "origin", "dest", "carrier"])
+    try:
+        joined = store.point_in_time_join(
+            spine.sample(fraction=1.0, shuffle=True, seed=7),
+            "sched_dep_utc",
+            [
+                JoinRequest(ROUTE_STATS, ["delay_rate_7d"], prefix="route_"),
+                JoinRequest(CARRIER_STATS, ["delay_rate_7d"], prefix="carrier_"),
+                JoinRequest(AIRPORT_WEATHER, ["temp"], prefix="wx_"),
+            ],
+            keep_event_times=True,
+        )
+    finally:
+        store.close()
     assert joined.height == spine.height
     for prefix in ("route_", "carrier_", "wx_"):
         matched = joined.filter(pl.col(f"{prefix}event_time").is_not_null())
@@ -113,6 +126,23 @@ def test_point_in_time_join_of_real_flights_never_sees_the_future(year_store: Fe
     seen = late["carrier_event_time"].dt.convert_time_zone("America/New_York").dt.date()
     assert (seen <= day).all()
     assert joined["wx_temp"].null_count() < 0.01 * joined.height
+
+
+@pytest.mark.data
+def test_both_join_methods_give_the_same_rows_for_the_whole_year(year_store: FeatureStore) -> None:
+    """The training view's joins of every 2013 flight (spine shuffled, a null timestamp and a
+    duplicated row added): Polars join_asof and the hand-written join agree to the last value."""
+    spine = year_store.read(FLIGHTS, columns=["flight_id", "sched_dep_utc", *SPINE_KEYS])
+    spine = pl.concat([spine, spine.head(3), spine.head(1).with_columns(sched_dep_utc=None)])
+    spine = spine.sample(fraction=1.0, shuffle=True, seed=11)
+    groups = [(request, year_store.read(request.group)) for request in FLIGHT_DELAY_VIEW.joins]
+    library, native = (
+        point_in_time_join(spine, "sched_dep_utc", groups, keep_event_times=True, method=m)
+        for m in (PitJoinMethod.library, PitJoinMethod.native)
+    )
+    assert library.height == spine.height
+    assert library["plane_seats"].null_count() < library.height / 4  # matches, not all nulls
+    assert_frame_equal(library, native)
 
 
 @pytest.mark.data

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
+from shared.feature_store import open_feature_store
+from shared.feature_view import FLIGHT_DELAY_VIEW
 from shared.registry import CHALLENGER, CHAMPION, ModelRegistry
 from tests.training_fixtures import SMALL, small_config, training_env, training_settings
+from training_pipeline import loop
 from training_pipeline.__main__ import app
+from training_pipeline.champion import load_exported, score_version
+from training_pipeline.data import load_training_data
+from training_pipeline.evaluation import classification_metrics
+from training_pipeline.model import TabularNet
 from training_pipeline.pipeline import run_training
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -97,3 +107,41 @@ def test_cli_errors_are_one_line_and_non_zero(
     assert result.exit_code == 1 and result.output.startswith("error:")
     result = CliRunner().invoke(app, ["train", "--epochs", "1"])  # no feature store there
     assert result.exit_code == 1 and "feature pipeline" in result.output
+
+
+def test_recorded_test_metrics_are_the_served_models(
+    year_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gates and the registry judge the exported float32 TorchScript model, scored as Triton
+    runs it, not the network as it trained. The network here trains under bf16 autocast (the
+    GPU's precision, on CPU), so its own probabilities differ from the served model's."""
+
+    def bf16(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+    monkeypatch.setattr(loop, "autocast", bf16)
+    settings = training_settings(year_root, tmp_path / "data")
+    config = small_config()
+    outcome = run_training(settings, config)
+    assert outcome is not None
+
+    loaded = ModelRegistry(settings.registry_settings()).load(outcome.version, tmp_path / "v")
+    store = open_feature_store(settings.store_settings())
+    try:
+        data = load_training_data(store, FLIGHT_DELAY_VIEW, config.windows, config.mdt)
+    finally:
+        store.close()
+    served = classification_metrics(data.test.labels, score_version(loaded, data.test.frame))
+    assert outcome.network == served
+    assert loaded.read_json("metrics.json")["network"] == served
+    assert loaded.version.tags["test_roc_auc"] == f"{served['roc_auc']:.6f}"
+    run = MlflowClient(settings.registry_settings().tracking_uri).get_run(outcome.run_id)
+    assert run.data.metrics["test_roc_auc"] == served["roc_auc"]
+    assert run.data.metrics["test_log_loss"] == served["log_loss"]
+
+    # ... and the bf16 network itself scores differently: the check above is not vacuous.
+    net = TabularNet.from_config(config.model, data.mdt.n_numeric, data.mdt.cardinalities)
+    net.load_state_dict(load_exported(loaded.file("model.pt")).net.state_dict())
+    tensors = loop.Tensors.from_split(data.test.features, data.test.labels, torch.device("cpu"))
+    network_probs = loop.predict(net, tensors, config.optim.eval_batch_size).numpy()
+    assert classification_metrics(data.test.labels, network_probs) != served

@@ -11,9 +11,12 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -38,6 +41,7 @@ from shared.settings import FeatureStoreSettings
 from tests.service.conftest import (
     MODEL_NAME,
     RegisteredModel,
+    ServiceProcess,
     SharedTriton,
     free_port,
     inference_settings,
@@ -125,6 +129,171 @@ def test_triton_killed_gives_fast_503_then_recovers_after_restart(
     finally:
         service.stop()
         server.stop()
+
+
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    state: str
+    ppid: int
+    pgid: int
+    cmdline: str
+
+
+def processes() -> list[Proc]:
+    """Every process of this machine, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        found.append(Proc(int(entry.name), fields[0], int(fields[1]), int(fields[2]), cmdline))
+    return found
+
+
+def triton_of(service: ServiceProcess) -> Proc:
+    (server,) = [
+        p
+        for p in processes()
+        if p.ppid == service.process.pid and "tritonserver" in p.cmdline and p.state != "Z"
+    ]
+    return server
+
+
+def assert_no_leftovers(service: ServiceProcess, killed: Proc, runtime: Path) -> None:
+    """No zombie child of the service, nothing left of the killed server's process group,
+    one Python-backend stub of ours (the new server's)."""
+    deadline = time.monotonic() + 10
+    while True:
+        now = processes()
+        zombies = [p for p in now if p.ppid == service.process.pid and p.state == "Z"]
+        group = [p for p in now if p.pgid == killed.pid]
+        stubs = [
+            p
+            for p in now
+            if "triton_python_backend_stub" in p.cmdline and str(runtime) in p.cmdline
+        ]
+        if (not zombies and not group and len(stubs) == 1) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert zombies == [] and group == [], (zombies, group)
+    assert len(stubs) == 1 and stubs[0].pgid == triton_of(service).pid, stubs
+
+
+def test_a_killed_managed_triton_is_restarted_under_load(
+    registered_model: RegisteredModel, tmp_path: Path
+) -> None:
+    """SIGKILL the managed tritonserver alone (as ``kill -9`` does) while clients send
+    predictions: the service restarts it, loads the model and answers 200 again by itself;
+    the killed server is reaped (no zombie) and its Python-backend stub killed and reaped."""
+    runtime = tmp_path / "serving"
+    service = start_service(
+        registered_model.root,
+        tmp_path / "service.log",
+        FTI_TRITON_RUNTIME_DIR=str(runtime),
+        FTI_TRITON_TIMEOUT_S=str(TIMEOUT_S),
+        FTI_PREDICTION_LOG="false",
+        FTI_ALIAS_POLL_S="0",
+    )
+    answers: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(base_url=service.url, timeout=10) as http:
+            while not stop.is_set():
+                sent = time.monotonic()
+                try:
+                    status = http.post("/v1/predictions", json={"flights": [UA_1545]}).status_code
+                except httpx.HTTPError:
+                    status = 0
+                answers.append((sent, status))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    try:
+        server = triton_of(service)
+        stub = next(p for p in processes() if p.pgid == server.pid and p.pid != server.pid)
+        assert "triton_python_backend_stub" in stub.cmdline
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+        os.kill(server.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        back, alive = None, []
+        while time.monotonic() - killed < 120 and back is None:
+            alive.append(httpx.get(f"{service.url}/healthz", timeout=10).status_code)
+            back = next((t for t, s in answers if t > killed and s == 200), None)
+            time.sleep(0.5)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert back is not None, service.log()
+        assert set(alive) == {200}  # down well within the restart limit: still alive
+        after = [s for t, s in answers if t > killed]
+        assert 503 in after and after[-1] == 200, after[-20:]
+        assert httpx.get(f"{service.url}/readyz", timeout=10).status_code == 200
+        assert_no_leftovers(service, server, runtime)
+        metrics = httpx.get(f"{service.url}/metrics", timeout=10).text
+        assert 'fti_triton_restarts_total{outcome="ok"} 1.0' in metrics
+        assert "fti_triton_up 1.0" in metrics
+        log = service.log()
+        assert f"managed Triton died: tritonserver (pid {server.pid}) killed by SIGKILL" in log
+        assert "managed Triton restarted" in log
+        assert (runtime / "triton" / "tritonserver.log.1").exists()  # the dead server's log
+    finally:
+        stop.set()
+        service.stop()
+    assert service.process.returncode in (0, -15), service.log()
+    assert not [p for p in processes() if str(runtime) in p.cmdline]  # nothing outlives it
+
+
+def test_a_managed_triton_that_cannot_come_back_fails_liveness(
+    registered_model: RegisteredModel, tmp_path: Path
+) -> None:
+    """Restarts that keep failing (the model cannot load: its Python-backend stub is gone)
+    turn /healthz to 503 after FTI_TRITON_RESTART_LIMIT_S, so the pod's supervisor restarts
+    the service; once a restart succeeds again, so does /healthz."""
+    runtime = tmp_path / "serving"
+    service = start_service(
+        registered_model.root,
+        tmp_path / "service.log",
+        FTI_TRITON_RUNTIME_DIR=str(runtime),
+        FTI_PREDICTION_LOG="false",
+        FTI_ALIAS_POLL_S="0",
+        FTI_TRITON_RESTART_LIMIT_S="2",
+        FTI_TRITON_RESTART_BACKOFF_S="0.5",
+        FTI_TRITON_RESTART_BACKOFF_MAX_S="1",
+    )
+    stub = runtime / "triton" / "backends" / "python" / "triton_python_backend_stub"
+    try:
+        assert httpx.get(f"{service.url}/healthz", timeout=10).status_code == 200
+        stub.rename(stub.with_suffix(".away"))
+        os.kill(triton_of(service).pid, signal.SIGKILL)
+        deadline, health = time.monotonic() + 120, None
+        while time.monotonic() < deadline:
+            health = httpx.get(f"{service.url}/healthz", timeout=10)
+            if health.status_code == 503:
+                break
+            time.sleep(0.5)
+        assert health is not None and health.status_code == 503, service.log()
+        assert health.json()["status"] == "failing"
+        assert "FTI_TRITON_RESTART_LIMIT_S" in health.json()["detail"]
+        assert post(service.url).status_code == 503
+        stub.with_suffix(".away").rename(stub)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and post(service.url).status_code != 200:
+            time.sleep(0.5)
+        assert post(service.url).status_code == 200, service.log()
+        assert httpx.get(f"{service.url}/healthz", timeout=10).status_code == 200
+        metrics = httpx.get(f"{service.url}/metrics", timeout=10).text
+        assert 'fti_triton_restarts_total{outcome="failed"}' in metrics
+        assert "/healthz now answers 503" in service.log()
+    finally:
+        service.stop()
 
 
 @pytest.fixture
@@ -227,6 +396,88 @@ def test_online_store_down_gives_503_then_recovers(
             "airport_weather",
             "planes",
         }
+
+
+def test_a_hung_store_answers_503_within_one_timeout_per_request(
+    registered_model: RegisteredModel, triton: SharedTriton, tmp_path: Path, redis_server
+) -> None:  # type: ignore[no-untyped-def]
+    """Redis paused (SIGSTOP: connections are accepted, nothing is answered) under concurrent
+    requests to the real service process: every 503 comes within the online timeout of its
+    request's start, queued requests included (they took up to twice the timeout, waiting
+    for the hung read ahead of them and then for their own); back to 200 on SIGCONT."""
+    url, holder = redis_server
+    namespace = f"hung-{uuid.uuid4().hex[:8]}"
+    store = open_feature_store(
+        FeatureStoreSettings(
+            data_root=registered_model.root,
+            online_backend="redis",  # type: ignore[arg-type]
+            redis_url=url,
+            redis_namespace=namespace,
+        )
+    )
+    try:
+        for group in (ROUTE_STATS, CARRIER_STATS, AIRPORT_WEATHER, PLANES):
+            store.materialize(group)
+    finally:
+        store.close()
+    service = start_service(
+        registered_model.root,
+        tmp_path / "service.log",
+        FTI_TRITON_MODE="external",
+        FTI_TRITON_URL=triton.url,
+        FTI_TRITON_GRPC_URL=str(triton.grpc_url),
+        FTI_TRITON_MODEL_REPOSITORY=str(triton.repository),
+        FTI_TRITON_RUNTIME_DIR=str(tmp_path / "serving"),
+        FTI_ONLINE_BACKEND="redis",
+        FTI_REDIS_URL=url,
+        FTI_REDIS_NAMESPACE=namespace,
+        FTI_ONLINE_TIMEOUT_S=str(TIMEOUT_S),
+        FTI_PREDICTION_LOG="false",
+        FTI_ALIAS_POLL_S="0",
+    )
+    answers: list[tuple[float, float, int, str | None]] = []  # (sent, seconds, status, dep.)
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(base_url=service.url, timeout=10) as http:
+            while not stop.is_set():
+                sent = time.monotonic()
+                response = http.post("/v1/predictions", json={"flights": [UA_1545]})
+                body = response.json()
+                answers.append(
+                    (sent, time.monotonic() - sent, response.status_code, body.get("dependency"))
+                )
+
+    try:
+        assert post(service.url).status_code == 200
+        threads = [threading.Thread(target=client) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        holder["process"].send_signal(signal.SIGSTOP)
+        paused = time.monotonic()
+        time.sleep(4 * TIMEOUT_S)
+        holder["process"].send_signal(signal.SIGCONT)
+        resumed = time.monotonic()
+        time.sleep(3.0)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    finally:
+        holder["process"].send_signal(signal.SIGCONT)
+        stop.set()
+        service.stop()
+    failed = [a for a in answers if a[2] != 200]
+    assert {(status, dependency) for _, _, status, dependency in failed} == {(503, "feature_store")}
+    assert len(failed) >= 8, answers  # every client met the outage, several times
+    # Queued behind the hung read, requests took up to twice the timeout; the margin here is
+    # for a busy test machine's scheduling only.
+    slowest = sorted(seconds for _, seconds, _, _ in failed)
+    assert slowest[-1] < 1.5 * TIMEOUT_S, slowest[-10:]
+    during = [a for a in answers if paused + TIMEOUT_S < a[0] < resumed - TIMEOUT_S]
+    assert during and all(status == 503 for _, _, status, _ in during)
+    late = [a for a in answers if a[0] > resumed + 1.5]
+    assert late and all(status == 200 for _, _, status, _ in late), late
 
 
 def test_broken_sqlite_store_gives_503_then_recovers(

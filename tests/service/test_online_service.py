@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -537,3 +538,29 @@ def test_concurrent_requests_share_one_batch_and_get_their_own_rows(
     assert len({p for s in alone for p in s.probabilities}) > 1  # the flights differ
     # The first request runs at once; the seven arriving meanwhile share the next batch.
     assert calls["triton"] == calls["store"] < len(sizes)
+
+
+def test_model_downloads_are_removed_when_no_longer_served(
+    registered_model: RegisteredModel, triton: SharedTriton, tmp_path: Path
+) -> None:
+    """Every start downloaded a copy of the model into serving/artifacts and nothing removed
+    it. Now a service keeps only what it serves, in a folder of its own that goes when it
+    stops, and sweeps what processes that are gone left behind."""
+    settings = inference_settings(
+        registered_model.root, triton, tmp_path, admin_api_key=ADMIN_KEY, prediction_log=False
+    )
+    artifacts = settings.serving_dir / "artifacts"
+    left_behind = artifacts / ("0" * 32) / "model"  # a copy from before, days old
+    left_behind.mkdir(parents=True)
+    week_ago = time.time() - 7 * 86400
+    os.utime(left_behind.parent, (week_ago, week_ago))
+    for _ in range(2):
+        with TestClient(create_app(settings)) as client:
+            (own,) = artifacts.iterdir()
+            assert len([p for p in own.iterdir() if p.is_dir()]) == 1  # the served version
+            again = client.post(
+                "/admin/reload", json={"alias": "champion"}, headers={"X-API-Key": ADMIN_KEY}
+            )
+            assert again.status_code == 200
+            assert len([p for p in own.iterdir() if p.is_dir()]) == 1
+        assert list(artifacts.iterdir()) == []

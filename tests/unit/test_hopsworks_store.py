@@ -27,7 +27,7 @@ from shared.feature_store.hopsworks_store import (
 )
 from shared.feature_store.point_in_time import point_in_time_join
 from shared.feature_store.protocol import FeatureStore, JoinRequest, OnlineLookup
-from shared.settings import FeatureStoreSettings, StoreBackend
+from shared.settings import FeatureStoreSettings, PitJoinMethod, StoreBackend
 
 # The SDK is an optional extra (`.[hopsworks]`): without it these tests cannot check anything.
 pytest.importorskip("hopsworks", reason="the hopsworks extra is not installed")
@@ -475,9 +475,11 @@ def test_materialize_has_nothing_to_push(store: HopsworksFeatureStore, sdk: Any)
 # -- training and batch data -------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("method", list(PitJoinMethod))
 def test_point_in_time_join_reads_pinned_versions_and_joins_like_the_local_backend(
-    store: HopsworksFeatureStore, sdk: Any
+    sdk: Any, method: PitJoinMethod
 ) -> None:
+    store = HopsworksFeatureStore(sdk, host="c.hopsworks.test:443", pit_join=method)
     routes = pl.concat([route_rows(date(2013, 3, 9), rate=0.1), route_rows(date(2013, 3, 10))])
     planes = plane_rows()
     route_handle = sdk_group(ROUTE_STATS, commits=[COMMIT_1])
@@ -515,7 +517,7 @@ def test_point_in_time_join_reads_pinned_versions_and_joins_like_the_local_backe
         2013, 3, 10, 14, 0, 1, tzinfo=UTC
     )
     expected = point_in_time_join(
-        spine, "sched_dep_utc", [(requests_[0], routes), (requests_[1], planes)]
+        spine, "sched_dep_utc", [(requests_[0], routes), (requests_[1], planes)], method=method
     )
     assert_frame_equal(out, expected)
     assert out["route_delay_rate_7d"].to_list() == [0.25, None, pytest.approx(0.1)]
@@ -570,7 +572,10 @@ def test_connect_logs_in_with_the_api_key_and_opens_the_feature_store(sdk: Any) 
         mock.patch("hopsworks.login", autospec=True, return_value=project) as login,
         mock.patch("hopsworks.logout", autospec=True) as logout,
     ):
-        store = HopsworksFeatureStore.connect(_settings())
+        store = HopsworksFeatureStore.connect(
+            _settings().model_copy(update={"pit_join": PitJoinMethod.library})
+        )
+        assert store.pit_join is PitJoinMethod.library  # FTI_PIT_JOIN reaches the backend
         sdk.get_feature_group.return_value = None
         assert store.table_version(PLANES) is None  # answered by the project's feature store
         store.close()

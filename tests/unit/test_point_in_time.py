@@ -1,8 +1,13 @@
-"""The point-in-time join never leaks the future, keeps every spine row, and survives shuffles."""
+"""The point-in-time join never leaks the future, keeps every spine row, and survives shuffles.
+
+Every test runs against both methods (``FTI_PIT_JOIN``): Polars ``join_asof`` after an explicit
+sort, and the hand-written join, so neither rots.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pandera.polars as pa
@@ -11,16 +16,26 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
+from pydantic import ValidationError
 
 from shared.feature_definitions import CARRIER_STATS
 from shared.feature_group import FeatureGroup
-from shared.feature_store import JoinRequest, point_in_time, point_in_time_join
+from shared.feature_store import (
+    JoinRequest,
+    PitJoinMethod,
+    open_feature_store,
+    point_in_time_join,
+    point_in_time_native,
+)
+from shared.feature_store.local import LocalFeatureStore
+from shared.settings import FeatureStoreSettings
 
 pytestmark = pytest.mark.unit
 
 T0 = datetime(2013, 1, 1, tzinfo=UTC)
 UTC_US = pl.Datetime("us", "UTC")
 CARRIERS = ["AA", "UA", "DL"]
+METHODS = pytest.mark.parametrize("method", list(PitJoinMethod))
 
 
 def _stats(rows: list[tuple[str, int, int]]) -> pl.DataFrame:
@@ -73,14 +88,20 @@ spine_rows = st.lists(
 )
 
 
+@METHODS
 @settings(max_examples=150, deadline=None)
 @given(stats=stat_rows, spine=spine_rows, seed=st.integers(0, 2**16))
 def test_matches_brute_force_on_shuffled_input(
-    stats: list[tuple[str, int, int]], spine: list[tuple[str, int | None]], seed: int
+    method: PitJoinMethod,
+    stats: list[tuple[str, int, int]],
+    spine: list[tuple[str, int | None]],
+    seed: int,
 ) -> None:
     right = _stats(stats).sample(fraction=1.0, shuffle=True, seed=seed)  # unsorted on purpose
     left = _spine(spine)
-    joined = point_in_time_join(left, "ts", [(REQUEST, right)], keep_event_times=True)
+    joined = point_in_time_join(
+        left, "ts", [(REQUEST, right)], keep_event_times=True, method=method
+    )
     assert joined.height == left.height  # every spine row kept, duplicates included
     assert_frame_equal(joined.select("carrier", "ts"), left)  # in the original order
     assert joined["c_flights_7d"].to_list() == _oracle(left, _stats(stats))
@@ -88,48 +109,73 @@ def test_matches_brute_force_on_shuffled_input(
     assert (matched["c_event_time"] <= matched["ts"]).all()  # never from after the timestamp
 
 
+@METHODS
 @settings(max_examples=60, deadline=None)
 @given(stats=stat_rows, spine=spine_rows, hours=st.integers(0, 24))
 def test_tolerance_drops_stale_matches(
-    stats: list[tuple[str, int, int]], spine: list[tuple[str, int | None]], hours: int
+    method: PitJoinMethod,
+    stats: list[tuple[str, int, int]],
+    spine: list[tuple[str, int | None]],
+    hours: int,
 ) -> None:
     request = JoinRequest(
         CARRIER_STATS, ["flights_7d"], prefix="c_", tolerance=timedelta(hours=hours)
     )
     joined = point_in_time_join(
-        _spine(spine), "ts", [(request, _stats(stats))], keep_event_times=True
+        _spine(spine), "ts", [(request, _stats(stats))], keep_event_times=True, method=method
     )
     matched = joined.filter(pl.col("c_event_time").is_not_null())
     assert ((matched["ts"] - matched["c_event_time"]) <= timedelta(hours=hours)).all()
 
 
-def test_rows_sharing_key_and_time_are_not_collapsed() -> None:
+@METHODS
+def test_rows_sharing_key_and_time_are_not_collapsed(method: PitJoinMethod) -> None:
     spine = _spine([("AA", 5), ("AA", 5), ("AA", 5)])
-    joined = point_in_time_join(spine, "ts", [(REQUEST, _stats([("AA", 1, 7)]))])
+    joined = point_in_time_join(spine, "ts", [(REQUEST, _stats([("AA", 1, 7)]))], method=method)
     assert joined["c_flights_7d"].to_list() == [7, 7, 7]
 
 
-def test_spine_keys_map_to_differently_named_group_keys() -> None:
+@METHODS
+def test_spine_keys_map_to_differently_named_group_keys(method: PitJoinMethod) -> None:
     spine = pl.DataFrame(
         {"airline": ["UA"], "ts": [T0 + timedelta(hours=3)]},
         schema={"airline": pl.Categorical, "ts": pl.Datetime("us", "UTC")},
     )
     request = JoinRequest(CARRIER_STATS, ["flights_7d"], spine_keys=["airline"], prefix="c_")
-    joined = point_in_time_join(spine, "ts", [(request, _stats([("UA", 2, 11), ("UA", 4, 12)]))])
+    joined = point_in_time_join(
+        spine, "ts", [(request, _stats([("UA", 2, 11), ("UA", 4, 12)]))], method=method
+    )
     assert joined["c_flights_7d"].to_list() == [11]
 
 
-def test_unknown_feature_is_a_clear_error() -> None:
+@METHODS
+def test_unknown_feature_is_a_clear_error(method: PitJoinMethod) -> None:
     request = JoinRequest(CARRIER_STATS, ["no_such_feature"])
     with pytest.raises(ValueError, match="no_such_feature"):
-        point_in_time_join(_spine([("AA", 1)]), "ts", [(request, _stats([("AA", 0, 1)]))])
+        point_in_time_join(
+            _spine([("AA", 1)]), "ts", [(request, _stats([("AA", 0, 1)]))], method=method
+        )
+
+
+def test_the_setting_chooses_the_method(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FTI_PIT_JOIN", "library")
+    store = open_feature_store(FeatureStoreSettings(data_root=tmp_path))
+    try:
+        assert isinstance(store, LocalFeatureStore)
+        assert store.pit_join is PitJoinMethod.library
+    finally:
+        store.close()
+    monkeypatch.setenv("FTI_PIT_JOIN", "fastest")
+    with pytest.raises(ValidationError, match="'library' or 'native'"):
+        FeatureStoreSettings(data_root=tmp_path)
 
 
 # -- the algorithm's own edge cases, against a brute-force oracle ---------------------------------
 #
-# The join encodes keys as integers, turns event times into ranks, and reads each match from a
-# (key, rank) table (or a binary search when the table would be too sparse; or renumbered keys
-# when a multi-column key has too many combinations). Every path is checked on: one- and
+# The native method encodes keys as integers, turns event times into ranks, and reads each match
+# from a (key, rank) table (or a binary search when the table would be too sparse; or renumbered
+# keys when a multi-column key has too many combinations); its paths are forced in turn (the
+# library method ignores them). Both methods are checked on: one- and
 # two-column keys of text, categorical and integer types, keys only in the spine, null keys on
 # both sides, null timestamps on both sides, rows sharing key and event time in the group,
 # instants before 1970, tolerances, and shuffled input.
@@ -240,17 +286,18 @@ def _brute_force(case: dict[str, Any]) -> list[int | None]:
 
 
 def _force_path(patch: pytest.MonkeyPatch, path: str, threads: int = 1) -> None:
-    patch.setattr(point_in_time, "_THREADS", threads)
-    patch.setattr(point_in_time, "_MIN_PART_ROWS", 1)
+    patch.setattr(point_in_time_native, "_THREADS", threads)
+    patch.setattr(point_in_time_native, "_MIN_PART_ROWS", 1)
     if path in ("search", "renumbered keys"):
-        patch.setattr(point_in_time, "_TABLE_SLOTS_PER_ROW", 0)
+        patch.setattr(point_in_time_native, "_TABLE_SLOTS_PER_ROW", 0)
     if path == "renumbered keys":
-        patch.setattr(point_in_time, "_MAX_KEY_CODES", 1)
+        patch.setattr(point_in_time_native, "_MAX_KEY_CODES", 1)
 
 
+@METHODS
 @settings(max_examples=400, deadline=None)
 @given(case=join_cases())
-def test_every_path_matches_brute_force(case: dict[str, Any]) -> None:
+def test_every_path_matches_brute_force(method: PitJoinMethod, case: dict[str, Any]) -> None:
     group = _keyed_group(pl.String, case["n_keys"])
     request = JoinRequest(group, ["value"], prefix="g_", tolerance=case["tolerance"])
     spine = _frame(case, case["spine"], "ts").drop("value")
@@ -258,8 +305,10 @@ def test_every_path_matches_brute_force(case: dict[str, Any]) -> None:
     shuffled = rows.sample(fraction=1.0, shuffle=True, seed=case["seed"])
     with pytest.MonkeyPatch.context() as patch:
         _force_path(patch, case["path"], case["threads"])
-        joined = point_in_time_join(spine, "ts", [(request, rows)], keep_event_times=True)
-        on_shuffled = point_in_time_join(spine, "ts", [(request, shuffled)])
+        joined = point_in_time_join(
+            spine, "ts", [(request, rows)], keep_event_times=True, method=method
+        )
+        on_shuffled = point_in_time_join(spine, "ts", [(request, shuffled)], method=method)
     assert_frame_equal(joined.select(spine.columns), spine)  # every row, in order, untouched
     assert joined["g_value"].to_list() == _brute_force(case)
     matched = joined.filter(pl.col("g_event_time").is_not_null())
@@ -269,7 +318,10 @@ def test_every_path_matches_brute_force(case: dict[str, Any]) -> None:
         assert_frame_equal(on_shuffled, joined.drop("g_event_time"))
 
 
-def test_rows_sharing_key_and_event_time_in_a_group_give_the_last_one() -> None:
+@METHODS
+def test_rows_sharing_key_and_event_time_in_a_group_give_the_last_one(
+    method: PitJoinMethod,
+) -> None:
     stats = pl.DataFrame(
         {"carrier": ["AA", "AA", "AA"], "valid_from": [T0, T0, T0], "flights_7d": [1, 2, 3]},
         schema={
@@ -278,11 +330,14 @@ def test_rows_sharing_key_and_event_time_in_a_group_give_the_last_one() -> None:
             "flights_7d": pl.Int32,
         },
     )
-    joined = point_in_time_join(_spine([("AA", 1), ("AA", 0)]), "ts", [(REQUEST, stats)])
+    joined = point_in_time_join(
+        _spine([("AA", 1), ("AA", 0)]), "ts", [(REQUEST, stats)], method=method
+    )
     assert joined["c_flights_7d"].to_list() == [3, 3]
 
 
-def test_null_keys_never_match_not_even_a_null_key() -> None:
+@METHODS
+def test_null_keys_never_match_not_even_a_null_key(method: PitJoinMethod) -> None:
     stats = pl.DataFrame(
         {"carrier": [None, "AA"], "valid_from": [T0, None], "flights_7d": [1, 2]},
         schema={
@@ -291,15 +346,22 @@ def test_null_keys_never_match_not_even_a_null_key() -> None:
             "flights_7d": pl.Int32,
         },
     )
-    joined = point_in_time_join(_spine([(None, 5), ("AA", 5)]), "ts", [(REQUEST, stats)])
+    joined = point_in_time_join(
+        _spine([(None, 5), ("AA", 5)]), "ts", [(REQUEST, stats)], method=method
+    )
     assert joined["c_flights_7d"].to_list() == [None, None]  # a null event time never matches
 
 
-def test_output_has_spine_columns_then_prefixed_features_with_group_dtypes() -> None:
+@METHODS
+def test_output_has_spine_columns_then_prefixed_features_with_group_dtypes(
+    method: PitJoinMethod,
+) -> None:
     stats = _stats([("AA", 1, 7)]).with_columns(pl.lit(0.5, pl.Float32).alias("delay_rate_7d"))
     request = JoinRequest(CARRIER_STATS, ["delay_rate_7d", "flights_7d"], prefix="c_")
     spine = _spine([("AA", 3), ("UA", 3)]).with_columns(pl.lit("x").alias("flight_id"))
-    joined = point_in_time_join(spine, "ts", [(request, stats)], keep_event_times=True)
+    joined = point_in_time_join(
+        spine, "ts", [(request, stats)], keep_event_times=True, method=method
+    )
     assert joined.schema == pl.Schema(
         {
             **spine.schema,
@@ -311,37 +373,51 @@ def test_output_has_spine_columns_then_prefixed_features_with_group_dtypes() -> 
     assert joined.row(1)[3:] == (None, None, None)
 
 
-def test_empty_spine_and_empty_group() -> None:
+@METHODS
+def test_empty_spine_and_empty_group(method: PitJoinMethod) -> None:
     empty_spine = _spine([]).clear()
-    assert point_in_time_join(empty_spine, "ts", [(REQUEST, _stats([("AA", 1, 7)]))]).height == 0
-    joined = point_in_time_join(_spine([("AA", 3)]), "ts", [(REQUEST, _stats([]))])
+    assert (
+        point_in_time_join(
+            empty_spine, "ts", [(REQUEST, _stats([("AA", 1, 7)]))], method=method
+        ).height
+        == 0
+    )
+    joined = point_in_time_join(_spine([("AA", 3)]), "ts", [(REQUEST, _stats([]))], method=method)
     assert joined["c_flights_7d"].to_list() == [None]
 
 
-def test_date_spine_with_a_tolerance_in_days() -> None:
+@METHODS
+def test_date_spine_with_a_tolerance_in_days(method: PitJoinMethod) -> None:
     spine = pl.DataFrame(
         {"carrier": ["AA", "AA"], "day": [date(2013, 1, 10), date(2013, 1, 20)]},
         schema={"carrier": pl.String, "day": pl.Date},
     )
     stats = _stats([("AA", 24 * 5, 7)])  # valid from 2013-01-06
     request = JoinRequest(CARRIER_STATS, ["flights_7d"], prefix="c_", tolerance=timedelta(days=7))
-    joined = point_in_time_join(spine, "day", [(request, stats)])
+    joined = point_in_time_join(spine, "day", [(request, stats)], method=method)
     assert joined["c_flights_7d"].to_list() == [7, None]
 
 
-def test_tolerance_on_a_non_temporal_timestamp_is_a_clear_error() -> None:
+@METHODS
+def test_tolerance_on_a_non_temporal_timestamp_is_a_clear_error(method: PitJoinMethod) -> None:
     spine = pl.DataFrame({"carrier": ["AA"], "ts": [5]})
     request = JoinRequest(CARRIER_STATS, ["flights_7d"], tolerance=timedelta(hours=1))
     with pytest.raises(ValueError, match="tolerance needs a Date or Datetime"):
-        point_in_time_join(spine, "ts", [(request, _stats([("AA", 1, 7)]))])
+        point_in_time_join(spine, "ts", [(request, _stats([("AA", 1, 7)]))], method=method)
 
 
-def test_missing_spine_key_is_a_clear_error() -> None:
+@METHODS
+def test_missing_spine_key_is_a_clear_error(method: PitJoinMethod) -> None:
     with pytest.raises(ValueError, match="spine has no key columns"):
-        point_in_time_join(_spine([("AA", 1)]).drop("carrier"), "ts", [(REQUEST, _stats([]))])
+        point_in_time_join(
+            _spine([("AA", 1)]).drop("carrier"), "ts", [(REQUEST, _stats([]))], method=method
+        )
 
 
-def test_times_between_event_times_see_the_earlier_one_on_and_off_a_grid() -> None:
+@METHODS
+def test_times_between_event_times_see_the_earlier_one_on_and_off_a_grid(
+    method: PitJoinMethod,
+) -> None:
     minute = timedelta(minutes=1)
     stats = pl.DataFrame(
         {
@@ -358,11 +434,12 @@ def test_times_between_event_times_see_the_earlier_one_on_and_off_a_grid() -> No
         },
         schema={"carrier": pl.String, "ts": UTC_US},
     )
-    joined = point_in_time_join(spine, "ts", [(REQUEST, stats)])
+    joined = point_in_time_join(spine, "ts", [(REQUEST, stats)], method=method)
     assert joined["c_flights_7d"].to_list() == [1, 2, 3, 4]
 
 
-def test_many_short_text_keys_and_unknown_ones() -> None:
+@METHODS
+def test_many_short_text_keys_and_unknown_ones(method: PitJoinMethod) -> None:
     """Thousands of tail-number-like keys (a hash table where some keys sit past their first
     slot), spine keys no group has, keys differing only by length or a trailing NUL, nulls."""
     known = [f"N{i}" for i in range(3000)]
@@ -373,22 +450,24 @@ def test_many_short_text_keys_and_unknown_ones() -> None:
     )
     keys = [*known[::-1], *unknown, None]
     spine = _spine([(k, 1) for k in keys])  # type: ignore[misc]
-    joined = point_in_time_join(spine, "ts", [(REQUEST, stats)])
+    joined = point_in_time_join(spine, "ts", [(REQUEST, stats)], method=method)
     number = {k: i for i, k in enumerate(known)}
     assert joined["c_flights_7d"].to_list() == [number.get(k) for k in keys]  # type: ignore[arg-type]
 
 
-def test_spine_slices_and_chunks_are_read_in_place_correctly() -> None:
+@METHODS
+def test_spine_slices_and_chunks_are_read_in_place_correctly(method: PitJoinMethod) -> None:
     """Short texts are read from the Arrow views: a sliced or many-chunk spine column too."""
     stats = _stats([("AA", 0, 1), ("UA", 0, 2), ("DL", 0, 3)])
     parts = [_spine([("UA", 1), ("AA", 1)]), _spine([("DL", 1), ("ZZ", 1), ("UA", 1)])]
     spine = pl.concat(parts, rechunk=False).slice(1, 4)
     assert spine["carrier"].n_chunks() == 2
-    joined = point_in_time_join(spine, "ts", [(REQUEST, stats)])
+    joined = point_in_time_join(spine, "ts", [(REQUEST, stats)], method=method)
     assert joined["c_flights_7d"].to_list() == [1, 3, None, 2]
 
 
-def test_tolerance_is_exact_to_the_unit_between_event_times() -> None:
+@METHODS
+def test_tolerance_is_exact_to_the_unit_between_event_times(method: PitJoinMethod) -> None:
     """The tolerance holds to the time unit, between a group's event times (here one hour
     apart, a tolerance 2 us short of it) and at them."""
     us, hour = timedelta(microseconds=1), T0 + timedelta(hours=1)
@@ -403,5 +482,5 @@ def test_tolerance_is_exact_to_the_unit_between_event_times() -> None:
     request = JoinRequest(
         CARRIER_STATS, ["flights_7d"], prefix="c_", tolerance=timedelta(hours=1) - 2 * us
     )
-    joined = point_in_time_join(spine, "ts", [(request, stats)])
+    joined = point_in_time_join(spine, "ts", [(request, stats)], method=method)
     assert joined["c_flights_7d"].to_list() == [1, 1, 1, None, None]
