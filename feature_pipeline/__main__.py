@@ -231,7 +231,8 @@ Speed = Annotated[
 Heartbeat = Annotated[
     float,
     typer.Option(
-        "--heartbeat-s", help="a heartbeat every this many seconds of event time (0: none)"
+        "--heartbeat-s",
+        help="a heartbeat after this many seconds of event time without an event (0: none)",
     ),
 ]
 MaxEvents = Annotated[
@@ -308,7 +309,7 @@ def replay_events_command(
     start: Annotated[str, typer.Option("--start", help="first local day, YYYY-MM-DD")],
     end: Annotated[str, typer.Option("--end", help="last local day (inclusive), YYYY-MM-DD")],
     speed: Speed = "max",
-    heartbeat_s: Heartbeat = 60.0,
+    heartbeat_s: Heartbeat = 300.0,
     max_events: MaxEvents = None,
     source: SourceOpt = None,
     stream_url: StreamUrl = None,
@@ -352,7 +353,7 @@ def stream(
     start: Start = None,
     end: End = None,
     speed: Speed = "max",
-    heartbeat_s: Heartbeat = 60.0,
+    heartbeat_s: Heartbeat = 300.0,
     max_events: MaxEvents = None,
     consumer: Annotated[
         str | None,

@@ -72,9 +72,9 @@ def _read(
     if not positions:
         return _empty(), []
     try:
-        if any(b"\n" in payloads[i] for i in positions):
+        data = b"\n".join([payloads[i] for i in positions])
+        if data.count(b"\n") != len(positions) - 1:
             raise pl.exceptions.ComputeError("a message spans several lines")
-        data = b"\n".join(payloads[i] for i in positions)
         frame = pl.read_ndjson(io.BytesIO(data), schema=_WIRE_SCHEMA)
         if frame.height != len(positions):
             raise pl.exceptions.ComputeError(f"{frame.height} rows from {len(positions)} messages")

@@ -2,8 +2,8 @@
 
 Each valid flight of the window becomes its event (``events_from_flights``: actual departure =
 scheduled + delay; a cancellation at the scheduled instant), ordered by event time, with a
-heartbeat each ``heartbeat`` of event time in between (so quiet hours advance the stream's
-clock too). :class:`Pacer` releases them X times faster than real time, or all at once.
+heartbeat whenever a stretch of event time passes without one (so quiet hours advance the
+stream's clock too). :class:`Pacer` releases them X times faster than real time, or all at once.
 """
 
 from __future__ import annotations
@@ -41,17 +41,20 @@ def replay_events(source: Source, start: date, end: date) -> pl.DataFrame:
     return events.with_columns(event_at.alias("event_at")).sort(["event_at", "flight_id"])
 
 
-def timeline(events: pl.DataFrame, every: timedelta | None) -> list[Timed]:
-    """Events (with ``event_at``) as messages, heartbeats between them every ``every``."""
+def timeline(events: pl.DataFrame, quiet: timedelta | None) -> list[Timed]:
+    """Events (with ``event_at``) as messages, with a heartbeat whenever ``quiet`` of event
+    time passes without an event (None: no heartbeats): what an upstream system sends so that
+    a quiet night still moves the stream's clock."""
     payloads = encode(events.drop("event_at"))
     moments: list[datetime] = events["event_at"].to_list()
     out: list[Timed] = []
-    next_beat = moments[0] + every if every and moments else None
+    last = moments[0] if moments else None
     for at, payload in zip(moments, payloads, strict=True):
-        while next_beat is not None and every is not None and next_beat <= at:
-            out.append(Timed(next_beat, heartbeat(next_beat)))
-            next_beat += every
+        while quiet is not None and last is not None and at - last > quiet:
+            last += quiet
+            out.append(Timed(last, heartbeat(last)))
         out.append(Timed(at, payload))
+        last = at
     return out
 
 

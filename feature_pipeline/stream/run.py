@@ -36,13 +36,13 @@ def parse_speed(text: str) -> float | None:
 
 @dataclass(frozen=True)
 class Replay:
-    """What to replay: local days [start, end], paced, heartbeats every ``heartbeat``, the
-    first ``max_events`` messages only (None: all)."""
+    """What to replay: local days [start, end], paced, a heartbeat after each ``heartbeat``
+    of event time without an event, the first ``max_events`` messages only (None: all)."""
 
     start: date
     end: date
     speed: float | None
-    heartbeat: timedelta | None = timedelta(minutes=1)
+    heartbeat: timedelta | None = timedelta(minutes=5)
     max_events: int | None = None
 
     def pacer(self, settings: StreamSettings) -> Pacer:

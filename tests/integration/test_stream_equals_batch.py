@@ -63,7 +63,7 @@ def batch_and_stream(
         stream_broker=Broker.embedded,
         stream_batch=97,  # many micro-batches and several commits, at odd boundaries
         stream_commit_events=300,
-        stream_commit_interval_s=60,
+        stream_commit_interval_s=20,
     )
     summary = run_stream(settings, replay=Replay(DAY, DAY, speed=None))
     assert summary.error is None and summary.quarantined == 0
