@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import polars as pl
 
@@ -223,8 +224,10 @@ class StreamProcessor:
         wait_s: float,
         commit_interval_s: float,
         commit_events: int,
+        alive_file: Path | None = None,
     ) -> None:
         self.store = store
+        self.alive_file = alive_file
         self.source = source
         self.batch = batch
         self.wait_s = wait_s
@@ -256,6 +259,8 @@ class StreamProcessor:
                     if limit <= 0:
                         break
                 messages = self.source.fetch(limit, self.wait_s)
+                if self.alive_file is not None:
+                    self.alive_file.touch()
                 if messages:
                     self.process(messages)
                     if on_batch is not None:

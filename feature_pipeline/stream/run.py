@@ -142,6 +142,7 @@ def run_stream(
             wait_s=settings.stream_wait_s,
             commit_interval_s=settings.stream_commit_interval_s,
             commit_events=settings.stream_commit_events,
+            alive_file=settings.stream_alive_file,
         )
         return processor.run(stop, max_messages=max_messages, on_batch=on_batch)
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from enum import StrEnum
+from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
 
@@ -42,6 +43,10 @@ class StreamSettings(FeaturePipelineSettings):
     )
     stream_claim_idle_s: float = Field(
         default=30.0, gt=0, description="a dead member's entries idle this long are claimed"
+    )
+    stream_alive_file: Path | None = Field(
+        default=None,
+        description="touched after every fetch: a liveness probe reads its age (None: no file)",
     )
     stream_maxlen: int | None = Field(
         default=2_000_000, ge=1, description="publishers trim the stream to about this length"
