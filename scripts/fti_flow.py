@@ -42,11 +42,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# The demo's requests are tests, not production traffic: logged with the mark, and left out
+# of monitoring (X-FTI-Test-Traffic).
+HEADERS = {"Content-Type": "application/json", "X-FTI-Test-Traffic": "true"}
+
+
 def http(method: str, url: str, body: object | None = None) -> tuple[int, dict]:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
+    request = urllib.request.Request(url, data=data, method=method, headers=HEADERS)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read() or b"{}")

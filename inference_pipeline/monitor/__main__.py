@@ -65,6 +65,13 @@ def run(
         ),
     ] = PredictionSource.all,
     model: Annotated[str, typer.Option(help="registry alias or version to monitor")] = "champion",
+    include_test_traffic: Annotated[
+        bool,
+        typer.Option(
+            help="count predictions of requests sent as tests (X-FTI-Test-Traffic: true), "
+            "left out by default"
+        ),
+    ] = False,
     output_dir: Annotated[
         Path | None,
         typer.Option(
@@ -104,6 +111,7 @@ def run(
                 model,
                 output_dir=output_dir,
                 progress=progress,
+                include_test_traffic=include_test_traffic,
             )
     except ConfigurationError as exc:
         _fail(err, f"{type(exc).__name__}: {_one_line(exc)}", EXIT_USAGE)

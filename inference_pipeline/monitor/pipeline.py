@@ -148,6 +148,7 @@ def run_monitor(
     output_dir: Path | None = None,
     write: bool = True,
     progress: Progress | None = None,
+    include_test_traffic: bool = False,
 ) -> MonitorResult:
     """Monitor the window of local flight dates ``[end - window_days + 1, end]``.
 
@@ -171,7 +172,9 @@ def run_monitor(
     step(f"read predictions {window.describe()}")
     store = open_feature_store(settings.store_settings())
     try:
-        predictions = read_predictions(store, window, source)
+        predictions = read_predictions(
+            store, window, source, include_test_traffic=include_test_traffic
+        )
         outcomes = read_outcomes(store, window)
         step("data drift: the training period's own variation")
         baseline, baseline_info = training_baseline(store, monitored, window_days, settings)
@@ -237,6 +240,8 @@ def run_monitor(
             "flights": flights.height,
             "by_version": _counts(predictions, "model_version"),
             "by_source": _counts(predictions, "source"),
+            "test_traffic_included": include_test_traffic,
+            "test_traffic_rows": int(predictions["test_traffic"].fill_null(False).sum()),
             "with_missing_features": int((flights["missing_features"].fill_null("") != "").sum()),
         },
         drift=asdict(summary)

@@ -136,10 +136,34 @@ def _json_body(schema: str, *, required: bool = True) -> dict[str, Any]:
     }
 
 
+TEST_TRAFFIC_HEADER = "X-FTI-Test-Traffic"
 _HAND_CHECKED = {
     "security": [{scheme: [] for scheme in API_KEY_SCHEME}],
     **_json_body("PredictionRequest"),
+    "parameters": [
+        {
+            "name": TEST_TRAFFIC_HEADER,
+            "in": "header",
+            "required": False,
+            "schema": {"type": "boolean", "default": False},
+            "description": "true: a test request (smoke tests, load tests, demos). Answered "
+            "and logged like any other, marked test_traffic in the prediction log, and left "
+            "out of monitoring unless it is run with --include-test-traffic",
+        }
+    ],
 }
+
+
+def is_test_traffic(value: str | None) -> bool:
+    """The ``X-FTI-Test-Traffic`` header's value as a flag (absent: production traffic)."""
+    if value is None:
+        return False
+    flag = value.strip().lower()
+    if flag in ("true", "1"):
+        return True
+    if flag in ("false", "0"):
+        return False
+    raise invalid_request([f"{TEST_TRAFFIC_HEADER}: {value!r} is not true or false"])
 
 
 def check_json(content_type: str | None) -> None:
@@ -171,16 +195,18 @@ async def answer_predictions(
     content_type: str | None,
     body: bytes,
     request_id: str,
+    test_traffic: str | None = None,
 ) -> bytes:
-    """The JSON answer to a prediction request (its ``X-API-Key`` and ``Content-Type``
-    headers and raw body), free of any web framework: both the plain ASGI path and the
-    FastAPI route answer with it. Raises `ApiError` for a request to refuse, `FTIError` for a
-    dependency that failed."""
+    """The JSON answer to a prediction request (its ``X-API-Key``, ``Content-Type`` and
+    ``X-FTI-Test-Traffic`` headers and raw body), free of any web framework: both the plain
+    ASGI path and the FastAPI route answer with it. Raises `ApiError` for a request to refuse,
+    `FTIError` for a dependency that failed."""
     began = time.perf_counter()
     if len(body) > max_body_bytes(runtime.settings):
         raise body_too_large(runtime.settings)
     check_api_key(api_key, runtime)
     check_json(content_type)
+    test = is_test_traffic(test_traffic)
     request = _parse(body)
     settings, metrics = runtime.settings, runtime.metrics
     if len(request.flights) > settings.max_flights_per_request:
@@ -206,9 +232,9 @@ async def answer_predictions(
                 "missing_groups": report.missing_groups,
             }
         if runtime.writer is not None:
-            runtime.writer.submit(_log_entry(part, request_id, ONLINE_SOURCE, total_s))
+            runtime.writer.submit(_log_entry(part, request_id, ONLINE_SOURCE, total_s, test))
     if settings.shadow and runtime.challenger is not None:
-        runtime.spawn(_shadow(runtime, flights, request_id), "shadow")
+        runtime.spawn(_shadow(runtime, flights, request_id, test), "shadow")
     versions = {part.model.version for part in scored}
     response = {
         "request_id": request_id,
@@ -245,6 +271,7 @@ async def predict(request: Request) -> Response:
         headers.get("content-type"),
         await request.body(),
         request.state.request_id,
+        headers.get(TEST_TRAFFIC_HEADER),
     )
     return Response(content, media_type="application/json")
 
@@ -269,7 +296,9 @@ def json_bytes(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
 
 
-async def _shadow(runtime: ServiceRuntime, flights: list[dict[str, Any]], request_id: str) -> None:
+async def _shadow(
+    runtime: ServiceRuntime, flights: list[dict[str, Any]], request_id: str, test: bool
+) -> None:
     """After the response: the challenger scores the same flights, logged beside the champion's
     predictions (source ``shadow``) for the comparison once labels arrive. Never raises."""
     began = time.perf_counter()
@@ -283,14 +312,16 @@ async def _shadow(runtime: ServiceRuntime, flights: list[dict[str, Any]], reques
     if runtime.writer is not None:
         part = _Scored(list(range(len(flights))), model, inputs, probabilities)
         elapsed = time.perf_counter() - began
-        runtime.writer.submit(_log_entry(part, request_id, SHADOW_SOURCE, elapsed))
+        runtime.writer.submit(_log_entry(part, request_id, SHADOW_SOURCE, elapsed, test))
 
 
 def _too_many(count: int, limit: int) -> str:
     return f"flights: {count} in one request; at most {limit} (FTI_MAX_FLIGHTS_PER_REQUEST)"
 
 
-def _log_entry(part: _Scored, request_id: str, source: str, total_s: float) -> LoggedPredictions:
+def _log_entry(
+    part: _Scored, request_id: str, source: str, total_s: float, test: bool
+) -> LoggedPredictions:
     """What the log needs of one scored part: references only; the writer's flush thread turns
     them into rows (serialising ~90 features per flight is most of a logged row's cost)."""
     inputs = part.inputs
@@ -306,6 +337,7 @@ def _log_entry(part: _Scored, request_id: str, source: str, total_s: float) -> L
         scored_at=datetime.now(UTC),
         source=source,
         latency_ms=total_s * 1000.0,
+        test_traffic=test,
     )
 
 

@@ -39,7 +39,7 @@ from shared.errors import (
     SchemaMismatch,
     StoreUnavailable,
 )
-from shared.feature_group import FeatureGroup
+from shared.feature_group import FeatureGroup, columns_to_add
 from shared.feature_store.online_codec import align_to_keys
 from shared.feature_store.point_in_time import join_from_store
 from shared.feature_store.protocol import (
@@ -91,8 +91,9 @@ def hopsworks_type(name: str, dtype: pl.DataType) -> str:
     return _HOPSWORKS_TYPES[dtype]
 
 
-def hopsworks_features(group: FeatureGroup) -> list[Any]:
-    """The group's columns as SDK ``Feature`` objects, with their types and descriptions."""
+def hopsworks_features(group: FeatureGroup, only: Sequence[str] | None = None) -> list[Any]:
+    """The group's columns (or ``only`` these) as SDK ``Feature`` objects, with their types
+    and descriptions."""
     from hsfs.feature import Feature
 
     descriptions = group.descriptions()
@@ -104,6 +105,7 @@ def hopsworks_features(group: FeatureGroup) -> list[Any]:
             primary=name in group.primary_key,
         )
         for name, dtype in group.polars_schema.items()
+        if only is None or name in only
     ]
 
 
@@ -119,6 +121,8 @@ def schema_differences(handle: Any, group: FeatureGroup) -> list[str]:
     stored = {f.name: f.type for f in handle.features}
     for name, dtype in group.polars_schema.items():
         wanted = hopsworks_type(name, dtype)
+        if name not in stored and name in group.added_columns:
+            continue  # added on registration (see `FeatureGroup.added_columns`)
         if name not in stored:
             diffs.append(f"column {name!r} ({wanted}) is new")
         elif stored[name] != wanted:
@@ -306,13 +310,20 @@ class HopsworksFeatureStore:
                 + "; ".join(diffs)
                 + f". Bump the version of {group.name!r} instead of changing it in place."
             )
+        new = columns_to_add([f.name for f in handle.features], group)
+        if new:
+            self._sdk(
+                f"adding columns {new} to {group.table_name}",
+                partial(handle.append_features, hopsworks_features(group, only=new)),
+            )
+            log.info("added columns %s to feature group %s", new, group.table_name)
         self._sync_descriptions(group, handle)
 
     def _sync_descriptions(self, group: FeatureGroup, handle: Any) -> None:
         """Descriptions are documentation, not schema: keep the catalog in step with the code."""
         stored = {f.name: f.description or "" for f in handle.features}
         for name, text in group.descriptions().items():
-            if stored.get(name) != text:
+            if name in stored and stored[name] != text:
                 self._sdk(
                     f"description of {group.table_name}.{name}",
                     partial(handle.update_feature_description, name, text),

@@ -596,3 +596,25 @@ def test_connect_to_an_unreachable_cluster_raises_store_unavailable() -> None:
         pytest.raises(StoreUnavailable, match=r"c\.hopsworks\.test:443.*login to project flights"),
     ):
         HopsworksFeatureStore.connect(_settings("c.hopsworks.test"))
+
+
+def test_register_adds_a_group_s_added_columns_to_an_existing_group(
+    store: HopsworksFeatureStore, sdk: Any
+) -> None:
+    """A nullable column added to the definition (`FeatureGroup.added_columns`) is appended
+    to the existing feature group, not refused as a schema change; other changes still are."""
+    from dataclasses import replace
+
+    evolved = replace(PLANES, added_columns=("manufacturer",))
+    handle = sdk_group(PLANES)
+    handle.features = [f for f in handle.features if f.name != "manufacturer"]
+    sdk.get_feature_group.return_value = handle
+
+    store.register(evolved)
+
+    (call,) = handle.append_features.call_args_list
+    (added,) = call.args[0]
+    assert (added.name, added.type, added.primary) == ("manufacturer", "string", False)
+    sdk.create_feature_group.assert_not_called()
+    with pytest.raises(SchemaMismatch, match="'manufacturer' \\(string\\) is new"):
+        store.register(PLANES)  # not an added column there: a change to refuse
