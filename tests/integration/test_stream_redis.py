@@ -130,11 +130,17 @@ def _group(client: redis.Redis, key: str) -> dict[str, int]:
     }
 
 
-def _wait(condition: Callable[[], bool], what: str, timeout_s: float = 240.0) -> None:
+def _wait(
+    condition: Callable[[], bool],
+    what: str,
+    timeout_s: float = 240.0,
+    *consumers: Consumer,
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            logs = "\n".join(f"--- {c.log.name}:\n{c.output()[-3000:]}" for c in consumers)
+            raise AssertionError(f"timed out waiting for {what}\n{logs}")
         time.sleep(0.1)
 
 
@@ -309,30 +315,44 @@ def test_replicas_share_the_load_and_a_dead_members_entries_are_claimed(
         SHARED_REDIS,
         stream_key,
         tmp_path / "data",
-        FTI_STREAM_CLAIM_IDLE_S="3",
-        FTI_STREAM_COMMIT_INTERVAL_S="1",
+        # Entries wait up to 8 s for their commit (so a killed member surely holds some), and
+        # are claimed once idle 10 s.
+        FTI_STREAM_COMMIT_INTERVAL_S="8",
+        FTI_STREAM_COMMIT_EVENTS="100000",
+        FTI_STREAM_CLAIM_IDLE_S="10",
     )
-    a = Consumer("member-a", env, tmp_path / "a.log")
-    b = Consumer("member-b", env, tmp_path / "b.log")
-    time.sleep(1.0)
-    RedisStreamPublisher(SHARED_REDIS, stream_key).publish(payloads)
+    members = {
+        "member-a": Consumer("member-a", env, tmp_path / "a.log"),
+        "member-b": Consumer("member-b", env, tmp_path / "b.log"),
+    }
 
-    def both_busy() -> bool:
+    def pending() -> dict[str, int]:
         try:
-            consumers = client.xinfo_consumers(stream_key, "feature-pipeline")
+            found = client.xinfo_consumers(stream_key, "feature-pipeline")
         except redis.ResponseError:  # no group yet: the members are still starting
-            return False
-        members = {c["name"].decode(): c for c in consumers}
-        return len(members) == 2 and members["member-a"]["pending"] > 0
+            return {}
+        return {c["name"].decode(): int(c["pending"]) for c in found}
 
-    _wait(both_busy, "member-a holding pending entries")
-    a.kill()  # dead with entries delivered to it and never acknowledged
+    # Both members read from the group before anything is published, so both get entries.
+    _wait(lambda: len(pending()) == 2, "both members in the group", 240.0, *members.values())
+    RedisStreamPublisher(SHARED_REDIS, stream_key).publish(payloads)
+    _wait(
+        lambda: any(pending().values()),
+        "a member holding pending entries",
+        240.0,
+        *members.values(),
+    )
+    doomed = max(pending().items(), key=lambda item: item[1])[0]
+    members[doomed].kill()  # dead with entries delivered to it and never acknowledged
+    survivor = members["member-b" if doomed == "member-a" else "member-a"]
     _wait(
         _all_done(client, stream_key, len(payloads)),
-        "member-b finishing, the dead member's entries too",
+        "the survivor finishing, the dead member's entries too",
+        240.0,
+        *members.values(),
     )
-    assert b.stop() == 0, b.output()
-    assert "claimed" in b.output()
+    assert survivor.stop() == 0, survivor.output()
+    assert "claimed" in survivor.output()
     events, online, _ = _stored(tmp_path / "data")
     assert events.equals(expected)
     assert online == expected.height
