@@ -29,7 +29,7 @@ from shared.feature_group import FeatureGroup
 from shared.feature_store.online_codec import storable
 from shared.feature_store.protocol import OnlineRange, OnlineRangeLookup
 
-_CHUNK = 5_000  # rows per write transaction
+_CHUNK = 2_000  # rows per write transaction: other writers wait at most for one
 _DAY = "__day"  # UTC day of the event time: the first part of every key
 _US_PER_DAY = 86_400_000_000
 # How long a writer waits for another process's write transaction (readers keep the store's
