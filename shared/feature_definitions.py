@@ -176,6 +176,10 @@ PLANES = FeatureGroup(
 # hours before its schedule. The online read of a window's resolved departures relies on it.
 MAX_EARLY_DEPARTURE = timedelta(minutes=120)
 
+# Online, the departure events and the schedule of the last days only: a prediction reads back
+# at most a day and four hours (its aircraft's day, its origin's last four hours).
+ONLINE_EVENT_HORIZON = timedelta(days=4)
+
 DEPARTURE_EVENTS = FeatureGroup(
     name="departure_events",
     version=1,
@@ -183,6 +187,7 @@ DEPARTURE_EVENTS = FeatureGroup(
     event_time="event_at",
     online=True,
     online_indexes=(("origin",), ("tailnum",)),
+    online_horizon=ONLINE_EVENT_HORIZON,
     description=(
         "One event per flight as it happens: its actual departure (event time: the actual "
         "departure instant) or its cancellation (event time: the scheduled departure). "
@@ -217,6 +222,7 @@ DEPARTURE_SCHEDULE = FeatureGroup(
     event_time="sched_dep_utc",
     online=True,
     online_indexes=(("origin",),),
+    online_horizon=ONLINE_EVENT_HORIZON,
     description=(
         "Scheduled departures, known ahead (from the flights group, without outcomes): what "
         "should have left in a window, against which the departure events are counted."

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
@@ -35,6 +36,9 @@ class FeatureGroup:
     # index names columns (e.g. ``("origin",)``) whose rows the online store returns for an
     # event-time range, in time order (see `OnlineRangeLookup`). Empty: key lookups only.
     online_indexes: tuple[tuple[str, ...], ...] = field(default=())
+    # An event group keeps online only the events within this of its newest one (None: all):
+    # serving reads the last hours; older questions (as_of far back) go to the offline store.
+    online_horizon: timedelta | None = None
     # Columns added to the group after its tables were created: nullable, never keys. A
     # stored table without them gains them on registration (old rows read null) instead of
     # being refused as a schema change: additive evolution, without a new group version.

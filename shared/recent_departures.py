@@ -62,6 +62,17 @@ LONGEST_WINDOW = timedelta(minutes=max(WINDOWS_MIN))
 # departures scheduled in it, which left at most MAX_EARLY_DEPARTURE before their schedule.
 EVENT_LOOKBACK = LONGEST_WINDOW + MAX_EARLY_DEPARTURE
 _NEVER = np.iinfo(np.int64).max  # resolution time of a departure with no event yet
+_EVENT_LOOKBACK_US = EVENT_LOOKBACK // timedelta(microseconds=1)
+_US_PER_DAY = 86_400_000_000
+
+
+def online_known_since(watermark_us: int, horizon: timedelta | None) -> int | None:
+    """The first instant an online store with ``horizon`` surely still holds, given the
+    stream's watermark: it keeps the UTC days within the horizon of its newest event, which
+    is at or before the watermark."""
+    if horizon is None:
+        return None
+    return (watermark_us // _US_PER_DAY - horizon // timedelta(days=1)) * _US_PER_DAY
 
 
 def epoch_us(value: datetime) -> int:
@@ -166,13 +177,16 @@ def recent_departure_features(
     *,
     covered_until: int | None,
     tolerance: timedelta,
+    known_since: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Every feature of :data:`FEATURES` per query (NaN: missing): counts as float64 arrays,
     the other features rounded to float32, as the offline frames hold them (so both paths
     hand the model identical numbers).
 
     ``covered_until`` (microseconds; None: nothing known) is the event time up to which the
-    events are complete; a query with ``T - tolerance > covered_until`` gets NaN throughout."""
+    events are complete; a query with ``T - tolerance > covered_until`` gets NaN throughout, and
+    so does one that needs events before ``known_since`` (None: all history is there; online,
+    the start of the store's horizon, see :func:`online_known_since`)."""
     n = len(queries)
     out: dict[str, np.ndarray] = {}
     resolved_at = _resolution_times(schedule.flight_id, events)
@@ -193,6 +207,8 @@ def recent_departure_features(
         stale = queries.at - tolerance // timedelta(microseconds=1) > limit
         if covered_until is None:
             stale[:] = True
+        if known_since is not None:
+            stale |= np.minimum(queries.at - _EVENT_LOOKBACK_US, queries.day_start) < known_since
         if stale.any():
             for values in out.values():
                 values[stale] = np.nan

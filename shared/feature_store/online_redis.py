@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from datetime import timedelta
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -52,6 +53,17 @@ for i, key in ipairs(KEYS) do
 end
 return #KEYS
 """
+
+
+# SET a counter to ARGV[1] unless it holds more; returns what it holds after.
+_RAISE_TO = """
+local held = tonumber(redis.call('GET', KEYS[1]) or '-1')
+local wanted = tonumber(ARGV[1])
+if wanted > held then redis.call('SET', KEYS[1], ARGV[1]); return wanted end
+return held
+"""
+_DAY = timedelta(days=1)
+_US_PER_DAY = 86_400_000_000
 
 
 def _compact(value: Any) -> str:
@@ -114,6 +126,7 @@ class RedisOnlineStore:
 
         # Event times are integer microseconds, exact in Lua's doubles (below 2^53).
         self._upsert_newer = self._client.register_script(_UPSERT_NEWER)
+        self._raise_to = self._client.register_script(_RAISE_TO)
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -206,10 +219,16 @@ class RedisOnlineStore:
         JSON) scored by event time, added to with one ZADD per set and batch. Upserts are
         idempotent and commute (a redelivered row is the same member with the same score), so
         replicas writing at once need no coordination; a restated event is another member,
-        and readers keep a flight's latest (as offline)."""
+        and readers keep a flight's latest (as offline). With a horizon, rows older than the
+        first kept UTC day (as in SQLite) are neither written nor kept in the sets written to,
+        and a set not written to for longer than the horizon expires."""
         values = storable(group, rows).rows()
         columns = group.columns
         at = columns.index(group.event_time)
+        floor = self._events_floor(group, values, at)
+        if floor is not None:
+            values = [row for row in values if row[at] >= floor]
+        expiry = None if group.online_horizon is None else group.online_horizon + _DAY
         for part in _chunks(values, WRITE_CHUNK):
             members: dict[str, dict[str, int]] = {}
             for row in part:
@@ -222,8 +241,26 @@ class RedisOnlineStore:
             pipe = self._client.pipeline(transaction=True)
             for name, scored in members.items():
                 pipe.zadd(name, scored)
+                if floor is not None:
+                    pipe.zremrangebyscore(name, "-inf", f"({floor}")
+                if expiry is not None:
+                    pipe.expire(name, expiry)
             self._call(f"write to {group.table_name}", pipe.execute)
         return len(values)
+
+    def _events_floor(
+        self, group: FeatureGroup, values: Sequence[Sequence[Any]], at: int
+    ) -> int | None:
+        """The first kept instant: the start of the UTC day ``online_horizon`` before the newest
+        day written so far (kept in one key, raised by a script so writers never lower it)."""
+        if group.online_horizon is None or not values:
+            return None
+        newest = max(row[at] for row in values) // _US_PER_DAY
+        key = f"{self._prefix(group.table_name)}@newest_day"
+        held = self._call(
+            f"horizon of {group.table_name}", lambda: self._raise_to(keys=[key], args=[newest])
+        )
+        return (int(held) - group.online_horizon // _DAY) * _US_PER_DAY
 
     def read_ranges(self, lookups: Sequence[OnlineRangeLookup]) -> list[list[OnlineRange]]:
         pipe = self._client.pipeline(transaction=False)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 import polars as pl
@@ -95,19 +96,45 @@ class SQLiteEventTables:
         """The rows into every index table (rows whose index columns are null have nothing to
         be found by there), each table's rows in its key order, in transactions of at most
         ``_CHUNK`` rows: readers and other writers (parallel backfills materializing) wait
-        for one short transaction at a time, never for a whole backfill."""
+        for one short transaction at a time, never for a whole backfill. With a horizon, only
+        the days within it of the newest stored or written day are kept (older ones deleted,
+        whole days at a time: the day leads the key). Returns the rows kept."""
         self._ensure(group)
-        stored = storable(group, rows)
-        day = (pl.col(group.event_time) // _US_PER_DAY).alias(_DAY)
+        stored = storable(group, rows).with_columns(
+            (pl.col(group.event_time) // _US_PER_DAY).alias(_DAY)
+        )
+        floor = self._floor(group, stored)
+        if floor is not None:
+            stored = stored.filter(pl.col(_DAY) >= floor)
         for index in group.online_indexes:
-            part = stored.drop_nulls(list(index)).select(day, pl.all())
+            part = stored.drop_nulls(list(index)).select(_DAY, *group.columns)
             part = part.sort([_DAY, *index, group.event_time])
             insert = self._inserts[(group.table_name, index)]
             for start in range(0, part.height, _CHUNK):
-                self._transaction(group, insert, part.slice(start, _CHUNK).rows())
+                self._transaction(group, [(insert, part.slice(start, _CHUNK).rows())])
+        if floor is not None:
+            prune = f"DELETE FROM {{}} WHERE {_ident(_DAY)} < ?"
+            self._transaction(
+                group,
+                [
+                    (prune.format(_ident(index_table(group, index))), [(floor,)])
+                    for index in group.online_indexes
+                ],
+            )
         return stored.height
 
-    def _transaction(self, group: FeatureGroup, insert: str, values: list[tuple[Any, ...]]) -> None:
+    def _floor(self, group: FeatureGroup, stored: pl.DataFrame) -> int | None:
+        """The first UTC day kept online (None: no horizon, or nothing to keep)."""
+        if group.online_horizon is None or stored.is_empty():
+            return None
+        table = _ident(index_table(group, group.online_indexes[0]))
+        held = self._conn.execute(f"SELECT max({_ident(_DAY)}) FROM {table}").fetchone()[0]
+        newest = max(int(stored[_DAY].max()), int(held) if held is not None else 0)  # type: ignore[arg-type]
+        return newest - group.online_horizon // timedelta(days=1)
+
+    def _transaction(
+        self, group: FeatureGroup, statements: list[tuple[str, list[tuple[Any, ...]]]]
+    ) -> None:
         deadline = time.monotonic() + _WRITER_WAIT_S
         while True:
             try:
@@ -120,7 +147,8 @@ class SQLiteEventTables:
                     ) from exc
                 time.sleep(0.01)
         try:
-            self._conn.executemany(insert, values)
+            for sql, values in statements:
+                self._conn.executemany(sql, values)
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if self._conn.in_transaction:

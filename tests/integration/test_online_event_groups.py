@@ -140,3 +140,20 @@ def test_key_lookups_and_ranges_in_one_read(online: OnlineStore) -> None:
 def test_a_lookup_on_an_index_the_group_lacks_is_refused() -> None:
     with pytest.raises(ValueError, match="no online index"):
         OnlineRangeLookup(DEPARTURE_EVENTS, ("carrier",), [("UA",)], [0], [1])
+
+
+def test_only_the_days_within_the_horizon_are_kept(online: OnlineStore) -> None:
+    """Ten days of events, written a day at a time: the store keeps the UTC days within
+    the group's horizon of the newest, and a late batch of older days is not written back."""
+    horizon_days = DEPARTURE_EVENTS.online_horizon.days  # type: ignore[union-attr]
+    day = 24 * 60
+    for d in range(10):
+        online.write(DEPARTURE_EVENTS, events((f"f{d}", "EWR", "N1", d * day, 1.0)))
+    [[kept]] = online.read_ranges([by_origin("EWR", -day, 11 * day)])
+    newest_day = (epoch_us(T0) // 86_400_000_000) + 9
+    first_kept = newest_day - horizon_days
+    assert [r["flight_id"] for r in kept] == [f"f{d}" for d in range(10) if d >= 9 - horizon_days]
+    assert all(r["event_at"] // 86_400_000_000 >= first_kept for r in kept)
+    online.write(DEPARTURE_EVENTS, events(("late", "EWR", "N1", 0, 1.0)))  # day 0, too old
+    [[after]] = online.read_ranges([by_origin("EWR", -day, 11 * day)])
+    assert "late" not in [r["flight_id"] for r in after]

@@ -21,6 +21,7 @@ from shared.recent_departures import (
     Schedule,
     epoch_us,
     feature_frame,
+    online_known_since,
     recent_departure_features,
 )
 
@@ -240,6 +241,26 @@ def test_a_query_past_the_coverage_gets_missing_features() -> None:
         log, sched, q, covered_until=None, tolerance=timedelta(minutes=30)
     )
     assert all(np.isnan(nothing[name]).all() for name in FEATURES)
+
+
+def test_a_query_reaching_before_the_online_horizon_gets_missing_features() -> None:
+    """Online, only the last days are kept: a query whose windows (or whose aircraft's day)
+    reach before them is missing, never computed from a partial history."""
+    events = [Event("f1", "EWR", "AA", "N1", BASE - 10 * MIN, 20.0)]
+    watermark = BASE + 5 * 24 * 60 * MIN
+    since = online_known_since(watermark, timedelta(days=4))
+    assert since is not None and since <= watermark - 4 * 24 * 60 * MIN
+    queries = [
+        Query("EWR", "AA", "N1", since + 240 * MIN, since + 200 * MIN),  # all within
+        Query("EWR", "AA", "N1", since + 239 * MIN, since + 200 * MIN),  # 4 h reach out
+        Query("EWR", "AA", "N1", since + 600 * MIN, since - 1),  # the aircraft's day does
+    ]
+    log, sched, q = as_arrays(events, [], queries)
+    got = recent_departure_features(
+        log, sched, q, covered_until=watermark, tolerance=timedelta(0), known_since=since
+    )
+    assert got["origin_departures_120m"][0] == 0
+    assert np.isnan(got["origin_departures_120m"][1]) and np.isnan(got["tail_last_dep_delay"][2])
 
 
 def test_offline_frames_and_online_rows_give_the_same_features() -> None:
