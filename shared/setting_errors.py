@@ -64,7 +64,7 @@ def _problem(
     error: Mapping[str, Any], flags: Mapping[str, str], env_prefix: str | None, where: str | None
 ) -> str:
     loc = tuple(str(part) for part in error.get("loc", ()))
-    rule = _MESSAGE_BY_TYPE.get(str(error.get("type"))) or _rule(str(error["msg"]))
+    rule = _MESSAGE_BY_TYPE.get(str(error.get("type"))) or rule_text(str(error["msg"]))
     given = _given(error.get("input"))
     said = f"got {given}, {rule}" if given is not None else rule
     name = _name(loc, flags, env_prefix, where)
@@ -87,8 +87,9 @@ def _name(
     return f"{dotted} in {where}" if where else dotted
 
 
-def _rule(message: str) -> str:
-    """pydantic's "Input should be x" -> "must be x"; validators' own text without its prefix."""
+def rule_text(message: str) -> str:
+    """pydantic's (and Typer's, which parses with pydantic) "Input should be x" -> "must be x";
+    validators' own text without its prefix."""
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)
     if message.startswith("Input should "):

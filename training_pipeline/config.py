@@ -22,9 +22,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.errors import ConfigurationError
+from shared.prediction_time import DEFAULT_LEAD_MINUTES, MAX_LEAD_MINUTES
 from shared.registry import RegistrySettings
 from shared.setting_errors import invalid_settings_line, setting_problems
-from shared.settings import FeatureStoreSettings
+from shared.settings import FeatureStoreSettings, PredictionTimeSettings
 
 
 class Window(BaseModel):
@@ -161,6 +162,10 @@ class TrainingConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     seed: int = 13
+    # Prediction time T = scheduled departure - lead: every training row is read as of T, so the
+    # model learns from what is known this long before departure (stored with the version; the
+    # batch job scores at it).
+    lead_minutes: int = Field(default=DEFAULT_LEAD_MINUTES, ge=0, le=MAX_LEAD_MINUTES)
     windows: Windows = Windows()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
@@ -240,13 +245,15 @@ class Device(StrEnum):
     cuda = "cuda"
 
 
-class TrainingSettings(FeatureStoreSettings, RegistrySettings):
+class TrainingSettings(FeatureStoreSettings, RegistrySettings, PredictionTimeSettings):
     """Everything the training pipeline reads from the environment (prefix ``FTI_``)."""
 
     checkpoint_dir: Path | None = Field(
         default=None, description="checkpoints; defaults to <data_root>/checkpoints"
     )
-    device: Device = Device.auto
+    device: Device = Field(
+        default=Device.auto, description="auto: CUDA when present, else CPU; or cpu, cuda"
+    )
     training_chunk_days: int = Field(
         default=31,
         ge=1,

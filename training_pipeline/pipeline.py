@@ -59,6 +59,7 @@ class TrainingOutcome:
     best_epoch: int
     resumed_from_epoch: int | None
     rows_per_s: float
+    lead_minutes: int
     seconds: dict[str, float]  # wall time per stage: data.*, fit, test, baseline, register
 
     def summary(self) -> dict[str, Any]:
@@ -160,6 +161,7 @@ def run_training(
     version is only an *eligible* challenger and a later step decides. See ``outcome.decision``
     (:func:`raise_if_refused` for callers that want an error).
     """
+    view = view.with_lead(config.lead_minutes)  # every row as of departure - lead
     with distributed_context(settings.device) as ctx:
         started = time.perf_counter()
         store = open_feature_store(settings.store_settings())
@@ -247,7 +249,11 @@ def _validate_and_register(
 
     commit = git_commit(settings)
     lineage = data.lineage.to_dict() | {"git_commit": commit}
-    tags = data.lineage.tags() | {"git_commit": commit, "config_sha256": config.fingerprint()}
+    tags = data.lineage.tags() | {
+        "git_commit": commit,
+        "config_sha256": config.fingerprint(),
+        "lead_minutes": str(config.lead_minutes),
+    }
     image = plot_reliability(
         curves, workdir / "plots" / "reliability.png", f"Test window {data.lineage.windows['test']}"
     )
@@ -303,14 +309,13 @@ def _validate_and_register(
         best_epoch=result.state.best_epoch,
         resumed_from_epoch=result.resumed_from_epoch,
         rows_per_s=result.rows_per_s,
+        lead_minutes=config.lead_minutes,
         seconds={k: round(v, 3) for k, v in seconds.items()},
     )
     return outcome
 
 
-def _reference_stats(
-    data: TrainingData, exported: Path, seed: int, batch: int
-) -> dict[str, Any]:
+def _reference_stats(data: TrainingData, exported: Path, seed: int, batch: int) -> dict[str, Any]:
     """Drift reference: the training split's raw features and the served model's predictions,
     on a sample of at most ``reference_stats.MAX_ROWS`` rows (all of them for the 2013 year)."""
     mdt = data.mdt

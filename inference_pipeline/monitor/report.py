@@ -63,6 +63,7 @@ def render_html(result: Mapping[str, Any]) -> str:
         _prediction_section(result),
         _quality_section(result),
         _versions_section(result),
+        shadow_section(result.get("shadow")),
         _distribution_section(result),
         _rule_section(result),
         "</body></html>",
@@ -310,6 +311,69 @@ def _versions_section(result: Mapping[str, Any]) -> str:
     )
 
 
+def shadow_section(shadow: Mapping[str, Any] | None) -> str:
+    """The shadow comparison: champion and challenger on the same labelled flights, the rule's
+    decision and what was done (the monitoring report and the shadow step's own report)."""
+    if not shadow:
+        return ""
+    intro = (
+        "<h2>Shadow decision</h2><p>The challenger in shadow and the champion, each measured on "
+        "the labelled flights of the window that <b>both</b> scored.</p>"
+    )
+    rules = shadow.get("rules") or {}
+    rows = [
+        ("champion / challenger", f"v{shadow.get('champion')} / v{shadow.get('challenger')}"),
+        ("what was done", str(shadow["action"])),
+        ("why", str(shadow["reason"])),
+    ]
+    comparison = shadow.get("comparison")
+    if comparison:
+        rows += [
+            ("labelled flights scored by both", f"{comparison['flights']:,}"),
+            (
+                "ROC AUC: challenger / champion (gain)",
+                f"{_num(comparison['challenger_roc_auc'])} / "
+                f"{_num(comparison['champion_roc_auc'])} ({_signed(comparison['auc_gain'])})",
+            ),
+            (
+                "log loss: challenger / champion (increase)",
+                f"{_num(comparison['challenger_log_loss'])} / "
+                f"{_num(comparison['champion_log_loss'])} "
+                f"({_signed(comparison['log_loss_increase'])})",
+            ),
+        ]
+    if rules:
+        rows.append(
+            (
+                "rule",
+                f"gate-eligible, ROC AUC gain >= {_signed(rules['min_auc_gain'])}, log loss "
+                f"increase <= {_signed(rules['max_log_loss_increase'])}, at least "
+                f"{rules['min_labels']:,} labelled flights; automatic promotion "
+                f"{'on' if rules.get('automatic_promotion') else 'off'} (FTI_SHADOW_PROMOTE)",
+            )
+        )
+    if shadow.get("challenger") is None:
+        rows = [("what was done", str(shadow["action"])), ("why", str(shadow["reason"]))]
+    return intro + _table(["", "value"], [[escape(k), escape(v)] for k, v in rows], left=2)
+
+
+def render_shadow_html(result: Mapping[str, Any]) -> str:
+    """The shadow step's own report (``python -m inference_pipeline monitor shadow``)."""
+    window = result["window"]
+    title = f"Shadow decision, {result['model_name']}: flights {window['start']} to {window['end']}"
+    return "\n".join(
+        [
+            "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+            f"<title>{escape(title)}</title><style>{CSS}</style></head><body>",
+            f"<h1>{escape(title)}</h1>",
+            f"<p class='muted'>generated {escape(result['generated_at'])}, "
+            f"{window['predictions']:,} predictions in the window</p>",
+            shadow_section(result["shadow"]),
+            "</body></html>",
+        ]
+    )
+
+
 def _distribution_section(result: Mapping[str, Any]) -> str:
     cards = []
     for row in _ordered(result["drift"]["features"]):
@@ -549,6 +613,10 @@ def _is_number(value: Any) -> TypeGuard[float]:
 
 def _num(value: Any) -> str:
     return f"{value:.4f}" if _is_number(value) else "-"
+
+
+def _signed(value: Any) -> str:
+    return f"{value:+.4f}" if _is_number(value) else "-"
 
 
 def _p(value: Any) -> str:

@@ -37,6 +37,7 @@ from inference_pipeline.service.schemas import (
 from inference_pipeline.settings import InferenceSettings
 from shared.errors import FTIError, ModelServerUnavailable
 from shared.prediction_log import ONLINE_SOURCE, SHADOW_SOURCE, LoggedPredictions
+from shared.prediction_time import PREDICTION_TIME, epoch_us, instant_of, now_us
 
 PREDICTIONS_PATH = "/v1/predictions"
 
@@ -202,6 +203,7 @@ async def answer_predictions(
     ASGI path and the FastAPI route answer with it. Raises `ApiError` for a request to refuse,
     `FTIError` for a dependency that failed."""
     began = time.perf_counter()
+    arrival = now_us()  # T of every flight that names none (invariant 7: one clock)
     if len(body) > max_body_bytes(runtime.settings):
         raise body_too_large(runtime.settings)
     check_api_key(api_key, runtime)
@@ -211,7 +213,7 @@ async def answer_predictions(
     settings, metrics = runtime.settings, runtime.metrics
     if len(request.flights) > settings.max_flights_per_request:
         raise invalid_request([_too_many(len(request.flights), settings.max_flights_per_request)])
-    flights = request.model_dump()["flights"]
+    flights = flights_as_of(request, arrival)
     scored = await _score_by_role(runtime, flights)
     total_s = time.perf_counter() - began
     metrics.stages.total.observe(total_s)
@@ -227,6 +229,8 @@ async def answer_predictions(
                 "flight_id": part.inputs.flight_ids[i],
                 "probability": part.probabilities[i],
                 "model_version": version,
+                "prediction_time": instant_of(flights[row][PREDICTION_TIME]).isoformat(),
+                "lead_minutes": part.model.lead_minutes,
                 "missing_features": report.missing_features,
                 "unknown_categories": report.unknown_categories,
                 "missing_groups": report.missing_groups,
@@ -274,6 +278,36 @@ async def predict(request: Request) -> Response:
         headers.get(TEST_TRAFFIC_HEADER),
     )
     return Response(content, media_type="application/json")
+
+
+# A client's clock may run a little ahead of ours: an as_of up to this far after the arrival
+# is taken as "now"-ish, not refused (its T is still the as_of given).
+_AS_OF_SKEW_US = 60_000_000
+
+
+def flights_as_of(request: PredictionRequest, arrival: int) -> list[dict[str, Any]]:
+    """The request's flights as plain values, each with its T under ``prediction_time`` (epoch
+    microseconds): its own ``as_of``, else the request's, else the ``arrival``. A T in the
+    future is refused (422): no feature value is known yet for it, and an answer would claim
+    knowledge it does not have."""
+    flights: list[dict[str, Any]] = request.model_dump()["flights"]
+    default = arrival if request.as_of is None else epoch_us(request.as_of)
+    late = []
+    for index, flight in enumerate(flights):
+        own = flight.pop("as_of")
+        t = default if own is None else epoch_us(own)
+        flight[PREDICTION_TIME] = t
+        if t > arrival + _AS_OF_SKEW_US:
+            late.append("as_of" if own is None else f"flights[{index}].as_of")
+    if late:
+        raise invalid_request(
+            [
+                f"{name}: {instant_of(arrival).isoformat()} is now; as_of must not be in the "
+                "future (omit it to predict as of now)"
+                for name in dict.fromkeys(late)
+            ]
+        )
+    return flights
 
 
 def max_body_bytes(settings: InferenceSettings) -> int:
@@ -376,7 +410,10 @@ async def readyz(runtime: Runtime, response: Response) -> Readiness:
     ready = all(c.ok for c in checks.values())
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return Readiness(ready=ready, model_version=runtime.model.version, checks=checks)
+    model = runtime.model
+    return Readiness(
+        ready=ready, model_version=model.version, lead_minutes=model.lead_minutes, checks=checks
+    )
 
 
 @health.get("/metrics", summary="Prometheus metrics", response_class=Response)

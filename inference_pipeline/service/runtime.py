@@ -491,11 +491,15 @@ class ServiceRuntime:
     # -- readiness --------------------------------------------------------------------------
 
     async def check_store(self) -> CheckResult:
+        """The store the next process would open (a deleted or replaced SQLite file shows
+        here, not only in a fresh process) with the served view's tables, and a read."""
         if self.store is None:
             return CheckResult(False, "not opened")
         store = self.store
         probe = pl.DataFrame({"carrier": ["__readiness__"]})
+        groups = {j.group.table_name: j.group for m in self._models.values() for j in m.view.joins}
         try:
+            await self.with_store(store.check_online, list(groups.values()))
             await self.with_store(store.get_online_features, CARRIER_STATS, probe)
         except StoreUnavailable as exc:
             return CheckResult(False, str(exc))

@@ -12,7 +12,10 @@ How our contract maps onto Hopsworks:
   newest row per key of each insert, and ``upsert_if_newer`` stops an older backfill from
   overwriting a newer row. ``materialize`` therefore has nothing left to do;
 - online reads go through one feature view per group (``<group>_online``) and
-  ``FeatureView.get_feature_vectors``, one call for all keys;
+  ``FeatureView.get_feature_vectors``, one call for all keys. RonDB keeps the newest row per
+  key only (no ``online_history``), so a read as of T uses it when its event time is within
+  the tolerance at or before T, and finds the key missing otherwise (an ``as_of`` in the past
+  is answered exactly only while no newer row has arrived);
 - the point-in-time join reads each group through the SDK and joins client-side with the same
   ``point_in_time_join`` as the local backend. The SDK's own server-side join cannot take an
   arbitrary spine from Python: spine dataframes are Spark-only.
@@ -40,6 +43,7 @@ from shared.errors import (
     StoreUnavailable,
 )
 from shared.feature_group import FeatureGroup, columns_to_add
+from shared.feature_store.online_as_of import row_as_of
 from shared.feature_store.online_codec import align_to_keys
 from shared.feature_store.point_in_time import join_from_store
 from shared.feature_store.protocol import (
@@ -451,6 +455,12 @@ class HopsworksFeatureStore:
             found = typed(group, vectors).filter(pl.all_horizontal(pl.col(pk).is_not_null()))
         return align_to_keys(group, keys, found)
 
+    def check_online(self, groups: Sequence[FeatureGroup]) -> None:
+        """Each group exists on the cluster (looked up once, then remembered); the service's
+        readiness probe read covers the online path itself."""
+        for group in groups:
+            self._handle(group)
+
     def get_online_rows(self, lookups: Sequence[OnlineLookup]) -> list[list[OnlineRow]]:
         """Plain rows per lookup (one SDK call per group); a key with no online row gives None.
 
@@ -464,10 +474,18 @@ class HopsworksFeatureStore:
                 schema={k: group.polars_schema[k] for k in pk},
                 orient="row",
             )
-            rows = self.get_online_features(group, keys).to_dicts()
+            found = self.get_online_features(group, keys)
+            events = found.get_column(group.event_time).dt.epoch("us").to_list()
             features = [c for c in group.columns if c not in pk]
+            times: Sequence[int | None] = lookup.as_of or [None] * len(events)
             results.append(
-                [row if any(row[f] is not None for f in features) else None for row in rows]
+                [
+                    row
+                    if any(row[f] is not None for f in features)
+                    and row_as_of([(event,)], 0, t, lookup.tolerance_us) is not None
+                    else None
+                    for row, event, t in zip(found.to_dicts(), events, times, strict=True)
+                ]
             )
         return results
 

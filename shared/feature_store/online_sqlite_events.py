@@ -49,12 +49,27 @@ def index_table(group: FeatureGroup, index: Sequence[str]) -> str:
 class SQLiteEventTables:
     """The event-group part of `SQLiteOnlineStore`; the caller holds the store's lock."""
 
-    def __init__(self, conn: sqlite3.Connection, sql_type: Any) -> None:
-        self._conn = conn
+    def __init__(self, sql_type: Any) -> None:
         self._sql_type = sql_type
+        self._conn: sqlite3.Connection | None = None  # the store's, passed in by every call
         self._ready: set[str] = set()
         self._inserts: dict[tuple[str, tuple[str, ...]], str] = {}
         self._selects: dict[tuple[str, tuple[str, ...], int], str] = {}  # ... days read
+
+    def tables(self, group: FeatureGroup) -> list[str]:
+        """The tables an event group lives in (none for another group)."""
+        return [index_table(group, index) for index in group.online_indexes]
+
+    def _use(self, conn: sqlite3.Connection) -> None:
+        """The store reopens its file when another one replaced it: tables are checked anew."""
+        if conn is not self._conn:
+            self._conn = conn
+            self._ready.clear()
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        assert self._conn is not None, "a store method passes its connection first"
+        return self._conn
 
     def _ensure(self, group: FeatureGroup) -> None:
         if group.table_name in self._ready:
@@ -67,7 +82,7 @@ class SQLiteEventTables:
         for index in group.online_indexes:
             key = ", ".join(_ident(c) for c in (_DAY, *index, group.event_time, *group.primary_key))
             table = _ident(index_table(group, index))
-            self._conn.execute(
+            self._db.execute(
                 f"CREATE TABLE IF NOT EXISTS {table} ({_ident(_DAY)} INTEGER, {columns}, "
                 f"PRIMARY KEY ({key})) WITHOUT ROWID"
             )
@@ -92,13 +107,14 @@ class SQLiteEventTables:
             self._selects[(group.table_name, index, days)] = sql
         return sql
 
-    def write(self, group: FeatureGroup, rows: pl.DataFrame) -> int:
+    def write(self, conn: sqlite3.Connection, group: FeatureGroup, rows: pl.DataFrame) -> int:
         """The rows into every index table (rows whose index columns are null have nothing to
         be found by there), each table's rows in its key order, in transactions of at most
         ``_CHUNK`` rows: readers and other writers (parallel backfills materializing) wait
         for one short transaction at a time, never for a whole backfill. With a horizon, only
         the days within it of the newest stored or written day are kept (older ones deleted,
         whole days at a time: the day leads the key). Returns the rows kept."""
+        self._use(conn)
         self._ensure(group)
         stored = storable(group, rows).with_columns(
             (pl.col(group.event_time) // _US_PER_DAY).alias(_DAY)
@@ -128,7 +144,7 @@ class SQLiteEventTables:
         if group.online_horizon is None or stored.is_empty():
             return None
         table = _ident(index_table(group, group.online_indexes[0]))
-        held = self._conn.execute(f"SELECT max({_ident(_DAY)}) FROM {table}").fetchone()[0]
+        held = self._db.execute(f"SELECT max({_ident(_DAY)}) FROM {table}").fetchone()[0]
         newest = max(int(stored[_DAY].max()), int(held) if held is not None else 0)  # type: ignore[arg-type]
         return newest - group.online_horizon // timedelta(days=1)
 
@@ -138,7 +154,7 @@ class SQLiteEventTables:
         deadline = time.monotonic() + _WRITER_WAIT_S
         while True:
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
+                self._db.execute("BEGIN IMMEDIATE")
                 break
             except sqlite3.OperationalError as exc:  # another process writes: wait our turn
                 if "locked" not in str(exc) or time.monotonic() > deadline:
@@ -148,15 +164,16 @@ class SQLiteEventTables:
                 time.sleep(0.01)
         try:
             for sql, values in statements:
-                self._conn.executemany(sql, values)
-            self._conn.execute("COMMIT")
+                self._db.executemany(sql, values)
+            self._db.execute("COMMIT")
         except sqlite3.Error as exc:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise StoreUnavailable(f"online write to {group.table_name} failed: {exc}") from exc
 
-    def ranges(self, lookup: OnlineRangeLookup) -> list[OnlineRange]:
+    def ranges(self, conn: sqlite3.Connection, lookup: OnlineRangeLookup) -> list[OnlineRange]:
         """One ordered scan per key and UTC day of its range."""
+        self._use(conn)
         group = lookup.group
         self._ensure(group)
         columns = group.columns
@@ -168,7 +185,7 @@ class SQLiteEventTables:
                     continue
                 days = list(range(start // _US_PER_DAY, (end - 1) // _US_PER_DAY + 1))
                 select = self._select(group, lookup.index, len(days))
-                rows = self._conn.execute(select, (*days, *values, start, end)).fetchall()
+                rows = self._db.execute(select, (*days, *values, start, end)).fetchall()
                 found.append([dict(zip(columns, row, strict=True)) for row in rows])
         except sqlite3.Error as exc:
             raise StoreUnavailable(
@@ -176,8 +193,9 @@ class SQLiteEventTables:
             ) from exc
         return found
 
-    def row_count(self, group: FeatureGroup) -> int:
+    def row_count(self, conn: sqlite3.Connection, group: FeatureGroup) -> int:
         """Rows under the group's first index (every row, unless its index value is null)."""
+        self._use(conn)
         self._ensure(group)
         table = _ident(index_table(group, group.online_indexes[0]))
-        return int(self._conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+        return int(self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])

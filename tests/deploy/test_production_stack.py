@@ -36,6 +36,8 @@ import httpx
 import polars as pl
 import pytest
 
+from shared.flight_identity import as_of_before_departure
+from shared.prediction_time import DEFAULT_LEAD_MINUTES
 from tests.deploy import deployment as d
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
@@ -407,6 +409,10 @@ def _requests(day: date, count: int) -> list[dict[str, object]]:
             "dest": row["dest"],
             "tailnum": row["tailnum"],
             "distance": int(row["distance"]),
+            # T = departure - the default lead: the day's features, not today's (all stale).
+            "as_of": as_of_before_departure(
+                day, int(row["sched_dep_time"]), DEFAULT_LEAD_MINUTES
+            ).isoformat(),
         }
         for row in flights.iter_rows(named=True)
     ]

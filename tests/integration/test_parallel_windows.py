@@ -43,7 +43,7 @@ def test_twelve_months_four_at_a_time_equal_a_sequential_backfill(
             month = pending.pop(0)
             running[month] = subprocess.Popen(
                 [sys.executable, "-m", "feature_pipeline", "backfill", *_month(month),
-                 "--data-root", str(root), "--verbose"],
+                 "--data-root", str(root), "--log-level", "info"],
                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
         for month, proc in list(running.items()):

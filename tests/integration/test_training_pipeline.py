@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -82,11 +85,22 @@ def test_train_register_refuse_a_worse_model_promote_and_roll_back(
     worse.write_text(
         json.dumps(SMALL | {"optim": SMALL["optim"] | {"epochs": 1, "lr": 1e-7, "warmup_steps": 0}})
     )
-    result = CliRunner().invoke(app, ["train", "--config", str(worse)])
+    monkeypatch.setenv("FTI_LEAD_MINUTES", "120")  # the flag wins over the environment
+    result = CliRunner().invoke(app, ["train", "--config", str(worse), "--lead-minutes", "15"])
     assert result.exit_code == 3, result.output
     assert "stays challenger" in result.output and "champion v1" in result.output
     assert registry.version_for(CHAMPION) == "1"
     assert registry.version_for(CHALLENGER) == "2"
+
+    # The lead is stored with each version: tag, config, feature view; the data hash follows it.
+    assert first.lead_minutes == 60 and registry.get("1").tags["lead_minutes"] == "60"
+    assert registry.get("2").tags["lead_minutes"] == "15"
+    second = registry.load("2", tmp_path / "v2")
+    assert second.read_json("feature_view.json")["lead_minutes"] == 15
+    assert second.read_json("config.json")["lead_minutes"] == 15
+    assert loaded.read_json("feature_view.json")["lead_minutes"] == 60
+    assert second.read_json("lineage.json")["data_sha256"] != first.lineage["data_sha256"]
+    monkeypatch.delenv("FTI_LEAD_MINUTES")
 
     result = CliRunner().invoke(app, ["promote", "challenger"])
     assert result.exit_code == 0, result.output
@@ -107,6 +121,21 @@ def test_cli_errors_are_one_line_and_non_zero(
     assert result.exit_code == 1 and result.output.startswith("error:")
     result = CliRunner().invoke(app, ["train", "--epochs", "1"])  # no feature store there
     assert result.exit_code == 1 and "feature pipeline" in result.output
+    result = CliRunner().invoke(app, ["train", "--lead-minutes", "-5"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "--lead-minutes" in result.output, result.output
+    # From the environment, through the real command line (one line, exit 2).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FTI_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "training_pipeline", "retrain", "--until", "2013-03-01"],
+        env=env | {"FTI_DATA_ROOT": str(tmp_path), "FTI_LEAD_MINUTES": "soon"},
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "FTI_LEAD_MINUTES" in done.stderr and "'soon'" in done.stderr, done.stderr
 
 
 def test_recorded_test_metrics_are_the_served_models(

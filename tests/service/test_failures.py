@@ -240,7 +240,7 @@ def test_a_killed_managed_triton_is_restarted_under_load(
         metrics = httpx.get(f"{service.url}/metrics", timeout=10).text
         assert 'fti_triton_restarts_total{outcome="ok"} 1.0' in metrics
         assert "fti_triton_up 1.0" in metrics
-        log = service.log()
+        log = service.log_path.read_text(errors="replace")
         assert f"managed Triton died: tritonserver (pid {server.pid}) killed by SIGKILL" in log
         assert "managed Triton restarted" in log
         assert (runtime / "triton" / "tritonserver.log.1").exists()  # the dead server's log
@@ -291,7 +291,7 @@ def test_a_managed_triton_that_cannot_come_back_fails_liveness(
         assert httpx.get(f"{service.url}/healthz", timeout=10).status_code == 200
         metrics = httpx.get(f"{service.url}/metrics", timeout=10).text
         assert 'fti_triton_restarts_total{outcome="failed"}' in metrics
-        assert "/healthz now answers 503" in service.log()
+        assert "/healthz now answers 503" in service.log_path.read_text(errors="replace")
     finally:
         service.stop()
 
@@ -518,6 +518,53 @@ def test_broken_sqlite_store_gives_503_then_recovers(
     assert len(lines) == 2, lines
     assert lines[0].startswith("POST /v1/predictions -> 503: online read of")
     assert lines[1].startswith("feature_store: 29 more failures in the last 0.5 s (latest: POST")
+
+
+def test_a_deleted_or_replaced_sqlite_store_is_noticed(
+    copy_root: Path, triton: SharedTriton, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The service keeps one connection to the SQLite online store. Deleted, the file is still
+    read through it, but a restart would find none: /readyz says so, naming it. Replaced by
+    another file, the service reopens and serves from the new one."""
+    settings = inference_settings(copy_root, triton, tmp_path, prediction_log=False)
+    path = FeatureStoreSettings(data_root=copy_root).resolved_sqlite_path
+    body = {"flights": [UA_1545]}
+    # The replacement, made as an operator would (the backup API, then an edit): it lacks
+    # the flight's route row.
+    replacement = tmp_path / "replacement.sqlite"
+    with closing(sqlite3.connect(path)) as source, closing(sqlite3.connect(replacement)) as copy:
+        source.backup(copy)
+        copy.execute(
+            f'DELETE FROM "{ROUTE_STATS.table_name}" WHERE origin = ? AND dest = ?',
+            (UA_1545["origin"], UA_1545["dest"]),
+        )
+        copy.commit()
+    caplog.set_level(logging.WARNING, logger="shared.feature_store.online_sqlite")
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/readyz").status_code == 200
+        assert (
+            client.post("/v1/predictions", json=body).json()["predictions"][0]["missing_groups"]
+            == []
+        )
+        path.unlink()
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        store = ready.json()["checks"]["feature_store"]
+        assert not store["ok"] and str(path) in store["detail"] and "gone" in store["detail"]
+        assert client.post("/v1/predictions", json=body).status_code == 200  # still serving
+
+        os.replace(replacement, path)
+        deadline, missing = time.monotonic() + 10, None
+        while time.monotonic() < deadline:
+            answer = client.post("/v1/predictions", json=body)
+            assert answer.status_code == 200, answer.text
+            missing = answer.json()["predictions"][0]["missing_groups"]
+            if missing == ["route_stats"]:
+                break
+            time.sleep(0.2)
+        assert missing == ["route_stats"]  # served from the new file
+        assert client.get("/readyz").status_code == 200
+    assert any("was replaced: reopened it" in r.getMessage() for r in caplog.records)
 
 
 def test_corrupted_artifact_is_refused_at_load(
