@@ -94,7 +94,16 @@ class Consumer:
         self.log = log
         self._out = log.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "feature_pipeline", "stream", "--consumer", name, "-v"],
+            [
+                sys.executable,
+                "-m",
+                "feature_pipeline",
+                "stream",
+                "--consumer",
+                name,
+                "--log-level",
+                "info",
+            ],
             env=env,
             cwd=ROOT,
             stdout=self._out,
@@ -181,12 +190,19 @@ def test_a_consumer_killed_mid_stream_resumes_and_the_stores_equal_an_uninterrup
             _group(client, stream_key)["read"] >= 300 and _group(client, stream_key)["pending"] > 0
         ),
         "a consumer with acknowledged and pending entries",
+        240.0,
+        first,
     )
     first.kill()
     before = _group(client, stream_key)
     assert before["pending"] > 0  # delivered, never acknowledged: must come again
     second = Consumer("member-1", env, tmp_path / "consumer.log")  # the same member restarts
-    _wait(_all_done(client, stream_key, len(payloads)), "every entry consumed and acknowledged")
+    _wait(
+        _all_done(client, stream_key, len(payloads)),
+        "every entry consumed and acknowledged",
+        240.0,
+        second,
+    )
     assert second.stop() == 0, second.output()
     events, online, _ = _stored(tmp_path / "data")
     assert events.equals(expected)  # nothing lost, nothing doubled
@@ -210,7 +226,12 @@ def test_a_malformed_event_is_quarantined_with_its_reason_and_the_stream_goes_on
     consumer = Consumer(
         "member-1", _env(SHARED_REDIS, stream_key, tmp_path / "data"), tmp_path / "c.log"
     )
-    _wait(_all_done(client, stream_key, len(mixed)), "every entry consumed and acknowledged")
+    _wait(
+        _all_done(client, stream_key, len(mixed)),
+        "every entry consumed and acknowledged",
+        240.0,
+        consumer,
+    )
     assert consumer.stop() == 3, consumer.output()  # partial: written, some quarantined
     events, _, quarantine = _stored(tmp_path / "data")
     assert events.equals(expected)  # the events after the bad ones are there too
@@ -291,12 +312,22 @@ def test_the_consumer_waits_for_a_restarted_broker_and_resumes(
         consumer = Consumer(
             "member-1", _env(broker.url, key, tmp_path / "data"), tmp_path / "c.log"
         )
-        _wait(lambda: _group(client, key)["read"] >= half // 2, "the consumer under way")
+        _wait(
+            lambda: _group(client, key)["read"] >= half // 2,
+            "the consumer under way",
+            240.0,
+            consumer,
+        )
         broker.kill()  # mid-stream: some entries pending, the consumer polling
         time.sleep(2.0)
         broker.start()  # the append-only file brings the stream and the group back
         RedisStreamPublisher(broker.url, key).publish(payloads[half:])
-        _wait(_all_done(client, key, len(payloads)), "every entry consumed after the restart")
+        _wait(
+            _all_done(client, key, len(payloads)),
+            "every entry consumed after the restart",
+            240.0,
+            consumer,
+        )
         assert consumer.stop() == 0, consumer.output()
         output = consumer.output()
         assert "unavailable" in output and "back after" in output
