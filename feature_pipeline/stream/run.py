@@ -115,7 +115,7 @@ def open_source(
         settings.stream_url.get_secret_value(),
         settings.stream_key,
         settings.stream_group,
-        settings.stream_consumer,
+        settings.consumer_name,
         claim_idle_s=settings.stream_claim_idle_s,
         stop=stop,
     )
@@ -137,7 +137,7 @@ def run_stream(
         processor = StreamProcessor(
             store,
             source,
-            consumer=settings.stream_consumer,
+            consumer=settings.consumer_name,
             batch=settings.stream_batch,
             wait_s=settings.stream_wait_s,
             commit_interval_s=settings.stream_commit_interval_s,

@@ -26,10 +26,10 @@ class StreamSettings(FeaturePipelineSettings):
     )
     stream_key: str = Field(default="fti:departures", description="the stream's key")
     stream_group: str = Field(default="feature-pipeline", description="the consumer group")
-    stream_consumer: str = Field(
-        default_factory=socket.gethostname,
-        description="this member's name in the group (stable across restarts: its pending "
-        "entries are re-read on start)",
+    stream_consumer: str | None = Field(
+        default=None,
+        description="this member's name in the group (default: the host name; stable across "
+        "restarts: its pending entries are re-read on start)",
     )
     stream_batch: int = Field(default=5_000, ge=1, description="messages per micro-batch, at most")
     stream_wait_s: float = Field(
@@ -51,6 +51,10 @@ class StreamSettings(FeaturePipelineSettings):
     stream_maxlen: int | None = Field(
         default=2_000_000, ge=1, description="publishers trim the stream to about this length"
     )
+
+    @property
+    def consumer_name(self) -> str:
+        return self.stream_consumer or socket.gethostname()
 
     @model_validator(mode="after")
     def _claim_after_commit(self) -> StreamSettings:
