@@ -1,9 +1,14 @@
 """Model registry client (MLflow): log a training run, register a version, move aliases, load back.
 
 A registered version is a directory of files (TorchScript model, MDT state, feature view, config,
-metrics, reference statistics, Triton repositories) plus ``manifest.json``: the sha256 of every
-other file. The sha256 of the manifest itself is a tag of the version, so :meth:`load` can prove
-that the bytes it hands to inference are the bytes training registered.
+metrics, reference statistics, Triton repositories, the MLflow model files of its pyfunc) plus
+``manifest.json``: the sha256 of every other file. The sha256 of the manifest itself is a tag of
+the version, so :meth:`load` can prove that the bytes it hands to inference are the bytes training
+registered.
+
+The directory is uploaded as an MLflow *logged model* of the training run (MLflow 3:
+``models:/<model_id>``, listed under the run, with its signature in the UI), and the registered
+version points to it, so ``mlflow.pyfunc.load_model("models:/<name>@champion")`` loads it.
 
 Aliases, not the deprecated stages: ``challenger`` is set when a version is registered,
 ``champion`` when it passes the gates or is promoted explicitly. Every champion change is
@@ -21,6 +26,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +46,8 @@ from shared.triton_repository import file_manifest, verify_manifest
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.data.dataset import Dataset
+    from mlflow.entities import LoggedModel
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +57,7 @@ MANIFEST_FILE = "manifest.json"
 MANIFEST_TAG = "manifest_sha256"
 CHAMPION_HISTORY_TAG = "champion_history"
 MODEL_ARTIFACT_PATH = "model"
+REGISTERED_MODEL_META = "registered_model_meta"
 
 
 class RegistrySettings(BaseSettings):
@@ -91,9 +100,15 @@ class RegisteredVersion:
     name: str
     version: str
     run_id: str
-    source: str
+    source: str  # models:/<model_id>: its logged model (a run's artifact URI before MLflow 3)
     tags: dict[str, str]
     aliases: tuple[str, ...]
+
+    @property
+    def model_id(self) -> str | None:
+        """Its logged model's id (MLflow's SQL registry keeps it only in the source)."""
+        prefix = "models:/m-"
+        return self.source.removeprefix("models:/") if self.source.startswith(prefix) else None
 
 
 @dataclass(frozen=True)
@@ -189,13 +204,26 @@ class ModelRegistry:
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         from mlflow.entities import Metric
 
+        now = int(time.time() * 1000)  # the UI's wall-time axis of live curves
         items = [
-            Metric(k, float(v), timestamp=0, step=step)
+            Metric(k, float(v), timestamp=now, step=step)
             for k, v in sorted(metrics.items())
             if v is not None
         ]
         for start in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[start : start + 1000])
+
+    def log_dataset(
+        self, run_id: str, dataset: Dataset, *, context: str, tags: Mapping[str, str]
+    ) -> None:
+        """Record ``dataset`` as an input of the run (``mlflow.log_input`` without a fluent run)."""
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        input_tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)]
+        input_tags += [InputTag(k, v) for k, v in tags.items()]
+        entity = dataset._to_mlflow_entity()  # what mlflow.log_input sends
+        self.client.log_inputs(run_id, datasets=[DatasetInput(entity, input_tags)])
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():
@@ -227,15 +255,18 @@ class ModelRegistry:
         than serving files that name the wrong version.
         """
         manifest_sha = write_manifest(model_dir)
-        self.client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT_PATH)
+        model = self._log_model(run_id, model_dir)
         self._ensure_registered_model()
-        source = f"{self.client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT_PATH}"
-        version = self.client.create_model_version(
-            self.name,
-            source=source,
-            run_id=run_id,
-            tags={**(tags or {}), MANIFEST_TAG: manifest_sha},
-        )
+        # MLflow's database registry looks the logged model of a models:/ source up with the
+        # process-wide tracking URI, not this client's (mlflow 3.x): set it for the call.
+        with _use_tracking_uri(self.settings.tracking_uri):
+            version = self.client.create_model_version(
+                self.name,
+                source=f"models:/{model.model_id}",
+                run_id=run_id,
+                tags={**(tags or {}), MANIFEST_TAG: manifest_sha},
+                model_id=model.model_id,
+            )
         if expected_version is not None and int(version.version) != expected_version:
             self.client.set_model_version_tag(self.name, version.version, "invalid", "true")
             raise ConfigurationError(
@@ -245,6 +276,29 @@ class ModelRegistry:
         self.client.set_registered_model_alias(self.name, CHALLENGER, version.version)
         log.info("registered %s version %s as %s", self.name, version.version, CHALLENGER)
         return self.get(str(version.version))
+
+    def _log_model(self, run_id: str, model_dir: Path) -> LoggedModel:
+        """Upload ``model_dir`` as a logged model of the run (what ``mlflow.<flavour>.log_model``
+        does, with our manifest written first)."""
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
+        experiment_id = self.client.get_run(run_id).info.experiment_id
+        model = self.client.create_logged_model(
+            experiment_id, name=MODEL_ARTIFACT_PATH, source_run_id=run_id, model_type="pyfunc"
+        )
+        try:
+            self.client.log_model_artifacts(model.model_id, str(model_dir))
+        except BaseException:
+            self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+            raise
+        self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+        return model
+
+    def files_uri(self, version: RegisteredVersion) -> str:
+        """Where the version's files are kept (its logged model's artifact location)."""
+        with _unavailable_as_error(self.settings.tracking_uri):
+            return str(self.client.get_model_version_download_uri(self.name, version.version))
 
     def _ensure_registered_model(self) -> None:
         from mlflow.exceptions import MlflowException
@@ -336,13 +390,27 @@ class ModelRegistry:
         target.mkdir(parents=True, exist_ok=True)
         with _unavailable_as_error(self.settings.tracking_uri):
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=version.source,
+                artifact_uri=self.files_uri(version),
                 dst_path=str(target),
                 tracking_uri=self.settings.tracking_uri,
             )
         path = Path(local)
+        # MLflow writes this file (the registered name and version, nothing else) into a model's
+        # directory whenever it is loaded as models:/<name>/<version>, on a local artifact store
+        # into the stored copy itself: never in the manifest, never read here.
+        (path / REGISTERED_MODEL_META).unlink(missing_ok=True)
         manifest = verify_model_dir(path, version.tags.get(MANIFEST_TAG))
         return LoadedVersion(version=version, path=path, manifest=manifest)
+
+
+@contextmanager
+def _use_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking URI set to ``uri`` for a block, then restored, by MLflow's
+    own helper (which also sets, then unsets, MLFLOW_TRACKING_URI in this process)."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri as use
+
+    with use(uri):
+        yield
 
 
 @contextmanager

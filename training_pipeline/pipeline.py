@@ -39,8 +39,11 @@ from training_pipeline.loop import EpochRecord, FitResult, Tensors, fit, predict
 from training_pipeline.model import TabularNet, export_torchscript
 from training_pipeline.reference_stats import reference_stats
 from training_pipeline.register import build_model_package
+from training_pipeline.tracking import TrainingRun, chain, training_run
 
 log = logging.getLogger(__name__)
+
+PYFUNC_EXAMPLE_ROWS = 5  # test-window rows stored as the MLflow model's input example
 
 
 @dataclass(frozen=True)
@@ -163,20 +166,32 @@ def run_training(
     (:func:`raise_if_refused` for callers that want an error).
     """
     with distributed_context(settings.device) as ctx:
-        store = open_feature_store(settings.store_settings())
-        try:
-            data = load_training_data(store, view, config.windows, config.mdt)
-        finally:
-            store.close()
-        net, result = train_network(
-            settings, config, data, ctx, resume=resume, on_epoch_end=on_epoch_end
-        )
-        if not ctx.is_main:
-            return None
-        with tempfile.TemporaryDirectory(prefix="fti-train-") as tmp:
-            return _validate_and_register(
-                settings, config, data, net, result, ctx, Path(tmp), promotion
+        registry = ModelRegistry(settings.registry_settings()) if ctx.is_main else None
+        commit = git_commit(settings)
+        # The run opens now, so its duration, status and epoch curves are the training's own.
+        with training_run(registry, config, commit=commit, world_size=ctx.world_size) as run:
+            store = open_feature_store(settings.store_settings())
+            try:
+                data = load_training_data(store, view, config.windows, config.mdt)
+            finally:
+                store.close()
+            if run is not None:
+                run.log_data(data, settings, view.label)
+            net, result = train_network(
+                settings,
+                config,
+                data,
+                ctx,
+                resume=resume,
+                on_epoch_end=chain(run.log_epoch if run else None, on_epoch_end),
             )
+            if run is None:
+                return None
+            run.log_history(result.state.history)
+            with tempfile.TemporaryDirectory(prefix="fti-train-") as tmp:
+                return _validate_and_register(
+                    settings, config, data, net, result, ctx, Path(tmp), promotion, run, commit
+                )
 
 
 def _validate_and_register(
@@ -188,6 +203,8 @@ def _validate_and_register(
     ctx: DistContext,
     workdir: Path,
     promotion: Promotion,
+    run: TrainingRun,
+    commit: str,
 ) -> TrainingOutcome:
     batch = config.optim.eval_batch_size
     test = data.test
@@ -216,7 +233,7 @@ def _validate_and_register(
         curves["hist_gradient_boosting"] = reliability_curve(test.labels, baseline_probs)
     metrics["reliability"] = curves
 
-    registry = ModelRegistry(settings.registry_settings())
+    registry, run_id = run.registry, run.run_id
     champion_version, champion_auc = score_champion(registry, test, workdir)
     decision = check_gates(
         network["roc_auc"], champion_auc, config.gates, champion_version=champion_version
@@ -227,54 +244,44 @@ def _validate_and_register(
     }
     log.info("gates: %s", decision.summary())
 
-    commit = git_commit(settings)
     lineage = data.lineage.to_dict() | {"git_commit": commit}
     tags = data.lineage.tags() | {"git_commit": commit, "config_sha256": config.fingerprint()}
     image = plot_reliability(
         curves, workdir / "plots" / "reliability.png", f"Test window {data.lineage.windows['test']}"
     )
-    run_name = f"train-{data.lineage.windows['train']}"
-    with registry.run(run_name, tags) as run_id:
-        registry.log_params(run_id, config.flat() | {"world_size": ctx.world_size})
-        for record in result.state.history:
-            values = asdict(record)
-            registry.log_metrics(
-                run_id, {k: v for k, v in values.items() if k != "epoch"}, step=record.epoch
-            )
-        registry.log_metrics(run_id, _flat_metrics(metrics))
-        version_number = registry.next_version()
-        package = build_model_package(
-            workdir / "model",
-            torchscript=export_torchscript(net, workdir / "export" / "model.pt"),
-            mdt=data.mdt,
-            model_name=settings.model_name,
-            version=version_number,
-            documents={
-                "config": config.model_dump(mode="json"),
-                "feature_view": data.lineage.feature_view,
-                "lineage": lineage,
-                "metrics": metrics,
-                "reference_stats": reference_stats(
-                    data.train.frame,
-                    data.mdt.numeric_features,
-                    data.mdt.categorical_features,
-                    predict_split(net, data.train, ctx.device, batch),
-                    seed=config.seed,
-                ),
-            },
-            images=[image],
-        )
-        registry.log_artifacts(run_id, image.parent, "plots")
-        registered = registry.register(
-            run_id,
-            package,
-            tags
-            | _version_tags(network)
-            | gate_tags(decision.passed, decision.summary(), promotion),
-            expected_version=version_number,
-        )
-        promoted = _maybe_promote(registry, registered, decision, promotion)
-        registry.set_tags(run_id, {"model_version": registered.version, "promoted": str(promoted)})
+    registry.log_metrics(run_id, _flat_metrics(metrics))
+    version_number = registry.next_version()
+    package = build_model_package(
+        workdir / "model",
+        torchscript=export_torchscript(net, workdir / "export" / "model.pt"),
+        mdt=data.mdt,
+        model_name=settings.model_name,
+        version=version_number,
+        documents={
+            "config": config.model_dump(mode="json"),
+            "feature_view": data.lineage.feature_view,
+            "lineage": lineage,
+            "metrics": metrics,
+            "reference_stats": reference_stats(
+                data.train.frame,
+                data.mdt.numeric_features,
+                data.mdt.categorical_features,
+                predict_split(net, data.train, ctx.device, batch),
+                seed=config.seed,
+            ),
+        },
+        images=[image],
+        example=test.frame.head(PYFUNC_EXAMPLE_ROWS),
+    )
+    registry.log_artifacts(run_id, image.parent, "plots")
+    registered = registry.register(
+        run_id,
+        package,
+        tags | _version_tags(network) | gate_tags(decision.passed, decision.summary(), promotion),
+        expected_version=version_number,
+    )
+    promoted = _maybe_promote(registry, registered, decision, promotion)
+    registry.set_tags(run_id, {"model_version": registered.version, "promoted": str(promoted)})
     outcome = TrainingOutcome(
         run_id=run_id,
         version=registered.version,

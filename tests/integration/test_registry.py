@@ -45,6 +45,10 @@ def _round_trip(registry: ModelRegistry, tmp_path: Path) -> None:
         first = registry.register(run_id, _model_dir(tmp_path, "a"), {"k": "v"}, expected_version=1)
     assert first.version == "1" and CHALLENGER in first.aliases
     assert first.tags["k"] == "v" and len(first.tags["manifest_sha256"]) == 64
+    # An MLflow 3 logged model of the run, which the version points to.
+    assert first.model_id is not None and first.source == f"models:/{first.model_id}"
+    logged = registry.client.get_logged_model(first.model_id)
+    assert logged.source_run_id == first.run_id and logged.status == "READY"
 
     loaded = registry.load(CHALLENGER, tmp_path / "loaded")
     original = _model_dir(tmp_path / "again", "a")
@@ -85,8 +89,8 @@ def _embedded(data_root: Path, model_name: str) -> ModelRegistry:
 
 def _stored(registry: ModelRegistry, name: str) -> Path:
     """The file as kept in the local artifact store (what an attacker or a bad disk changes)."""
-    source = registry.get("1").source.removeprefix("file://")
-    return Path(source) / name
+    location = registry.files_uri(registry.get("1")).removeprefix("file://")
+    return Path(location) / name
 
 
 def test_round_trip_sqlite_default(data_root: Path, tmp_path: Path) -> None:

@@ -31,6 +31,16 @@ EXPECTED_FILES = {
     "triton/cpu/flight_delay/1/model.py",
     "triton/gpu/flight_delay/config.pbtxt",
     "triton/gpu/flight_delay/1/model.pt",
+    # The version as an MLflow model (pyfunc), beside the Triton repositories.
+    "MLmodel",
+    "flight_delay_pyfunc.py",
+    "artifacts/model.pt",
+    "artifacts/mdt_state.json",
+    "input_example.json",
+    "serving_input_example.json",
+    "requirements.txt",
+    "python_env.yaml",
+    "conda.yaml",
 }
 
 
@@ -54,9 +64,11 @@ def test_train_register_refuse_a_worse_model_promote_and_roll_back(
     assert loaded.read_json("signature.json")["n_numeric"] > 0
     assert loaded.read_json("lineage.json")["data_sha256"] == first.lineage["data_sha256"]
 
-    run = MlflowClient(settings.registry_settings().tracking_uri).get_run(first.run_id)
+    client = MlflowClient(settings.registry_settings().tracking_uri)
+    run = client.get_run(first.run_id)
     assert run.data.tags["data_sha256"] == first.lineage["data_sha256"]
     assert run.data.tags["git_commit"] == "test-commit"
+    assert_mlflow_native(client, run, registry, first, monkeypatch)
     assert run.data.tags["table_version.route_stats"].isdigit()
     assert run.data.params["optim.lr"] == str(config.optim.lr)
     assert {"test_roc_auc", "test_pr_auc", "test_log_loss", "test_brier", "test_base_rate"} <= set(
@@ -84,6 +96,60 @@ def test_train_register_refuse_a_worse_model_promote_and_roll_back(
     result = CliRunner().invoke(app, ["rollback"])
     assert result.exit_code == 0 and "version 1" in result.output
     assert registry.version_for(CHAMPION) == "1"
+
+
+def assert_mlflow_native(  # type: ignore[no-untyped-def]
+    client: MlflowClient, run, registry: ModelRegistry, outcome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What an MLflow user finds: a run that lasted the training, with live epoch curves, source
+    tags and its training data as a dataset; the version as a logged pyfunc model that loads
+    from ``models:/<name>@champion`` and answers feature rows."""
+    import mlflow
+    import polars as pl
+
+    from shared.mlflow_model import PROBABILITY
+
+    assert run.info.status == "FINISHED"
+    epochs = client.get_metric_history(run.info.run_id, "val_roc_auc")
+    assert [m.step for m in epochs] == [1, 2, 3]  # one point per epoch, logged as it ended
+    stamps = [m.timestamp for m in epochs]
+    assert run.info.start_time < stamps[0] <= stamps[1] <= stamps[2] < run.info.end_time
+    assert run.info.end_time - run.info.start_time > 1000  # opened when training started
+    tags = run.data.tags
+    assert tags["mlflow.source.git.commit"] == "test-commit"
+    assert tags["mlflow.user"] and tags["mlflow.source.name"] and tags["mlflow.source.type"]
+
+    (dataset_input,) = run.inputs.dataset_inputs
+    dataset = dataset_input.dataset
+    assert dataset.digest == outcome.lineage["data_sha256"][:36]
+    assert dataset.source_type == "fti_feature_store"
+    source = json.loads(dataset.source)
+    assert source["table_versions"] == outcome.lineage["table_versions"]
+    assert source["data_sha256"] == outcome.lineage["data_sha256"]
+    assert json.loads(dataset.profile)["num_rows"] == sum(outcome.lineage["rows"].values())
+    input_tags = {t.key: t.value for t in dataset_input.tags}
+    assert input_tags["mlflow.data.context"] == "training"
+    assert input_tags["rows.test"] == str(outcome.lineage["rows"]["test"])
+
+    version = registry.get(outcome.version)
+    logged = client.get_logged_model(version.model_id)
+    assert logged.source_run_id == run.info.run_id and logged.status == "READY"
+    assert [o.model_id for o in client.get_run(run.info.run_id).outputs.model_outputs] == [
+        version.model_id
+    ]
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.settings.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{registry.name}@champion")
+    signature = model.metadata.signature
+    assert signature is not None and "route_delay_rate_7d" in signature.inputs.input_names()
+    example = model.input_example
+    assert example is not None and len(example) == 5
+    answer = model.predict(example)
+    assert list(answer.columns) == [PROBABILITY] and answer[PROBABILITY].between(0, 1).all()
+    assert answer[PROBABILITY].dtype == "float32" and len(set(answer[PROBABILITY])) > 1
+    missing = example.copy()
+    missing["route_delay_rate_7d"] = float("nan")  # a missing feature is imputed, as online
+    assert pl.Series(model.predict(missing)[PROBABILITY]).is_finite().all()
 
 
 def test_cli_errors_are_one_line_and_non_zero(
