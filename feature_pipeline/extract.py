@@ -133,6 +133,18 @@ class Source:
             "flights", self._as_strings("flights", self.table("flights").filter(inside))
         )
 
+    def flight_rows_in(self, window: Window) -> int:
+        """How many flight rows carry a date inside the window (an empty window is an error)."""
+        inside = raw_flight_date().is_between(window.start, window.end)
+        return int(
+            self._collect("flights", self.table("flights").filter(inside).select(pl.len())).item()
+        )
+
+    def first_flight_day(self) -> date | None:
+        """The earliest day the source holds flights for: where its history begins."""
+        first = self._collect("flights", self.table("flights").select(raw_flight_date().min()))
+        return first.item()
+
     def weather(self, window: Window) -> pl.DataFrame:
         start, end = _utc_bounds(window)
         at = raw_observed_at()

@@ -20,6 +20,7 @@ import pandera.polars as pa
 import polars as pl
 from rich.progress import Progress, TaskID
 
+from feature_pipeline import lookback
 from feature_pipeline.compress import compress
 from feature_pipeline.extract import Source, Window
 from feature_pipeline.features.daily_stats import LOOKBACK_DAYS, rolling_stats
@@ -29,7 +30,7 @@ from feature_pipeline.features.weather import WEATHER_RAW_COLUMNS, typed_weather
 from feature_pipeline.settings import FeaturePipelineSettings
 from feature_pipeline.summary import RunSummary
 from feature_pipeline.validate import Validated, split_valid, stamp_quarantine
-from shared.errors import FTIError, ValidationFailed
+from shared.errors import FTIError, HistoryMissing, SourceError, ValidationFailed
 from shared.feature_definitions import (
     AIRPORT_WEATHER,
     CARRIER_STATS,
@@ -40,6 +41,7 @@ from shared.feature_definitions import (
 )
 from shared.feature_group import FeatureGroup
 from shared.feature_store import FeatureStore, open_feature_store
+from shared.feature_view import local_day_start_utc
 
 log = logging.getLogger(__name__)
 
@@ -122,17 +124,21 @@ def enforce_bad_share(validated: Validated, max_share: float) -> None:
 
 
 def build_chunk(
-    source: Source, window: Window, airports: set[str], *, with_planes: bool, max_bad_share: float
+    source: Source,
+    window: Window,
+    airports: set[str],
+    history: pl.DataFrame,
+    *,
+    with_planes: bool,
+    max_bad_share: float,
 ) -> ChunkResult:
-    """Extract, validate, transform and aggregate one window; nothing is written here."""
+    """Extract, validate, transform and aggregate one window; nothing is written here.
+
+    ``history`` holds the outcomes (`lookback.outcomes`) of at least the LOOKBACK_DAYS before
+    the window: from the source and the store before the run's window, from the run's own
+    earlier chunks inside it.
+    """
     flights = validate_flights(source.flights(window), airports)
-    lookback = Window(
-        window.start - timedelta(days=LOOKBACK_DAYS), window.start - timedelta(days=1)
-    )
-    # The lookback rows feed the rolling statistics only; their own window reports on them.
-    history = validate_flights(source.flights(lookback), airports).valid.filter(
-        pl.col("flight_date").is_between(lookback.start, lookback.end)
-    )
     weather = validate_weather(source.weather(window))
     validated = [flights, weather]
     if with_planes:
@@ -140,7 +146,7 @@ def build_chunk(
     for v in validated:
         enforce_bad_share(v, max_bad_share)
 
-    outcomes = pl.concat([history, flights.valid])
+    outcomes = pl.concat([history, lookback.outcomes(flights.valid)])
     last_day = window.end + timedelta(days=1)  # tomorrow's stats describe today: serve them next
     features = {
         FLIGHTS.name: flights.valid,
@@ -151,6 +157,95 @@ def build_chunk(
     if with_planes:
         features[PLANES.name] = validated[2].valid
     return ChunkResult(window, tuple(validated), {n: f for n, f in features.items() if f.height})
+
+
+def history_after(history: pl.DataFrame, chunk: ChunkResult, next_start: date) -> pl.DataFrame:
+    """The history the next chunk needs: this chunk's flights added, days too old dropped."""
+    flights = chunk.features.get(FLIGHTS.name)
+    frames = [history] if flights is None else [history, lookback.outcomes(flights)]
+    first = next_start - timedelta(days=LOOKBACK_DAYS)
+    return pl.concat(frames).filter(pl.col("flight_date") >= first)
+
+
+# -- what the run reads before it writes -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class History:
+    """Outcomes of the lookback before a run's window, and where its days came from."""
+
+    outcomes: pl.DataFrame
+    days_from_source: int
+    days_from_store: int
+
+
+def check_window_has_flights(source: Source, window: Window) -> None:
+    """A window the source holds no flights for is a wrong or empty extract, never success."""
+    if source.flight_rows_in(window) == 0:
+        raise SourceError(
+            f"{source.description} holds no flights for {window.start}..{window.end}: an empty "
+            "file or an extract of another day? Nothing was written; give the window's data."
+        )
+
+
+def lookback_history(
+    source: Source, store: FeatureStore, window: Window, airports: set[str]
+) -> History:
+    """The outcomes of the LOOKBACK_DAYS before ``window``: the source's days, the store's for
+    the days the source does not hold; fails, naming them, on days neither holds."""
+    before = lookback.lookback_window(window)
+    in_lookback = pl.col("flight_date").is_between(before.start, before.end)
+    from_source = lookback.outcomes(
+        validate_flights(source.flights(before), airports).valid.filter(in_lookback)
+    )
+    source_days = lookback.days_held(from_source)
+    from_store = from_source.clear()
+    if len(source_days) < before.days and store.table_version(FLIGHTS) is not None:
+        stored = store.read(
+            FLIGHTS,
+            local_day_start_utc(before.start),
+            local_day_start_utc(window.start),
+            columns=list(lookback.OUTCOME_COLUMNS),
+        )
+        from_store = lookback.outcomes(stored).filter(
+            in_lookback & ~pl.col("flight_date").is_in(sorted(source_days))
+        )
+    store_days = lookback.days_held(from_store)
+    unheld = lookback.unheld_days(before, source_days, store_days)
+    if unheld:
+        begins = history_begins(source, store, before, source_days | store_days)
+        missing = lookback.missing_days(unheld, begins)
+        if missing:
+            raise HistoryMissing(
+                f"no flights for {lookback.describe_days(missing)} in {source.description} or "
+                f"the store: the statistics from {window.start} on sum the {LOOKBACK_DAYS} days "
+                "before each day. Nothing was written; backfill those days (or give a source "
+                "that holds them) first.",
+                days=list(missing),
+            )
+        log.warning(
+            "history begins on %s: no flights before it in the source or the store, so the "
+            "statistics of the following %d days sum fewer days",
+            begins,
+            LOOKBACK_DAYS,
+        )
+    return History(pl.concat([from_source, from_store]), len(source_days), len(store_days))
+
+
+def history_begins(
+    source: Source, store: FeatureStore, before: Window, held: set[date]
+) -> date | None:
+    """The earliest day the source or the store holds flights for (None: neither holds any)."""
+    candidates = set(held)
+    if store.table_version(FLIGHTS) is not None:
+        earlier = store.read(
+            FLIGHTS, end=local_day_start_utc(before.start), columns=["flight_date"]
+        )
+        candidates |= lookback.days_held(earlier)
+    first = source.first_flight_day()
+    if first is not None:
+        candidates.add(first)
+    return min(candidates, default=None)
 
 
 def new_quarantine_rows(store: FeatureStore, rows: pl.DataFrame) -> pl.DataFrame:
@@ -223,12 +318,18 @@ def run_backfill(
         source = Source(settings.source, settings.source_storage_options)
         source.check()  # a missing column or unreadable file fails before anything is created
         airports = source.airport_codes()
+        check_window_has_flights(source, window)
+        prior = lookback_history(source, store, window, airports)
+        summary.lookback_days_from_source = prior.days_from_source
+        summary.lookback_days_from_store = prior.days_from_store
+        history = prior.outcomes
         for i, chunk_window in enumerate(chunks):
             with _step(progress, task, f"validate {chunk_window.start}..{chunk_window.end}"):
                 chunk = build_chunk(
                     source,
                     chunk_window,
                     airports,
+                    history,
                     with_planes=i == 0,
                     max_bad_share=settings.max_bad_share,
                 )
@@ -237,6 +338,7 @@ def run_backfill(
                     for group in (*WRITE_ORDER, QUARANTINE):
                         store.register(group)
                 write_chunk(store, chunk, summary)
+            history = history_after(history, chunk, chunk_window.end + timedelta(days=1))
         with _step(progress, task, "materialize online"):
             for group in ONLINE_GROUPS:
                 summary.group(group.name).online_keys = store.materialize(group).keys_written

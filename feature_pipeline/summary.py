@@ -43,6 +43,9 @@ class RunSummary:
     groups: dict[str, GroupCounts] = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None
+    # Where the rolling statistics' lookback before the window came from (days of it).
+    lookback_days_from_source: int = 0
+    lookback_days_from_store: int = 0
 
     @property
     def exit_code(self) -> ExitCode:
@@ -91,6 +94,10 @@ class RunSummary:
                 "-" if g.online_keys is None else f"{g.online_keys:,}",
             )
         console.print(sources)
+        console.print(
+            f"lookback before the window: {self.lookback_days_from_source} days from the "
+            f"source, {self.lookback_days_from_store} from the store"
+        )
         console.print(groups)
         if self.error:
             console.print(f"[bold red]error:[/] {self.error}")

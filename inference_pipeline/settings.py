@@ -79,6 +79,18 @@ class InferenceSettings(FeatureStoreSettings, RegistrySettings):
         default=False, description="serve without an API key on a non-loopback address"
     )
     max_flights_per_request: int = Field(default=1000, ge=1)
+    body_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="a request body not fully received this long after it began is answered "
+        "408 and its connection closed",
+    )
+    failure_log_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="repeated failures of one dependency are logged once, then summed up in "
+        "one line per this interval",
+    )
     registry_timeout_s: float = Field(default=5.0, gt=0)
     prediction_log: bool = Field(default=True, description="log predictions for monitoring")
     prediction_log_flush_rows: int = Field(default=2000, ge=1)

@@ -16,6 +16,14 @@ class SourceError(FTIError):
     """Raw input cannot be read: missing file or column, corrupted content, wrong types."""
 
 
+class HistoryMissing(SourceError):
+    """Days the rolling statistics need are held neither by the source nor by the store."""
+
+    def __init__(self, message: str, *, days: list[object]) -> None:
+        super().__init__(message)
+        self.days = days
+
+
 class ValidationFailed(FTIError):
     """Too large a share of the input broke the data contract; nothing was written."""
 
@@ -35,6 +43,10 @@ class FeatureGroupNotFound(FTIError):
 
 class StoreUnavailable(FTIError):
     """A feature store backend (offline or online) cannot be reached."""
+
+
+class WriteConflict(FTIError):
+    """Every retry of a write lost its commit to concurrent writers; nothing was committed."""
 
 
 class ArtifactIntegrityError(FTIError):

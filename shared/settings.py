@@ -63,6 +63,16 @@ class FeatureStoreSettings(BaseSettings):
         description="point-in-time join: 'library' (Polars join_asof after an explicit sort) or "
         "'native' (hand-written, faster on benchmarks/point_in_time_join.py); same results",
     )
+    commit_retries: int = Field(
+        default=8,
+        ge=0,
+        description="retries of an offline write that lost its commit to a concurrent writer",
+    )
+    commit_backoff_s: float = Field(
+        default=0.2,
+        gt=0,
+        description="first back-off of those retries; doubles each time (jittered, capped 10 s)",
+    )
     hopsworks_host: str | None = None
     hopsworks_project: str | None = None
     hopsworks_api_key: SecretStr | None = None

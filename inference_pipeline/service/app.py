@@ -10,16 +10,26 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from inference_pipeline.service.body import BodyDeadlines
 from inference_pipeline.service.dependencies import API_KEY_SCHEME
-from inference_pipeline.service.errors import ApiError, describe, error_answer, invalid_request
+from inference_pipeline.service.errors import (
+    ApiError,
+    describe,
+    error_answer,
+    failure_log,
+    invalid_request,
+)
+from inference_pipeline.service.failure_log import FailureLog
 from inference_pipeline.service.metrics import ServiceMetrics
 from inference_pipeline.service.routes import (
     PREDICTIONS_PATH,
@@ -31,7 +41,7 @@ from inference_pipeline.service.routes import (
     predictions,
 )
 from inference_pipeline.service.runtime import ServiceRuntime
-from inference_pipeline.service.schemas import PredictionRequest
+from inference_pipeline.service.schemas import PredictionRequest, ReloadRequest
 from inference_pipeline.settings import InferenceSettings
 from shared.errors import FTIError
 
@@ -40,6 +50,7 @@ log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode("latin-1")
 _API_KEY_KEY = b"x-api-key"
+_CONTENT_TYPE_KEY = b"content-type"
 _PREDICT = f"POST {PREDICTIONS_PATH}"
 _CLIENT_GONE = 499  # the client closed the connection before its body arrived (nginx's code)
 
@@ -63,9 +74,17 @@ class PredictionService(FastAPI):
     and metrics. Everything else (docs, health, metrics, admin) goes through FastAPI, and so
     does a prediction whenever the fast path is off (``fast_predictions``)."""
 
-    def __init__(self, metrics: ServiceMetrics, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        metrics: ServiceMetrics,
+        failures: FailureLog,
+        body_deadlines: BodyDeadlines,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.metrics = metrics
+        self.failures = failures
+        self.body_deadlines = body_deadlines
         self.runtime: ServiceRuntime | None = None  # set by the lifespan, once started
         self.fast_predictions = True
         self._latency = metrics.request_seconds.labels(PREDICTIONS_PATH)
@@ -88,19 +107,21 @@ class PredictionService(FastAPI):
         self, runtime: ServiceRuntime, scope: Scope, receive: Receive, send: Send
     ) -> None:
         began = time.perf_counter()
-        api_key, given_id = _prediction_headers(scope["headers"])
+        api_key, content_type, given_id = _prediction_headers(scope["headers"])
         request_id = request_id_for(given_id)
         status, headers = 500, [(b"content-type", b"application/json")]  # 500 unless answered
         try:
             try:
-                body = await _read_body(receive, max_body_bytes(runtime.settings))
+                body = await self.body_deadlines.read(receive, max_body_bytes(runtime.settings))
                 if body is None:
                     status = _CLIENT_GONE
                     return
-                content = await answer_predictions(runtime, api_key, body, request_id)
+                content = await answer_predictions(runtime, api_key, content_type, body, request_id)
                 status = 200
             except Exception as exc:
-                status, error, extra = error_answer(exc, request_id, self.metrics, _PREDICT)
+                status, error, extra = error_answer(
+                    exc, request_id, self.metrics, self.failures, _PREDICT
+                )
                 content = json_bytes(error)
                 headers += _raw_headers(extra)
             headers += [
@@ -126,42 +147,36 @@ def _raw_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
 
-def _prediction_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str]:
-    """(``X-API-Key``, ``X-Request-ID`` or "") from ASGI's raw, lower-cased header pairs."""
-    api_key, request_id = None, ""
+def _prediction_headers(
+    headers: Iterable[tuple[bytes, bytes]],
+) -> tuple[str | None, str | None, str]:
+    """(``X-API-Key``, ``Content-Type``, ``X-Request-ID`` or "") from ASGI's raw, lower-cased
+    header pairs."""
+    api_key, content_type, request_id = None, None, ""
     for name, value in headers:
-        if name == _API_KEY_KEY:
+        if name == _CONTENT_TYPE_KEY:
+            content_type = value.decode("latin-1")
+        elif name == _API_KEY_KEY:
             api_key = value.decode("latin-1")
         elif name == _REQUEST_ID_KEY:
             request_id = value.decode("latin-1")
-    return api_key, request_id
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The request body, or None when the client disconnected first; reading stops at the
-    first chunk past ``limit`` (`answer_predictions` refuses it), so a huge body is never held."""
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit or not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return api_key, content_type, request_id
 
 
 class RequestContext:
-    """Request id (given ``X-Request-ID`` or a fresh one, echoed back) and request metrics.
+    """Request id (given ``X-Request-ID`` or a fresh one, echoed back), request metrics, and
+    the body-read deadline (`BodyDeadlines`).
 
     A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` (``@app.middleware``) runs
     every request through an extra task and memory stream, which costs more than the work of
     a one-flight prediction."""
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: ServiceMetrics, body_deadlines: BodyDeadlines
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.body_deadlines = body_deadlines
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -181,7 +196,7 @@ class RequestContext:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, self.body_deadlines.bounded(receive), send_with_id)
         finally:
             path = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.requests.labels(path, str(status)).inc()
@@ -207,10 +222,12 @@ def _freeze_startup_objects() -> None:
 def create_app(settings: InferenceSettings) -> PredictionService:
     sys.setswitchinterval(_GIL_SWITCH_INTERVAL_S)
     metrics = ServiceMetrics()
+    failures = failure_log(settings.failure_log_interval_s)
+    body_deadlines = BodyDeadlines(settings.body_timeout_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = ServiceRuntime(settings, metrics)
+        runtime = ServiceRuntime(settings, metrics, failures)
         app.state.runtime = runtime
         try:
             await runtime.start()
@@ -223,6 +240,8 @@ def create_app(settings: InferenceSettings) -> PredictionService:
 
     service = PredictionService(
         metrics,
+        failures,
+        body_deadlines,
         title="Flight delay predictions",
         summary="Will a scheduled departure from New York leave more than 15 minutes late?",
         version="1",
@@ -233,14 +252,28 @@ def create_app(settings: InferenceSettings) -> PredictionService:
     service.include_router(health)
     service.include_router(admin)
 
-    service.add_middleware(RequestContext, metrics=metrics)
+    service.add_middleware(RequestContext, metrics=metrics, body_deadlines=body_deadlines)
     _document_request_bodies(service)
 
     def answer(request: Request, exc: Exception) -> JSONResponse:
         where = f"{request.method} {request.url.path}"
         request_id = getattr(request.state, "request_id", None)
-        status, body, headers = error_answer(exc, request_id, metrics, where)
+        status, body, headers = error_answer(exc, request_id, metrics, failures, where)
         return JSONResponse(status_code=status, content=body, headers=headers)
+
+    @service.exception_handler(HTTPException)
+    async def framework_refusal(request: Request, exc: HTTPException) -> JSONResponse:
+        """Starlette's own refusals (404 no such route, 405 wrong method, ...) in `ErrorBody`
+        form, like every other error of the API."""
+        try:
+            phrase = HTTPStatus(exc.status_code).phrase
+        except ValueError:
+            phrase = "HTTP error"
+        error = phrase.lower().replace(" ", "_").replace("-", "_")
+        return answer(
+            request,
+            ApiError(exc.status_code, error, str(exc.detail), headers=dict(exc.headers or {})),
+        )
 
     @service.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -269,7 +302,8 @@ def app_from_environment(overrides: Mapping[str, object] | None = None) -> Predi
 
 
 def _document_request_bodies(app: FastAPI) -> None:
-    """Add the schemas of bodies that routes validate themselves (``POST /v1/predictions``) to
+    """Add the schemas of bodies that routes validate themselves (``POST /v1/predictions``,
+    ``POST /admin/reload``) to
     the OpenAPI components their ``$ref`` names, as FastAPI does for declared bodies; and the
     API-key scheme that route checks itself."""
     build = app.openapi
@@ -281,6 +315,7 @@ def _document_request_bodies(app: FastAPI) -> None:
             body = PredictionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(body.pop("$defs", {}))
             schemas["PredictionRequest"] = body
+            schemas["ReloadRequest"] = ReloadRequest.model_json_schema()
             spec["components"].setdefault("securitySchemes", {}).update(API_KEY_SCHEME)
             app.openapi_schema = spec
         return app.openapi_schema

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from inference_pipeline.service.failure_log import FailureLog
 from inference_pipeline.service.metrics import ServiceMetrics
 from shared.errors import (
     ArtifactIntegrityError,
@@ -71,9 +72,14 @@ def describe(error: Any) -> str:
 
 
 def error_answer(
-    exc: Exception, request_id: str | None, metrics: ServiceMetrics, where: str
+    exc: Exception,
+    request_id: str | None,
+    metrics: ServiceMetrics,
+    failures: FailureLog,
+    where: str,
 ) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """(status, `ErrorBody` JSON, extra headers) for ``exc``, counted in the metrics;
+    """(status, `ErrorBody` JSON, extra headers) for ``exc``, counted in the metrics and
+    logged through ``failures`` (one line per dependency per interval during an outage);
     ``where`` ("POST /v1/predictions") names the request in the log."""
     if isinstance(exc, ApiError):
         body: dict[str, Any] = {"error": exc.error, "message": exc.message}
@@ -86,10 +92,15 @@ def error_answer(
             (v for k, v in _ERRORS.items() if isinstance(exc, k)), (500, "internal_error", None)
         )
         metrics.errors.labels(dependency or error).inc()
-        log.warning("%s -> %d: %s", where, status, exc)
+        failures.failed(dependency or error, f"{where} -> {status}: {exc}")
         body = {"error": error, "message": str(exc), "dependency": dependency}
         return status, body | {"request_id": request_id}, {}
     metrics.errors.labels("internal_error").inc()
-    log.error("%s -> 500", where, exc_info=exc)
+    failures.failed("internal_error", f"{where} -> 500", level=logging.ERROR, exc_info=exc)
     body = {"error": "internal_error", "message": "internal error: see the service log"}
     return 500, body | {"request_id": request_id}, {}
+
+
+def failure_log(interval_s: float) -> FailureLog:
+    """The service's `FailureLog`, writing to this module's logger."""
+    return FailureLog(log, interval_s)

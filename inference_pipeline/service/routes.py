@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
-from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
@@ -39,8 +37,6 @@ from inference_pipeline.settings import InferenceSettings
 from shared.errors import FTIError, ModelServerUnavailable
 from shared.prediction_log import ONLINE_SOURCE, SHADOW_SOURCE, LoggedPredictions
 
-log = logging.getLogger(__name__)
-
 PREDICTIONS_PATH = "/v1/predictions"
 
 predictions = APIRouter(prefix="/v1", tags=["predictions"])
@@ -50,6 +46,21 @@ admin = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminKey])
 _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "a dependency is down or too slow"}
 }
+# What any route reading a JSON body may answer before looking at it.
+_BODY_REFUSALS: dict[int | str, dict[str, Any]] = {
+    408: {
+        "model": ErrorBody,
+        "description": "the body did not arrive within FTI_BODY_TIMEOUT_S; the connection "
+        "is closed",
+    },
+    415: {"model": ErrorBody, "description": "Content-Type is not application/json"},
+    422: {
+        "model": ErrorBody,
+        "description": "the body is not JSON of the schema, or breaks a limit (every problem "
+        "is listed)",
+    },
+}
+_JSON = "application/json"
 
 
 @dataclass
@@ -102,7 +113,9 @@ async def _score_by_role(runtime: ServiceRuntime, flights: list[dict[str, Any]])
         except ModelServerUnavailable:
             if role != CHALLENGER:
                 raise
-            log.warning("canary challenger failed; the champion answers its flights")
+            runtime.failures.failed(
+                "challenger", "canary challenger failed; the champion answers its flights"
+            )
             model, inputs, probabilities = await _score(runtime, CHAMPION, part)
         if runtime.settings.canary_share > 0:
             runtime.metrics.role_flights.labels(role, "canary").inc(len(rows))
@@ -113,15 +126,34 @@ async def _score_by_role(runtime: ServiceRuntime, flights: list[dict[str, Any]])
 # The request body and the API key are checked by hand (below) rather than declared as a
 # parameter and a dependency: FastAPI's generic body handling and dependency solving cost a
 # sizeable share of a one-flight prediction. The documented schema and security stay the same.
+def _json_body(schema: str, *, required: bool = True) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": required,
+            "content": {_JSON: {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+        }
+    }
+
+
 _HAND_CHECKED = {
     "security": [{scheme: [] for scheme in API_KEY_SCHEME}],
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/PredictionRequest"}}
-        },
-    },
+    **_json_body("PredictionRequest"),
 }
+
+
+def check_json(content_type: str | None) -> None:
+    """Refuse (415) a body that does not say it is JSON: a form or text posted by mistake is
+    named for what it is, instead of failing as "invalid JSON" or being guessed at."""
+    if content_type == _JSON:  # the usual case, without parsing
+        return
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != _JSON:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type {content_type or '(none)'!s} is not accepted: send the body as "
+            f"JSON with Content-Type: {_JSON}",
+        )
 
 
 def _parse(body: bytes) -> PredictionRequest:
@@ -133,15 +165,21 @@ def _parse(body: bytes) -> PredictionRequest:
 
 
 async def answer_predictions(
-    runtime: ServiceRuntime, api_key: str | None, body: bytes, request_id: str
+    runtime: ServiceRuntime,
+    api_key: str | None,
+    content_type: str | None,
+    body: bytes,
+    request_id: str,
 ) -> bytes:
-    """The JSON answer to a prediction request (its ``X-API-Key`` header and raw body), free
-    of any web framework: both the plain ASGI path and the FastAPI route answer with it.
-    Raises `ApiError` for a request to refuse, `FTIError` for a dependency that failed."""
+    """The JSON answer to a prediction request (its ``X-API-Key`` and ``Content-Type``
+    headers and raw body), free of any web framework: both the plain ASGI path and the
+    FastAPI route answer with it. Raises `ApiError` for a request to refuse, `FTIError` for a
+    dependency that failed."""
     began = time.perf_counter()
     if len(body) > max_body_bytes(runtime.settings):
         raise body_too_large(runtime.settings)
     check_api_key(api_key, runtime)
+    check_json(content_type)
     request = _parse(body)
     settings, metrics = runtime.settings, runtime.metrics
     if len(request.flights) > settings.max_flights_per_request:
@@ -188,8 +226,8 @@ async def answer_predictions(
     responses={
         401: {"model": ErrorBody, "description": "no API key"},
         403: {"model": ErrorBody, "description": "wrong API key"},
+        **_BODY_REFUSALS,
         413: {"model": ErrorBody, "description": "body larger than the flight limit allows"},
-        422: {"model": ErrorBody},
         **_UNAVAILABLE,
     },
     summary="Probability that each scheduled departure leaves more than 15 minutes late",
@@ -199,8 +237,13 @@ async def predict(request: Request) -> Response:
     """FastAPI's route: OpenAPI documents it, and it answers whatever the plain ASGI path in
     front (`app.PredictionService`) passes on; both answer with `answer_predictions`."""
     runtime: ServiceRuntime = request.app.state.runtime
+    headers = request.headers
     content = await answer_predictions(
-        runtime, request.headers.get(API_KEY_HEADER), await request.body(), request.state.request_id
+        runtime,
+        headers.get(API_KEY_HEADER),
+        headers.get("content-type"),
+        await request.body(),
+        request.state.request_id,
     )
     return Response(content, media_type="application/json")
 
@@ -233,7 +276,7 @@ async def _shadow(runtime: ServiceRuntime, flights: list[dict[str, Any]], reques
         model, inputs, probabilities = await _score(runtime, CHALLENGER, flights)
     except FTIError as exc:
         runtime.metrics.shadow_failures.inc()
-        log.warning("shadow scoring failed: %s", exc)
+        runtime.failures.failed("shadow", f"shadow scoring failed: {exc}")
         return
     runtime.metrics.role_flights.labels(CHALLENGER, "shadow").inc(len(flights))
     if runtime.writer is not None:
@@ -299,10 +342,28 @@ async def metrics(runtime: Runtime) -> Response:
 @admin.post(
     "/reload",
     response_model=ReloadResponse,
-    responses={503: {"model": ErrorBody}},
+    responses={
+        401: {"model": ErrorBody, "description": "no admin API key"},
+        403: {"model": ErrorBody, "description": "wrong key, or admin endpoints disabled"},
+        404: {"model": ErrorBody, "description": "the alias or version does not exist"},
+        409: {"model": ErrorBody, "description": "the version's artifact failed verification"},
+        **_BODY_REFUSALS,
+        **_UNAVAILABLE,
+    },
     summary="Load the version an alias points to now, and serve it",
+    openapi_extra=_json_body("ReloadRequest", required=False),
 )
-async def reload(body: ReloadRequest, runtime: Runtime) -> ReloadResponse | JSONResponse:
+async def reload(request: Request, runtime: Runtime) -> ReloadResponse:
+    """Serve what the alias (default ``champion``) points to now, and follow that alias from
+    now on. An empty body means ``{}``. The body is checked here, as the prediction route's
+    is, so that every refusal is an `ErrorBody`."""
+    raw = await request.body()
+    if raw:
+        check_json(request.headers.get("content-type"))
+    try:
+        body = ReloadRequest.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        raise invalid_request([describe(e) for e in exc.errors(include_url=False)]) from None
     previous, model = await runtime.reload(body.alias)
     return ReloadResponse(
         alias=body.alias, previous_version=previous.version, version=model.version

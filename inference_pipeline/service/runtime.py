@@ -31,6 +31,8 @@ from inference_pipeline.model_artifact import (
     retire_versions,
 )
 from inference_pipeline.scoring import AsyncTritonClient, OnlineInputs, online_inputs
+from inference_pipeline.service.errors import failure_log
+from inference_pipeline.service.failure_log import FailureLog
 from inference_pipeline.service.metrics import ServiceMetrics
 from inference_pipeline.service.prediction_writer import PredictionWriter
 from inference_pipeline.settings import InferenceSettings, TritonMode, TritonProtocol
@@ -76,9 +78,15 @@ class CheckResult:
 
 
 class ServiceRuntime:
-    def __init__(self, settings: InferenceSettings, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        metrics: ServiceMetrics,
+        failures: FailureLog | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.failures = failures or failure_log(settings.failure_log_interval_s)
         self.store: FeatureStore | None = None
         self.registry: ModelRegistry | None = None
         self.triton: TritonServer | None = None

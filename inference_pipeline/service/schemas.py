@@ -5,25 +5,42 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 Airport = Annotated[str, Field(pattern=r"^[A-Z0-9]{3,4}$", examples=["JFK"])]
+# The hhmm rule as JSON Schema, for clients and fuzzers that generate requests from OpenAPI:
+# one range per hour (minutes 00-59); the validator below enforces the same.
+HHMM_RANGES: list[JsonValue] = [
+    {"minimum": 100 * hour, "maximum": 100 * hour + 59} for hour in range(24)
+]
 
 
 class ScheduledFlight(BaseModel):
     """One scheduled departure; unknown carriers and airports are accepted and scored as
-    out-of-vocabulary (and reported as such)."""
+    out-of-vocabulary (and reported as such). Types are strict: ``true``, ``"830"`` or ``830.0``
+    for a number is refused, not coerced (JSON has no date type: dates are ISO strings)."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, strict=True)
 
-    flight_date: dt.date = Field(description="local (New York) date of departure")
-    sched_dep_time: int = Field(ge=0, le=2359, description="scheduled departure, local hhmm")
+    flight_date: dt.date = Field(
+        description="local (New York) date of departure, ISO 8601", examples=["2013-03-10"]
+    )
+    sched_dep_time: int = Field(
+        ge=0,
+        le=2359,
+        description="scheduled departure, local time as hhmm: hours 0-23, minutes 00-59 "
+        "(830 is 08:30; 875 is refused)",
+        examples=[830, 1745],
+        json_schema_extra={"anyOf": HHMM_RANGES},
+    )
     carrier: str = Field(pattern=r"^[A-Z0-9]{2,3}$", examples=["UA"])
-    flight: int = Field(ge=1, le=9999)
+    flight: int = Field(ge=1, le=9999, examples=[1545])
     origin: Airport
     dest: Airport
     tailnum: str | None = Field(default=None, max_length=10, examples=["N14228"])
-    distance: int = Field(ge=1, le=6000, description="great-circle distance, miles")
+    distance: int = Field(
+        ge=1, le=6000, description="great-circle distance, miles", examples=[1400]
+    )
 
     @field_validator("sched_dep_time")
     @classmethod
@@ -34,7 +51,7 @@ class ScheduledFlight(BaseModel):
 
 
 class PredictionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     flights: list[ScheduledFlight] = Field(min_length=1)
 
@@ -61,7 +78,7 @@ class PredictionResponse(BaseModel):
 
 
 class ReloadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     alias: str = Field(default="champion", pattern=r"^[A-Za-z0-9_.-]+$")
 
@@ -84,7 +101,15 @@ class Readiness(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    error: str
+    """Every error answer: what went wrong, a readable message, the dependency at fault for a
+    503, the request id; a 422 also lists each problem found."""
+
+    error: str = Field(examples=["invalid_request"])
     message: str
-    dependency: str | None = None
+    problems: list[str] | None = Field(
+        default=None, description="422: every problem found, one per invalid input"
+    )
+    dependency: str | None = Field(
+        default=None, description="503: feature_store, triton or registry"
+    )
     request_id: str | None = None

@@ -36,10 +36,15 @@ def open_feature_store(settings: FeatureStoreSettings) -> FeatureStore:
         from shared.feature_store.hopsworks_store import HopsworksFeatureStore
 
         return HopsworksFeatureStore.connect(settings)
+    from shared.feature_store.commit_retry import CommitRetry
     from shared.feature_store.local import LocalFeatureStore
     from shared.feature_store.offline_delta import DeltaOfflineStore
 
-    offline = DeltaOfflineStore(settings.resolved_offline_root, settings.storage_options)
+    offline = DeltaOfflineStore(
+        settings.resolved_offline_root,
+        settings.storage_options,
+        commit_retry=CommitRetry(settings.commit_retries, settings.commit_backoff_s),
+    )
     return LocalFeatureStore(offline, open_online_store(settings), pit_join=settings.pit_join)
 
 

@@ -17,10 +17,11 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.fs as pafs
 from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from shared.errors import FeatureGroupNotFound, SchemaMismatch, StoreUnavailable
 from shared.feature_group import FeatureGroup, schema_differences
+from shared.feature_store.commit_retry import CommitRetry, retry_commit
 from shared.feature_store.protocol import WriteResult
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,16 @@ def _bound(column: str, first: object, last: object) -> str:
 
 
 class DeltaOfflineStore:
-    def __init__(self, root: str, storage_options: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root: str,
+        storage_options: dict[str, str] | None = None,
+        *,
+        commit_retry: CommitRetry | None = None,
+    ) -> None:
         self.root = root.rstrip("/")
         self.storage_options = storage_options or None
+        self.commit_retry = commit_retry or CommitRetry()
 
     def uri(self, group: FeatureGroup) -> str:
         return f"{self.root}/{group.table_name}"
@@ -77,15 +85,27 @@ class DeltaOfflineStore:
         return dict(json.loads(description))
 
     def register(self, group: FeatureGroup) -> None:
-        if self.exists(group):
-            diffs = schema_differences(self.stored_metadata(group), group)
-            if diffs:
-                raise SchemaMismatch(
-                    f"feature group {group.table_name} exists with a different schema: "
-                    + "; ".join(diffs)
-                    + f". Bump the version of {group.name!r} instead of changing it in place."
-                )
-            return
+        """Create the group's table, or check that the existing one has the same schema.
+
+        Safe when several processes register at once (parallel backfill windows on a fresh
+        root): the one that loses the creation race finds the table and checks it."""
+        if not self.exists(group):
+            try:
+                self._create(group)
+                return
+            except DeltaError:
+                if not self.exists(group):
+                    raise
+                log.info("offline table %s was created by a concurrent writer", self.uri(group))
+        diffs = schema_differences(self.stored_metadata(group), group)
+        if diffs:
+            raise SchemaMismatch(
+                f"feature group {group.table_name} exists with a different schema: "
+                + "; ".join(diffs)
+                + f". Bump the version of {group.name!r} instead of changing it in place."
+            )
+
+    def _create(self, group: FeatureGroup) -> None:
         empty = pl.DataFrame(schema=group.polars_schema)
         write_deltalake(
             self.uri(group),
@@ -102,11 +122,19 @@ class DeltaOfflineStore:
     # -- writes ----------------------------------------------------------------------------
 
     def insert(self, group: FeatureGroup, rows: pl.DataFrame) -> WriteResult:
+        """Upsert ``rows``: one MERGE, one commit; retried whole if a concurrent writer won."""
         rows = group.conform_for_write(rows, "inserting")
-        keys = [*group.primary_key, group.event_time]
-        table = self._table(group)
         if rows.is_empty():
-            return WriteResult(group.table_name, 0, 0, 0, table.version())
+            return WriteResult(group.table_name, 0, 0, 0, self._table(group).version())
+        result = retry_commit(
+            f"upsert into {group.table_name}", lambda: self._merge(group, rows), self.commit_retry
+        )
+        log.info("upserted %s", result)
+        return result
+
+    def _merge(self, group: FeatureGroup, rows: pl.DataFrame) -> WriteResult:
+        keys = [*group.primary_key, group.event_time]
+        table = self._table(group)  # the newest version: a retry merges against what won
         on = " AND ".join(f"t.{_quote(k)} = s.{_quote(k)}" for k in keys)
         # The key equality already implies the target row lies in the new rows' event-time
         # range; saying so on the target side lets the merge skip files outside it, so its time
@@ -118,7 +146,8 @@ class DeltaOfflineStore:
             predicate=on,
             source_alias="s",
             target_alias="t",
-            # One commit; a conflicting concurrent writer makes this fail, never interleave.
+            # One commit; a conflicting concurrent writer makes it fail (CommitFailedError),
+            # never interleave: `insert` then runs the whole merge again.
             merge_schema=False,
         )
         values = [c for c in group.columns if c not in keys]
@@ -126,24 +155,26 @@ class DeltaOfflineStore:
             changed = " OR ".join(f"(t.{_quote(c)} IS DISTINCT FROM s.{_quote(c)})" for c in values)
             merge = merge.when_matched_update_all(predicate=changed)
         metrics = merge.when_not_matched_insert_all().execute()
-        result = WriteResult(
+        return WriteResult(
             group=group.table_name,
             rows_in=rows.height,
             inserted=int(metrics["num_target_rows_inserted"]),
             updated=int(metrics["num_target_rows_updated"]),
-            table_version=self._table(group).version(),
+            table_version=table.version(),
         )
-        log.info("upserted %s", result)
-        return result
 
     def append(self, group: FeatureGroup, rows: pl.DataFrame) -> WriteResult:
         """One commit adding ``rows`` (keys unique within the batch; new by the caller's word)."""
         rows = group.conform_for_write(rows, "appending")
         if rows.is_empty():
             return WriteResult(group.table_name, 0, 0, 0, self._table(group).version())
-        table = self._table(group)
-        write_deltalake(table, rows.to_arrow(), mode="append")
-        result = WriteResult(group.table_name, rows.height, rows.height, 0, table.version())
+
+        def attempt() -> WriteResult:
+            table = self._table(group)
+            write_deltalake(table, rows.to_arrow(), mode="append")
+            return WriteResult(group.table_name, rows.height, rows.height, 0, table.version())
+
+        result = retry_commit(f"append to {group.table_name}", attempt, self.commit_retry)
         log.info("appended %s", result)
         return result
 

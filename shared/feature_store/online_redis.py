@@ -39,6 +39,21 @@ WRITE_CHUNK = 5_000
 READ_CHUNK = 10_000
 
 
+# SET each key unless it holds a row with a later event time. ARGV: the event time's position
+# in a row, then per key its row (JSON) and event time.
+_UPSERT_NEWER = """
+local at = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  local row, event_time = ARGV[2 * i], tonumber(ARGV[2 * i + 1])
+  local held = redis.call('GET', key)
+  if not held or tonumber(cjson.decode(held)[at]) <= event_time then
+    redis.call('SET', key, row)
+  end
+end
+return #KEYS
+"""
+
+
 def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -97,6 +112,9 @@ class RedisOnlineStore:
         except ValueError as exc:
             raise ConfigurationError(f"invalid Redis URL {self.url}: {exc}") from exc
 
+        # Event times are integer microseconds, exact in Lua's doubles (below 2^53).
+        self._upsert_newer = self._client.register_script(_UPSERT_NEWER)
+
     # -- keys ------------------------------------------------------------------------------
 
     def _prefix(self, table_name: str) -> str:
@@ -119,24 +137,30 @@ class RedisOnlineStore:
     # -- rows ------------------------------------------------------------------------------
 
     def write(self, group: FeatureGroup, rows: pl.DataFrame) -> int:
-        """Upsert one value per key; within ``rows`` the last row of a key wins (as in SQLite)."""
+        """Upsert one value per key; a row never replaces one with a later event time (as in
+        SQLite), and within ``rows`` the last row of a key wins among equal times."""
         if rows.is_empty():
             return 0
         values = storable(group, rows).rows()
         positions = [group.columns.index(k) for k in group.primary_key]
+        at = group.columns.index(group.event_time)
         for part in _chunks(values, WRITE_CHUNK):
-            mapping = {
-                self._key(group.table_name, [row[i] for i in positions]): _compact(row)
-                for row in part
-            }
-            self._call(f"write to {group.table_name}", partial(self._write_chunk, mapping))
+            latest: dict[str, Sequence[Any]] = {}
+            for row in part:
+                key = self._key(group.table_name, [row[i] for i in positions])
+                held = latest.get(key)
+                if held is None or held[at] <= row[at]:
+                    latest[key] = row
+            self._call(f"write to {group.table_name}", partial(self._write_chunk, latest, at))
         log.debug("wrote %d rows to %s in Redis", len(values), group.table_name)
         return len(values)
 
-    def _write_chunk(self, mapping: dict[str, str]) -> None:
-        pipe = self._client.pipeline(transaction=True)
-        pipe.mset(mapping)
-        pipe.execute()
+    def _write_chunk(self, rows: dict[str, Sequence[Any]], event_time_at: int) -> None:
+        """One server-side script per chunk: atomic, and one round trip."""
+        args: list[Any] = [event_time_at + 1]  # Lua arrays count from 1
+        for row in rows.values():
+            args += [_compact(list(row)), row[event_time_at]]
+        self._upsert_newer(keys=list(rows), args=args)
 
     def read(self, group: FeatureGroup, keys: pl.DataFrame) -> pl.DataFrame:
         """Rows for ``keys`` in their order, nulls for unknown keys; one round trip in all."""

@@ -99,12 +99,25 @@ class SQLiteOnlineStore:
         self._ready.add(group.table_name)
 
     def write(self, group: FeatureGroup, rows: pl.DataFrame) -> int:
+        """Upsert one row per key; a row never replaces one with a later event time (writers
+        that raced, e.g. parallel backfill windows materializing, cannot regress a key)."""
         if rows.is_empty():
             return 0
         values = storable(group, rows).rows()
+        table = _ident(group.table_name)
         names = ", ".join(_ident(c) for c in group.columns)
         marks = ", ".join("?" for _ in group.columns)
-        sql = f"INSERT OR REPLACE INTO {_ident(group.table_name)} ({names}) VALUES ({marks})"
+        pk = ", ".join(_ident(k) for k in group.primary_key)
+        updates = ", ".join(
+            f"{_ident(c)} = excluded.{_ident(c)}"
+            for c in group.columns
+            if c not in group.primary_key
+        )
+        event_time = _ident(group.event_time)
+        sql = (
+            f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT ({pk}) DO UPDATE SET "
+            f"{updates} WHERE excluded.{event_time} >= {table}.{event_time}"
+        )
         with self._lock:
             self._ensure_table(group)
             try:

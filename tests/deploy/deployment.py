@@ -26,7 +26,10 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 PIPELINE_PACKAGES = ("feature_pipeline", "training_pipeline", "inference_pipeline")
-PROJECT_PACKAGES = ("shared", *PIPELINE_PACKAGES)
+# What containers run: the pipelines, and the daily DAG's Dagster code location.
+DEPLOYED_PACKAGES = (*PIPELINE_PACKAGES, "orchestration")
+PROJECT_PACKAGES = ("shared", *DEPLOYED_PACKAGES)
+DAGSTER_DIR = DEPLOY / "dagster"  # dagster.yaml + workspace.yaml, copied into the image
 
 # -- settings the code reads ----------------------------------------------------------------
 
@@ -489,7 +492,8 @@ class Invocation:
     """One program started by a deployment file, with its arguments as the shell passes them."""
 
     where: str
-    program: str  # "python -m" | "torchrun" | "mlflow" | "tritonserver" | "docker compose run"
+    # "python -m" | "torchrun" | "mlflow" | "tritonserver" | "docker compose run" | "dagster"
+    program: str
     target: str | None  # python module, or compose service
     args: list[str]
     script: str | None = None  # the shell text it came from, if any
@@ -543,12 +547,47 @@ def invocations_in(argv: list[str], where: str, script: str | None = None) -> li
         return found
     if program in {"mlflow", "tritonserver"}:
         return [Invocation(where, program, None, words[1:], script)]
-    if program == "docker" and words[1:3] == ["compose", "run"]:
-        rest = words[3:]
-        while rest and rest[0].startswith("-"):
-            rest.pop(0)
-        return [Invocation(where, "docker compose run", rest[0], rest[1:], script)]
+    if program == "docker" and words[1:2] == ["compose"]:
+        rest = _after_options(words[2:], COMPOSE_VALUED_OPTIONS)
+        if rest[:1] == ["run"]:
+            rest = _after_options(rest[1:], COMPOSE_RUN_VALUED_OPTIONS)
+            return [Invocation(where, "docker compose run", rest[0], rest[1:], script)]
+        return []
+    if program in {"dagster-webserver", "dagster-daemon"}:
+        return [
+            Invocation(where, "dagster", module, words[1:], script)
+            for module in dagster_workspace_modules(words[1:])
+        ]
     return []
+
+
+# Options of `docker compose` and of `docker compose run` that take a value.
+COMPOSE_VALUED_OPTIONS = {"-f", "--file", "--project-directory", "-p", "--project-name",
+                          "--profile", "--env-file"}  # fmt: skip
+COMPOSE_RUN_VALUED_OPTIONS = {"-e", "--env", "--name", "-u", "--user", "-w", "--workdir",
+                              "-v", "--volume", "-p", "--publish", "--entrypoint", "-l",
+                              "--label", "--pull"}  # fmt: skip
+
+
+def _after_options(words: list[str], valued: set[str]) -> list[str]:
+    rest = list(words)
+    while rest and rest[0].startswith("-"):
+        option = rest.pop(0)
+        if option in valued and rest:
+            rest.pop(0)
+    return rest
+
+
+def dagster_workspace_modules(args: list[str]) -> list[str]:
+    """Python modules a Dagster webserver or daemon loads: those of its ``--workspace`` file
+    (the image's copy of deploy/dagster/<name>), or of ``-m`` options."""
+    modules = [args[i + 1] for i, a in enumerate(args[:-1]) if a in {"-m", "--module-name"}]
+    for i, arg in enumerate(args[:-1]):
+        if arg in {"-w", "--workspace"}:
+            workspace = yaml.safe_load((DAGSTER_DIR / Path(args[i + 1]).name).read_text())
+            for location in workspace["load_from"]:
+                modules.append(location["python_module"]["module_name"])
+    return modules
 
 
 FAKED_PROGRAMS = ("python", "python3", "torchrun", "mlflow", "tritonserver", "docker")
@@ -556,16 +595,28 @@ FAKED_PROGRAMS = ("python", "python3", "torchrun", "mlflow", "tritonserver", "do
 _FAKE = """#!/bin/sh
 n=$(ls "$CAPTURE_DIR" | wc -l)
 printf '%s\\0' "$0" "$@" > "$CAPTURE_DIR/$(printf %04d "$n")"
+exit "${STUB_EXIT:-0}"
 """
+# Programs of this repository that deployment scripts start by a path relative to the checkout.
+CHECKOUT_PROGRAMS = ("deploy/fti-cron",)
 
 
-def run_script(script: str, env: dict[str, str], workdir: Path) -> tuple[int, list[list[str]]]:
+@dataclass(frozen=True)
+class StubbedRun:
+    status: int
+    argvs: list[list[str]]
+    stderr: str
+
+
+def run_stubbed(
+    script: str, env: dict[str, str], workdir: Path, *, stub_exit: int = 0
+) -> StubbedRun:
     """Run a deployment's shell script as its container or cron would, but with every program
     it may start (python, torchrun, docker, ...) replaced by a stub that records its argv and
-    exits 0: the arguments come out exactly as the shell expands them (``$(date ...)``,
-    variables, quoting). ``cd`` is a no-op, so paths of the target host do not matter.
-
-    Returns the script's exit status and the recorded argvs, in order."""
+    exits ``stub_exit``: the arguments come out exactly as the shell expands them
+    (``$(date ...)``, variables, quoting). ``cd`` is a no-op, so paths of the target host do not
+    matter; the checkout's own programs (``deploy/fti-cron``) are there, real."""
+    import shutil
     import subprocess
 
     fakes = workdir / "bin"
@@ -576,12 +627,20 @@ def run_script(script: str, env: dict[str, str], workdir: Path) -> tuple[int, li
         for place in (fakes / program, workdir / ".venv" / "bin" / program):
             place.write_text(_FAKE)
             place.chmod(0o755)
+    for program in CHECKOUT_PROGRAMS:
+        (workdir / program).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / program, workdir / program)
     for old in capture.iterdir():
         old.unlink()
     done = subprocess.run(
         ["/bin/bash", "-c", f"cd() {{ :; }}\n{script}"],
         cwd=workdir,
-        env={**env, "PATH": f"{fakes}:/usr/bin:/bin", "CAPTURE_DIR": str(capture)},
+        env={
+            **env,
+            "PATH": f"{fakes}:/usr/bin:/bin",
+            "CAPTURE_DIR": str(capture),
+            "STUB_EXIT": str(stub_exit),
+        },
         capture_output=True,
         timeout=30,
         check=False,
@@ -590,7 +649,20 @@ def run_script(script: str, env: dict[str, str], workdir: Path) -> tuple[int, li
     for record in sorted(capture.iterdir()):
         words = record.read_bytes().split(b"\0")[:-1]
         argvs.append([Path(words[0].decode()).name, *(w.decode() for w in words[1:])])
-    return done.returncode, argvs
+    return StubbedRun(done.returncode, argvs, done.stderr.decode(errors="replace"))
+
+
+def run_script(script: str, env: dict[str, str], workdir: Path) -> tuple[int, list[list[str]]]:
+    """`run_stubbed` with every program succeeding: the script's exit status and the recorded
+    argvs, in order."""
+    run = run_stubbed(script, env, workdir)
+    return run.status, run.argvs
+
+
+def cron_command(entry: CronEntry, workdir: Path) -> str:
+    """A cron line's command with the target host's log files made one file of ours."""
+    command = re.sub(r"(\d?>>?)\s*/\S+", rf"\1 {workdir}/cron.log", entry.command)
+    return re.sub(r"/var/log/\S+", f"{workdir}/cron.log", command)
 
 
 @dataclass
@@ -615,9 +687,7 @@ def script_runs(workdir: Path) -> list[ScriptRun]:
     for path in crontabs():
         cron_env, entries = cron_entries(path)
         for entry in entries:
-            # The log files of the target host become one file of ours.
-            command = re.sub(r"(\d?>>?)\s*/\S+", rf"\1 {workdir}/cron.log", entry.command)
-            status, argvs = run_script(command, cron_env, workdir)
+            status, argvs = run_script(cron_command(entry, workdir), cron_env, workdir)
             runs.append(ScriptRun(entry.where, entry.command, status, argvs))
     return runs
 
@@ -638,19 +708,59 @@ def all_invocations(workdir: Path) -> list[Invocation]:
         stage = dockerfile.final
         argv = [*(stage.entrypoint or []), *(stage.cmd or [])]
         found += invocations_in(argv, f"{path.relative_to(ROOT)}: ENTRYPOINT + CMD")
-    for run in runs.values():
-        if not run.where.startswith("deploy/") or "crontab" not in run.where:
-            continue
-        for argv in run.argvs:
-            for invocation in invocations_in(argv, run.where, run.script):
-                found.append(invocation)
-                if invocation.program == "docker compose run" and invocation.target in compose:
-                    service = compose[invocation.target]
-                    entrypoint = _as_list(service.spec.get("entrypoint"))
-                    if entrypoint is None and service.dockerfile is not None:
-                        entrypoint = service.dockerfile.final.entrypoint
-                    found += invocations_in(
-                        [*(entrypoint or []), *invocation.args],
-                        f"{run.where} (service {invocation.target})",
-                    )
+    launched = [
+        (run.where, argv, run.script)
+        for run in runs.values()
+        if run.where.startswith("deploy/") and "crontab" in run.where
+        for argv in run.argvs
+    ]
+    launched += [(where, argv, None) for where, argv in dag_task_commands()]
+    for where, argv, script in launched:
+        for invocation in invocations_in(argv, where, script):
+            found.append(invocation)
+            if invocation.program == "docker compose run" and invocation.target in compose:
+                service = compose[invocation.target]
+                entrypoint = _as_list(service.spec.get("entrypoint"))
+                if entrypoint is None and service.dockerfile is not None:
+                    entrypoint = service.dockerfile.final.entrypoint
+                found += invocations_in(
+                    [*(entrypoint or []), *invocation.args],
+                    f"{where} (service {invocation.target})",
+                )
     return found
+
+
+DAG_SAMPLE_DAY = "2013-07-04"
+
+
+def dag_orchestrators() -> list[Container]:
+    """Compose containers that run the daily DAG's Dagster code location."""
+    return [
+        c
+        for c in compose_containers()
+        if any(i.target == "orchestration" for i in invocations_in(c.argv, c.where))
+    ]
+
+
+def dag_task_commands() -> list[tuple[str, list[str]]]:
+    """The command line of every task of one day of the daily DAG, as each orchestrator
+    container's settings (FTI_DAG_*) build it."""
+    from datetime import date
+
+    from orchestration.daily import TASKS, DailyFlow
+    from orchestration.launch import Launcher
+    from orchestration.settings import DagSettings
+
+    out = []
+    for container in dag_orchestrators():
+        given = {
+            k.removeprefix("FTI_DAG_").lower(): v
+            for k, v in container.effective_env.items()
+            if k.startswith("FTI_DAG_")
+        }
+        flow = DailyFlow.from_settings(DagSettings(**given))
+        launcher = Launcher.from_settings(DagSettings(**given))
+        for task in TASKS:
+            cli, args = flow.command(task, date.fromisoformat(DAG_SAMPLE_DAY))
+            out.append((f"{container.where}: DAG task {task}", launcher.argv(cli, args)))
+    return out

@@ -76,6 +76,10 @@ ALLOWED_EXACT = {
     "SHELL",
     # set by Kubernetes in the pods of an Indexed Job
     "JOB_COMPLETION_INDEX",
+    # Dagster: the instance folder (dagster.yaml) of the orchestrator image
+    "DAGSTER_HOME",
+    # compose interpolation: the host's docker group id, for the orchestrator's socket access
+    "DOCKER_GID",
 }
 ALLOWED_PREFIXES = ("NCCL_",)  # NCCL's own tuning variables (multi-node training)
 
@@ -129,7 +133,7 @@ def _known_to(packages: set[str]) -> set[str]:
 
 def _problem_with_name(name: str) -> str | None:
     if name.startswith("FTI_"):
-        return None if name in _known_to(set(d.PIPELINE_PACKAGES)) else "no settings field"
+        return None if name in _known_to(set(d.DEPLOYED_PACKAGES)) else "no settings field"
     if name.startswith("MLFLOW_"):
         return None if name in _mlflow_variables() else "not an MLflow variable"
     if name in ALLOWED_EXACT or name.startswith(ALLOWED_PREFIXES):
@@ -155,6 +159,8 @@ def test_the_deployment_files_start_the_expected_programs() -> None:
         ("torchrun", None, "--nnodes=2"),
         ("mlflow", None, "server"),
         ("tritonserver", None, "--model-repository=/models"),
+        ("dagster", "orchestration", "run"),  # the DAG's daemon
+        ("docker compose run", "training", "retrain"),  # the DAG's retraining task
     ]:
         assert expected in targets, f"no deployment file starts {expected}"
 
@@ -294,6 +300,65 @@ def test_crontab_schedules_are_five_fields() -> None:
             assert len(parts) == 5 and all(field.match(p) for p in parts), entry.where
 
 
+def test_the_dag_orchestrator_loads_the_daily_job_and_its_instance() -> None:
+    """The Dagster containers load the code location their workspace names, with the job and
+    its schedule; the image puts dagster.yaml where DAGSTER_HOME points and the workspace where
+    the containers read it; Dagster itself accepts dagster.yaml."""
+    from dagster._core.instance.config import dagster_instance_config
+
+    from orchestration.daily import JOB_NAME
+    from orchestration.definitions import build_definitions
+    from orchestration.settings import DagSettings
+
+    orchestrators = d.dag_orchestrators()
+    assert {c.name for c in orchestrators} == {"dagster-webserver", "dagster-daemon"}
+    dockerfile = d.parse_dockerfile(d.DEPLOY / "docker" / "orchestration.Dockerfile")
+    copied = {copy[-1]: copy[-2] for copy in dockerfile.final.copies}
+    home = dockerfile.final.env["DAGSTER_HOME"]
+    assert copied[f"{home}/dagster.yaml"].endswith("/dagster.yaml")
+    for container in orchestrators:
+        workspace = container.argv[container.argv.index("--workspace") + 1]
+        assert copied[workspace].endswith("/workspace.yaml"), container.where
+        env = _dotenv(_env_example(container.env_files[0]))
+        assert {"POSTGRES_USER", "POSTGRES_PASSWORD"} <= set(env), container.where
+    config, _ = dagster_instance_config(str(d.DAGSTER_DIR))
+    assert config["storage"]["postgres"]["postgres_db"]["hostname"] == "postgres"
+    limits = config["run_queue"]["tag_concurrency_limits"]
+    assert {"key": "fti/flow", "value": "daily", "limit": 1} in limits
+    definitions = build_definitions(DagSettings())
+    job = definitions.resolve_job_def(JOB_NAME)
+    assert job.tags.get("fti/flow") == "daily"  # the tag the run queue limits to one at a time
+    assert definitions.resolve_schedule_def(f"{JOB_NAME}_schedule").cron_schedule == "30 2 * * *"
+
+
+def test_the_dag_starts_its_tasks_through_the_compose_stack() -> None:
+    """The daemon runs `docker compose run` on the stack's own file, mounted from the checkout,
+    through the host's Docker socket; each task's service runs its pipeline's CLI (the
+    arguments themselves are checked with every other command above)."""
+    from orchestration.commands import BATCH, FEATURES, MONITOR, TRAINING
+
+    daemon = next(c for c in d.dag_orchestrators() if c.name == "dagster-daemon")
+    compose_file = daemon.env["FTI_DAG_COMPOSE_FILE"]
+    assert daemon.env["FTI_DAG_LAUNCH"] == "compose"
+    assert _mount_for(daemon, compose_file) == "bind:./", daemon.where
+    assert Path(compose_file).name == d.COMPOSE_FILE.name
+    assert daemon.mounts.get("/var/run/docker.sock") == "bind:/var/run/docker.sock"
+    services = {c.name: c for c in d.compose_containers()}
+    commands = d.dag_task_commands()
+    assert len(commands) == 2 * 4  # two orchestrator containers, four tasks
+    for cli in (FEATURES, BATCH, MONITOR, TRAINING):
+        service = services[cli.service]
+        entrypoint = _as_entrypoint(service)
+        assert entrypoint == ["python", "-m", cli.module], f"{service.where}: {entrypoint}"
+
+
+def _as_entrypoint(container: d.Container) -> list[str] | None:
+    spec = container.spec.get("entrypoint")
+    if spec is not None:
+        return [str(w) for w in spec]
+    return container.dockerfile.final.entrypoint if container.dockerfile else None
+
+
 def test_compose_cron_jobs_name_compose_services() -> None:
     services = set(d.load_compose()["services"])
     for invocation in _of("docker compose run"):
@@ -380,7 +445,11 @@ def _packages_run_by(container: d.Container) -> set[str]:
     if script is not None:
         for command in d.simple_commands(script):
             found += d.invocations_in(command, container.where)
-    return {i.target.split(".")[0] for i in found if i.program == "python -m" and i.target}
+    return {
+        i.target.split(".")[0]
+        for i in found
+        if i.program in {"python -m", "dagster"} and i.target
+    }
 
 
 def test_fti_variables_on_a_container_are_read_by_what_it_runs() -> None:
@@ -587,6 +656,8 @@ def test_every_k8s_service_targets_a_declared_container_port() -> None:
 # -- paths and volumes ------------------------------------------------------------------------
 
 PATH_SETTINGS = ("FTI_DATA_ROOT", "FTI_TRITON_MODEL_REPOSITORY", "FTI_CHECKPOINT_DIR")
+# Host paths a compose service may mount: the Docker socket, for the DAG's `docker compose run`.
+HOST_MOUNTS = {"/var/run/docker.sock"}
 
 
 def _mount_for(container: d.Container, path: str) -> str | None:
@@ -649,6 +720,8 @@ def test_compose_volumes_services_and_files_exist() -> None:
             kind, name = volume.split(":", 1)
             if kind == "volume":
                 assert name in declared, f"{container.where}: volume {name} not declared"
+            elif name.startswith("/"):  # a host resource, not a file of the checkout
+                assert name in HOST_MOUNTS, f"{container.where}: host path {name} mounted"
             else:
                 assert (d.ROOT / name).exists(), f"{container.where}: {name} missing"
         for dependency in container.spec.get("depends_on", {}):
@@ -764,3 +837,91 @@ def test_serve_refuses_several_workers_with_a_managed_triton() -> None:
     )
     assert result.exit_code == 2
     assert "FTI_WORKERS=2 needs one Triton shared by all workers" in result.output
+
+
+# -- exit codes in automation -------------------------------------------------------------------
+
+# Per job, the exit codes that are fine; every other code needs a person (docs/operations.md,
+# "Exit codes in automation"). 3 is "partial" for the feature pipeline (rows quarantined: the
+# bundled year exits 3 on its one real bad weather row) but "drift detected" for monitoring.
+FINE_EXIT_CODES = {"feature": {0, 3}, "batch": {0}, "monitor": {0}}
+JOBS = {  # what a scheduled command runs -> its job
+    "feature": re.compile(r"feature[-_]pipeline"),
+    "batch": re.compile(r"inference_pipeline\.batch|batch-scoring"),
+    "monitor": re.compile(r"inference_pipeline\.monitor|\bmonitoring\b"),
+}
+
+
+def _job(command: str) -> str:
+    found = [job for job, pattern in JOBS.items() if pattern.search(command)]
+    assert len(found) == 1, f"a scheduled job of unknown kind: {command}"
+    return found[0]
+
+
+def test_cron_lines_alert_exactly_on_the_codes_that_need_a_person(workdir: Path) -> None:
+    """Each cron line runs its job through deploy/fti-cron: a fine code prints nothing (cron
+    mails nothing) and exits 0; any other prints one line naming the exit and is passed on."""
+    lines = 0
+    for path in d.crontabs():
+        env, entries = d.cron_entries(path)
+        for entry in entries:
+            assert "deploy/fti-cron " in entry.command, f"{entry.where}: not run through fti-cron"
+            job, command = _job(entry.command), d.cron_command(entry, workdir)
+            for code in (0, 1, 2, 3):
+                run = d.run_stubbed(command, env, workdir, stub_exit=code)
+                assert run.argvs, f"{entry.where}: started nothing"
+                if code in FINE_EXIT_CODES[job]:
+                    assert (run.status, run.stderr) == (0, ""), f"{entry.where}: exit {code}"
+                else:
+                    alert = run.stderr.strip().splitlines()
+                    assert run.status == code, f"{entry.where}: exit {code} became {run.status}"
+                    assert len(alert) == 1 and f"exit {code} (" in alert[0], (entry.where, alert)
+            lines += 1
+    assert lines == 6  # three jobs in each of the two crontabs
+
+
+def _job_specs() -> Iterator[tuple[str, dict[str, Any]]]:
+    for path, doc in d.k8s_documents():
+        if doc.get("kind") == "CronJob":
+            yield f"{path.name}", doc["spec"]["jobTemplate"]["spec"]
+        elif doc.get("kind") == "Job":
+            yield f"{path.name}", doc["spec"]
+
+
+def test_kubernetes_feature_jobs_complete_on_partial_and_never_retry_bad_usage(
+    workdir: Path,
+) -> None:
+    """A feature pod that exits 3 (partial) completes (not failed, not retried); 1 fails it and
+    the Job retries; 2 (bad command line or setting) fails the Job at once."""
+    checked = 0
+    for where, job in _job_specs():
+        pod = job["template"]["spec"]
+        for container in pod["containers"]:
+            script = d.shell_script([*container.get("command", []), *container.get("args", [])])
+            if script is None or "feature_pipeline" not in script:
+                continue
+            env = {"JOB_COMPLETION_INDEX": "0"}
+            for code, status in {0: 0, 3: 0, 1: 1, 2: 2}.items():
+                run = d.run_stubbed(script, env, workdir, stub_exit=code)
+                assert run.status == status, (
+                    f"{where}: the job exiting {code} ends the pod {run.status}"
+                )
+            assert pod["restartPolicy"] == "Never", where  # a podFailurePolicy needs it
+            rules = job.get("podFailurePolicy", {}).get("rules", [])
+            fail_now = {
+                code
+                for rule in rules
+                if rule["action"] == "FailJob"
+                and rule["onExitCodes"].get("containerName") == container["name"]
+                and rule["onExitCodes"]["operator"] == "In"
+                for code in rule["onExitCodes"]["values"]
+            }
+            assert fail_now == {2}, f"{where}: exit 2 must fail the Job without retries"
+            assert job["backoffLimit"] >= 1, f"{where}: a failure (1) should be retried"
+            checked += 1
+    assert checked == 2  # the daily CronJob and the backfill Job
+
+
+def test_fti_cron_refuses_a_bad_invocation(workdir: Path) -> None:
+    run = d.run_stubbed("deploy/fti-cron only-a-log", {}, workdir)
+    assert run.status == 2 and "usage: fti-cron" in run.stderr

@@ -65,6 +65,12 @@ IMAGES: dict[str, dict[str, list[str]]] = {
         "absent": [],
         "found": ["pytriton"],
     },
+    # The DAG's orchestrator: Dagster and the code location, no pipeline code or dependency.
+    "orchestration.Dockerfile": {
+        "help": ["orchestration"],
+        "imports": ["orchestration.definitions", "dagster_webserver", "dagster_postgres"],
+        "absent": ["torch", "mlflow", "fastapi", "shared", "feature_pipeline"],
+    },
     "mlflow.Dockerfile": {
         "help": [],
         "imports": ["mlflow.server", "psycopg2", "boto3"],

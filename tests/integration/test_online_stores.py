@@ -369,3 +369,16 @@ def test_processes_opening_one_fresh_sqlite_file_together_all_succeed(tmp_path: 
     store = SQLiteOnlineStore(Path(paths[0]))
     assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     store.close()
+
+
+def test_an_older_row_never_replaces_a_newer_one(online: OnlineStore) -> None:
+    # Two writers that raced (parallel windows materializing) may write in either order.
+    older, newer = route_rows(date(2013, 3, 10), 2), route_rows(date(2013, 3, 11), 2, bump=0.2)
+    online.write(ROUTE_STATS, newer)
+    online.write(ROUTE_STATS, older)
+    assert_frame_equal(online.read(ROUTE_STATS, keys_of(ROUTE_STATS, older)), newer)
+    online.write(ROUTE_STATS, pl.concat([newer, older]))  # within one write too
+    assert_frame_equal(online.read(ROUTE_STATS, keys_of(ROUTE_STATS, older)), newer)
+    restated = newer.with_columns(pl.col("delay_rate_7d") + 0.1)  # the same time: replaced
+    online.write(ROUTE_STATS, restated)
+    assert_frame_equal(online.read(ROUTE_STATS, keys_of(ROUTE_STATS, older)), restated)

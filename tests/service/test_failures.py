@@ -5,6 +5,7 @@ corrupted artifact refused at load."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -229,15 +230,19 @@ def test_online_store_down_gives_503_then_recovers(
 
 
 def test_broken_sqlite_store_gives_503_then_recovers(
-    copy_root: Path, triton: SharedTriton, tmp_path: Path
+    copy_root: Path, triton: SharedTriton, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The SQLite online store is read on the event loop's thread (see
     `ServiceRuntime._score_batch`): a read that fails must still be a 503 naming the store, and
-    the service must serve again once the store is whole."""
-    settings = inference_settings(copy_root, triton, tmp_path, prediction_log=False)
+    the service must serve again once the store is whole. The outage is logged in two lines,
+    not one per failed request."""
+    settings = inference_settings(
+        copy_root, triton, tmp_path, prediction_log=False, failure_log_interval_s=0.5
+    )
     path = FeatureStoreSettings(data_root=copy_root).resolved_sqlite_path
     table = ROUTE_STATS.table_name
     body = {"flights": [UA_1545]}
+    caplog.set_level(logging.WARNING, logger="inference_pipeline.service.errors")
     with TestClient(create_app(settings)) as client:
         assert client.post("/v1/predictions", json=body).status_code == 200
         with closing(sqlite3.connect(path, isolation_level=None)) as db:
@@ -248,11 +253,20 @@ def test_broken_sqlite_store_gives_503_then_recovers(
         assert down.status_code == 503, down.text
         assert down.json()["dependency"] == "feature_store" and table in down.json()["message"]
         assert client.get("/healthz").status_code == 200  # the loop is not stuck
+        for _ in range(29):
+            assert client.post("/v1/predictions", json=body).status_code == 503
+        time.sleep(0.7)  # the interval ends: its summary line
         with closing(sqlite3.connect(path, isolation_level=None)) as db:
             db.execute(f'ALTER TABLE "{table}_away" RENAME TO "{table}"')
         again = client.post("/v1/predictions", json=body)
         assert again.status_code == 200, again.text
         assert again.json()["predictions"][0]["missing_groups"] == []
+    lines = [
+        r.getMessage() for r in caplog.records if r.name == "inference_pipeline.service.errors"
+    ]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("POST /v1/predictions -> 503: online read of")
+    assert lines[1].startswith("feature_store: 29 more failures in the last 0.5 s (latest: POST")
 
 
 def test_corrupted_artifact_is_refused_at_load(

@@ -4,10 +4,12 @@ readable 422s, API keys, metrics, readiness, reload and the prediction log."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -173,34 +175,94 @@ def test_refusals_name_the_problem_in_the_error_body(client: TestClient) -> None
     assert "FTI_MAX_FLIGHTS_PER_REQUEST" in huge.json()["message"]
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 def _exchange(client: TestClient, body: bytes, headers: dict[str, str]) -> tuple[object, ...]:
-    response = client.post(
-        "/v1/predictions", content=body, headers={"Content-Type": "application/json", **headers}
-    )
-    kept = ("content-type", "x-request-id", "www-authenticate")
+    response = client.post("/v1/predictions", content=body, headers=headers)
+    kept = ("content-type", "x-request-id", "www-authenticate", "connection")
     return response.status_code, response.json(), {h: response.headers.get(h) for h in kept}
+
+
+def _stalled_body(client: TestClient, headers: list[tuple[bytes, bytes]]) -> tuple[Any, ...]:
+    """A prediction request whose body never completes, sent straight to the ASGI app on the
+    client's event loop (an HTTP client cannot send half a body): (status, headers, body)."""
+
+    async def exchange() -> tuple[Any, ...]:
+        sent: list[dict[str, Any]] = []
+        messages = [{"type": "http.request", "body": b'{"flights": [', "more_body": True}]
+
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop()
+            await asyncio.Event().wait()  # the rest of the body never comes
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/predictions",
+            "raw_path": b"/v1/predictions",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"content-length", b"1000000"), *headers],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+            "state": {},
+        }
+        await client.app(scope, receive, send)  # type: ignore[arg-type]
+        start, body = sent[0], sent[1]
+        kept = {
+            k.decode(): v.decode()
+            for k, v in start["headers"]
+            if k in (b"connection", b"x-request-id", b"content-type")
+        }
+        return start["status"], kept, json.loads(body["body"])
+
+    assert client.portal is not None
+    return client.portal.call(exchange)  # type: ignore[no-any-return]
 
 
 def test_the_fast_path_and_the_fastapi_route_answer_alike(client: TestClient) -> None:
     """`PredictionService` answers predictions in front of FastAPI; its route (what OpenAPI
     documents, and what answers with the fast path off) must give the very same answers."""
     one = json.dumps({"flights": [UA_1545]}).encode()
+    json_key = KEY | JSON
+
+    def with_time(value: object) -> str:
+        return json.dumps({"flights": [{**UA_1545, "sched_dep_time": value}]})
+
     requests = {
-        "one flight": (one, KEY),
-        "two flights": (json.dumps({"flights": [UA_1545, {**UA_1545, "carrier": "ZZ"}]}), KEY),
-        "no key": (one, {}),
-        "wrong key": (one, {"X-API-Key": "nope"}),
-        "bad field": (json.dumps({"flights": [{**UA_1545, "sched_dep_time": 875}]}), KEY),
-        "broken JSON": (b'{"flights": [', KEY),
-        "too many": (json.dumps({"flights": [UA_1545] * 1001}), KEY),
-        "too large": (b'{"flights": [' + b" " * 2_000_000 + b"]}", KEY),
+        "one flight": (one, json_key),
+        "two flights": (json.dumps({"flights": [UA_1545, {**UA_1545, "carrier": "ZZ"}]}), json_key),
+        "charset": (one, KEY | {"Content-Type": "Application/JSON; charset=utf-8"}),
+        "no key": (one, JSON),
+        "wrong key": (one, {"X-API-Key": "nope", **JSON}),
+        "bad field": (with_time(875), json_key),
+        "true as a time": (with_time(True), json_key),
+        "text as a time": (with_time("0830"), json_key),
+        "float as a time": (with_time(830.0), json_key),
+        "broken JSON": (b'{"flights": [', json_key),
+        "too many": (json.dumps({"flights": [UA_1545] * 1001}), json_key),
+        "too large": (b'{"flights": [' + b" " * 2_000_000 + b"]}", json_key),
+        "form": (one, KEY | {"Content-Type": "application/x-www-form-urlencoded"}),
+        "text": (one, KEY | {"Content-Type": "text/plain"}),
+        "no content type": (one, KEY),
     }
     service = client.app
     assert isinstance(service, PredictionService)
-    answers = {}
-    for fast in (True, False):
-        service.fast_predictions = fast
-        try:
+    answers, stalled = {}, {}
+    timeout_s = service.body_deadlines.timeout_s
+    service.body_deadlines.timeout_s = 0.3
+    try:
+        for fast in (True, False):
+            service.fast_predictions = fast
             answers[fast] = {
                 name: _exchange(
                     client,
@@ -209,41 +271,92 @@ def test_the_fast_path_and_the_fastapi_route_answer_alike(client: TestClient) ->
                 )
                 for name, (body, headers) in requests.items()
             }
-        finally:
-            service.fast_predictions = True
+            stalled[fast] = _stalled_body(
+                client,
+                [
+                    (b"x-api-key", API_KEY.encode()),
+                    (b"x-request-id", b"stalled"),
+                    (b"content-type", b"application/json"),
+                ],
+            )
+    finally:
+        service.fast_predictions = True
+        service.body_deadlines.timeout_s = timeout_s
     for name in requests:
         assert answers[True][name] == answers[False][name], name
     statuses = {name: answer[0] for name, answer in answers[True].items()}
     assert statuses == {
         "one flight": 200,
         "two flights": 200,
+        "charset": 200,
         "no key": 401,
         "wrong key": 403,
         "bad field": 422,
+        "true as a time": 422,
+        "text as a time": 422,
+        "float as a time": 422,
         "broken JSON": 422,
         "too many": 422,
         "too large": 413,
+        "form": 415,
+        "text": 415,
+        "no content type": 415,
     }
+    for name in ("true as a time", "text as a time", "float as a time"):
+        message = answers[True][name][1]["message"]  # type: ignore[index]
+        assert message == "flights[0].sched_dep_time: Input should be a valid integer", name
+    refused = answers[True]["form"][1]
+    assert refused["error"] == "unsupported_media_type"  # type: ignore[index]
+    assert "application/json" in refused["message"]  # type: ignore[index]
+
+    assert stalled[True] == stalled[False]
+    status, headers, body = stalled[True]
+    assert status == 408 and headers["connection"] == "close"
+    assert body["error"] == "body_timeout" and "FTI_BODY_TIMEOUT_S" in body["message"]
+    assert body["request_id"] == "stalled"
+
     text = client.get("/metrics").text
-    for status in (200, 401, 403, 413, 422):
+    for status in (200, 401, 403, 408, 413, 415, 422):
         assert f'fti_http_requests_total{{route="/v1/predictions",status="{status}"}}' in text
 
 
 def test_reload_needs_the_admin_key_and_serves_the_alias(
     client: TestClient, registered_model: RegisteredModel
 ) -> None:
-    assert client.post("/admin/reload", json={}).status_code == 401
-    assert client.post("/admin/reload", json={}, headers=KEY).status_code == 403
-    response = client.post(
-        "/admin/reload", json={"alias": "champion"}, headers={"X-API-Key": ADMIN_KEY}
-    )
+    admin = {"X-API-Key": ADMIN_KEY}
+    refusals = {
+        401: client.post("/admin/reload", json={}),
+        403: client.post("/admin/reload", json={}, headers=KEY),
+        404: client.post("/admin/reload", json={"alias": "nosuch"}, headers=admin),
+        415: client.post("/admin/reload", content=b"alias=x", headers=admin),
+        422: client.post(
+            "/admin/reload",
+            content=b"\xff\xfe",
+            headers=admin | {"Content-Type": "application/json"},
+        ),
+    }
+    for status, response in refusals.items():
+        assert response.status_code == status, response.text
+        assert set(response.json()) >= {"error", "message", "request_id"}, response.json()
+        assert "detail" not in response.json()
+    assert "nosuch" in refusals[404].json()["message"]
+    bad_alias = client.post("/admin/reload", json={"alias": "no/such"}, headers=admin)
+    assert bad_alias.status_code == 422 and bad_alias.json()["problems"][0].startswith("alias")
+    response = client.post("/admin/reload", json={"alias": "champion"}, headers=admin)
     assert response.status_code == 200, response.text
     assert response.json()["version"] == registered_model.version
-    missing = client.post(
-        "/admin/reload", json={"alias": "nosuch"}, headers={"X-API-Key": ADMIN_KEY}
-    )
-    assert missing.status_code == 404 and "nosuch" in missing.json()["message"]
+    empty = client.post("/admin/reload", headers=admin)  # no body: the champion alias
+    assert empty.status_code == 200 and empty.json()["alias"] == "champion", empty.text
     predict(client, UA_1545)  # still serving
+
+
+def test_unknown_routes_and_methods_answer_the_error_body(client: TestClient) -> None:
+    missing = client.get("/v1/nosuch")
+    assert missing.status_code == 404
+    assert missing.json()["error"] == "not_found" and missing.json()["request_id"]
+    wrong = client.get("/v1/predictions")
+    assert wrong.status_code == 405 and wrong.json()["error"] == "method_not_allowed"
+    assert wrong.headers["allow"] == "POST"
 
 
 def test_readiness_names_every_dependency(client: TestClient) -> None:
@@ -309,6 +422,46 @@ def test_openapi_documents_the_api_key_and_the_request_body(client: TestClient) 
     }
 
 
+def test_openapi_documents_the_hhmm_rule_and_every_refusal(client: TestClient) -> None:
+    from inference_pipeline.service.schemas import ScheduledFlight
+
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    hhmm = schemas["ScheduledFlight"]["properties"]["sched_dep_time"]
+    assert "minutes 00-59" in hhmm["description"] and hhmm["examples"] == [830, 1745]
+
+    def in_schema(value: int) -> bool:
+        ranges = hhmm["anyOf"]
+        return hhmm["minimum"] <= value <= hhmm["maximum"] and any(
+            r["minimum"] <= value <= r["maximum"] for r in ranges
+        )
+
+    def accepted(value: int) -> bool:
+        flight = {**UA_1545, "sched_dep_time": value}
+        try:
+            ScheduledFlight.model_validate_json(json.dumps(flight))
+        except ValueError:
+            return False
+        return True
+
+    assert [v for v in range(-5, 2500) if in_schema(v) != accepted(v)] == []
+    assert set(schemas["ErrorBody"]["properties"]) >= {"error", "message", "problems"}
+    error_body = {"$ref": "#/components/schemas/ErrorBody"}
+    for path, statuses in {
+        "/v1/predictions": ("401", "403", "408", "413", "415", "422", "503"),
+        "/admin/reload": ("401", "403", "404", "408", "409", "415", "422", "503"),
+    }.items():
+        operation = spec["paths"][path]["post"]
+        for status in statuses:
+            content = operation["responses"][status]["content"]["application/json"]
+            assert content["schema"] == error_body, (path, status)
+    reload_body = spec["paths"]["/admin/reload"]["post"]["requestBody"]
+    assert reload_body["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ReloadRequest"
+    }
+    assert "ReloadRequest" in schemas
+
+
 def test_settings_refuse_an_open_api_on_a_public_address(tmp_path: Path) -> None:
     from inference_pipeline.settings import InferenceSettings
     from shared.errors import ConfigurationError
@@ -325,9 +478,6 @@ def test_concurrent_requests_share_one_batch_and_get_their_own_rows(
     """Request coalescing in the runtime: concurrent requests for one model version share one
     store read, one MDT and one Triton call, and each gets exactly its own flights' inputs and
     probabilities, as if sent alone."""
-    import asyncio
-    from typing import Any
-
     import numpy as np
 
     from inference_pipeline.service.metrics import ServiceMetrics
@@ -346,7 +496,8 @@ def test_concurrent_requests_share_one_batch_and_get_their_own_rows(
             carrier, origin, dest = carriers[(i + j) % 3]
             when = {"flight_date": f"2013-03-{1 + (i * 7 + j) % 28:02d}", "sched_dep_time": 600 + j}
             flights.append(UA_1545 | when | {"carrier": carrier, "origin": origin, "dest": dest})
-        parts.append(PredictionRequest.model_validate({"flights": flights}).model_dump()["flights"])
+        request = PredictionRequest.model_validate_json(json.dumps({"flights": flights}))
+        parts.append(request.model_dump()["flights"])
 
     async def scenario() -> tuple[list[Any], list[Any], dict[str, int]]:
         runtime = ServiceRuntime(settings, ServiceMetrics())
