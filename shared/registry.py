@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import (
@@ -42,6 +42,7 @@ from shared.errors import (
     ModelVersionNotFound,
     RegistryUnavailable,
 )
+from shared.registry_relocation import artifact_root_uri, reroot
 from shared.triton_repository import file_manifest, verify_manifest
 
 if TYPE_CHECKING:
@@ -70,6 +71,14 @@ class RegistrySettings(BaseSettings):
     mlflow_artifact_root: str | None = None  # default <data_root>/mlartifacts (sqlite only)
     model_name: str = "flight_delay"
     experiment_name: str = "flight_delay"
+    allow_unverified_models: bool = Field(
+        default=False,
+        description=(
+            "load a model version that has no manifest_sha256 tag (registered outside this "
+            "system, or before manifests): its files cannot be proven to be the registered ones; "
+            "each such load is logged as a warning"
+        ),
+    )
 
     @model_validator(mode="after")
     def _refuse_file_store(self) -> RegistrySettings:
@@ -91,7 +100,7 @@ class RegistrySettings(BaseSettings):
         if self.mlflow_artifact_root is not None:
             return self.mlflow_artifact_root
         if self.mlflow_tracking_uri is None:
-            return (self.data_root.resolve() / "mlartifacts").as_uri()
+            return artifact_root_uri(self.data_root)
         return None
 
 
@@ -166,6 +175,8 @@ class ModelRegistry:
         self.name = settings.model_name
         if settings.mlflow_tracking_uri is None:
             settings.data_root.mkdir(parents=True, exist_ok=True)
+            if settings.mlflow_artifact_root is None:
+                reroot(settings.data_root)  # the data root may have been copied or restored
         uri = settings.tracking_uri
         self.client: MlflowClient = MlflowClient(tracking_uri=uri, registry_uri=uri)
 
@@ -384,6 +395,9 @@ class ModelRegistry:
         import mlflow.artifacts
 
         version = self.resolve(ref)
+        expected = version.tags.get(MANIFEST_TAG)
+        if expected is None:
+            self._allow_unverified(version)
         target = destination or Path(tempfile.mkdtemp(prefix=f"{self.name}-v{version.version}-"))
         if target.exists() and any(target.iterdir()):
             shutil.rmtree(target)
@@ -399,8 +413,29 @@ class ModelRegistry:
         # directory whenever it is loaded as models:/<name>/<version>, on a local artifact store
         # into the stored copy itself: never in the manifest, never read here.
         (path / REGISTERED_MODEL_META).unlink(missing_ok=True)
-        manifest = verify_model_dir(path, version.tags.get(MANIFEST_TAG))
+        if expected is None and not (path / MANIFEST_FILE).is_file():
+            return LoadedVersion(version=version, path=path, manifest={})
+        # Without the tag, the files are still checked against the manifest they carry.
+        manifest = verify_model_dir(path, expected)
         return LoadedVersion(version=version, path=path, manifest=manifest)
+
+    def _allow_unverified(self, version: RegisteredVersion) -> None:
+        """A version without its manifest hash is refused unless the override is set."""
+        if not self.settings.allow_unverified_models:
+            raise ArtifactIntegrityError(
+                f"{self.name} version {version.version} has no {MANIFEST_TAG} tag, so its files "
+                "cannot be proven to be the registered ones; register it again with this "
+                "system's training pipeline, or set FTI_ALLOW_UNVERIFIED_MODELS=true to load it "
+                "unverified",
+                path=version.source,
+            )
+        log.warning(
+            "loading %s version %s UNVERIFIED: it has no %s tag and FTI_ALLOW_UNVERIFIED_MODELS "
+            "is set",
+            self.name,
+            version.version,
+            MANIFEST_TAG,
+        )
 
 
 @contextmanager

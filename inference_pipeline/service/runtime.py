@@ -49,6 +49,9 @@ T = TypeVar("T")
 
 # After a failed inference, check Triton's model at most this often (seconds).
 _HEAL_INTERVAL_S = 1.0
+# Threads for reads of a network online store (Redis, Hopsworks); coalescing keeps one read in
+# flight per served version, and a hung store holds a thread for its client's socket timeouts.
+_STORE_THREADS = 8
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -69,6 +72,15 @@ class OnlineScores:
     inputs: OnlineInputs
     probabilities: list[float]
     triton_s: float  # the batch's Triton call
+
+
+@dataclass(slots=True)
+class _Job:
+    """One request's flights, queued for a batch (see `ServiceRuntime._store_deadline`)."""
+
+    model: ServingModel
+    flights: list[dict[str, Any]]
+    arrived: float  # event loop time
 
 
 @dataclass(frozen=True)
@@ -101,9 +113,17 @@ class ServiceRuntime:
         # tritonclient's synchronous HTTP client (model control) is gevent-based and must stay
         # on the thread that created it: every control call goes through this one thread.
         self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triton-control")
-        self._batches: Coalescer[
-            tuple[str, str], tuple[ServingModel, list[dict[str, Any]]], OnlineScores
-        ] = Coalescer(self._score_batch, size=lambda item: len(item[1]), max_size=MAX_BATCH_SIZE)
+        # Network store reads on threads of their own: a hung store leaves threads blocked in
+        # its client's socket timeouts, and must not starve the default pool (registry calls).
+        self._store_threads = ThreadPoolExecutor(
+            max_workers=_STORE_THREADS, thread_name_prefix="online-store"
+        )
+        # Per batch key: when the batch last in flight passed its store read (see
+        # `_store_deadline`).
+        self._store_passed: dict[tuple[str, str], float] = {}
+        self._batches: Coalescer[tuple[str, str], _Job, OnlineScores] = Coalescer(
+            self._score_batch, size=lambda job: len(job.flights), max_size=MAX_BATCH_SIZE
+        )
 
     async def _on_control_thread(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._control, fn, *args)
@@ -175,6 +195,7 @@ class ServiceRuntime:
         if self.triton is not None:
             await self._on_control_thread(self.triton.stop)
         self._control.shutdown(wait=False)
+        self._store_threads.shutdown(wait=False, cancel_futures=True)
         if self.store is not None:
             self.store.close()
 
@@ -360,28 +381,29 @@ class ServiceRuntime:
         requests for the same model version share one store read, one MDT (one thread hop)
         and one Triton call: on a few cores the per-call Python work, not the per-row
         arithmetic, is where an online service spends its time."""
-        return await self._batches.submit((model.triton_name, model.version), (model, flights))
+        job = _Job(model, flights, asyncio.get_running_loop().time())
+        return await self._batches.submit((model.triton_name, model.version), job)
 
-    async def _score_batch(
-        self, key: tuple[str, str], batch: list[tuple[ServingModel, list[dict[str, Any]]]]
-    ) -> list[OnlineScores]:
+    async def _score_batch(self, key: tuple[str, str], batch: list[_Job]) -> list[OnlineScores]:
         if self.store is None:
             raise StoreUnavailable("feature store not opened")
         if self.client is None:
             raise ModelServerUnavailable("Triton client not connected")
-        model = batch[0][0]
-        flights = batch[0][1] if len(batch) == 1 else [f for _, part in batch for f in part]
+        model = batch[0].model
+        flights = batch[0].flights if len(batch) == 1 else [f for job in batch for f in job.flights]
         if self.store.online_reads_in_process:
             # A local SQLite file (bounded by its busy timeout, the online timeout): on a worker
             # thread the read and MDT only traded the GIL back and forth with this loop, which
             # cost a third of the throughput at 16 connections (benchmarks/online_load.py).
             inputs = online_inputs(self.store, model, flights)
         else:
-            inputs = await self.with_store(online_inputs, self.store, model, flights)
+            deadline = self._store_deadline(key, batch[0].arrived)
+            inputs = await self.with_store(online_inputs, self.store, model, flights, due=deadline)
+            self._store_passed[key] = asyncio.get_running_loop().time()
         began = time.perf_counter()
         probabilities = await self.client.infer(model.triton_name, model.version, inputs.matrices)
         triton_s = time.perf_counter() - began
-        sizes = [len(part) for _, part in batch]
+        sizes = [len(job.flights) for job in batch]
         bounds = itertools.accumulate(sizes, initial=0)
         return [
             OnlineScores(part, probabilities[start:stop].tolist(), triton_s)
@@ -390,13 +412,30 @@ class ServiceRuntime:
             )
         ]
 
-    async def with_store(self, fn: Callable[..., T], *args: object) -> T:
-        """Run a blocking feature store call in a thread, within the online timeout."""
+    def _store_deadline(self, key: tuple[str, str], first_arrived: float) -> float:
+        """When this batch's store read must have answered: one deadline per request, the
+        online timeout from its arrival, whatever it waited for.
+
+        A request that arrives while a batch is in flight waits for the next batch. When the
+        batch ahead hangs on the store, that wait is store time too: with a deadline per store
+        call, a request queued behind a hung read got a 503 after up to twice the timeout. The
+        time queued while the batch ahead was in Triton does not count (Triton has its own
+        deadline, and a 503 must name the dependency at fault). The batch's earliest request
+        has waited longest, so its deadline is the batch's."""
+        now = asyncio.get_running_loop().time()
+        passed = self._store_passed.pop(key, None)  # None: the batch ahead failed its read
+        waited = now - first_arrived if passed is None else max(0.0, passed - first_arrived)
+        return now + self.settings.online_timeout_s - waited
+
+    async def with_store(self, fn: Callable[..., T], *args: object, due: float | None = None) -> T:
+        """Run a blocking feature store call on a store thread, answered by ``due`` (loop time;
+        default: within the online timeout from now)."""
+        loop = asyncio.get_running_loop()
         timeout = self.settings.online_timeout_s
         try:
             # asyncio.timeout, not wait_for: no extra task per call (Python 3.11).
-            async with asyncio.timeout(timeout):
-                return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+            async with asyncio.timeout_at(loop.time() + timeout if due is None else due):
+                return await loop.run_in_executor(self._store_threads, fn, *args)
         except TimeoutError as exc:
             raise StoreUnavailable(
                 f"online feature store did not answer within {timeout:g} s"

@@ -196,3 +196,68 @@ def test_round_trip_mlflow_server(mlflow_server: str, tmp_path: Path) -> None:
     registry = ModelRegistry(settings)
     assert registry.settings.artifact_location is None  # the server chooses
     _round_trip(registry, tmp_path)
+
+
+def _without_manifest_tag(data_root: Path, tmp_path: Path, name: str) -> ModelRegistry:
+    registry = _embedded(data_root, name)
+    with registry.run("untagged", {}) as run_id:
+        registry.register(run_id, _model_dir(tmp_path, "a"))
+    registry.client.delete_model_version_tag(name, "1", "manifest_sha256")
+    return registry
+
+
+def test_a_version_without_its_manifest_hash_is_refused(data_root: Path, tmp_path: Path) -> None:
+    registry = _without_manifest_tag(data_root, tmp_path, "untagged")
+    with pytest.raises(ArtifactIntegrityError, match="FTI_ALLOW_UNVERIFIED_MODELS=true") as error:
+        registry.load("1", tmp_path / "loaded")
+    assert "untagged version 1 has no manifest_sha256 tag" in str(error.value)
+    assert not (tmp_path / "loaded").exists()  # refused before anything was downloaded
+
+
+def test_the_override_loads_it_unverified_and_says_so(
+    data_root: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _without_manifest_tag(data_root, tmp_path, "override")
+    monkeypatch.setenv("FTI_ALLOW_UNVERIFIED_MODELS", "true")
+    registry = ModelRegistry(RegistrySettings(data_root=data_root, model_name="override"))
+    with caplog.at_level("WARNING", logger="shared.registry"):
+        loaded = registry.load("1", tmp_path / "loaded")
+    assert (loaded.path / "model.pt").is_file()
+    assert any("UNVERIFIED" in r.getMessage() for r in caplog.records)
+    # The files are still checked against the manifest they carry.
+    stored = _stored(registry, "model.pt")
+    stored.write_bytes(b"changed")
+    with pytest.raises(ArtifactIntegrityError, match=r"model\.pt"):
+        registry.load("1", tmp_path / "again")
+
+
+def test_a_copied_registry_reads_and_writes_under_its_new_root(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old, new = tmp_path / "old" / "data", tmp_path / "new" / "data"
+    registry = _embedded(old, "moved")
+    with registry.run("first", {}) as run_id:
+        registry.register(run_id, _model_dir(tmp_path, "a"))
+    registry.promote("1")
+    shutil.copytree(old, new)
+    shutil.rmtree(tmp_path / "old")
+
+    with caplog.at_level("WARNING", logger="shared.registry_relocation"):
+        moved = _embedded(new, "moved")
+    assert any("re-rooted" in r.getMessage() for r in caplog.records)
+    artifacts = (new.resolve() / "mlartifacts").as_uri()
+    assert moved.resolve(CHAMPION).source.startswith(artifacts + "/")
+    assert moved.load(CHAMPION, tmp_path / "loaded").file("model.pt").is_file()
+    with moved.run("second", {}) as run_id:
+        second = moved.register(run_id, _model_dir(tmp_path, "b"))
+    assert second.source.startswith(artifacts + "/")
+    moved.promote(second.version)
+    assert moved.load(CHAMPION, tmp_path / "loaded-2").file("model.pt").is_file()
+    assert not (tmp_path / "old").exists()  # nothing was written into the old root
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="shared.registry_relocation"):
+        _embedded(new, "moved")  # opening it again finds nothing to move
+    assert not caplog.records

@@ -11,7 +11,9 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -227,6 +229,86 @@ def test_online_store_down_gives_503_then_recovers(
             "airport_weather",
             "planes",
         }
+
+
+def test_a_hung_store_answers_503_within_one_timeout_per_request(
+    registered_model: RegisteredModel, triton: SharedTriton, tmp_path: Path, redis_server
+) -> None:  # type: ignore[no-untyped-def]
+    """Redis paused (SIGSTOP: connections are accepted, nothing is answered) under concurrent
+    requests to the real service process: every 503 comes within the online timeout of its
+    request's start, queued requests included (they took up to twice the timeout, waiting
+    for the hung read ahead of them and then for their own); back to 200 on SIGCONT."""
+    url, holder = redis_server
+    namespace = f"hung-{uuid.uuid4().hex[:8]}"
+    store = open_feature_store(
+        FeatureStoreSettings(
+            data_root=registered_model.root,
+            online_backend="redis",  # type: ignore[arg-type]
+            redis_url=url,
+            redis_namespace=namespace,
+        )
+    )
+    try:
+        for group in (ROUTE_STATS, CARRIER_STATS, AIRPORT_WEATHER, PLANES):
+            store.materialize(group)
+    finally:
+        store.close()
+    service = start_service(
+        registered_model.root,
+        tmp_path / "service.log",
+        FTI_TRITON_MODE="external",
+        FTI_TRITON_URL=triton.url,
+        FTI_TRITON_GRPC_URL=str(triton.grpc_url),
+        FTI_TRITON_MODEL_REPOSITORY=str(triton.repository),
+        FTI_TRITON_RUNTIME_DIR=str(tmp_path / "serving"),
+        FTI_ONLINE_BACKEND="redis",
+        FTI_REDIS_URL=url,
+        FTI_REDIS_NAMESPACE=namespace,
+        FTI_ONLINE_TIMEOUT_S=str(TIMEOUT_S),
+        FTI_PREDICTION_LOG="false",
+        FTI_ALIAS_POLL_S="0",
+    )
+    answers: list[tuple[float, float, int, str | None]] = []  # (sent, seconds, status, dep.)
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(base_url=service.url, timeout=10) as http:
+            while not stop.is_set():
+                sent = time.monotonic()
+                response = http.post("/v1/predictions", json={"flights": [UA_1545]})
+                body = response.json()
+                answers.append(
+                    (sent, time.monotonic() - sent, response.status_code, body.get("dependency"))
+                )
+
+    try:
+        assert post(service.url).status_code == 200
+        threads = [threading.Thread(target=client) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        holder["process"].send_signal(signal.SIGSTOP)
+        paused = time.monotonic()
+        time.sleep(4 * TIMEOUT_S)
+        holder["process"].send_signal(signal.SIGCONT)
+        resumed = time.monotonic()
+        time.sleep(2.0)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    finally:
+        holder["process"].send_signal(signal.SIGCONT)
+        stop.set()
+        service.stop()
+    failed = [a for a in answers if a[2] != 200]
+    assert {(status, dependency) for _, _, status, dependency in failed} == {(503, "feature_store")}
+    assert len(failed) >= 8, answers  # every client met the outage, several times
+    slowest = max(seconds for _, seconds, _, _ in failed)
+    assert slowest < TIMEOUT_S + 0.3, sorted(seconds for _, seconds, _, _ in failed)[-10:]
+    during = [a for a in answers if paused + TIMEOUT_S < a[0] < resumed - TIMEOUT_S]
+    assert during and all(status == 503 for _, _, status, _ in during)
+    late = [a for a in answers if a[0] > resumed + 1.0]
+    assert late and all(status == 200 for _, _, status, _ in late), late
 
 
 def test_broken_sqlite_store_gives_503_then_recovers(
