@@ -58,7 +58,10 @@ MANIFEST_FILE = "manifest.json"
 MANIFEST_TAG = "manifest_sha256"
 CHAMPION_HISTORY_TAG = "champion_history"
 MODEL_ARTIFACT_PATH = "model"
-REGISTERED_MODEL_META = "registered_model_meta"
+# Written into a version's directory when MLflow loads its pyfunc, on a local artifact store into
+# the stored directory itself: MLflow's registered_model_meta (the name and version loaded) and
+# the bytecode Python caches for the pyfunc's code. Not in the manifest; never read by this system.
+LOAD_BYPRODUCTS = ("registered_model_meta", "__pycache__")
 
 
 class RegistrySettings(BaseSettings):
@@ -112,6 +115,7 @@ class RegisteredVersion:
     source: str  # models:/<model_id>: its logged model (a run's artifact URI before MLflow 3)
     tags: dict[str, str]
     aliases: tuple[str, ...]
+    created_ms: int | None = None  # registration time, epoch milliseconds
 
     @property
     def model_id(self) -> str | None:
@@ -326,13 +330,14 @@ class ModelRegistry:
             mv = self.client.get_model_version(self.name, version)
         except MlflowException as exc:
             raise ModelVersionNotFound(f"{self.name} has no version {version}") from exc
-        return RegisteredVersion(
-            name=self.name,
-            version=str(mv.version),
-            run_id=str(mv.run_id),
-            source=str(mv.source),
-            tags=dict(mv.tags),
-            aliases=tuple(mv.aliases),
+        return _registered(self.name, mv)
+
+    def versions(self) -> list[RegisteredVersion]:
+        """Every registered version, newest first ([] when nothing is registered)."""
+        with _unavailable_as_error(self.settings.tracking_uri):
+            found = self.client.search_model_versions(f"name = '{self.name}'")
+        return sorted(
+            (_registered(self.name, mv) for mv in found), key=lambda v: -int(v.version)
         )
 
     def version_for(self, alias: str) -> str | None:
@@ -409,10 +414,7 @@ class ModelRegistry:
                 tracking_uri=self.settings.tracking_uri,
             )
         path = Path(local)
-        # MLflow writes this file (the registered name and version, nothing else) into a model's
-        # directory whenever it is loaded as models:/<name>/<version>, on a local artifact store
-        # into the stored copy itself: never in the manifest, never read here.
-        (path / REGISTERED_MODEL_META).unlink(missing_ok=True)
+        _drop_load_byproducts(path)
         if expected is None and not (path / MANIFEST_FILE).is_file():
             return LoadedVersion(version=version, path=path, manifest={})
         # Without the tag, the files are still checked against the manifest they carry.
@@ -436,6 +438,27 @@ class ModelRegistry:
             version.version,
             MANIFEST_TAG,
         )
+
+
+def _registered(name: str, mv: Any) -> RegisteredVersion:
+    return RegisteredVersion(
+        name=name,
+        version=str(mv.version),
+        run_id=str(mv.run_id),
+        source=str(mv.source),
+        tags=dict(mv.tags),
+        aliases=tuple(mv.aliases),
+        created_ms=int(mv.creation_timestamp) if mv.creation_timestamp is not None else None,
+    )
+
+
+def _drop_load_byproducts(path: Path) -> None:
+    """Remove from a downloaded copy what loading the pyfunc leaves in a version (see
+    :data:`LOAD_BYPRODUCTS`), so that the manifest check sees the registered files only."""
+    for found in (path / name for name in LOAD_BYPRODUCTS):
+        if found.exists():
+            log.debug("ignoring %s: written when the pyfunc was loaded", found)
+            shutil.rmtree(found) if found.is_dir() else found.unlink()
 
 
 @contextmanager

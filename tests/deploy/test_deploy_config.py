@@ -446,9 +446,7 @@ def _packages_run_by(container: d.Container) -> set[str]:
         for command in d.simple_commands(script):
             found += d.invocations_in(command, container.where)
     return {
-        i.target.split(".")[0]
-        for i in found
-        if i.program in {"python -m", "dagster"} and i.target
+        i.target.split(".")[0] for i in found if i.program in {"python -m", "dagster"} and i.target
     }
 
 

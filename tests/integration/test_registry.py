@@ -249,11 +249,11 @@ def test_a_copied_registry_reads_and_writes_under_its_new_root(
         moved = _embedded(new, "moved")
     assert any("re-rooted" in r.getMessage() for r in caplog.records)
     artifacts = (new.resolve() / "mlartifacts").as_uri()
-    assert moved.resolve(CHAMPION).source.startswith(artifacts + "/")
+    assert moved.files_uri(moved.resolve(CHAMPION)).startswith(artifacts + "/")
     assert moved.load(CHAMPION, tmp_path / "loaded").file("model.pt").is_file()
     with moved.run("second", {}) as run_id:
         second = moved.register(run_id, _model_dir(tmp_path, "b"))
-    assert second.source.startswith(artifacts + "/")
+    assert moved.files_uri(second).startswith(artifacts + "/")
     moved.promote(second.version)
     assert moved.load(CHAMPION, tmp_path / "loaded-2").file("model.pt").is_file()
     assert not (tmp_path / "old").exists()  # nothing was written into the old root

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,13 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from shared.registry import CHALLENGER, CHAMPION, ModelRegistry
-from tests.training_fixtures import SMALL, small_config, training_env, training_settings
+from tests.training_fixtures import (
+    PYTHON,
+    SMALL,
+    small_config,
+    training_env,
+    training_settings,
+)
 from training_pipeline.__main__ import app
 from training_pipeline.pipeline import run_training
 
@@ -97,6 +105,32 @@ def test_train_register_refuse_a_worse_model_promote_and_roll_back(
     assert result.exit_code == 0 and "version 1" in result.output
     assert registry.version_for(CHAMPION) == "1"
 
+    # What an operator lists: both versions, their aliases, gate decisions and metrics.
+    env = training_env(year_root, root)
+    listed = _models_cli(env, "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(r["version"], r["aliases"], r["gates"]) for r in rows] == [
+        ("2", ["challenger"], "refused"),
+        ("1", ["champion"], "passed"),
+    ]
+    assert rows[1]["metrics"]["roc_auc"] == pytest.approx(first.network["roc_auc"], abs=1e-6)
+    assert rows[0]["gates_summary"] and rows[0]["promotion_reason"] is None
+    assert rows[1]["run_id"] == first.run_id and rows[1]["registered"].startswith("20")
+    table = _models_cli(env, "--limit", "1")
+    assert table.returncode == 0 and "challenger" in table.stdout
+    assert "refused" in table.stdout and "passed" not in table.stdout  # only the newest
+
+
+def _models_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "training_pipeline", "models", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
 
 def assert_mlflow_native(  # type: ignore[no-untyped-def]
     client: MlflowClient, run, registry: ModelRegistry, outcome, monkeypatch: pytest.MonkeyPatch
@@ -139,6 +173,7 @@ def assert_mlflow_native(  # type: ignore[no-untyped-def]
     ]
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.settings.tracking_uri)
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # as on an operator's machine
     model = mlflow.pyfunc.load_model(f"models:/{registry.name}@champion")
     signature = model.metadata.signature
     assert signature is not None and "route_delay_rate_7d" in signature.inputs.input_names()
@@ -150,6 +185,12 @@ def assert_mlflow_native(  # type: ignore[no-untyped-def]
     missing = example.copy()
     missing["route_delay_rate_7d"] = float("nan")  # a missing feature is imputed, as online
     assert pl.Series(model.predict(missing)[PROBABILITY]).is_finite().all()
+    # Loading it wrote MLflow's and Python's by-products into the (local) stored version; the
+    # version still loads verified, by-products aside.
+    stored = Path(registry.files_uri(version).removeprefix("file://"))
+    assert {"registered_model_meta", "__pycache__"} & {p.name for p in stored.iterdir()}
+    reloaded = registry.load(outcome.version)
+    assert "MLmodel" in reloaded.manifest and "__pycache__" not in str(list(reloaded.manifest))
 
 
 def test_cli_errors_are_one_line_and_non_zero(
