@@ -29,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -333,12 +333,24 @@ class ModelRegistry:
         return _registered(self.name, mv)
 
     def versions(self) -> list[RegisteredVersion]:
-        """Every registered version, newest first ([] when nothing is registered)."""
+        """Every registered version with its aliases, newest first ([] when none)."""
+        from mlflow.exceptions import MlflowException
+
         with _unavailable_as_error(self.settings.tracking_uri):
+            try:
+                aliases = self.client.get_registered_model(self.name).aliases
+            except MlflowException:
+                return []  # no such registered model yet
             found = self.client.search_model_versions(f"name = '{self.name}'")
-        return sorted(
-            (_registered(self.name, mv) for mv in found), key=lambda v: -int(v.version)
-        )
+        # (A search leaves each version's aliases out; the registered model has them all.)
+        versions = [
+            replace(
+                _registered(self.name, mv),
+                aliases=tuple(a for a, v in sorted(aliases.items()) if str(v) == str(mv.version)),
+            )
+            for mv in found
+        ]
+        return sorted(versions, key=lambda v: -int(v.version))
 
     def version_for(self, alias: str) -> str | None:
         """The version an alias points to, or None (no such model or alias)."""

@@ -71,6 +71,8 @@ def _round_trip(registry: ModelRegistry, tmp_path: Path) -> None:
     assert registry.version_for(CHAMPION) == "2"
     assert registry.rollback().version == "1"
     assert registry.version_for(CHAMPION) == "1"
+    listed = [(v.version, v.aliases, v.run_id) for v in registry.versions()]
+    assert listed == [("2", (CHALLENGER,), second.run_id), ("1", (CHAMPION,), first.run_id)]
     with pytest.raises(ModelVersionNotFound):
         registry.rollback()  # nothing before version 1
     with pytest.raises(ModelVersionNotFound):

@@ -74,10 +74,8 @@ def test_pyfunc_from_the_registry_answers_as_triton(  # type: ignore[no-untyped-
         )
     assert ours.shape == served.shape == (frame.height,)
     np.testing.assert_allclose(ours, served, rtol=0, atol=1e-6)
-    # Rows with missing features (planes unknown to the store, say) are imputed the same way.
-    features = pl.col(model.mdt.input_features)
-    missing = frame.select(pl.any_horizontal(features.is_null())).to_series()
-    assert missing.any() and not missing.all()
+    # Missing features (planes unknown to the store, no gust reported) are imputed alike.
+    assert frame.select(pl.col(model.mdt.input_features).null_count()).sum_horizontal().item()
 
 
 @pytest.fixture
