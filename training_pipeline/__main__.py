@@ -285,11 +285,11 @@ def models(
 
 
 def _versions_table(name: str, rows: list[VersionRow]) -> Table:
-    table = Table(title=f"registered versions of {name}")
+    table = Table(title=f"registered versions of {name} (test-window metrics)")
     for column in ("version", "aliases", "registered (UTC)", "gates", "lead (min)"):
         table.add_column(column)
     for metric in METRICS:
-        table.add_column(f"test {metric}", justify="right")
+        table.add_column(metric.replace("_", " "), justify="right")
     table.add_column("run")
     table.add_column("gates' reasons", overflow="fold")
     for row in rows:

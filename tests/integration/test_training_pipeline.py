@@ -120,12 +120,13 @@ def test_train_register_refuse_a_worse_model_promote_and_roll_back(
     table = _models_cli(env, "--limit", "1")
     assert table.returncode == 0 and "challenger" in table.stdout
     assert "refused" in table.stdout and "passed" not in table.stdout  # only the newest
+    assert "roc auc" in table.stdout
 
 
 def _models_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [PYTHON, "-m", "training_pipeline", "models", *args],
-        env=env,
+        env=env | {"COLUMNS": "300"},  # the table unwrapped, to read it here
         capture_output=True,
         text=True,
         timeout=120,
