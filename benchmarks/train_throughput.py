@@ -1,67 +1,307 @@
-"""Training throughput of the flight-delay network (rows/s), on CPU or on a GPU (CUDA, bf16).
+"""Training throughput of the real loop (rows/s), on CPU or CUDA, beside the loop it replaced.
 
-    python benchmarks/train_throughput.py                      # CPU, full-year features
-    python benchmarks/train_throughput.py --device cuda        # GPU: bf16 autocast + utilisation
-    python benchmarks/train_throughput.py --data synthetic     # same shapes, no feature store
+    python benchmarks/train_throughput.py                        # CPU, full-year matrices (store)
+    python benchmarks/train_throughput.py --data synthetic       # same shapes, no feature store
+    python benchmarks/train_throughput.py --data matrices.npz    # exported by gpu_check.py export
+    python benchmarks/train_throughput.py --device cuda          # + CUDA graph, GPU utilisation
 
-It times the real ``train_step`` of ``training_pipeline.loop`` (same model, same autocast
-context, same batches as training) for several global batch sizes: warm-up steps first, then
-``--repeats`` timed windows of ``--steps`` steps each; the median window is reported. On a GPU it
-synchronises around each window and samples ``nvidia-smi`` every 100 ms while it runs to report
-mean GPU utilisation and peak memory. Prints a table and writes
-``benchmarks/results/train_throughput_<device>.json``.
+Implementations, each with a fresh network of the default config:
+
+- ``previous``: the loop before the device-resident one, kept here as the reference - row indices
+  built on the host each epoch, copied to the device and gathered per batch, default AdamW
+  (a Python loop over parameters on CPU, ``foreach`` on CUDA), the learning rate set per step;
+- ``device``: ``training_pipeline.loop.TrainSteps`` run eagerly (the CPU and DDP path);
+- ``device+graph`` (CUDA only): the same steps captured as one CUDA graph (the one-GPU path).
+
+Whole epochs are timed (shuffle and the end-of-epoch wait for the device included), as training
+runs them: after one untimed epoch each (capture included), ``--rounds`` rounds alternate the
+implementations (a, b, a, b, ...), each timing at least ``--min-window-s`` of epochs, so noise from
+other work hits them alike; the table gives the median, range and the median paired ratio to
+``previous``. On CUDA ``nvidia-smi`` (or ``torch.cuda.utilization``) is sampled during each
+window. Writes ``benchmarks/results/train_throughput_<device>.json`` (load average per round).
+
+Imports no polars, pydantic or mlflow unless ``--data store``: ``gpu_check.py`` (same folder) uses
+it on bare GPU boxes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
+import shutil
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
-from shared.transforms import FeatureMatrices  # noqa: E402
-from training_pipeline.config import TrainingConfig  # noqa: E402
-from training_pipeline.loop import Tensors, epoch_batches, train_step  # noqa: E402
+from training_pipeline.loop import (  # noqa: E402
+    BatchPlan,
+    Tensors,
+    TrainSteps,
+    autocast,
+    epoch_batches,
+    lr_at,
+)
 from training_pipeline.model import TabularNet  # noqa: E402
+
+DEFAULT_CONFIG = Path(__file__).with_name("default_training_config.json")
+# The full-year default split (2013: train Jan-Sep, validate Oct, test Nov-Dec).
+YEAR_ROWS = {"train": 245_723, "validation": 28_653, "test": 54_145}
+YEAR_CARDINALITIES = [17, 4, 97, 20, 8, 4, 28, 7]
+YEAR_NUMERIC_FEATURES = 35  # the numeric matrix has one missing indicator per feature too
+
+
+@dataclass(frozen=True)
+class SplitMatrices:
+    """One split's MDT matrices (numeric float32, categorical int64) and float32 labels."""
+
+    numeric: np.ndarray
+    categorical: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def tensors(self, device: torch.device) -> Tensors:
+        return Tensors(
+            torch.from_numpy(self.numeric).to(device),
+            torch.from_numpy(self.categorical).to(device),
+            torch.from_numpy(self.labels).to(device),
+        )
+
+
+@dataclass(frozen=True)
+class Matrices:
+    splits: dict[str, SplitMatrices]
+    cardinalities: list[int]
+    config: dict[str, Any]  # the resolved TrainingConfig (JSON form)
+    source: str
+
+    @property
+    def n_numeric(self) -> int:
+        return int(self.splits["train"].numeric.shape[1])
+
+
+def default_config() -> dict[str, Any]:
+    """``TrainingConfig()`` as JSON, read from the committed file (a test keeps it equal), so
+    that boxes without pydantic train with the real defaults."""
+    config: dict[str, Any] = json.loads(DEFAULT_CONFIG.read_text())
+    return config
+
+
+def synthetic_matrices(scale: float = 1.0, seed: int = 0) -> Matrices:
+    """Matrices of the full-year shapes (``scale`` x the rows) with a learnable label (base rate
+    about 0.2): a stand-in where the feature store is not installed. Its ROC AUC says that the
+    loop learns, not how good the real model is."""
+    rng = np.random.default_rng(seed)
+    weights = rng.normal(scale=0.4, size=YEAR_NUMERIC_FEATURES)
+    effects = [rng.normal(scale=0.3, size=c) for c in YEAR_CARDINALITIES]
+    splits = {}
+    for name, rows in YEAR_ROWS.items():
+        n = max(64, int(rows * scale))
+        values = np.clip(rng.normal(size=(n, YEAR_NUMERIC_FEATURES)), -8, 8)
+        missing = rng.random((n, YEAR_NUMERIC_FEATURES)) < 0.03
+        values[missing] = 0.0
+        categorical = np.stack([rng.integers(0, c, n) for c in YEAR_CARDINALITIES], axis=1)
+        logit = -1.6 + values @ weights * 0.5
+        logit += sum(e[categorical[:, j]] for j, e in enumerate(effects))
+        labels = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+        numeric = np.hstack([values, missing]).astype(np.float32)
+        splits[name] = SplitMatrices(numeric, categorical.astype(np.int64), labels)
+    return Matrices(splits, list(YEAR_CARDINALITIES), default_config(), f"synthetic x{scale:g}")
+
+
+def load_npz(path: Path) -> Matrices:
+    """Matrices written by :func:`export_matrices` (``gpu_check.py export``)."""
+    with np.load(path, allow_pickle=False) as data:
+        splits = {}
+        for name in YEAR_ROWS:
+            values = data[f"{name}_values"]
+            missing = data[f"{name}_missing"].astype(np.float32)
+            splits[name] = SplitMatrices(
+                np.ascontiguousarray(np.hstack([values, missing]), dtype=np.float32),
+                data[f"{name}_categorical"].astype(np.int64),
+                data[f"{name}_labels"].astype(np.float32),
+            )
+        meta = json.loads(str(data["meta"]))
+    return Matrices(splits, meta["cardinalities"], meta["config"], f"{path.name} ({meta['about']})")
+
+
+def store_matrices(data_root: Path | None) -> Matrices:
+    """The real matrices of the default config, read from the feature store (needs polars & co)."""
+    from shared.feature_store import open_feature_store
+    from shared.feature_view import FLIGHT_DELAY_VIEW
+    from training_pipeline.config import TrainingConfig, TrainingSettings
+    from training_pipeline.data import load_training_data
+
+    config = TrainingConfig()
+    settings = TrainingSettings(**({"data_root": data_root} if data_root else {}))
+    store = open_feature_store(settings.store_settings())
+    try:
+        data = load_training_data(store, FLIGHT_DELAY_VIEW, config.windows, config.mdt)
+    finally:
+        store.close()
+    splits = {
+        s.name: SplitMatrices(s.features.numeric, s.features.categorical, s.labels)
+        for s in data.splits()
+    }
+    root = settings.data_root
+    return Matrices(splits, data.mdt.cardinalities, config.model_dump(mode="json"), f"store {root}")
+
+
+def export_matrices(matrices: Matrices, path: Path) -> Path:
+    """Write the matrices compactly: values float32, missing indicators and categories as small
+    integers (the full year: about 25 MB), plus the cardinalities and the config."""
+    arrays: dict[str, np.ndarray] = {}
+    for name, split in matrices.splits.items():
+        half = split.numeric.shape[1] // 2
+        arrays[f"{name}_values"] = split.numeric[:, :half]
+        arrays[f"{name}_missing"] = split.numeric[:, half:].astype(np.uint8)
+        arrays[f"{name}_categorical"] = split.categorical.astype(np.int16)
+        arrays[f"{name}_labels"] = split.labels.astype(np.uint8)
+    meta = {
+        "cardinalities": matrices.cardinalities,
+        "config": matrices.config,
+        "about": matrices.source,
+    }
+    np.savez_compressed(path, meta=np.array(json.dumps(meta)), **arrays)
+    return path
+
+
+def matrices_from(source: str, data_root: Path | None = None) -> Matrices:
+    if source == "synthetic":
+        return synthetic_matrices()
+    if source == "store":
+        return store_matrices(data_root)
+    return load_npz(Path(source))
+
+
+def namespace(section: dict[str, Any], **changes: Any) -> SimpleNamespace:
+    """A config section as the attribute object the loop and the model read."""
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
+    return SimpleNamespace(**(values | changes))
+
+
+def new_network(matrices: Matrices, device: torch.device, seed: int = 0) -> TabularNet:
+    torch.manual_seed(seed)
+    model = namespace(matrices.config["model"])
+    return TabularNet.from_config(model, matrices.n_numeric, matrices.cardinalities).to(device)  # type: ignore[arg-type]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PreviousLoop:
+    """The training loop before the device-resident one (the reference of this benchmark)."""
+
+    def __init__(self, net: TabularNet, train: Tensors, optim: SimpleNamespace) -> None:
+        self.net, self.train, self.optim = net, train, optim
+        self.optimizer = torch.optim.AdamW(
+            net.parameters(), lr=optim.lr, weight_decay=optim.weight_decay
+        )
+        self.device = train.labels.device
+
+    def epoch(self, epoch: int) -> None:
+        losses = []
+        batches = epoch_batches(len(self.train), self.optim.batch_size, seed=0, epoch=epoch)
+        for step, index in enumerate(batches):
+            index = index.to(self.device)
+            numeric, categorical = self.train.numeric[index], self.train.categorical[index]
+            labels = self.train.labels[index]
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr_at(
+                    step,
+                    total_steps=len(batches),
+                    base_lr=self.optim.lr,
+                    warmup=self.optim.warmup_steps,
+                    min_ratio=self.optim.min_lr_ratio,
+                )
+            with autocast(self.device):
+                logits = self.net(numeric, categorical).squeeze(1)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            losses.append(loss.detach())
+        float(torch.stack(losses).sum())
+
+
+class DeviceLoop:
+    """``TrainSteps`` of the real loop, eager or captured as a CUDA graph."""
+
+    def __init__(
+        self, net: TabularNet, train: Tensors, optim: SimpleNamespace, *, graph: bool
+    ) -> None:
+        plan = BatchPlan.of(len(train), optim.batch_size)
+        self.steps = TrainSteps(
+            net, net, train, namespace(vars(optim), epochs=1), plan, capturable=graph
+        )
+        self.captured = graph and self.steps.capture()
+        if graph and not self.captured:
+            raise RuntimeError("CUDA graph capture failed (see the log)")
+
+    def epoch(self, epoch: int) -> None:
+        self.steps.run_epoch(0, epoch, 0)
 
 
 class GpuSampler:
-    """Polls nvidia-smi in a thread: utilisation (%) and memory used (MiB) of one GPU."""
+    """GPU utilisation (%) and memory used (MiB) while it runs: ``nvidia-smi`` every 100 ms, or
+    ``torch.cuda.utilization()`` (pynvml) where nvidia-smi is missing."""
 
-    def __init__(self, index: int, period_s: float = 0.1) -> None:
-        self.index, self.period_s = index, period_s
-        self.samples: list[tuple[float, float]] = []
+    def __init__(self, device: torch.device, period_s: float = 0.1) -> None:
+        self.device, self.period_s = device, period_s
+        self.samples: list[tuple[float, float | None]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _sample(self) -> tuple[float, float | None]:
+        index = self.device.index or 0
+        if shutil.which("nvidia-smi"):
+            out = subprocess.run(
+                [
+                    "nvidia-smi",
+                    f"--id={index}",
+                    "--query-gpu=utilization.gpu,memory.used",
+                    "--format=csv,noheader,nounits",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=True,
+            ).stdout
+            util, mem = (float(v) for v in out.strip().split(","))
+            return util, mem
+        return float(torch.cuda.utilization(self.device)), None
+
     def _run(self) -> None:
-        query = ["nvidia-smi", f"--id={self.index}", "--query-gpu=utilization.gpu,memory.used"]
         while not self._stop.is_set():
             try:
-                out = subprocess.run(
-                    [*query, "--format=csv,noheader,nounits"],
-                    capture_output=True,
-                    text=True,
-                    timeout=5,
-                    check=True,
-                ).stdout
-                util, mem = (float(v) for v in out.strip().split(","))
-                self.samples.append((util, mem))
-            except (OSError, ValueError, subprocess.SubprocessError):
-                return
+                self.samples.append(self._sample())
+            except (
+                OSError,
+                ValueError,
+                RuntimeError,
+                ModuleNotFoundError,
+                subprocess.SubprocessError,
+            ):
+                return  # no way to read utilisation here: reported as None
             self._stop.wait(self.period_s)
 
     def __enter__(self) -> GpuSampler:
@@ -73,163 +313,198 @@ class GpuSampler:
         self._thread.join(timeout=10)
 
     def summary(self) -> dict[str, float | None]:
-        if not self.samples:
-            return {"gpu_util_mean_pct": None, "gpu_mem_used_max_mib": None}
+        utils = [u for u, _ in self.samples]
+        mems = [m for _, m in self.samples if m is not None]
         return {
-            "gpu_util_mean_pct": statistics.fmean(u for u, _ in self.samples),
-            "gpu_mem_used_max_mib": max(m for _, m in self.samples),
+            "gpu_util_mean_pct": statistics.fmean(utils) if utils else None,
+            "gpu_mem_used_max_mib": max(mems) if mems else None,
         }
 
 
-def load_features(
-    source: str, data_root: Path | None
-) -> tuple[FeatureMatrices, np.ndarray, list[int]]:
-    config = TrainingConfig()
-    if source == "synthetic":
-        rng = np.random.default_rng(0)
-        rows, cards = 245_723, [17, 4, 97, 20, 8, 4, 28, 7]  # the full-year train split's shape
-        numeric = rng.normal(size=(rows, 70)).astype(np.float32)
-        categorical = np.stack([rng.integers(0, c, rows) for c in cards], axis=1)
-        labels = (rng.random(rows) < 0.22).astype(np.float32)
-        return FeatureMatrices(numeric, categorical), labels, cards
-    from shared.feature_store import open_feature_store
-    from shared.feature_view import FLIGHT_DELAY_VIEW
-    from training_pipeline.config import TrainingSettings
-    from training_pipeline.data import load_training_data
+def timed_window(
+    loop: PreviousLoop | DeviceLoop, first_epoch: int, min_seconds: float, device: torch.device
+) -> tuple[float, int, dict[str, float | None]]:
+    """(seconds, epochs) of whole epochs run until at least ``min_seconds`` have passed."""
+    sampler = GpuSampler(device) if device.type == "cuda" else None
+    epochs = 0
+    with sampler if sampler else _nothing():
+        started = time.perf_counter()
+        while True:
+            loop.epoch(first_epoch + epochs)
+            epochs += 1
+            synchronize(device)
+            elapsed = time.perf_counter() - started
+            if elapsed >= min_seconds:
+                break
+    return elapsed, epochs, sampler.summary() if sampler else {}
 
-    settings = TrainingSettings(**({"data_root": data_root} if data_root else {}))
-    store = open_feature_store(settings.store_settings())
-    data = load_training_data(store, FLIGHT_DELAY_VIEW, config.windows, config.mdt)
-    return data.train.features, data.train.labels, data.mdt.cardinalities
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def implementations(device: torch.device) -> list[str]:
+    return (
+        ["previous", "device", "device+graph"] if device.type == "cuda" else ["previous", "device"]
+    )
+
+
+def build(
+    name: str, matrices: Matrices, train: Tensors, batch: int, device: torch.device
+) -> PreviousLoop | DeviceLoop:
+    optim = namespace(matrices.config["optim"], batch_size=batch)
+    net = new_network(matrices, device)
+    net.train()
+    if name == "previous":
+        return PreviousLoop(net, train, optim)
+    return DeviceLoop(net, train, optim, graph=name == "device+graph")
 
 
 def measure(
-    features: FeatureMatrices,
-    labels: np.ndarray,
-    cards: list[int],
+    matrices: Matrices,
     device: torch.device,
-    batch_size: int,
+    batch: int,
     *,
-    steps: int,
-    repeats: int,
-    warmup: int,
+    rounds: int,
+    min_window_s: float,
+    names: list[str] | None = None,
+    on_round: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
-    config = TrainingConfig()
-    torch.manual_seed(0)
-    net = TabularNet.from_config(config.model, features.numeric.shape[1], cards).to(device)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=config.optim.lr)
-    data = Tensors.from_split(features, labels, device)
-    batches = epoch_batches(len(data), batch_size, seed=0, epoch=1)
-    net.train()
-
-    def run(n: int, offset: int) -> None:
-        for i in range(n):
-            index = batches[(offset + i) % len(batches)]
-            train_step(net, optimizer, data.rows(index), config.optim.lr)
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    run(warmup, 0)
-    sync()
-    sampler = GpuSampler(device.index or 0) if device.type == "cuda" else None
-    rates = []
-    if sampler:
-        sampler.__enter__()
-    try:
-        for r in range(repeats):
-            started = time.perf_counter()
-            run(steps, warmup + r * steps)
-            sync()
-            rates.append(steps * batch_size / (time.perf_counter() - started))
-    finally:
-        if sampler:
-            sampler.__exit__()
-    result: dict[str, Any] = {
-        "batch_size": batch_size,
-        "rows_per_s_median": statistics.median(rates),
-        "rows_per_s_min": min(rates),
-        "rows_per_s_max": max(rates),
-        "epoch_s_estimate": len(data) / statistics.median(rates),
+    """Interleaved rounds of every implementation at one global batch size."""
+    train = matrices.splits["train"].tensors(device)
+    plan = BatchPlan.of(len(train), batch)
+    rows_per_epoch = plan.batches * plan.per_batch
+    loops = {
+        name: build(name, matrices, train, batch, device)
+        for name in names or implementations(device)
     }
-    if sampler:
-        result |= sampler.summary()
-        result["torch_max_memory_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return result
+    for loop in loops.values():
+        loop.epoch(0)  # untimed: allocations, cuBLAS handles, lazy state
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    per_round: list[dict[str, Any]] = []
+    for r in range(rounds):
+        entry: dict[str, Any] = {"round": r + 1, "load_average_1m": os.getloadavg()[0]}
+        for name, loop in loops.items():
+            seconds, epochs, gpu = timed_window(loop, 1 + r * 1000, min_window_s, device)
+            entry[name] = {
+                "rows_per_s": epochs * rows_per_epoch / seconds,
+                "epochs": epochs,
+                "seconds": seconds,
+                **gpu,
+            }
+        per_round.append(entry)
+        on_round(
+            f"  batch {batch} round {r + 1}/{rounds} (load {entry['load_average_1m']:.1f}): "
+            + ", ".join(f"{n} {entry[n]['rows_per_s']:,.0f} rows/s" for n in loops)
+        )
+    summary: dict[str, Any] = {
+        "batch_size": batch,
+        "rows_per_epoch": rows_per_epoch,
+        "rounds": per_round,
+    }
+    for name in loops:
+        rates = [e[name]["rows_per_s"] for e in per_round]
+        summary[name] = {
+            "rows_per_s_median": statistics.median(rates),
+            "rows_per_s_min": min(rates),
+            "rows_per_s_max": max(rates),
+            "ratio_to_previous_median": statistics.median(
+                e[name]["rows_per_s"] / e["previous"]["rows_per_s"] for e in per_round
+            )
+            if "previous" in loops
+            else None,
+        }
+        utils = [e[name].get("gpu_util_mean_pct") for e in per_round]
+        if device.type == "cuda":
+            known = [u for u in utils if u is not None]
+            summary[name]["gpu_util_mean_pct"] = statistics.fmean(known) if known else None
+    if device.type == "cuda":
+        summary["torch_max_memory_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return summary
+
+
+def environment(device: torch.device, matrices: Matrices) -> dict[str, Any]:
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "precision": "bf16 autocast" if device.type == "cuda" else "float32",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "data": matrices.source,
+        "train_rows": len(matrices.splits["train"]),
+        "n_numeric": matrices.n_numeric,
+        "cardinalities": matrices.cardinalities,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--data", choices=["store", "synthetic"], default="store")
+    parser.add_argument("--data", default="store", help="store | synthetic | path of a .npz")
     parser.add_argument("--data-root", type=Path, default=None, help="default: $FTI_DATA_ROOT")
-    parser.add_argument("--batch-sizes", default="512,2048,8192")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--batch-sizes", default="2048,8192")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--min-window-s", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device cuda but no CUDA device is available")
     device = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
-
-    features, labels, cards = load_features(args.data, args.data_root)
-    rows = [
+    matrices = matrices_from(args.data, args.data_root)
+    load_before = os.getloadavg()
+    results = [
         measure(
-            features,
-            labels,
-            cards,
+            matrices,
             device,
             int(b),
-            steps=args.steps,
-            repeats=args.repeats,
-            warmup=args.warmup,
+            rounds=args.rounds,
+            min_window_s=args.min_window_s,
+            on_round=lambda line: print(line, flush=True),
         )
         for b in args.batch_sizes.split(",")
     ]
-    environment = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": "bf16 autocast" if device.type == "cuda" else "float32",
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "train_rows": len(features),
-        "n_numeric": int(features.numeric.shape[1]),
-        "n_categorical": int(features.categorical.shape[1]),
-        "data": args.data,
+    env = environment(device, matrices) | {
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
     }
-    header = f"{'batch':>6} {'rows/s (median)':>16} {'min':>10} {'max':>10} {'epoch s':>8}"
-    if device.type == "cuda":
-        header += f" {'GPU util %':>10} {'GPU MiB':>8}"
-    print(f"training throughput on {environment['device']} ({environment['precision']})")
-    print(header)
-    for r in rows:
-        line = (
-            f"{r['batch_size']:>6} {r['rows_per_s_median']:>16,.0f} {r['rows_per_s_min']:>10,.0f}"
-            f" {r['rows_per_s_max']:>10,.0f} {r['epoch_s_estimate']:>8.2f}"
-        )
-        if device.type == "cuda":
-            util, mem = r.get("gpu_util_mean_pct"), r.get("gpu_mem_used_max_mib")
-            line += f" {util if util is None else round(util, 1)!s:>10} {mem!s:>8}"
-        print(line)
+    print(
+        f"\ntraining throughput on {env['device']} ({env['precision']}), {env['data']}, "
+        f"{env['torch_threads']} torch threads; rows/s of whole epochs, median [min-max] "
+        f"of {args.rounds} interleaved rounds"
+    )
+    for r in results:
+        for name in implementations(device):
+            s = r[name]
+            ratio = s["ratio_to_previous_median"]
+            util = s.get("gpu_util_mean_pct")
+            print(
+                f"  batch {r['batch_size']:>6}  {name:<13} {s['rows_per_s_median']:>12,.0f} "
+                f"[{s['rows_per_s_min']:,.0f}-{s['rows_per_s_max']:,.0f}]"
+                + (f"  x{ratio:.2f} vs previous" if ratio else "")
+                + (f"  GPU {util:.0f}%" if util is not None else "")
+            )
     suffix = f"_{args.threads}threads" if args.threads else ""
-    out = REPO_ROOT / "benchmarks" / "results" / f"train_throughput_{args.device}{suffix}.json"
+    out = (
+        args.out
+        or REPO_ROOT / "benchmarks" / "results" / f"train_throughput_{args.device}{suffix}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
-            {
-                "benchmark": "train_throughput",
-                "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "environment": environment,
-                "results": rows,
-            },
-            indent=1,
+            {"benchmark": "train_throughput", "environment": env, "results": results}, indent=1
         )
     )
-    print(f"wrote {out.relative_to(REPO_ROOT)}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

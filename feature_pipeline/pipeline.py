@@ -339,6 +339,13 @@ def run_backfill(
                         store.register(group)
                 write_chunk(store, chunk, summary)
             history = history_after(history, chunk, chunk_window.end + timedelta(days=1))
+        if summary.source("weather").rows_read == 0:  # real gaps exist: reported, not fatal
+            log.warning(
+                "%s holds no weather for %s: the online weather stays as it was, and the "
+                "point-in-time join leaves these hours missing",
+                source.description,
+                summary.window,
+            )
         with _step(progress, task, "materialize online"):
             for group in ONLINE_GROUPS:
                 summary.group(group.name).online_keys = store.materialize(group).keys_written

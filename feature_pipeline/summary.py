@@ -7,14 +7,16 @@ from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
 class ExitCode(IntEnum):
-    """Exit codes that tell cron what happened (2 is Typer's own usage error)."""
+    """Exit codes that tell cron what happened (2 is also Typer's own usage error)."""
 
     success = 0
     failure = 1
+    usage = 2  # a bad command line or setting: nothing was run
     partial = 3  # written, but some input rows were quarantined
 
 
@@ -99,5 +101,5 @@ class RunSummary:
             f"source, {self.lookback_days_from_store} from the store"
         )
         console.print(groups)
-        if self.error:
-            console.print(f"[bold red]error:[/] {self.error}")
+        if self.error:  # one line, never wrapped: what a log search or an alert shows
+            console.print(f"[bold red]error:[/] {escape(self.error)}", soft_wrap=True)

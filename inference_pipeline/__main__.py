@@ -1,5 +1,5 @@
-"""``python -m inference_pipeline``: the online service (``serve``), the batch job (``batch``) and
-a standalone Triton (``triton``).
+"""``python -m inference_pipeline``: the online service (``serve``), the batch job (``batch``),
+monitoring (``monitor``) and a standalone Triton (``triton``).
 
 Settings come from the environment (``FTI_*``, see :mod:`inference_pipeline.settings`) and these
 flags; they are built here, once.
@@ -7,66 +7,84 @@ flags; they are built here, once.
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
 from inference_pipeline import batch as batch_job
+from inference_pipeline.monitor.__main__ import app as monitor_app
 from inference_pipeline.settings import InferenceSettings, TritonMode
+from shared.command_line import (
+    CommandLine,
+    DataRootOption,
+    LogLevel,
+    LogLevelOption,
+    build_settings,
+    configure_logging,
+    fail,
+    setting_option,
+)
 from shared.errors import FTIError
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
+app = CommandLine(
+    no_args_is_help=True,
+    help="Inference: the online service, the nightly batch job, monitoring, a standalone Triton.",
+)
 app.command("batch")(batch_job.batch)
+app.add_typer(monitor_app, name="monitor")
+# The settings `serve`'s options set (named in error lines).
+SERVE_FLAGS = {
+    "host": "--host",
+    "port": "--port",
+    "workers": "--workers",
+    "model_alias": "--model",
+    "triton_url": "--triton-url",
+    "triton_grpc_url": "--triton-grpc-url",
+}
+
+
+def _setting(field: str, *names: str, **kwargs: object) -> object:
+    return setting_option(InferenceSettings, field, *names, **kwargs)
 
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="bind address (FTI_HOST)")] = None,
-    port: Annotated[int | None, typer.Option(help="port (FTI_PORT)")] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(min=1, help="worker processes (FTI_WORKERS); > 1 needs an external Triton"),
-    ] = None,
+    host: Annotated[str | None, _setting("host")] = None,
+    port: Annotated[int | None, _setting("port")] = None,
+    workers: Annotated[int | None, _setting("workers")] = None,
     triton_url: Annotated[
-        str | None, typer.Option(help="use a running Triton (host:port) instead of starting one")
-    ] = None,
-    triton_grpc_url: Annotated[
         str | None,
-        typer.Option(help="that Triton's gRPC address (host:port): inference over gRPC"),
+        typer.Option(
+            help="use a running Triton at host:port instead of starting one (the same as "
+            "FTI_TRITON_MODE=external with FTI_TRITON_URL)"
+        ),
     ] = None,
-    model: Annotated[str | None, typer.Option(help="registry alias or version to serve")] = None,
-    log_level: Annotated[str, typer.Option(help="Python log level")] = "INFO",
+    triton_grpc_url: Annotated[str | None, _setting("triton_grpc_url")] = None,
+    model: Annotated[str | None, _setting("model_alias", "--model")] = None,
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.info,
 ) -> None:
     """Start the online service (uvicorn) with a managed or external Triton."""
     import uvicorn
 
     from inference_pipeline.service import create_app
 
-    logging.basicConfig(level=log_level.upper(), format=_LOG_FORMAT)
-    overrides: dict[str, object] = {}
-    if host is not None:
-        overrides["host"] = host
-    if port is not None:
-        overrides["port"] = port
-    if workers is not None:
-        overrides["workers"] = workers
-    if model is not None:
-        overrides["model_alias"] = model
-    if triton_url is not None:
-        overrides |= {"triton_url": triton_url, "triton_mode": TritonMode.external}
-    if triton_grpc_url is not None:
-        overrides["triton_grpc_url"] = triton_grpc_url
-    try:
-        settings = InferenceSettings(**overrides)  # type: ignore[arg-type]
-    except (FTIError, ValidationError) as exc:
-        typer.echo(f"error: invalid settings: {_one_line(exc)}", err=True)
-        raise typer.Exit(2) from None
+    configure_logging(log_level, _LOG_FORMAT)
+    external = {"triton_url": triton_url, "triton_mode": TritonMode.external} if triton_url else {}
+    given = {
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "model_alias": model,
+        "triton_grpc_url": triton_grpc_url,
+        "data_root": data_root,
+    }
+    overrides = {name: value for name, value in given.items() if value is not None} | external
+    settings = build_settings(InferenceSettings, SERVE_FLAGS, **given, **external)
     if settings.workers > 1:
-        _serve_workers(settings, overrides, log_level.upper())
+        _serve_workers(settings, overrides, log_level.value)
         return
     server = uvicorn.Server(
         uvicorn.Config(
@@ -81,8 +99,7 @@ def serve(
     try:
         server.run()
     except FTIError as exc:
-        typer.echo(f"error: {type(exc).__name__}: {_one_line(exc)}", err=True)
-        raise typer.Exit(1) from None
+        fail(f"{type(exc).__name__}: {exc}")
     if not server.started:
         raise typer.Exit(1)
 
@@ -147,6 +164,8 @@ def triton(
     exit_timeout_secs: Annotated[
         int, typer.Option(help="seconds to drain in-flight requests on SIGTERM")
     ] = 30,
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.info,
 ) -> None:
     """Run Triton as its own server (the wheel's tritonserver in the foreground, CPU).
 
@@ -156,9 +175,9 @@ def triton(
     """
     from inference_pipeline.triton_standalone import StandaloneOptions, exec_tritonserver
 
-    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+    configure_logging(log_level, _LOG_FORMAT)
+    settings = build_settings(InferenceSettings, data_root=data_root, allow_unauthenticated=True)
     try:
-        settings = InferenceSettings(allow_unauthenticated=True)
         exec_tritonserver(
             settings.model_repository,
             settings.serving_dir / "triton-standalone",
@@ -170,15 +189,8 @@ def triton(
                 exit_timeout_s=exit_timeout_secs,
             ),
         )
-    except (FTIError, ValidationError, OSError) as exc:
-        typer.echo(f"error: cannot start tritonserver: {_one_line(exc)}", err=True)
-        raise typer.Exit(1) from None
-
-
-def _one_line(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-    return " ".join(str(exc).split())
+    except (FTIError, OSError) as exc:
+        fail(f"cannot start tritonserver: {exc}")
 
 
 if __name__ == "__main__":

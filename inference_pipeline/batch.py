@@ -1,12 +1,21 @@
 """The nightly batch job: score one day's scheduled flights and upsert the predictions.
 
-    python -m inference_pipeline.batch --date 2013-03-10 [--in-process] [--model champion]
+    python -m inference_pipeline batch --date 2013-03-10 [--in-process] [--model champion]
+
+(``python -m inference_pipeline.batch`` is the same command.)
 
 Reads the day's flights and their point-in-time features from the offline store
-(:func:`shared.feature_view.build_scoring_frame`, the function training uses), applies the model's
-MDT state, scores through Triton in large batches (or the same TorchScript file in process), and
-upserts the rows into the ``predictions`` group under ``batch-<date>`` at the day's local
-midnight: a re-run writes the same rows (nothing inserted, nothing updated).
+(:func:`shared.feature_view.build_scoring_frame`, the function training uses), as of each
+flight's prediction time T = scheduled departure - the model's lead (the lead it was trained
+at), applies the model's MDT state, scores through Triton in large batches (or the same
+TorchScript file in process), and upserts the rows into the ``predictions`` group under
+``batch-<date>`` at the day's local midnight: a re-run writes the same rows (nothing inserted,
+nothing updated).
+
+A lead other than the model's (``--lead-minutes``, ``FTI_LEAD_MINUTES``) is refused with exit 2:
+its features would be fresher or staler than any the model learned from, and its rows would
+replace the model-lead predictions of the day under the same request id. Train a version at
+that lead to score at it.
 """
 
 from __future__ import annotations
@@ -32,7 +41,16 @@ from inference_pipeline.model_artifact import ServingModel, load_serving_model, 
 from inference_pipeline.scoring import input_reports, score_in_process, score_with_triton
 from inference_pipeline.settings import InferenceSettings, TritonMode
 from inference_pipeline.triton_server import TritonServer
-from shared.errors import FTIError, NothingToScore
+from shared.command_line import (
+    CommandLine,
+    DataRootOption,
+    LogLevel,
+    LogLevelOption,
+    build_settings,
+    configure_logging,
+    setting_option,
+)
+from shared.errors import ConfigurationError, FTIError, NothingToScore
 from shared.feature_store import FeatureStore, open_feature_store
 from shared.feature_view import (
     build_scoring_frame,
@@ -52,6 +70,7 @@ class BatchSummary:
     date: str
     model_ref: str
     model_version: str = ""
+    lead_minutes: int | None = None  # T = scheduled departure - this
     scorer: str = ""
     flights: int = 0
     with_missing_features: int = 0
@@ -87,6 +106,7 @@ def score_day(
         registry = ModelRegistry(settings.registry_settings())
         model = load_serving_model(registry, model_ref, workdir, flavour=settings.triton_flavour)
         summary.model_version = model.version
+        summary.lead_minutes = check_lead(model, settings.lead_minutes)
         step(f"read features for {day}")
         frame, versions = scoring_frame(store, model, day)
         summary.table_versions = versions
@@ -125,10 +145,23 @@ def score_day(
     return summary
 
 
+def check_lead(model: ServingModel, asked: int | None) -> int:
+    """The lead to score at: the model's; another one asked for is refused (see the module
+    docstring)."""
+    if asked is not None and asked != model.lead_minutes:
+        raise ConfigurationError(
+            f"--lead-minutes/FTI_LEAD_MINUTES {asked}: model version {model.version} was "
+            f"trained at a lead of {model.lead_minutes} minutes; omit it to score at the "
+            f"model's lead, or train a version with --lead-minutes {asked}"
+        )
+    return model.lead_minutes
+
+
 def scoring_frame(
     store: FeatureStore, model: ServingModel, day: date
 ) -> tuple[pl.DataFrame, dict[str, int]]:
-    """The day's flights with point-in-time features, and the table versions read."""
+    """The day's flights with point-in-time features as of departure minus the model's lead,
+    and the table versions read."""
     versions = pinned_versions(store, model.view)
     flights = read_spine(store, model.view, day, day + timedelta(days=1), versions=versions)
     if flights.is_empty():
@@ -163,6 +196,7 @@ def render_summary(console: Console, summary: BatchSummary) -> None:
     mean = "-" if summary.mean_probability is None else f"{summary.mean_probability:.3f}"
     for name, value in (
         ("model", f"{summary.model_ref} -> v{summary.model_version}"),
+        ("prediction time", f"departure - {summary.lead_minutes} min (the model's lead)"),
         ("scorer", summary.scorer),
         ("flights scored", f"{summary.flights:,}"),
         ("with missing features", f"{summary.with_missing_features:,}"),
@@ -180,7 +214,7 @@ def render_summary(console: Console, summary: BatchSummary) -> None:
     console.print(table)
 
 
-app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0] if __doc__ else None)
+app = CommandLine(help=__doc__.split("\n\n")[0] if __doc__ else None)
 
 
 @app.command()
@@ -190,17 +224,27 @@ def batch(
     in_process: Annotated[
         bool, typer.Option("--in-process", help="run the TorchScript file here, not on Triton")
     ] = False,
+    lead_minutes: Annotated[
+        int | None, setting_option(InferenceSettings, "lead_minutes", min=0)
+    ] = None,
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
 ) -> None:
     """Score one day's scheduled flights and upsert the predictions (idempotent)."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level, "%(levelname)s %(name)s: %(message)s")
     err = Console(stderr=True)
     try:
         scored_day = date.fromisoformat(day)
     except ValueError:
-        err.print(f"error: --date {day!r} is not a YYYY-MM-DD date")
+        err.print(f"error: --date {day!r} is not a YYYY-MM-DD date", markup=False)
         raise typer.Exit(2) from None
+    settings = build_settings(
+        InferenceSettings,
+        data_root=data_root,
+        lead_minutes=lead_minutes,
+        allow_unauthenticated=True,
+    )
     try:
-        settings = InferenceSettings(allow_unauthenticated=True)
         with Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -212,8 +256,10 @@ def batch(
                 settings, scored_day, model_ref=model, in_process=in_process, progress=progress
             )
     except FTIError as exc:
-        err.print(f"error: {type(exc).__name__}: {exc}", markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        err.print(
+            f"error: {type(exc).__name__}: {exc}", markup=False, highlight=False, soft_wrap=True
+        )
+        raise typer.Exit(2 if isinstance(exc, ConfigurationError) else 1) from None
     render_summary(err, summary)
     sys.stdout.write(json.dumps(asdict(summary), sort_keys=True) + "\n")
 

@@ -66,6 +66,11 @@ class ServingModel:
     def input_features(self) -> list[str]:
         return self.mdt.input_features
 
+    @property
+    def lead_minutes(self) -> int:
+        """The lead it was trained at: its training rows were read as of departure minus it."""
+        return self.view.lead_minutes
+
 
 def load_serving_model(
     registry: ModelRegistry, ref: str, destination: Path, flavour: str = "cpu"
@@ -112,7 +117,8 @@ def serving_model(
 
 
 def feature_view_from_description(data: dict[str, Any], mdt: MDTState) -> FeatureView:
-    """The feature view a model was trained on, rebuilt from its stored description.
+    """The feature view a model was trained on, rebuilt from its stored description (its lead
+    included: training and batch rows are read as of departure minus it).
 
     Group definitions come from :data:`shared.feature_definitions.FEATURE_GROUPS`; a version
     mismatch means this code cannot read what the model was trained on, and is refused.
@@ -152,6 +158,8 @@ def feature_view_from_description(data: dict[str, Any], mdt: MDTState) -> Featur
         on_demand=tuple(data["on_demand"]),
         numeric=tuple(data["numeric"]),
         categorical=tuple(data["categorical"]),
+        # Versions registered before the lead was recorded were joined at the departure.
+        lead=timedelta(minutes=int(data.get("lead_minutes", 0))),
     )
     missing = [f for f in mdt.input_features if f not in view.features]
     if missing:

@@ -28,6 +28,7 @@ from shared.errors import ModelServerUnavailable
 from shared.feature_store import FeatureStore
 from shared.feature_view import OnlineFeatures, online_feature_columns
 from shared.flight_identity import flight_id_of
+from shared.prediction_time import PREDICTION_TIME
 from shared.transforms import OOV_INDEX, FeatureMatrices, MDTState, apply_mdt, apply_mdt_columns
 from shared.triton_repository import CATEGORICAL_INPUT, NUMERIC_INPUT, PROBABILITY_OUTPUT
 
@@ -51,7 +52,8 @@ class InputReport:
 
     missing_features: list[str]  # null: imputed (numeric) or out-of-vocabulary (categorical)
     unknown_categories: list[str]  # a value the model never saw: out-of-vocabulary index
-    missing_groups: list[str]  # feature groups with no online row for the flight's key
+    # feature groups with no row valid as of T for the flight's key (none kept, or too old)
+    missing_groups: list[str]
 
 
 @dataclass(frozen=True)
@@ -89,13 +91,19 @@ class OnlineInputs:
 def online_inputs(
     store: FeatureStore, model: ServingModel, flights: Sequence[Mapping[str, Any]]
 ) -> OnlineInputs:
-    """Request fields -> online features + on-demand features -> MDT matrices, with reports.
+    """Request fields -> online features as of T + on-demand features -> MDT matrices, with
+    reports. Each flight carries its prediction time T under ``prediction_time`` (epoch
+    microseconds, UTC: the request's arrival or its ``as_of``).
 
     Frame-free on purpose (a Polars frame per request costs more than the model call); the
     functions are the shared ones the batch job and training run on frames."""
     began = time.perf_counter()
     requests = [{k: f.get(k) for k in REQUEST_FIELDS} for f in flights]
-    features = online_feature_columns(store, model.view, requests)
+    try:
+        times = [int(f[PREDICTION_TIME]) for f in flights]
+    except KeyError:
+        raise ValueError(f"every flight needs its {PREDICTION_TIME} (epoch microseconds)") from None
+    features = online_feature_columns(store, model.view, requests, times)
     read = time.perf_counter()
     matrices = apply_mdt_columns(features.columns, features.rows, model.mdt)
     reports = input_reports(features.columns, model, matrices)

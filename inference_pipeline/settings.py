@@ -15,7 +15,7 @@ from pydantic import Field, SecretStr, model_validator
 
 from shared.errors import ConfigurationError
 from shared.registry import RegistrySettings
-from shared.settings import FeatureStoreSettings
+from shared.settings import FeatureStoreSettings, PredictionTimeSettings
 
 
 class TritonProtocol(StrEnum):
@@ -33,13 +33,17 @@ class TritonFlavour(StrEnum):
     gpu = "gpu"
 
 
-class InferenceSettings(FeatureStoreSettings, RegistrySettings):
+class InferenceSettings(FeatureStoreSettings, RegistrySettings, PredictionTimeSettings):
     """Where the model, the features and Triton are; how the service protects itself."""
 
     model_alias: str = Field(default="champion", description="registry alias or version served")
 
     # Triton
-    triton_mode: TritonMode = TritonMode.managed
+    triton_mode: TritonMode = Field(
+        default=TritonMode.managed,
+        description="managed: start the nvidia-pytriton wheel's tritonserver as a subprocess; "
+        "external: use the running Triton at FTI_TRITON_URL",
+    )
     triton_url: str | None = Field(default=None, description="host:port of Triton's HTTP API")
     triton_grpc_url: str | None = Field(
         default=None,
@@ -52,7 +56,10 @@ class InferenceSettings(FeatureStoreSettings, RegistrySettings):
         description="protocol of the online service's inference calls (grpc needs "
         "FTI_TRITON_GRPC_URL in external mode)",
     )
-    triton_flavour: TritonFlavour = TritonFlavour.cpu
+    triton_flavour: TritonFlavour = Field(
+        default=TritonFlavour.cpu,
+        description="model flavour published to Triton: cpu (Python backend) or gpu (LibTorch)",
+    )
     triton_model_repository: Path | None = Field(
         default=None,
         description="where verified versions are published for Triton; "
@@ -62,12 +69,35 @@ class InferenceSettings(FeatureStoreSettings, RegistrySettings):
         default=None, description="managed Triton's backends and log; default <data_root>/serving"
     )
     triton_timeout_s: float = Field(default=2.0, gt=0, description="per inference call")
-    triton_startup_timeout_s: float = Field(default=120.0, gt=0)
-    triton_load_timeout_s: float = Field(default=120.0, gt=0)
+    triton_startup_timeout_s: float = Field(
+        default=120.0, gt=0, description="a managed Triton must be ready within this"
+    )
+    triton_load_timeout_s: float = Field(
+        default=120.0, gt=0, description="a model version must load into Triton within this"
+    )
+    triton_restart_backoff_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="managed Triton: wait before restarting it again after a failed restart or "
+        "a death soon after one; doubles each time, up to FTI_TRITON_RESTART_BACKOFF_MAX_S",
+    )
+    triton_restart_backoff_max_s: float = Field(
+        default=30.0, gt=0, description="cap of the managed Triton's restart back-off"
+    )
+    triton_restart_limit_s: float = Field(
+        default=180.0,
+        gt=0,
+        description="managed Triton down this long (restarts failing) fails liveness: /healthz "
+        "answers 503 so that the service's supervisor restarts it",
+    )
 
     # Online service
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
+    host: str = Field(
+        default="127.0.0.1",
+        description="address the online service binds (not loopback: needs FTI_API_KEY or "
+        "FTI_ALLOW_UNAUTHENTICATED)",
+    )
+    port: int = Field(default=8000, ge=0, le=65535, description="port of the online service")
     workers: int = Field(
         default=1,
         ge=1,
@@ -78,7 +108,9 @@ class InferenceSettings(FeatureStoreSettings, RegistrySettings):
     allow_unauthenticated: bool = Field(
         default=False, description="serve without an API key on a non-loopback address"
     )
-    max_flights_per_request: int = Field(default=1000, ge=1)
+    max_flights_per_request: int = Field(
+        default=1000, ge=1, description="flights one prediction request may carry (more: 422)"
+    )
     body_timeout_s: float = Field(
         default=5.0,
         gt=0,
@@ -91,10 +123,16 @@ class InferenceSettings(FeatureStoreSettings, RegistrySettings):
         description="repeated failures of one dependency are logged once, then summed up in "
         "one line per this interval",
     )
-    registry_timeout_s: float = Field(default=5.0, gt=0)
+    registry_timeout_s: float = Field(
+        default=5.0, gt=0, description="deadline of a registry call (alias polls, readiness)"
+    )
     prediction_log: bool = Field(default=True, description="log predictions for monitoring")
-    prediction_log_flush_rows: int = Field(default=2000, ge=1)
-    prediction_log_flush_s: float = Field(default=2.0, gt=0)
+    prediction_log_flush_rows: int = Field(
+        default=2000, ge=1, description="the prediction log is appended when this many rows wait"
+    )
+    prediction_log_flush_s: float = Field(
+        default=2.0, gt=0, description="... or when its oldest row waited this long"
+    )
 
     # Rollouts: a challenger beside the champion, and alias moves followed without a restart
     challenger_alias: str = Field(default="challenger", description="alias of the challenger")

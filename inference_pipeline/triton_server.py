@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +31,13 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from inference_pipeline.process_group import (
+    become_subreaper,
+    end_group,
+    exit_status,
+    wait_for_exit,
+    watch_exit,
+)
 from shared.errors import FTIError
 
 logger = logging.getLogger(__name__)
@@ -56,6 +63,18 @@ class TritonDistribution:
     libraries: Path
     python_backend: Path
     python_stub: Path
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """How a managed server was started, to start it again the same way."""
+
+    dist: TritonDistribution
+    model_repository: Path
+    backends: Path
+    runtime_dir: Path
+    stop_timeout_s: float
+    extra_args: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -196,8 +215,8 @@ class TritonServer:
     """A Triton server the pipeline can load models into and send requests to.
 
     Build it with `TritonServer.start_local` (a managed subprocess, stopped by `stop` or on
-    leaving the ``with`` block) or `TritonServer.connect` (someone else's server; `stop` only
-    forgets it).
+    leaving the ``with`` block; `restart` starts it again after it died, and `watch` reports
+    its death) or `TritonServer.connect` (someone else's server; `stop` only forgets it).
     """
 
     def __init__(
@@ -208,12 +227,15 @@ class TritonServer:
         log_path: Path | None = None,
         stop_timeout_s: float = 15.0,
         request_timeout_s: float = 120.0,
+        launch: _Launch | None = None,
     ) -> None:
         self.endpoints = endpoints
         self.log_path = log_path
         self._process = process
         self._stop_timeout_s = stop_timeout_s
         self._request_timeout_s = request_timeout_s
+        self._launch = launch
+        self._on_exit: Callable[[int, str], None] | None = None
         self._http: httpclient.InferenceServerClient | None = None
         self._grpc_control: grpcclient.InferenceServerClient | None = None
 
@@ -239,49 +261,62 @@ class TritonServer:
         if not model_repository.is_dir():
             raise TritonServerError(f"model repository {model_repository} is not a directory")
         runtime_dir.mkdir(parents=True, exist_ok=True)
-        backends = prepare_backends(dist, runtime_dir)
-        command_tail = list(extra_args)
+        launch = _Launch(
+            dist,
+            model_repository.resolve(),
+            prepare_backends(dist, runtime_dir).resolve(),
+            runtime_dir,
+            stop_timeout_s,
+            tuple(extra_args),
+        )
+        become_subreaper()  # a killed server's stubs become ours to reap (see process_group)
+        server = cls(
+            _loopback_endpoints(),
+            log_path=runtime_dir / "tritonserver.log",
+            stop_timeout_s=stop_timeout_s,
+            launch=launch,
+        )
+        server._start(startup_timeout_s, attempts)
+        return server
+
+    def _start(self, startup_timeout_s: float, attempts: int) -> None:
+        """Spawn the server on ``endpoints`` and wait until it is ready; when another process
+        took a port meanwhile, again on new ports."""
         for attempt in range(1, attempts + 1):
-            server = cls._spawn(
-                dist, model_repository, backends, runtime_dir, stop_timeout_s, command_tail
-            )
+            self._spawn()
             try:
-                server.wait_until_ready(startup_timeout_s)
-                return server
+                self.wait_until_ready(startup_timeout_s)
+                return
             except TritonServerError:
-                server.stop()
-                if attempt == attempts or not _port_was_taken(server.log_path):
+                self._end_process()
+                if attempt == attempts or not _port_was_taken(self.log_path):
                     raise
                 logger.warning("Triton port taken by another process; retrying with new ports")
-        raise AssertionError("unreachable")  # the loop returns or raises
+                self.endpoints = _loopback_endpoints()
 
-    @classmethod
-    def _spawn(
-        cls,
-        dist: TritonDistribution,
-        model_repository: Path,
-        backends: Path,
-        runtime_dir: Path,
-        stop_timeout_s: float,
-        extra_args: list[str],
-    ) -> TritonServer:
-        endpoints = _loopback_endpoints()
+    def _spawn(self) -> None:
+        launch = self._launch
+        assert launch is not None and self.log_path is not None  # managed servers only
         command = server_command(
-            dist, model_repository.resolve(), backends.resolve(), endpoints, int(stop_timeout_s)
+            launch.dist,
+            launch.model_repository,
+            launch.backends,
+            self.endpoints,
+            int(launch.stop_timeout_s),
         )
-        command.extend(extra_args)
-        log_path = runtime_dir / "tritonserver.log"
-        logger.info("starting tritonserver on http %s, grpc %s", endpoints.http, endpoints.grpc)
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
+        command.extend(launch.extra_args)
+        logger.info(
+            "starting tritonserver on http %s, grpc %s", self.endpoints.http, self.endpoints.grpc
+        )
+        with self.log_path.open("wb") as log:
+            self._process = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=server_environment(dist),
+                env=server_environment(launch.dist),
                 start_new_session=True,  # its own process group: the stubs go down with it
             )
-        return cls(endpoints, process=process, log_path=log_path, stop_timeout_s=stop_timeout_s)
 
     @classmethod
     def connect(
@@ -332,31 +367,67 @@ class TritonServer:
             return False
 
     def _raise_if_exited(self) -> None:
-        if self._process is not None and self._process.poll() is not None:
-            code = self._process.returncode
-            raise TritonServerError(f"tritonserver exited with code {code}" + self._log_suffix())
+        if self._process is not None and (how := exit_status(self._process)) is not None:
+            raise TritonServerError(f"tritonserver {how}" + self._log_suffix())
 
     def _log_suffix(self) -> str:
         if self.log_path is None:
             return ""
         return f"; last lines of {self.log_path}:\n{log_tail(self.log_path)}"
 
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def watch(self, on_exit: Callable[[int, str], None]) -> None:
+        """Call ``on_exit(pid, how it ended)`` (from another thread) whenever the managed
+        server dies without being asked to: now, and after every `restart`."""
+        self._on_exit = on_exit
+        self._watch_current()
+
+    def _watch_current(self) -> None:
+        process, on_exit = self._process, self._on_exit
+        if process is None or on_exit is None:
+            return
+
+        def ended(how: str) -> None:
+            if self._process is process:  # not stopped nor replaced meanwhile
+                on_exit(process.pid, how)
+
+        watch_exit(process, ended, name=f"tritonserver-{process.pid}")
+
+    def restart(self, startup_timeout_s: float) -> None:
+        """Start the managed server again after it died: what is left of its process group
+        (Python-backend stubs) is killed and reaped, then a new server starts on the same
+        ports (new ones if another process took them meanwhile), with nothing loaded."""
+        if self._launch is None or self.log_path is None:
+            raise TritonServerError(f"Triton at {self.endpoints.http} is not managed here")
+        self._close_clients()
+        self._end_process()
+        if self.log_path.exists():  # the dead server's log, for the post-mortem
+            os.replace(self.log_path, self.log_path.with_name(self.log_path.name + ".1"))
+        self._start(startup_timeout_s, attempts=3)
+        self._watch_current()
+
+    def _end_process(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            end_group(process)
+
     def stop(self) -> None:
         """SIGTERM (Triton drains and unloads within ``stop_timeout_s``), then SIGKILL to the
-        whole process group, Python-backend stubs included, if it is still there."""
+        whole process group, Python-backend stubs included, and every member reaped."""
         self._close_clients()
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        logger.info("stopping tritonserver (pid %d)", process.pid)
-        process.send_signal(signal.SIGTERM)
-        grace = self._stop_timeout_s + _KILL_GRACE_S
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            logger.warning("tritonserver still running %.0f s after SIGTERM; killing", grace)
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        if exit_status(process) is None:
+            logger.info("stopping tritonserver (pid %d)", process.pid)
+            process.send_signal(signal.SIGTERM)
+            grace = self._stop_timeout_s + _KILL_GRACE_S
+            if not wait_for_exit(process, grace):
+                logger.warning("tritonserver still running %.0f s after SIGTERM; killing", grace)
+        end_group(process)
 
     def _close_clients(self) -> None:
         if self._http is not None:

@@ -15,6 +15,7 @@ import json
 import logging
 import sys
 from datetime import date
+from enum import StrEnum
 from typing import Annotated, NoReturn
 
 import typer
@@ -78,8 +79,29 @@ def _report(run: DayRun) -> None:
     sys.stdout.write(json.dumps(run.to_dict(), sort_keys=True) + "\n")
 
 
-def _execute(start: date, end: date) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+# The --log-level every CLI of the project takes (shared/command_line.py, which the
+# orchestrator may not import: its image carries none of the pipelines' code).
+class LogLevel(StrEnum):
+    debug = "DEBUG"
+    info = "INFO"
+    warning = "WARNING"
+    error = "ERROR"
+
+
+LogLevelOption = Annotated[
+    LogLevel,
+    typer.Option(
+        "--log-level",
+        envvar="FTI_LOG_LEVEL",
+        show_envvar=True,
+        case_sensitive=False,
+        help="how much to log on stderr",
+    ),
+]
+
+
+def _execute(start: date, end: date, log_level: LogLevel) -> None:
+    logging.basicConfig(level=log_level.value, format="%(levelname)s %(name)s: %(message)s")
     settings = _settings()
     runs = run_days(settings, start, end, on_day=_report)
     failed = next((r for r in runs if not r.success), None)
@@ -94,22 +116,24 @@ def _execute(start: date, end: date) -> None:
 @app.command()
 def run(
     day: Annotated[str, typer.Option("--date", help="partition day D, YYYY-MM-DD")],
+    log_level: LogLevelOption = LogLevel.warning,
 ) -> None:
-    """Run one day: feature run D, batch scoring D+1, monitoring D, retraining if due."""
+    """Run one day: feature run D, batch scoring D+1, monitoring D, retraining, shadow."""
     the_day = _day("--date", day)
-    _execute(the_day, the_day)
+    _execute(the_day, the_day, log_level)
 
 
 @app.command()
 def backfill(
     start: Annotated[str, typer.Option("--start", help="first partition day, YYYY-MM-DD")],
     end: Annotated[str, typer.Option("--end", help="last partition day (inclusive)")],
+    log_level: LogLevelOption = LogLevel.warning,
 ) -> None:
     """Run partitions start..end in order; stop at the first day that fails."""
     first, last = _day("--start", start), _day("--end", end)
     if last < first:
         _fail(f"--end {end} is before --start {start}", EXIT_USAGE)
-    _execute(first, last)
+    _execute(first, last, log_level)
 
 
 if __name__ == "__main__":

@@ -28,11 +28,13 @@ class Verdict(StrEnum):
 
 @dataclass(frozen=True)
 class Cli:
-    """One pipeline CLI: ``python -m <module>`` locally, ``<service>`` in the compose stack."""
+    """One pipeline CLI: ``python -m <module> <command...>`` locally, ``<service>`` in the
+    compose stack (whose entrypoint names the command)."""
 
     module: str
     service: str
     findings: Mapping[int, str] = field(default_factory=dict)
+    command: tuple[str, ...] = ()  # sub-command of the module's CLI, e.g. ("monitor",)
 
     def verdict(self, exit_code: int) -> Verdict:
         if exit_code == 0:
@@ -60,7 +62,9 @@ FEATURES = Cli("feature_pipeline", "feature-pipeline", {3: "partial: rows quaran
 # inference_pipeline/batch.py: 0 or 1
 BATCH = Cli("inference_pipeline.batch", "batch-scoring")
 # inference_pipeline/monitor/__main__.py: 3 = drift detected or retraining recommended
-MONITOR = Cli("inference_pipeline.monitor", "monitoring", {3: "drift or retraining recommended"})
+MONITOR = Cli(
+    "inference_pipeline", "monitoring", {3: "drift or retraining recommended"}, ("monitor",)
+)
 # training_pipeline/__main__.py: 3 = the gates refused the version (registered, not eligible)
 TRAINING = Cli("training_pipeline", "training", {3: "refused by the gates"})
 

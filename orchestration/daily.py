@@ -5,13 +5,18 @@ day is over (:func:`daily_schedule`). Its tasks, each one pipeline CLI::
 
     feature run --date D ──► batch scoring --date D+1 (the run's "today")
              │
-             └──────────► monitoring --end D ──► retraining --until D (when the policy fires)
+             └──────────► monitoring --end D ──► retraining --until D ──► shadow decision --end D
+                                                 (when the policy fired     (when a challenger is
+                                                  and no challenger is       in shadow)
+                                                  in shadow)
 
 Edges are data dependencies: batch scoring reads the point-in-time features the feature run
 wrote; monitoring needs the day's outcomes (the delayed labels) from the same run; retraining
-acts on monitoring's verdict. A failed feature run therefore stops every other task of the day
-(batch scoring never scores stale features), while a failed batch job does not hide the day's
-drift and quality report.
+acts on monitoring's verdict; the shadow decision comes last, so a challenger trained today is
+not judged before it was shadowed, and one still in shadow is not replaced (monitoring reports
+it as pending, and retraining waits for its decision). A failed feature run therefore stops
+every other task of the day (batch scoring never scores stale features), while a failed batch
+job does not hide the day's drift and quality report.
 
 Each task passes on a :class:`TaskResult`. A failure raises ``dagster.Failure``: exit 2 (bad
 command line or settings) without retries, anything else retried by the job's retry policy.
@@ -35,7 +40,8 @@ from orchestration.settings import DagSettings, LaunchMode
 
 NEW_YORK = "America/New_York"
 JOB_NAME = "fti_daily"
-TASKS = ("feature_run", "batch_scoring", "monitoring", "retraining")  # in the DAG's order
+# In the DAG's order.
+TASKS = ("feature_run", "batch_scoring", "monitoring", "retraining", "shadow_decision")
 # One daily run at a time: days depend on the days before (tables, champion, challenger).
 CONCURRENCY_TAG = "fti/flow"
 
@@ -121,6 +127,10 @@ class DailyFlow(dg.ConfigurableResource):
         if task == "retraining":
             config = ["--config", self.retrain_config] if self.retrain_config else []
             return TRAINING, ["retrain", "--until", iso, *config, *self.retrain_args]
+        if task == "shadow_decision":
+            window = ["--window-days", str(self.monitor_window_days)]
+            output = ["--output-dir", self.monitor_output_dir] if self.monitor_output_dir else []
+            return MONITOR, ["shadow", "--end", iso, *window, *output]
         raise KeyError(f"no task {task!r}; the tasks are {', '.join(TASKS)}")
 
     def run_task(self, context: OpExecutionContext, task: str, day: date) -> TaskResult:
@@ -197,7 +207,7 @@ def batch_scoring(context: OpExecutionContext, flow: DailyFlow, features: TaskRe
 
 
 @dg.op(
-    description="python -m inference_pipeline.monitor run --end D: drift, delayed-label "
+    description="python -m inference_pipeline monitor run --end D: drift, delayed-label "
     "quality and the retraining policy over the window ending D"
 )
 def monitoring(context: OpExecutionContext, flow: DailyFlow, features: TaskResult) -> TaskResult:
@@ -212,8 +222,27 @@ def retraining(context: OpExecutionContext, flow: DailyFlow, monitored: TaskResu
     policy = (monitored.summary or {}).get("retrain") or {}
     if not policy.get("fire"):
         return skipped(context, "retraining", "the retraining policy did not fire")
+    shadow = (monitored.summary or {}).get("shadow") or {}
+    if shadow.get("pending"):
+        return skipped(
+            context,
+            "retraining",
+            f"the policy fired, but challenger v{shadow.get('challenger')} is still in shadow "
+            f"({shadow.get('reason')}): retraining waits for its decision",
+        )
     context.log.info(f"retraining: the policy fired: {'; '.join(policy.get('reasons', []))}")
     return flow.run_task(context, "retraining", partition_day(context))
+
+
+@dg.op(
+    description="python -m inference_pipeline monitor shadow --end D: champion vs the "
+    "challenger in shadow on the window's labelled flights; promote (FTI_SHADOW_PROMOTE) or "
+    "record why not"
+)
+def shadow_decision(
+    context: OpExecutionContext, flow: DailyFlow, retrained: TaskResult
+) -> TaskResult:
+    return flow.run_task(context, "shadow_decision", partition_day(context))
 
 
 def daily_partitions(settings: DagSettings) -> dg.DailyPartitionsDefinition:
@@ -239,7 +268,7 @@ def daily_job(settings: DagSettings) -> dg.JobDefinition:
     def fti_daily() -> None:
         features = feature_run()
         batch_scoring(features)
-        retraining(monitoring(features))
+        shadow_decision(retraining(monitoring(features)))
 
     return fti_daily
 

@@ -58,7 +58,7 @@ class Launcher:
 
     def argv(self, cli: Cli, args: Sequence[str]) -> list[str]:
         if self.mode is LaunchMode.local:
-            return [self.python, "-m", cli.module, *args]
+            return [self.python, "-m", cli.module, *cli.command, *args]
         project = self.compose_project_dir or self.compose_file.parent
         return [
             "docker",

@@ -70,11 +70,11 @@ class DagSettings(BaseSettings):
     batch_in_process: bool = Field(
         default=False, description="batch scoring with --in-process instead of Triton"
     )
-    monitor_window_days: int = Field(default=7, ge=1, le=366)
+    monitor_window_days: int = Field(default=7, ge=1, le=366, description="monitor --window-days")
     monitor_source: str = Field(
         default="all", pattern="^(all|online|batch|shadow)$", description="monitor --source"
     )
-    monitor_model: str = Field(default="champion", min_length=1)
+    monitor_model: str = Field(default="champion", min_length=1, description="monitor --model")
     monitor_output_dir: str | None = Field(
         default=None,
         description="monitor --output-dir, a path where the monitoring job runs (default: the "

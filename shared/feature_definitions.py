@@ -8,7 +8,7 @@ the ones that already include D.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pandera.polars as pa
 import polars as pl
@@ -20,6 +20,10 @@ NYC_TZ = "America/New_York"
 NYC_ORIGINS = ("EWR", "JFK", "LGA")
 DELAY_THRESHOLD_MIN = 15
 ROLLING_WINDOWS_DAYS = (7, 28)
+# Online, a daily-stats key keeps the rows of the last two days before its newest: the run for
+# day D writes D+1's stats, so the rows valid today (and yesterday, across a 25-hour DST day)
+# stay servable for requests as of today, not only tomorrow's row.
+DAILY_ONLINE_HISTORY = timedelta(days=2)
 
 
 def _col(
@@ -101,6 +105,7 @@ ROUTE_STATS = FeatureGroup(
     online=True,
     description="Rolling 7/28-day delay statistics per route, from days strictly before.",
     non_features=("day",),
+    online_history=DAILY_ONLINE_HISTORY,
     schema=_daily_stats_schema(
         {
             "origin": _key(pl.String, "NYC origin airport"),
@@ -117,6 +122,7 @@ CARRIER_STATS = FeatureGroup(
     online=True,
     description="Rolling 7/28-day delay statistics per carrier, from days strictly before.",
     non_features=("day",),
+    online_history=DAILY_ONLINE_HISTORY,
     schema=_daily_stats_schema({"carrier": _key(pl.String, "two-letter carrier code")}),
 )
 
@@ -127,6 +133,8 @@ AIRPORT_WEATHER = FeatureGroup(
     event_time="observed_at",
     online=True,
     description="Hourly weather observations at each NYC origin airport.",
+    # A day of observations: an as_of request anywhere in the last day is answered exactly.
+    online_history=timedelta(days=1),
     schema=pa.DataFrameSchema(
         {
             "origin": _key(pl.String, "NYC origin airport", pa.Check.isin(NYC_ORIGINS)),

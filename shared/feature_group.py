@@ -9,7 +9,9 @@ the catalog documents it.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
@@ -30,11 +32,30 @@ class FeatureGroup:
     description: str
     # Columns stored offline (for lineage, labels, monitoring) but never served as features.
     non_features: tuple[str, ...] = field(default=())
+    # How far behind a key's newest row the online store keeps the key's older rows, so that a
+    # read as of a past instant T within it (a replay, an ``as_of`` request) is answered with
+    # the row valid at T, as the offline join would. Zero: the newest row only.
+    online_history: timedelta = timedelta(0)
+    # Columns added to the group after its tables were created: nullable, never keys. A
+    # stored table without them gains them on registration (old rows read null) instead of
+    # being refused as a schema change: additive evolution, without a new group version.
+    added_columns: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         missing = [c for c in (*self.primary_key, self.event_time) if c not in self.schema.columns]
         if missing:
             raise ValueError(f"feature group {self.name}: key columns {missing} not in its schema")
+        keys = {*self.primary_key, self.event_time}
+        wrong = [
+            c
+            for c in self.added_columns
+            if c not in self.schema.columns or c in keys or not self.schema.columns[c].nullable
+        ]
+        if wrong:
+            raise ValueError(
+                f"feature group {self.name}: added columns {wrong} must be nullable, non-key "
+                "columns of its schema"
+            )
 
     @property
     def table_name(self) -> str:
@@ -93,7 +114,8 @@ class FeatureGroup:
 
 
 def schema_differences(stored: dict[str, Any], group: FeatureGroup) -> list[str]:
-    """Human-readable differences between a stored definition and the code's definition."""
+    """Human-readable differences between a stored definition and the code's definition (a
+    missing ``added_columns`` column is none: see `columns_to_add`)."""
     wanted = group.metadata()
     diffs: list[str] = []
     for key in ("primary_key", "event_time"):
@@ -101,9 +123,17 @@ def schema_differences(stored: dict[str, Any], group: FeatureGroup) -> list[str]
             diffs.append(f"{key}: stored {stored.get(key)!r}, defined {wanted[key]!r}")
     stored_cols: dict[str, str] = stored.get("columns", {})
     for name, dtype in wanted["columns"].items():
+        if name not in stored_cols and name in group.added_columns:
+            continue
         if name not in stored_cols:
             diffs.append(f"column {name!r} ({dtype}) is new")
         elif stored_cols[name] != dtype:
             diffs.append(f"column {name!r}: stored {stored_cols[name]}, defined {dtype}")
     diffs += [f"column {n!r} was removed" for n in stored_cols if n not in wanted["columns"]]
     return diffs
+
+
+def columns_to_add(stored_columns: Iterable[str], group: FeatureGroup) -> list[str]:
+    """The group's ``added_columns`` a stored table does not have yet, in schema order."""
+    have = set(stored_columns)
+    return [c for c in group.columns if c in group.added_columns and c not in have]

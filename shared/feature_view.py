@@ -2,19 +2,29 @@
 
 A feature view is the contract between the feature store and a model (the mlfs-book shape):
 flights are the spine; route stats, carrier stats, origin weather and planes are joined point in
-time (backward as-of, at the scheduled departure); the on-demand features of
-:mod:`shared.on_demand` are computed from the flight itself. A registered model stores
-:meth:`FeatureView.describe`, so batch and online inference ask the model which features to read.
+time, backward as-of at each row's **prediction time T** (:mod:`shared.prediction_time`) with
+the view's tolerances; the on-demand features of :mod:`shared.on_demand` are computed from the
+flight itself (its schedule, not T). Offline, T is the scheduled departure minus the view's
+``lead`` (the model's lead time: a model trained to predict 60 minutes ahead sees, for every
+training row, only what was known 60 minutes before departure); online, T is the request's
+arrival or its ``as_of``. A registered model stores :meth:`FeatureView.describe` (its lead
+included), so batch and online inference ask the model which features to read, and as of when.
 
 The same functions build the labeled training frame and the scoring frame of the batch job, and
 :func:`online_feature_columns` builds the online one, so the three paths cannot drift apart.
+
+Adding a group computed *as of T* rather than joined (window aggregates over the last minutes
+before T, from tiles): offline, :func:`feature_frame` holds the spine with its
+:data:`~shared.prediction_time.PREDICTION_TIME` column right after the as-of join, and online,
+:func:`online_feature_columns` holds each row's T (``times``, epoch microseconds) beside the
+rows read; both call the one shared function there. See docs/operations.md ("One clock").
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -31,14 +41,22 @@ from shared.feature_definitions import (
     PLANES,
     ROUTE_STATS,
 )
-from shared.feature_group import FeatureGroup
+from shared.feature_group import UTC_TIMESTAMP, FeatureGroup
 from shared.feature_store import FeatureStore, JoinRequest, OnlineLookup
+from shared.feature_store.online_as_of import tolerance_us
 from shared.on_demand import (
     FLIGHT_DATE,
     PLANE_YEAR_BUILT,
     SCHED_DEP_TIME,
     on_demand_columns,
     with_on_demand_features,
+)
+from shared.prediction_time import (
+    DEFAULT_LEAD_MINUTES,
+    PREDICTION_TIME,
+    lead_minutes,
+    lead_of,
+    prediction_times,
 )
 
 
@@ -57,6 +75,9 @@ class FeatureView:
     on_demand: tuple[str, ...]
     numeric: tuple[str, ...]
     categorical: tuple[str, ...]
+    # Training and batch rows are read as of T = spine event time - lead (see the module doc).
+    # Zero for versions registered before the lead was recorded: they were joined at departure.
+    lead: timedelta = timedelta(0)
 
     def __post_init__(self) -> None:
         available = {*self.spine_features, *self.on_demand, *self.joined_columns}
@@ -68,6 +89,14 @@ class FeatureView:
             raise ValueError(
                 f"feature view {self.name}: {sorted(both)} are numeric and categorical"
             )
+
+    @property
+    def lead_minutes(self) -> int:
+        return lead_minutes(self.lead)
+
+    def with_lead(self, minutes: int) -> FeatureView:
+        """This view, reading training and batch rows ``minutes`` before departure."""
+        return replace(self, lead=lead_of(minutes))
 
     @property
     def joined_columns(self) -> list[str]:
@@ -88,6 +117,8 @@ class FeatureView:
             "version": self.version,
             "spine": {"group": self.spine.name, "version": self.spine.version},
             "spine_time": self.spine.event_time,
+            "prediction_time": f"{self.spine.event_time} - lead",
+            "lead_minutes": self.lead_minutes,
             "label": self.label,
             "entity_columns": list(self.entity_columns),
             "joins": [
@@ -182,6 +213,7 @@ FLIGHT_DELAY_VIEW = FeatureView(
         "plane_manufacturer",
         "plane_engine",
     ),
+    lead=lead_of(DEFAULT_LEAD_MINUTES),
 )
 
 
@@ -242,16 +274,23 @@ def feature_frame(
     versions: Mapping[str, int] | None = None,
     extra_columns: Sequence[str] = (),
 ) -> pl.DataFrame:
-    """Entity columns, every feature of the view and ``extra_columns`` for each spine row.
+    """Entity columns, the prediction time T, every feature of the view and ``extra_columns``
+    for each spine row.
 
-    Point in time: each joined value has an event time at or before the row's scheduled
-    departure. Every spine row is kept in order; a row with no match gets nulls.
+    Point in time: each joined value has an event time at or before the row's T, and no older
+    than the join's tolerance before it. T is the spine's own :data:`PREDICTION_TIME` column
+    when it has one, else its scheduled departure minus ``view.lead``. Every spine row is kept
+    in order; a row with no match gets nulls.
     """
+    if PREDICTION_TIME not in spine.columns:
+        spine = spine.with_columns(prediction_times(view.spine.event_time, view.lead))
     joined = store.point_in_time_join(
-        spine, view.spine.event_time, list(view.joins), versions=dict(versions or {})
+        spine, PREDICTION_TIME, list(view.joins), versions=dict(versions or {})
     )
     joined = with_on_demand_features(joined)
-    return joined.select(_unique([*view.entity_columns, *view.features, *extra_columns]))
+    return joined.select(
+        _unique([*view.entity_columns, PREDICTION_TIME, *view.features, *extra_columns])
+    )
 
 
 def build_training_frame(
@@ -282,12 +321,14 @@ def build_scoring_frame(
     *,
     versions: Mapping[str, int] | None = None,
 ) -> pl.DataFrame:
-    """Feature rows for scheduled ``flights`` (spine columns; no outcome needed), in order."""
+    """Feature rows for scheduled ``flights`` (spine columns; no outcome needed), in order, as
+    of ``scheduled departure - view.lead`` (or the flights' own ``prediction_time`` column)."""
     missing = [c for c in (view.spine.event_time, *view.entity_columns) if c not in flights.columns]
     if missing:
         raise ValueError(f"flights to score lack columns {missing}")
     spine = flights.select(
         [pl.col(c).cast(view.spine.polars_schema[c]) for c in view.spine.columns if c in flights]
+        + ([pl.col(PREDICTION_TIME).cast(UTC_TIMESTAMP)] if PREDICTION_TIME in flights else [])
     )
     return feature_frame(store, view, spine, versions=versions)
 
@@ -339,9 +380,12 @@ def _key_type(dtype: pl.DataType) -> Callable[[Any], Any]:
     raise TypeError(f"online keys of type {dtype} are not supported on the request path")
 
 
-def _online_keys(join: JoinRequest, requests: Sequence[Mapping[str, Any]]) -> OnlineLookup:
-    """The group's key of each request (None parts where the request lacks them); the key's
-    fields and types are looked up once per call, not once per request."""
+def _online_keys(
+    join: JoinRequest, requests: Sequence[Mapping[str, Any]], times: Sequence[int]
+) -> OnlineLookup:
+    """The group's key of each request (None parts where the request lacks them), as of the
+    request's T with the join's tolerance; the key's fields and types are looked up once per
+    call, not once per request."""
     schema = join.group.polars_schema
     fields = [(spine, _key_type(schema[key])) for spine, key in join.key_pairs()]
     return OnlineLookup(
@@ -350,22 +394,33 @@ def _online_keys(join: JoinRequest, requests: Sequence[Mapping[str, Any]]) -> On
             tuple(None if (v := r.get(spine)) is None else convert(v) for spine, convert in fields)
             for r in requests
         ],
+        as_of=times,
+        tolerance_us=tolerance_us(join.tolerance),
     )
 
 
 def online_feature_columns(
-    store: FeatureStore, view: FeatureView, requests: Sequence[Mapping[str, Any]]
+    store: FeatureStore,
+    view: FeatureView,
+    requests: Sequence[Mapping[str, Any]],
+    times: Sequence[int],
 ) -> OnlineFeatures:
-    """Latest online values per key for each request, plus the on-demand features.
+    """Online values valid as of each request's T, plus the on-demand features.
 
     ``requests`` hold the spine's request fields (flight_date as a date, sched_dep_time,
-    carrier, origin, dest, distance, tailnum, ...). One ``get_online_rows`` call reads every
-    group; keys unknown online give missing values, imputed by the MDT and reported."""
+    carrier, origin, dest, distance, tailnum, ...); ``times`` each one's prediction time T in
+    epoch microseconds (UTC). One ``get_online_rows`` call reads every group, with the view's
+    tolerances as of T, as the offline join applies them: a row newer than T is never used, and
+    keys unknown online or whose row is too old give missing values, imputed by the MDT and
+    reported. ``columns`` also holds T under :data:`PREDICTION_TIME`."""
     rows = len(requests)
-    lookups = [_online_keys(join, requests) for join in view.joins]
+    if len(times) != rows:
+        raise ValueError(f"{len(times)} prediction times for {rows} requests")
+    lookups = [_online_keys(join, requests, times) for join in view.joins]
     found = store.get_online_rows(lookups) if rows else [[] for _ in lookups]
     fields = requests[0].keys() if requests else ()
     columns: dict[str, Any] = {name: [r.get(name) for r in requests] for name in fields}
+    columns[PREDICTION_TIME] = times
     for join, group_rows in zip(view.joins, found, strict=True):
         for feature in join.feature_list():
             columns[join.prefix + feature] = [None if r is None else r[feature] for r in group_rows]

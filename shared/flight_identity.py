@@ -7,7 +7,8 @@ its flight and its outcome.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import polars as pl
 
@@ -49,3 +50,26 @@ def flight_id_of(
     """:func:`flight_id` for one request, without a frame (the online request path); a test
     checks it against the expression on every flight of the year."""
     return f"{flight_date:%Y%m%d}-{carrier}{flight}-{origin}-{sched_dep_time:04d}"
+
+
+def sched_dep_utc_of(flight_date: date, sched_dep_time: int) -> datetime | None:
+    """:func:`sched_dep_utc` for one flight, without a frame: clients and scripts that send
+    ``as_of = departure - lead`` for past flights compute the departure with it (a test checks
+    it against the expression). None for a local time that does not exist (the DST gap)."""
+    local = datetime.combine(
+        flight_date, time(sched_dep_time // 100, sched_dep_time % 100), ZoneInfo(NYC_TZ)
+    )  # fold=0: the earlier of an ambiguous time, as ``ambiguous="earliest"``
+    instant = local.astimezone(UTC)
+    if instant.astimezone(ZoneInfo(NYC_TZ)).replace(tzinfo=None) != local.replace(tzinfo=None):
+        return None  # the wall-clock time was skipped (spring forward)
+    return instant
+
+
+def as_of_before_departure(flight_date: date, sched_dep_time: int, lead_minutes: int) -> datetime:
+    """The prediction time T a model trained at ``lead_minutes`` was trained for: the scheduled
+    departure minus the lead, as the ``as_of`` of a replayed request (ISO 8601 with its offset
+    via ``isoformat()``)."""
+    departure = sched_dep_utc_of(flight_date, sched_dep_time)
+    if departure is None:
+        raise ValueError(f"{flight_date} {sched_dep_time:04d} does not exist in New York")
+    return departure - timedelta(minutes=lead_minutes)

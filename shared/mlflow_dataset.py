@@ -1,15 +1,18 @@
-"""The training data of a run as an MLflow dataset: the rows, and the feature store tables and
-versions they were read from.
+"""The training data of a run as an MLflow dataset: its schema and size, and the feature store
+tables and versions it was read from.
 
 MLflow records a dataset as a schema, a profile, a digest and a *source*. The source here is
 :class:`FeatureStoreSource`: the offline store's root, the feature view, and the Delta table
 version of every feature group the view read, so the same rows can be read back by time travel.
 The digest is the run's training-data sha256 (cut to MLflow's 36-character limit; the whole
-hash is in the source and in the run's ``data_sha256`` tag).
+hash is in the source and in the run's ``data_sha256`` tag). The rows themselves stay in the
+store (at 100x the 2013 data they are tens of millions): the dataset is metadata, its schema
+inferred from a sample of the rows.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +20,8 @@ from typing import Any
 import polars as pl
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import register_dataset_source
-from mlflow.data.polars_dataset import PolarsDataset, from_polars
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.polars_dataset import infer_schema
 
 # MLflow keeps at most this many characters of a dataset digest.
 DIGEST_LENGTH = 36
@@ -70,14 +74,23 @@ class FeatureStoreSource(DatasetSource):
 register_dataset_source(FeatureStoreSource)  # type: ignore[arg-type]  # (it keeps classes)
 
 
-def training_dataset(
-    frame: pl.DataFrame, source: FeatureStoreSource, *, name: str, label: str
-) -> PolarsDataset:
-    """The rows a run trained, validated and tested on, as an MLflow dataset."""
-    return from_polars(
-        frame,
-        source=source,
-        targets=label,
-        name=name,
-        digest=source.data_sha256[:DIGEST_LENGTH],
-    )
+class TrainingDataset(MetaDataset):
+    """A run's training data as MLflow records it: no rows, a schema, how many rows."""
+
+    def __init__(
+        self, source: FeatureStoreSource, *, name: str, sample: pl.DataFrame, rows: int
+    ) -> None:
+        super().__init__(
+            source,
+            name=name,
+            digest=source.data_sha256[:DIGEST_LENGTH],
+            schema=infer_schema(sample),
+        )
+        self.rows, self.columns = rows, sample.width
+
+    @property
+    def profile(self) -> dict[str, int]:
+        return {"num_rows": self.rows, "num_elements": self.rows * self.columns}
+
+    def to_dict(self) -> dict[str, str]:
+        return super().to_dict() | {"profile": json.dumps(self.profile)}

@@ -54,7 +54,9 @@ PREDICTIONS = FeatureGroup(
         "features",
         "missing_features",
         "latency_ms",
+        "test_traffic",
     ),
+    added_columns=("test_traffic",),
     schema=pa.DataFrameSchema(
         {
             "flight_id": _col(pl.String, "date-carrier+flight-origin-hhmm", nullable=False),
@@ -68,6 +70,11 @@ PREDICTIONS = FeatureGroup(
             "features": _col(pl.String, "feature values given to the MDT, as JSON"),
             "missing_features": _col(pl.String, "features missing and imputed, comma-separated"),
             "latency_ms": _col(pl.Float32, "online: request latency; batch: null"),
+            "test_traffic": _col(
+                pl.Boolean,
+                "sent as a test (X-FTI-Test-Traffic: true): not monitored by default; "
+                "null in rows logged before this column existed (production)",
+            ),
         },
         unique=["flight_id", "model_version", "request_id", "scored_at"],
     ),
@@ -97,6 +104,7 @@ def prediction_rows(
     scored_at: datetime,
     source: str,
     latency_ms: float | None = None,
+    test_traffic: bool = False,
 ) -> pl.DataFrame:
     """Rows of :data:`PREDICTIONS` for the scored ``frame`` (it holds the request fields)."""
     if not (frame.height == len(probability) == len(missing)):
@@ -115,6 +123,7 @@ def prediction_rows(
         features_json(frame, features),
         pl.Series("missing_features", [",".join(m) for m in missing], dtype=pl.String),
         pl.lit(latency_ms, dtype=pl.Float32).alias("latency_ms"),
+        pl.lit(test_traffic).alias("test_traffic"),
     )
     return PREDICTIONS.conform(rows)
 
@@ -138,6 +147,7 @@ class LoggedPredictions:
     scored_at: datetime
     source: str
     latency_ms: float | None
+    test_traffic: bool = False  # sent as a test: logged, not monitored by default
 
     def __len__(self) -> int:
         return len(self.flight_ids)
@@ -178,6 +188,7 @@ def _logged_rows(features: list[str], batches: list[LoggedPredictions]) -> pl.Da
             "features": features_json(inputs, features) if features else [None] * rows,
             "missing_features": [",".join(m) for b in batches for m in b.missing],
             "latency_ms": repeated(lambda b: b.latency_ms),
+            "test_traffic": repeated(lambda b: b.test_traffic),
         },
         schema=_LOGGED_SCHEMA,
     )
@@ -224,4 +235,5 @@ _LOGGED_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "features": pl.String,
     "missing_features": pl.String,
     "latency_ms": pl.Float32,
+    "test_traffic": pl.Boolean,
 }

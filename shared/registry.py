@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import (
     ArtifactIntegrityError,
@@ -43,6 +42,7 @@ from shared.errors import (
     RegistryUnavailable,
 )
 from shared.registry_relocation import artifact_root_uri, reroot
+from shared.settings import CommonSettings
 from shared.triton_repository import file_manifest, verify_manifest
 
 if TYPE_CHECKING:
@@ -64,16 +64,23 @@ MODEL_ARTIFACT_PATH = "model"
 LOAD_BYPRODUCTS = ("registered_model_meta", "__pycache__")
 
 
-class RegistrySettings(BaseSettings):
+class RegistrySettings(CommonSettings):
     """Where runs and model versions live (env prefix ``FTI_``)."""
 
-    model_config = SettingsConfigDict(env_prefix="FTI_", env_file=None, extra="ignore")
-
-    data_root: Path = Path("data")
-    mlflow_tracking_uri: str | None = None  # default sqlite:///<data_root>/mlflow.db
-    mlflow_artifact_root: str | None = None  # default <data_root>/mlartifacts (sqlite only)
-    model_name: str = "flight_delay"
-    experiment_name: str = "flight_delay"
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking server (http(s)://) or database (postgresql://, "
+        "sqlite:///); default sqlite:///<data_root>/mlflow.db",
+    )
+    mlflow_artifact_root: str | None = Field(
+        default=None,
+        description="artifact root of new experiments; default <data_root>/mlartifacts with the "
+        "embedded registry, the server's own with a tracking server",
+    )
+    model_name: str = Field(default="flight_delay", description="registered model's name")
+    experiment_name: str = Field(
+        default="flight_delay", description="MLflow experiment of the training runs"
+    )
     allow_unverified_models: bool = Field(
         default=False,
         description=(

@@ -156,11 +156,24 @@ class FeatureMatrices:
     def rows(self, start: int, stop: int) -> FeatureMatrices:
         return FeatureMatrices(self.numeric[start:stop], self.categorical[start:stop])
 
+    def take(self, index: np.ndarray) -> FeatureMatrices:
+        """The rows at ``index`` (copies)."""
+        return FeatureMatrices(self.numeric[index], self.categorical[index])
 
-def _as_float(name: str, frame: pl.DataFrame) -> pl.Expr:
+
+# What the fit reads: a frame in memory, or a lazy scan (e.g. Parquet files of a training split too
+# large for memory: each statistic then reads only its own column).
+TrainFrame = pl.DataFrame | pl.LazyFrame
+
+
+def _collected(frame: TrainFrame) -> pl.DataFrame:
+    return frame.collect() if isinstance(frame, pl.LazyFrame) else frame
+
+
+def _as_float(name: str, schema: pl.Schema) -> pl.Expr:
     """The column as Float64 with NaN treated as missing."""
     col = pl.col(name).cast(pl.Float64)
-    return col.fill_nan(None) if frame.schema[name].is_float() else col
+    return col.fill_nan(None) if schema[name].is_float() else col
 
 
 def category_text(value: object) -> str | None:
@@ -175,11 +188,14 @@ def category_text(value: object) -> str | None:
     return str(value)
 
 
-def fit_numeric(frame: pl.DataFrame, name: str) -> NumericState:
-    stats = frame.select(
-        _as_float(name, frame).median().alias("median"),
-        _as_float(name, frame).mean().alias("mean"),
-        _as_float(name, frame).std(ddof=0).alias("std"),
+def fit_numeric(frame: TrainFrame, name: str) -> NumericState:
+    # One contiguous column: a sum over several chunks (one per file of a scan) rounds
+    # differently, and the state must not depend on how the split was stored.
+    values = _collected(frame.select(_as_float(name, frame.collect_schema()))).rechunk()
+    stats = values.select(
+        pl.col(name).median().alias("median"),
+        pl.col(name).mean().alias("mean"),
+        pl.col(name).std(ddof=0).alias("std"),
     ).row(0)
     median, mean, std = (None if v is None or math.isnan(v) else float(v) for v in stats)
     return NumericState(
@@ -191,11 +207,11 @@ def fit_numeric(frame: pl.DataFrame, name: str) -> NumericState:
 
 
 def fit_vocabulary(
-    frame: pl.DataFrame, name: str, *, min_frequency: int = 1, max_size: int | None = None
+    frame: TrainFrame, name: str, *, min_frequency: int = 1, max_size: int | None = None
 ) -> CategoricalState:
     """Values by descending training frequency (ties by value), so the order is deterministic."""
     counts: dict[str, int] = {}
-    for value, count in frame.group_by(name).len().drop_nulls(name).iter_rows():
+    for value, count in _collected(frame.group_by(name).len().drop_nulls(name)).iter_rows():
         text = category_text(value)
         assert text is not None
         counts[text] = counts.get(text, 0) + count
@@ -207,7 +223,7 @@ def fit_vocabulary(
 
 
 def fit_mdt(
-    train: pl.DataFrame,
+    train: TrainFrame,
     numeric: Sequence[str],
     categorical: Sequence[str],
     *,
@@ -216,7 +232,8 @@ def fit_mdt(
     clip: float = 8.0,
 ) -> MDTState:
     """Fit on the TRAINING split only: validation and test rows must never reach this."""
-    missing = [c for c in (*numeric, *categorical) if c not in train.columns]
+    columns = train.collect_schema().names()
+    missing = [c for c in (*numeric, *categorical) if c not in columns]
     if missing:
         raise ValueError(f"cannot fit transforms: columns {missing} are missing")
     return MDTState(
@@ -226,7 +243,7 @@ def fit_mdt(
             for c in categorical
         ),
         clip=clip,
-        fitted_rows=train.height,
+        fitted_rows=int(_collected(train.select(pl.len())).item()),
     )
 
 

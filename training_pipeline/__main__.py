@@ -8,7 +8,6 @@ readable line and an exit code.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -17,13 +16,24 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from shared.command_line import (
+    CommandLine,
+    DataRootOption,
+    LogLevel,
+    LogLevelOption,
+    build_settings,
+    configure_logging,
+    setting_option,
+)
 from shared.errors import ConfigurationError, FTIError, GateFailed
 from shared.promotion import Promotion, promote_if_eligible
 from shared.registry import ModelRegistry
+from shared.setting_errors import invalid_settings_line
 from training_pipeline.config import RecentWindows, TrainingConfig, TrainingSettings, Window
 from training_pipeline.model_versions import METRICS, VersionRow, version_rows
 
@@ -31,7 +41,10 @@ if TYPE_CHECKING:  # torch & co. load only when a command trains, so promote/rol
     from training_pipeline.loop import EpochRecord
     from training_pipeline.pipeline import TrainingOutcome
 
-app = typer.Typer(help="Training pipeline: feature view -> model -> validation -> registry.")
+app = CommandLine(
+    help="Training pipeline: feature view -> model -> validation -> registry.",
+    no_args_is_help=True,
+)
 console = Console(stderr=True)
 
 EXIT_CODES: dict[type[FTIError], int] = {ConfigurationError: 2, GateFailed: 3}
@@ -47,26 +60,38 @@ def _errors_as_exit() -> Iterator[None]:
         code = next((c for t, c in EXIT_CODES.items() if isinstance(exc, t)), 1)
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code) from exc
-    except ValidationError as exc:
-        typer.echo(f"error: invalid settings: {exc.errors()[0]['msg']}", err=True)
+    except (ValidationError, SettingsError) as exc:  # FTI_* settings of the environment
+        typer.echo(f"error: {invalid_settings_line(exc)}", err=True)
         raise typer.Exit(2) from exc
 
 
-def _settings() -> TrainingSettings:
-    return TrainingSettings()
+def _settings(data_root: Path | None) -> TrainingSettings:
+    return build_settings(TrainingSettings, data_root=data_root)
 
 
-def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # MLflow configures its own INFO handler (schema migrations, uploads): keep the CLI quiet.
-    logging.getLogger("mlflow").setLevel(logging.INFO if verbose else logging.WARNING)
+# The config keys each training option overrides (named in error lines).
+OPTION_KEYS = {
+    "optim.epochs": "--epochs",
+    "seed": "--seed",
+    "lead_minutes": "--lead-minutes",
+    "windows.train": "--train",
+    "windows.validation": "--validation",
+    "windows.test": "--test",
+    "windows": "--train/--validation/--test",
+}
 
 
-def _window(value: str | None) -> Window | None:
-    return None if value is None else Window.parse(value)
+# --lead-minutes, else FTI_LEAD_MINUTES (read by the option), else the config's lead_minutes.
+LeadMinutes = Annotated[int | None, setting_option(TrainingSettings, "lead_minutes")]
+
+
+def _window(flag: str, value: str | None) -> Window | None:
+    if value is None:
+        return None
+    try:
+        return Window.parse(value)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{flag}: {exc}") from exc
 
 
 def build_config(
@@ -77,22 +102,26 @@ def build_config(
     validation: str | None = None,
     test: str | None = None,
     seed: int | None = None,
+    lead_minutes: int | None = None,
 ) -> TrainingConfig:
     base = TrainingConfig.from_file(config_file) if config_file else TrainingConfig()
     return base.with_overrides(
+        OPTION_KEYS,
         **{
             "optim.epochs": epochs,
             "seed": seed,
-            "windows.train": _window(train),
-            "windows.validation": _window(validation),
-            "windows.test": _window(test),
-        }
+            "lead_minutes": lead_minutes,
+            "windows.train": _window("--train", train),
+            "windows.validation": _window("--validation", validation),
+            "windows.test": _window("--test", test),
+        },
     )
 
 
 def _summary_table(outcome: TrainingOutcome) -> Table:
     table = Table(
-        title=f"model version {outcome.version} (run {outcome.run_id[:8]})",
+        title=f"model version {outcome.version} (run {outcome.run_id[:8]}), "
+        f"lead {outcome.lead_minutes} min",
         caption=_alias_line(outcome),
     )
     table.add_column("test window metric")
@@ -135,9 +164,15 @@ def train(
     train_window: Annotated[
         str | None, typer.Option("--train", help="START:END local dates, END exclusive")
     ] = None,
-    validation_window: Annotated[str | None, typer.Option("--validation")] = None,
-    test_window: Annotated[str | None, typer.Option("--test")] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
+    validation_window: Annotated[
+        str | None,
+        typer.Option("--validation", help="START:END of early stopping's window, END exclusive"),
+    ] = None,
+    test_window: Annotated[
+        str | None, typer.Option("--test", help="START:END of the gates' window, END exclusive")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed (default: the config's)")] = None,
+    lead_minutes: LeadMinutes = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="continue from the last checkpoint")
     ] = False,
@@ -149,14 +184,15 @@ def train(
             "(continuous training), the gate decision is recorded on the version",
         ),
     ] = Promotion.if_gates_pass,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
 ) -> None:
     """Train on the feature view, validate on the test window, register (and maybe promote).
 
     Defaults to the full 2013 year: train Jan-Sep, validate Oct, test Nov-Dec.
     Exit 3 when the gates refuse the version (registered as challenger, champion unchanged).
     """
-    _configure_logging(verbose)
+    configure_logging(log_level)
     with _errors_as_exit():
         config = build_config(
             config_file,
@@ -165,8 +201,9 @@ def train(
             validation=validation_window,
             test=test_window,
             seed=seed,
+            lead_minutes=lead_minutes,
         )
-        _train_and_report(config, promotion=promote, resume=resume)
+        _train_and_report(config, _settings(data_root), promotion=promote, resume=resume)
 
 
 @app.command()
@@ -182,11 +219,15 @@ def retrain(
         Path | None, typer.Option("--config", help="TOML or JSON training config")
     ] = None,
     train_days: Annotated[int, typer.Option(help="days of training data")] = _RECENT.train_days,
-    validation_days: Annotated[int, typer.Option()] = _RECENT.validation_days,
+    validation_days: Annotated[
+        int, typer.Option(help="days of early stopping's window, before the test days")
+    ] = _RECENT.validation_days,
     test_days: Annotated[int, typer.Option(help="the gates' window")] = _RECENT.test_days,
     epochs: Annotated[int | None, typer.Option(help="maximum epochs")] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    seed: Annotated[int | None, typer.Option(help="random seed (default: the config's)")] = None,
+    lead_minutes: LeadMinutes = None,
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
 ) -> None:
     """Continuous training: train on the newest window, register as challenger only.
 
@@ -195,7 +236,7 @@ def retrain(
     version is eligible for promotion (recorded as tags); champion is never moved here.
     Exit 3 when the gates refuse it.
     """
-    _configure_logging(verbose)
+    configure_logging(log_level)
     with _errors_as_exit():
         try:
             last_day = date.fromisoformat(until)
@@ -206,18 +247,26 @@ def retrain(
                 train_days=train_days, validation_days=validation_days, test_days=test_days
             )
         except ValidationError as exc:
-            raise ConfigurationError(f"retrain windows: {exc.errors()[0]['msg']}") from exc
+            flags = {f"{n}_days": f"--{n}-days" for n in ("train", "validation", "test")}
+            raise ConfigurationError(
+                invalid_settings_line(exc, flags=flags, env_prefix=None, advice="")
+            ) from exc
         windows = recent.ending(last_day)
-        config = build_config(config_file, epochs=epochs, seed=seed).with_overrides(windows=windows)
-        _train_and_report(config, promotion=Promotion.never)
+        config = build_config(
+            config_file, epochs=epochs, seed=seed, lead_minutes=lead_minutes
+        ).with_overrides(OPTION_KEYS, windows=windows)
+        _train_and_report(config, _settings(data_root), promotion=Promotion.never)
 
 
 def _train_and_report(
-    config: TrainingConfig, *, promotion: Promotion, resume: bool = False
+    config: TrainingConfig,
+    settings: TrainingSettings,
+    *,
+    promotion: Promotion,
+    resume: bool = False,
 ) -> None:
     from training_pipeline.pipeline import raise_if_refused, run_training
 
-    settings = _settings()
     with Progress(console=console, transient=True) as progress:
         outcome = run_training(
             settings,
@@ -247,11 +296,13 @@ def promote(
             help="refuse (exit 3) a version whose gates failed or were never recorded",
         ),
     ] = False,
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
 ) -> None:
     """Point the ``champion`` alias at VERSION (explicitly; without gates unless asked)."""
-    _configure_logging(False)
+    configure_logging(log_level)
     with _errors_as_exit():
-        registry = ModelRegistry(_settings().registry_settings())
+        registry = ModelRegistry(_settings(data_root).registry_settings())
         if require_eligible:
             moved = promote_if_eligible(registry, version, "promoted by an operator (eligible)")
         else:
@@ -267,12 +318,14 @@ def models(
     as_json: Annotated[
         bool, typer.Option("--json", help="one JSON object per version on stdout, not a table")
     ] = False,
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
 ) -> None:
     """List the registered versions, newest first: aliases, the gates' decision, prediction
     lead, test metrics and the training run."""
-    _configure_logging(False)
+    configure_logging(log_level)
     with _errors_as_exit():
-        settings = _settings()
+        settings = _settings(data_root)
         rows = version_rows(ModelRegistry(settings.registry_settings()))[:limit]
     if as_json:
         for row in rows:
@@ -307,11 +360,13 @@ def _versions_table(name: str, rows: list[VersionRow]) -> Table:
 
 
 @app.command()
-def rollback() -> None:
+def rollback(
+    data_root: DataRootOption = None, log_level: LogLevelOption = LogLevel.warning
+) -> None:
     """Move ``champion`` back to the version that held it before."""
-    _configure_logging(False)
+    configure_logging(log_level)
     with _errors_as_exit():
-        registry = ModelRegistry(_settings().registry_settings())
+        registry = ModelRegistry(_settings(data_root).registry_settings())
         moved = registry.rollback()
         print(f"champion -> {moved.name} version {moved.version}")
 

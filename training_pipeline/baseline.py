@@ -33,6 +33,16 @@ class Baseline:
         return np.asarray(self.model.predict_proba(design_matrix(features))[:, 1], np.float32)
 
 
+def sample(
+    features: FeatureMatrices, labels: np.ndarray, size: int, seed: int
+) -> tuple[FeatureMatrices, np.ndarray]:
+    """A seeded uniform sample of ``size`` rows in row order (all rows when there are fewer)."""
+    if len(labels) <= size:
+        return features, labels
+    index = np.sort(np.random.default_rng(seed).choice(len(labels), size, replace=False))
+    return features.take(index), labels[index]
+
+
 def train_baseline(
     train: FeatureMatrices,
     train_labels: np.ndarray,
@@ -42,6 +52,9 @@ def train_baseline(
     *,
     seed: int,
 ) -> Baseline:
+    """Fit on at most ``config.max_rows`` rows of each split (a seeded sample beyond that)."""
+    train, train_labels = sample(train, train_labels, config.max_rows, seed)
+    validation, validation_labels = sample(validation, validation_labels, config.max_rows, seed)
     categorical = np.r_[
         np.zeros(train.numeric.shape[1], dtype=bool), np.ones(train.categorical.shape[1], bool)
     ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+from collections.abc import Mapping
 from datetime import date, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -21,8 +22,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.errors import ConfigurationError
+from shared.prediction_time import DEFAULT_LEAD_MINUTES, MAX_LEAD_MINUTES
 from shared.registry import RegistrySettings
-from shared.settings import FeatureStoreSettings
+from shared.setting_errors import invalid_settings_line, setting_problems
+from shared.settings import FeatureStoreSettings, PredictionTimeSettings
 
 
 class Window(BaseModel):
@@ -46,9 +49,16 @@ class Window(BaseModel):
         if not sep:
             raise ConfigurationError(f"window {text!r}: expected START:END (ISO dates)")
         try:
-            return cls(start=date.fromisoformat(start), end=date.fromisoformat(end))
-        except (ValueError, ValidationError) as exc:
-            raise ConfigurationError(f"window {text!r}: {exc}") from exc
+            first, last = date.fromisoformat(start), date.fromisoformat(end)
+        except ValueError as exc:
+            raise ConfigurationError(f"window {text!r}: {exc}; expected START:END") from exc
+        try:
+            return cls(start=first, end=last)
+        except ValidationError as exc:
+            raise ConfigurationError(
+                f"window {text!r}: {'; '.join(setting_problems(exc, env_prefix=None))}; give "
+                "START:END with END after START (END exclusive)"
+            ) from exc
 
     def __str__(self) -> str:
         return f"{self.start}:{self.end}"
@@ -131,6 +141,9 @@ class BaselineConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     enabled: bool = True
+    # The reference trees fit on a seeded sample of at most this many training (and validation)
+    # rows: all of the 2013 year (245,723), a bounded cost on 10x-100x stores.
+    max_rows: int = Field(default=500_000, ge=1000)
     max_iter: int = Field(default=500, ge=1)
     learning_rate: float = Field(default=0.1, gt=0)
     max_leaf_nodes: int = Field(default=63, ge=2)
@@ -149,6 +162,10 @@ class TrainingConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     seed: int = 13
+    # Prediction time T = scheduled departure - lead: every training row is read as of T, so the
+    # model learns from what is known this long before departure (stored with the version; the
+    # batch job scores at it).
+    lead_minutes: int = Field(default=DEFAULT_LEAD_MINUTES, ge=0, le=MAX_LEAD_MINUTES)
     windows: Windows = Windows()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
@@ -166,11 +183,20 @@ class TrainingConfig(BaseModel):
         try:
             data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
             return cls.model_validate(data)
-        except (ValueError, ValidationError) as exc:
-            raise ConfigurationError(f"config {path}: {_one_line(exc)}") from exc
+        except ValidationError as exc:
+            raise ConfigurationError(
+                invalid_settings_line(
+                    exc, env_prefix=None, where=f"config {path}", advice=f"Fix {path}."
+                )
+            ) from exc
+        except ValueError as exc:  # not TOML / JSON
+            raise ConfigurationError(f"config {path}: {str(exc).splitlines()[0]}") from exc
 
-    def with_overrides(self, **changes: Any) -> TrainingConfig:
-        """A copy with dotted keys replaced, e.g. ``{"optim.epochs": 3}``; re-validated."""
+    def with_overrides(
+        self, flags: Mapping[str, str] | None = None, **changes: Any
+    ) -> TrainingConfig:
+        """A copy with dotted keys replaced, e.g. ``{"optim.epochs": 3}``; re-validated.
+        ``flags`` names the CLI option of each key, for the error line."""
         data = self.model_dump(mode="json")
         for dotted, value in changes.items():
             if value is None:
@@ -183,7 +209,15 @@ class TrainingConfig(BaseModel):
         try:
             return TrainingConfig.model_validate(data)
         except ValidationError as exc:
-            raise ConfigurationError(_one_line(exc)) from exc
+            raise ConfigurationError(
+                invalid_settings_line(
+                    exc,
+                    flags=flags,
+                    env_prefix=None,
+                    where="the training config",
+                    advice="Fix the options or the config file.",
+                )
+            ) from exc
 
     def fingerprint(self) -> str:
         """sha256 of the resolved config: a checkpoint only resumes under the same one."""
@@ -205,25 +239,32 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _one_line(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-    return str(exc).splitlines()[0]
-
-
 class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
 
 
-class TrainingSettings(FeatureStoreSettings, RegistrySettings):
+class TrainingSettings(FeatureStoreSettings, RegistrySettings, PredictionTimeSettings):
     """Everything the training pipeline reads from the environment (prefix ``FTI_``)."""
 
     checkpoint_dir: Path | None = Field(
         default=None, description="checkpoints; defaults to <data_root>/checkpoints"
     )
-    device: Device = Device.auto
+    device: Device = Field(
+        default=Device.auto, description="auto: CUDA when present, else CPU; or cpu, cuda"
+    )
+    training_chunk_days: int = Field(
+        default=31,
+        ge=1,
+        description="days of flights joined at a time while building the training data: "
+        "bounds memory (lower it for very large stores); the data built does not depend on it",
+    )
+    cuda_graphs: bool = Field(
+        default=True,
+        description="on one CUDA GPU, capture the training step as a CUDA graph and replay it "
+        "(false: eager steps, for debugging or profiling)",
+    )
     git_commit: str | None = Field(default=None, description="overrides `git rev-parse HEAD`")
 
     @property

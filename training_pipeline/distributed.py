@@ -3,6 +3,9 @@
 ``torchrun`` (or any launcher setting ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` and the rendezvous
 variables) gives several processes; without it the run is one process and every collective is
 a no-op. NCCL on GPUs, gloo on CPU.
+
+Imports only torch and ``shared.errors`` (no pydantic, no config module): the GPU check
+(``benchmarks/gpu_check.py``) runs the real loop on GPU boxes without the store's packages.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from shared.errors import ConfigurationError
-from training_pipeline.config import Device
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +61,15 @@ class DistContext:
         return DistributedDataParallel(model, device_ids=ids)
 
 
-def choose_device(preference: Device, local_rank: int = 0) -> torch.device:
-    """CUDA when present (one GPU per local rank), else CPU; ``cuda`` without a GPU is an error."""
-    if preference is Device.cpu:
+def choose_device(preference: str, local_rank: int = 0) -> torch.device:
+    """CUDA when present (one GPU per local rank), else CPU; ``cuda`` without a GPU is an error.
+
+    ``preference`` is ``FTI_DEVICE`` (``training_pipeline.config.Device``, a string enum)."""
+    if preference == "cpu":
         return torch.device("cpu")
     if torch.cuda.is_available():
         return torch.device("cuda", local_rank % torch.cuda.device_count())
-    if preference is Device.cuda:
+    if preference == "cuda":
         raise ConfigurationError("FTI_DEVICE=cuda but no CUDA device is available")
     return torch.device("cpu")
 
@@ -76,7 +80,7 @@ def _env_int(name: str, default: int) -> int:
 
 
 @contextmanager
-def distributed_context(preference: Device) -> Iterator[DistContext]:
+def distributed_context(preference: str) -> Iterator[DistContext]:
     """Join the process group when launched by torchrun; leave it on the way out."""
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)

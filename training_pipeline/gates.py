@@ -29,19 +29,26 @@ def check_gates(
     *,
     champion_version: str | None = None,
 ) -> GateDecision:
+    """``checks`` state each rule; ``reasons`` state each failure as a fact about the candidate
+    ("test ROC AUC 0.5173 is below the floor 0.6500"), never the rule it broke."""
     reasons: list[str] = []
     checks: list[str] = []
-    floor = f"test ROC AUC {candidate_roc_auc:.4f} >= floor {gates.min_roc_auc:.4f}"
-    checks.append(floor)
-    if math.isnan(candidate_roc_auc) or candidate_roc_auc < gates.min_roc_auc:
-        reasons.append(f"failed: {floor}")
+    auc = f"test ROC AUC {candidate_roc_auc:.4f}"
+    checks.append(f"{auc} >= floor {gates.min_roc_auc:.4f}")
+    if math.isnan(candidate_roc_auc):
+        reasons.append("test ROC AUC is not a number (a test window with a single class?)")
+    elif candidate_roc_auc < gates.min_roc_auc:
+        reasons.append(f"{auc} is below the floor {gates.min_roc_auc:.4f}")
     if champion_roc_auc is not None:
         bar = champion_roc_auc - gates.max_roc_auc_drop
-        versus = (
-            f"test ROC AUC {candidate_roc_auc:.4f} >= champion v{champion_version} "
-            f"{champion_roc_auc:.4f} - {gates.max_roc_auc_drop:.4f} on the same window"
+        champion = f"champion v{champion_version}'s {champion_roc_auc:.4f}"
+        checks.append(
+            f"{auc} >= champion v{champion_version} {champion_roc_auc:.4f} - "
+            f"{gates.max_roc_auc_drop:.4f} on the same window"
         )
-        checks.append(versus)
-        if math.isnan(candidate_roc_auc) or candidate_roc_auc < bar:
-            reasons.append(f"failed: {versus}")
+        if not math.isnan(candidate_roc_auc) and candidate_roc_auc < bar:
+            reasons.append(
+                f"{auc} is more than {gates.max_roc_auc_drop:.4f} below {champion} on the same "
+                "window"
+            )
     return GateDecision(passed=not reasons, reasons=reasons, checks=checks)

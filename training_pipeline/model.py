@@ -13,11 +13,13 @@ import copy
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from training_pipeline.config import ModelConfig
+if TYPE_CHECKING:  # the config module needs pydantic; the GPU check imports this without it
+    from training_pipeline.config import ModelConfig
 
 
 def embedding_dim(cardinality: int, max_dim: int) -> int:

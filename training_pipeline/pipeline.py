@@ -10,7 +10,7 @@ import logging
 import random
 import subprocess
 import tempfile
-from collections.abc import Callable
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from shared.feature_view import FLIGHT_DELAY_VIEW, FeatureView
 from shared.promotion import Promotion, gate_tags, promote_if_eligible
 from shared.registry import CHAMPION, ModelRegistry, RegisteredVersion
 from training_pipeline.baseline import train_baseline
-from training_pipeline.champion import score_version
+from training_pipeline.champion import score_exported, score_version
 from training_pipeline.config import TrainingConfig, TrainingSettings
 from training_pipeline.data import Split, TrainingData, load_training_data
 from training_pipeline.distributed import DistContext, distributed_context
@@ -35,9 +35,9 @@ from training_pipeline.evaluation import (
     reliability_curve,
 )
 from training_pipeline.gates import GateDecision, check_gates
-from training_pipeline.loop import EpochRecord, FitResult, Tensors, fit, predict
+from training_pipeline.loop import EpochCallback, FitResult, Tensors, fit
 from training_pipeline.model import TabularNet, export_torchscript
-from training_pipeline.reference_stats import reference_stats
+from training_pipeline.reference_stats import MAX_ROWS, reference_stats
 from training_pipeline.register import build_model_package
 from training_pipeline.tracking import TrainingRun, chain, training_run
 
@@ -62,6 +62,8 @@ class TrainingOutcome:
     best_epoch: int
     resumed_from_epoch: int | None
     rows_per_s: float
+    lead_minutes: int
+    seconds: dict[str, float]  # wall time per stage: data.*, fit, test, baseline, register
 
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in ("lineage",)} | {
@@ -103,7 +105,7 @@ def train_network(
     ctx: DistContext,
     *,
     resume: bool = False,
-    on_epoch_end: Callable[[EpochRecord], None] | None = None,
+    on_epoch_end: EpochCallback | None = None,
 ) -> tuple[TabularNet, FitResult]:
     """Fit the network on this process's device; returns it with the best epoch's weights."""
     seed_everything(config.seed)
@@ -120,14 +122,10 @@ def train_network(
         fingerprint=run_fingerprint(config, data),
         resume=resume,
         on_epoch_end=on_epoch_end,
+        cuda_graphs=settings.cuda_graphs,
     )
     net.load_state_dict(result.best_state)
     return net, result
-
-
-def predict_split(net: TabularNet, split: Split, device: torch.device, batch: int) -> np.ndarray:
-    tensors = Tensors.from_split(split.features, split.labels, device)
-    return predict(net, tensors, batch).float().cpu().numpy()
 
 
 def score_champion(
@@ -139,7 +137,8 @@ def score_champion(
         return None, None
     loaded = registry.load(version, workdir / f"champion-v{version}")
     try:
-        probs = score_version(loaded, test.frame)
+        # A chunk of the test window at a time: memory stays bounded on large stores.
+        probs = np.concatenate([score_version(loaded, frame) for frame in test.frames()])
     except ValueError as exc:  # e.g. a champion trained on another feature view
         raise ConfigurationError(
             f"cannot score champion v{version} on this test window ({exc}); compare by hand and "
@@ -154,7 +153,7 @@ def run_training(
     *,
     resume: bool = False,
     view: FeatureView = FLIGHT_DELAY_VIEW,
-    on_epoch_end: Callable[[EpochRecord], None] | None = None,
+    on_epoch_end: EpochCallback | None = None,
     promotion: Promotion = Promotion.if_gates_pass,
 ) -> TrainingOutcome | None:
     """Train, validate and register. Returns the outcome on rank 0, None on other ranks.
@@ -165,18 +164,29 @@ def run_training(
     version is only an *eligible* challenger and a later step decides. See ``outcome.decision``
     (:func:`raise_if_refused` for callers that want an error).
     """
+    view = view.with_lead(config.lead_minutes)  # every row as of departure - lead
     with distributed_context(settings.device) as ctx:
         registry = ModelRegistry(settings.registry_settings()) if ctx.is_main else None
         commit = git_commit(settings)
         # The run opens now, so its duration, status and epoch curves are the training's own.
         with training_run(registry, config, commit=commit, world_size=ctx.world_size) as run:
+            started = time.perf_counter()
             store = open_feature_store(settings.store_settings())
             try:
-                data = load_training_data(store, view, config.windows, config.mdt)
+                data = load_training_data(
+                    store,
+                    view,
+                    config.windows,
+                    config.mdt,
+                    chunk_days=settings.training_chunk_days,
+                )
             finally:
                 store.close()
+            seconds = {f"data.{k}": v for k, v in data.seconds.items()}
+            seconds["data"] = time.perf_counter() - started
             if run is not None:
-                run.log_data(data, settings, view.label)
+                run.log_data(data, settings)
+            started = time.perf_counter()
             net, result = train_network(
                 settings,
                 config,
@@ -185,12 +195,23 @@ def run_training(
                 resume=resume,
                 on_epoch_end=chain(run.log_epoch if run else None, on_epoch_end),
             )
+            seconds["fit"] = time.perf_counter() - started
             if run is None:
                 return None
             run.log_history(result.state.history)
             with tempfile.TemporaryDirectory(prefix="fti-train-") as tmp:
                 return _validate_and_register(
-                    settings, config, data, net, result, ctx, Path(tmp), promotion, run, commit
+                    settings,
+                    config,
+                    data,
+                    net,
+                    result,
+                    ctx,
+                    Path(tmp),
+                    promotion,
+                    seconds,
+                    run,
+                    commit,
                 )
 
 
@@ -203,19 +224,26 @@ def _validate_and_register(
     ctx: DistContext,
     workdir: Path,
     promotion: Promotion,
+    seconds: dict[str, float],
     run: TrainingRun,
     commit: str,
 ) -> TrainingOutcome:
+    started = time.perf_counter()
     batch = config.optim.eval_batch_size
     test = data.test
-    probs = predict_split(net, test, ctx.device, batch)
+    # The gates and the registry judge the served artifact: the exported float32 TorchScript
+    # model, scored on CPU as Triton runs it (not the network, which may have run in bf16).
+    exported = export_torchscript(net, workdir / "export" / "model.pt")
+    probs = score_exported(exported, test.features, batch)
     network = classification_metrics(test.labels, probs)
-    origins = test.frame["origin"].to_numpy()
+    origins = test.column("origin").to_numpy()
     curves = {"network": reliability_curve(test.labels, probs)}
     metrics: dict[str, Any] = {
         "network": network,
         "network_per_origin": per_group_metrics(origins, test.labels, probs),
     }
+    seconds["test"] = time.perf_counter() - started
+    started = time.perf_counter()
     baseline_metrics = None
     if config.baseline.enabled:
         baseline = train_baseline(
@@ -232,6 +260,8 @@ def _validate_and_register(
         metrics["baseline_per_origin"] = per_group_metrics(origins, test.labels, baseline_probs)
         curves["hist_gradient_boosting"] = reliability_curve(test.labels, baseline_probs)
     metrics["reliability"] = curves
+    seconds["baseline"] = time.perf_counter() - started
+    started = time.perf_counter()
 
     registry, run_id = run.registry, run.run_id
     champion_version, champion_auc = score_champion(registry, test, workdir)
@@ -245,7 +275,11 @@ def _validate_and_register(
     log.info("gates: %s", decision.summary())
 
     lineage = data.lineage.to_dict() | {"git_commit": commit}
-    tags = data.lineage.tags() | {"git_commit": commit, "config_sha256": config.fingerprint()}
+    tags = data.lineage.tags() | {
+        "git_commit": commit,
+        "config_sha256": config.fingerprint(),
+        "lead_minutes": str(config.lead_minutes),
+    }
     image = plot_reliability(
         curves, workdir / "plots" / "reliability.png", f"Test window {data.lineage.windows['test']}"
     )
@@ -253,7 +287,7 @@ def _validate_and_register(
     version_number = registry.next_version()
     package = build_model_package(
         workdir / "model",
-        torchscript=export_torchscript(net, workdir / "export" / "model.pt"),
+        torchscript=exported,
         mdt=data.mdt,
         model_name=settings.model_name,
         version=version_number,
@@ -262,16 +296,10 @@ def _validate_and_register(
             "feature_view": data.lineage.feature_view,
             "lineage": lineage,
             "metrics": metrics,
-            "reference_stats": reference_stats(
-                data.train.frame,
-                data.mdt.numeric_features,
-                data.mdt.categorical_features,
-                predict_split(net, data.train, ctx.device, batch),
-                seed=config.seed,
-            ),
+            "reference_stats": _reference_stats(data, exported, config.seed, batch),
         },
         images=[image],
-        example=test.frame.head(PYFUNC_EXAMPLE_ROWS),
+        example=test.scan().head(PYFUNC_EXAMPLE_ROWS).collect(),
     )
     registry.log_artifacts(run_id, image.parent, "plots")
     registered = registry.register(
@@ -282,6 +310,7 @@ def _validate_and_register(
     )
     promoted = _maybe_promote(registry, registered, decision, promotion)
     registry.set_tags(run_id, {"model_version": registered.version, "promoted": str(promoted)})
+    seconds["register"] = time.perf_counter() - started  # champion scoring, gates, MLflow
     outcome = TrainingOutcome(
         run_id=run_id,
         version=registered.version,
@@ -297,8 +326,26 @@ def _validate_and_register(
         best_epoch=result.state.best_epoch,
         resumed_from_epoch=result.resumed_from_epoch,
         rows_per_s=result.rows_per_s,
+        lead_minutes=config.lead_minutes,
+        seconds={k: round(v, 3) for k, v in seconds.items()},
     )
     return outcome
+
+
+def _reference_stats(data: TrainingData, exported: Path, seed: int, batch: int) -> dict[str, Any]:
+    """Drift reference: the training split's raw features and the served model's predictions,
+    on a sample of at most ``reference_stats.MAX_ROWS`` rows (all of them for the 2013 year)."""
+    mdt = data.mdt
+    index, frame = data.train.sample(MAX_ROWS, seed=seed, columns=mdt.input_features)
+    predictions = score_exported(exported, data.train.features.take(index), batch)
+    return reference_stats(
+        frame,
+        mdt.numeric_features,
+        mdt.categorical_features,
+        predictions,
+        seed=seed,
+        split_rows=data.train.rows,
+    )
 
 
 def raise_if_refused(outcome: TrainingOutcome) -> None:

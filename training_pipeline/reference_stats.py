@@ -2,12 +2,16 @@
 
 Saved as ``reference_stats.json`` in every model version. Format ``fti-reference-stats/1``::
 
-    {"format": ..., "split": "train", "rows": n,
+    {"format": ..., "split": "train", "rows": n (described), "split_rows": N,
      "numeric": {feature: {"null_fraction", "mean", "std", "min", "max",
                            "bin_edges": [11 decile edges], "bin_fractions": [10 shares],
                            "sample": [<= 1000 values, for KS tests]}},
      "categorical": {feature: {"null_fraction", "frequencies": {value: share}}},
      "prediction": {"bin_edges": [0, .1, ..., 1], "bin_fractions": [...]}}
+
+The statistics describe the whole training split, or a seeded uniform sample of ``MAX_ROWS`` of
+its rows when it is larger (``rows`` is then the sample's size, ``split_rows`` the split's):
+deciles and shares of a million rows differ from the full split's by about 0.1 %.
 
 Numeric bins are deciles of the training values (PSI on equal-mass bins); values outside the
 training range fall in the first or last bin. Raw feature values (before the MDT) are described,
@@ -24,6 +28,7 @@ import polars as pl
 
 FORMAT = "fti-reference-stats/1"
 SAMPLE_SIZE = 1000
+MAX_ROWS = 1_000_000
 
 
 def bin_fractions(values: np.ndarray, edges: Sequence[float]) -> list[float]:
@@ -74,12 +79,16 @@ def reference_stats(
     predictions: np.ndarray,
     *,
     seed: int = 0,
+    split_rows: int | None = None,
 ) -> dict[str, Any]:
+    """Statistics of ``frame`` (the training split, or a sample of ``split_rows``) and of the
+    model's ``predictions`` for its rows."""
     prediction_edges = np.linspace(0.0, 1.0, 11).tolist()
     return {
         "format": FORMAT,
         "split": "train",
         "rows": frame.height,
+        "split_rows": frame.height if split_rows is None else split_rows,
         "numeric": {name: numeric_stats(frame[name], seed=seed) for name in numeric},
         "categorical": {name: categorical_stats(frame[name]) for name in categorical},
         "prediction": {

@@ -13,14 +13,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
-import polars as pl
-
 from shared.registry import ModelRegistry
 from training_pipeline.config import TrainingConfig, TrainingSettings
 from training_pipeline.data import SPLITS, TrainingData
 from training_pipeline.loop import EpochRecord
 
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
+SCHEMA_SAMPLE_ROWS = 1000  # training rows the dataset's schema is inferred from
 
 
 @dataclass
@@ -31,9 +30,9 @@ class TrainingRun:
     run_id: str
     logged_epochs: set[int] = field(default_factory=set)
 
-    def log_data(self, data: TrainingData, settings: TrainingSettings, label: str) -> None:
+    def log_data(self, data: TrainingData, settings: TrainingSettings) -> None:
         """Lineage tags and the training data as an MLflow dataset."""
-        from shared.mlflow_dataset import FeatureStoreSource, training_dataset
+        from shared.mlflow_dataset import FeatureStoreSource, TrainingDataset
 
         lineage = data.lineage
         self.registry.set_tags(self.run_id, lineage.tags())
@@ -45,9 +44,11 @@ class TrainingRun:
             windows=lineage.windows,
             data_sha256=lineage.data_sha256,
         )
-        frame = pl.concat([split.frame for split in data.splits()])
-        dataset = training_dataset(
-            frame, source, name=f"{view} {lineage.windows['train']}", label=label
+        dataset = TrainingDataset(
+            source,
+            name=f"{view} {lineage.windows['train']}",
+            sample=data.train.scan().head(SCHEMA_SAMPLE_ROWS).collect(),
+            rows=sum(lineage.rows.values()),
         )
         # One dataset for the rows of all three windows (the training-data hash covers them);
         # how many rows each window holds is on the input's tags.
@@ -77,7 +78,12 @@ def run_tags(config: TrainingConfig, commit: str) -> dict[str, str]:
     from mlflow.tracking.context.registry import resolve_tags
 
     return resolve_tags(
-        {"git_commit": commit, GIT_COMMIT_TAG: commit, "config_sha256": config.fingerprint()}
+        {
+            "git_commit": commit,
+            GIT_COMMIT_TAG: commit,
+            "config_sha256": config.fingerprint(),
+            "lead_minutes": str(config.lead_minutes),
+        }
     )
 
 

@@ -26,7 +26,7 @@ USER fti
 WORKDIR /home/fti
 # Jobs: their health is their exit code (batch: 0 success, 1 failure, 2 usage; monitoring:
 # 0 healthy, 3 drift detected, 1 failure, 2 usage). The monitoring job overrides the entrypoint
-# with `python -m inference_pipeline.monitor`.
+# with `python -m inference_pipeline monitor`.
 HEALTHCHECK NONE
 ENTRYPOINT ["python", "-m", "inference_pipeline.batch"]
 CMD ["--help"]

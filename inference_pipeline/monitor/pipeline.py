@@ -17,7 +17,13 @@
    retraining is recommended, else ``healthy``. Prediction drift is reported (and gauged) but
    does not decide: a week's predictions move with its weather as much as its features do,
    and the reference keeps no per-window baseline for them;
-6. the JSON result, the HTML report and the Prometheus gauges are written.
+6. the **shadow comparison**, when a challenger is in shadow: champion and challenger on the
+   window's labelled flights both scored, and what the shadow rule decides (reported only:
+   :func:`run_shadow`, ``python -m inference_pipeline monitor shadow``, acts on it);
+7. the JSON result, the HTML report and the Prometheus gauges are written.
+
+:func:`run_shadow` is the shadow step on its own: the same comparison and rule, then it promotes
+(when ``FTI_SHADOW_PROMOTE`` allows) or records why not, with its own JSON and HTML report.
 """
 
 from __future__ import annotations
@@ -52,9 +58,11 @@ from inference_pipeline.monitor.quality import (
     daily_quality,
     window_quality,
 )
-from inference_pipeline.monitor.report import render_html
+from inference_pipeline.monitor.report import render_html, render_shadow_html
 from inference_pipeline.monitor.settings import MonitorSettings, PredictionSource
+from inference_pipeline.monitor.shadow import ShadowStep, shadow_step
 from inference_pipeline.monitor.window import (
+    PREDICTION_COLUMNS,
     VersionReference,
     Window,
     decode_features,
@@ -64,8 +72,14 @@ from inference_pipeline.monitor.window import (
     read_predictions,
     read_training_features,
 )
-from shared.errors import ConfigurationError, FeatureGroupNotFound, ModelVersionNotFound
+from shared.errors import (
+    ConfigurationError,
+    FeatureGroupNotFound,
+    ModelVersionNotFound,
+    NothingToMonitor,
+)
 from shared.feature_store import FeatureStore, open_feature_store
+from shared.prediction_log import PREDICTIONS
 from shared.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -95,6 +109,7 @@ class MonitorResult:
     generated_at: str
     outputs: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    shadow: dict[str, Any] | None = None  # the shadow comparison (reported, not acted on)
 
     @property
     def exit_code(self) -> int:
@@ -148,6 +163,7 @@ def run_monitor(
     output_dir: Path | None = None,
     write: bool = True,
     progress: Progress | None = None,
+    include_test_traffic: bool = False,
 ) -> MonitorResult:
     """Monitor the window of local flight dates ``[end - window_days + 1, end]``.
 
@@ -160,7 +176,7 @@ def run_monitor(
         choices = ", ".join(PredictionSource)
         raise ConfigurationError(f"source={source!r}: use one of {choices}")
     window = Window(end=end, days=window_days)
-    task = progress.add_task("load model", total=6) if progress else None
+    task = progress.add_task("load model", total=7) if progress else None
 
     def step(label: str) -> None:
         if progress is not None and task is not None:
@@ -171,7 +187,9 @@ def run_monitor(
     step(f"read predictions {window.describe()}")
     store = open_feature_store(settings.store_settings())
     try:
-        predictions = read_predictions(store, window, source)
+        predictions = read_predictions(
+            store, window, source, include_test_traffic=include_test_traffic
+        )
         outcomes = read_outcomes(store, window)
         step("data drift: the training period's own variation")
         baseline, baseline_info = training_baseline(store, monitored, window_days, settings)
@@ -193,6 +211,17 @@ def run_monitor(
         for version in sorted(predictions["model_version"].unique().to_list(), key=_version_key)
     ]
     own = next((v for v in versions if v["version"] == monitored.version), None)
+
+    step("shadow comparison")
+    shadow = shadow_step(
+        registry,
+        predictions,
+        outcomes,
+        settings.shadow_rules,
+        act=False,
+        promote=settings.shadow_promote,
+        context=f"monitor {window.describe()}",
+    )
 
     step("retraining policy")
     quality = own["quality"] if own else None
@@ -237,6 +266,8 @@ def run_monitor(
             "flights": flights.height,
             "by_version": _counts(predictions, "model_version"),
             "by_source": _counts(predictions, "source"),
+            "test_traffic_included": include_test_traffic,
+            "test_traffic_rows": int(predictions["test_traffic"].fill_null(False).sum()),
             "with_missing_features": int((flights["missing_features"].fill_null("") != "").sum()),
         },
         drift=asdict(summary)
@@ -258,6 +289,7 @@ def run_monitor(
         retrain=decision.to_dict(),
         thresholds=asdict(rule) | {"retrain": asdict(retrain_policy(settings))},
         generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        shadow=shadow.to_dict(),
     )
     step("write report")
     result.seconds = round(time.perf_counter() - began, 3)
@@ -411,3 +443,89 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+# -- the shadow step on its own ---------------------------------------------------------------
+
+
+@dataclass
+class ShadowResult:
+    """One shadow step; ``to_dict()`` is its JSON result, the shadow report renders it."""
+
+    model_name: str
+    window: dict[str, Any]
+    shadow: dict[str, Any]
+    generated_at: str
+    outputs: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return _json_safe(asdict(self))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+
+def run_shadow(
+    settings: MonitorSettings,
+    end: date,
+    window_days: int = 7,
+    *,
+    promote: bool | None = None,
+    output_dir: Path | None = None,
+    write: bool = True,
+) -> ShadowResult:
+    """Decide on the challenger in shadow over the window ``[end - window_days + 1, end]`` (every
+    source: online and shadow rows, batch rows): promote it when the rule says so and
+    ``promote`` (default ``FTI_SHADOW_PROMOTE``) allows, else record why not."""
+    began = time.perf_counter()
+    if window_days < 1:
+        raise ConfigurationError(f"window_days={window_days}: the window needs at least 1 day")
+    window = Window(end=end, days=window_days)
+    registry = ModelRegistry(settings.registry_settings())
+    store = open_feature_store(settings.store_settings())
+    try:
+        predictions = read_window_predictions(store, window)
+        outcomes = read_outcomes(store, window)
+    finally:
+        store.close()
+    step: ShadowStep = shadow_step(
+        registry,
+        predictions,
+        outcomes,
+        settings.shadow_rules,
+        act=True,
+        promote=settings.shadow_promote if promote is None else promote,
+        context=f"shadow step {window.describe()}",
+    )
+    result = ShadowResult(
+        model_name=settings.model_name,
+        window={
+            "start": window.start.isoformat(),
+            "end": window.end.isoformat(),
+            "days": window.days,
+            "predictions": predictions.height,
+        },
+        shadow=step.to_dict(),
+        generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    result.seconds = round(time.perf_counter() - began, 3)
+    if write:
+        directory = output_dir or settings.resolved_report_dir
+        stem = f"shadow_{window.end.isoformat()}_{window.days}d"
+        paths = {"json": directory / f"{stem}.json", "html": directory / f"{stem}.html"}
+        result.outputs = {name: str(path) for name, path in paths.items()}
+        directory.mkdir(parents=True, exist_ok=True)
+        _write_atomic(paths["html"], render_shadow_html(result.to_dict()))
+        _write_atomic(paths["json"], result.to_json())
+    return result
+
+
+def read_window_predictions(store: FeatureStore, window: Window) -> pl.DataFrame:
+    """Every source's predictions of the window; none at all is not an error here (a challenger
+    with nothing scored yet keeps shadowing)."""
+    try:
+        return read_predictions(store, window, PredictionSource.all.value)
+    except NothingToMonitor:
+        schema = PREDICTIONS.polars_schema
+        return pl.DataFrame(schema={name: schema[name] for name in PREDICTION_COLUMNS})

@@ -8,9 +8,11 @@ so a stored JSON result can be rendered again.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from html import escape
 from typing import Any, TypeGuard
+
+from inference_pipeline.monitor.drift import MISSING
 
 REFERENCE_COLOUR = "#4c78a8"
 CURRENT_COLOUR = "#f58518"
@@ -61,6 +63,7 @@ def render_html(result: Mapping[str, Any]) -> str:
         _prediction_section(result),
         _quality_section(result),
         _versions_section(result),
+        shadow_section(result.get("shadow")),
         _distribution_section(result),
         _rule_section(result),
         "</body></html>",
@@ -121,41 +124,37 @@ def model_end(result: Mapping[str, Any]) -> str:
     return result["model"].get("data_end") or "unknown"
 
 
-def _drift_table_section(result: Mapping[str, Any]) -> str:
-    header = [
-        "feature",
-        "kind",
+# The drift table, one (header, cell) pair per column: a header can never drift away from its
+# values (an earlier table had 12 headers for 13 cells, each column from "null ref" on showing
+# its neighbour's value).
+DRIFT_COLUMNS: tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...] = (
+    ("feature", lambda r: f"<a href='#f-{escape(r['feature'])}'>{escape(r['feature'])}</a>"),
+    ("kind", lambda r: escape(r["kind"])),
+    (
         "status",
-        "test",
-        "statistic",
-        "p-value",
-        "PSI",
-        "null ref",
-        "null now",
-        "out of range / unseen",
-        "values",
-        "note",
+        lambda r: (
+            f"<b style='color:{STATUS_COLOURS.get(r['status'], '#7f7f7f')}'>"
+            f"{escape(r['status'])}</b>"
+        ),
+    ),
+    ("test", lambda r: escape(r["test"] or "")),
+    ("statistic", lambda r: _num(r["statistic"])),
+    ("p-value", lambda r: _p(r["p_value"])),
+    ("PSI", lambda r: _num(r["psi"])),
+    ("usual PSI", lambda r: _num(r["baseline_psi"])),
+    ("null ref", lambda r: _share(r["null_fraction_reference"])),
+    ("null now", lambda r: _share(r["null_fraction_current"])),
+    ("out of range / unseen", lambda r: _share(r["ood_rate"])),
+    ("values", lambda r: f"{r['values']:,}"),
+    ("note", lambda r: escape(r["note"] or "")),
+)
+
+
+def _drift_table_section(result: Mapping[str, Any]) -> str:
+    header = [name for name, _ in DRIFT_COLUMNS]
+    rows = [
+        [cell(row) for _, cell in DRIFT_COLUMNS] for row in _ordered(result["drift"]["features"])
     ]
-    rows = []
-    for row in _ordered(result["drift"]["features"]):
-        colour = STATUS_COLOURS.get(row["status"], "#7f7f7f")
-        rows.append(
-            [
-                f"<a href='#f-{escape(row['feature'])}'>{escape(row['feature'])}</a>",
-                escape(row["kind"]),
-                f"<b style='color:{colour}'>{escape(row['status'])}</b>",
-                escape(row["test"] or ""),
-                _num(row["statistic"]),
-                _p(row["p_value"]),
-                _num(row["psi"]),
-                _num(row["baseline_psi"]),
-                _share(row["null_fraction_reference"]),
-                _share(row["null_fraction_current"]),
-                _share(row["ood_rate"]),
-                f"{row['values']:,}",
-                escape(row["note"] or ""),
-            ]
-        )
     baseline = result["drift"].get("baseline") or {}
     if baseline.get("used"):
         text = (
@@ -312,14 +311,75 @@ def _versions_section(result: Mapping[str, Any]) -> str:
     )
 
 
+def shadow_section(shadow: Mapping[str, Any] | None) -> str:
+    """The shadow comparison: champion and challenger on the same labelled flights, the rule's
+    decision and what was done (the monitoring report and the shadow step's own report)."""
+    if not shadow:
+        return ""
+    intro = (
+        "<h2>Shadow decision</h2><p>The challenger in shadow and the champion, each measured on "
+        "the labelled flights of the window that <b>both</b> scored.</p>"
+    )
+    rules = shadow.get("rules") or {}
+    rows = [
+        ("champion / challenger", f"v{shadow.get('champion')} / v{shadow.get('challenger')}"),
+        ("what was done", str(shadow["action"])),
+        ("why", str(shadow["reason"])),
+    ]
+    comparison = shadow.get("comparison")
+    if comparison:
+        rows += [
+            ("labelled flights scored by both", f"{comparison['flights']:,}"),
+            (
+                "ROC AUC: challenger / champion (gain)",
+                f"{_num(comparison['challenger_roc_auc'])} / "
+                f"{_num(comparison['champion_roc_auc'])} ({_signed(comparison['auc_gain'])})",
+            ),
+            (
+                "log loss: challenger / champion (increase)",
+                f"{_num(comparison['challenger_log_loss'])} / "
+                f"{_num(comparison['champion_log_loss'])} "
+                f"({_signed(comparison['log_loss_increase'])})",
+            ),
+        ]
+    if rules:
+        rows.append(
+            (
+                "rule",
+                f"gate-eligible, ROC AUC gain >= {_signed(rules['min_auc_gain'])}, log loss "
+                f"increase <= {_signed(rules['max_log_loss_increase'])}, at least "
+                f"{rules['min_labels']:,} labelled flights; automatic promotion "
+                f"{'on' if rules.get('automatic_promotion') else 'off'} (FTI_SHADOW_PROMOTE)",
+            )
+        )
+    if shadow.get("challenger") is None:
+        rows = [("what was done", str(shadow["action"])), ("why", str(shadow["reason"]))]
+    return intro + _table(["", "value"], [[escape(k), escape(v)] for k, v in rows], left=2)
+
+
+def render_shadow_html(result: Mapping[str, Any]) -> str:
+    """The shadow step's own report (``python -m inference_pipeline monitor shadow``)."""
+    window = result["window"]
+    title = f"Shadow decision, {result['model_name']}: flights {window['start']} to {window['end']}"
+    return "\n".join(
+        [
+            "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+            f"<title>{escape(title)}</title><style>{CSS}</style></head><body>",
+            f"<h1>{escape(title)}</h1>",
+            f"<p class='muted'>generated {escape(result['generated_at'])}, "
+            f"{window['predictions']:,} predictions in the window</p>",
+            shadow_section(result["shadow"]),
+            "</body></html>",
+        ]
+    )
+
+
 def _distribution_section(result: Mapping[str, Any]) -> str:
     cards = []
     for row in _ordered(result["drift"]["features"]):
         if not row["bins"]:
             continue
-        labels, reference, current = _top_bins(
-            row["bins"], row["reference_fractions"], row["current_fractions"]
-        )
+        labels, reference, current = _top_bins(*_display_order(row))
         colour = STATUS_COLOURS.get(row["status"], "#7f7f7f")
         cards.append(
             f"<div class='card' id='f-{escape(row['feature'])}'>"
@@ -483,6 +543,27 @@ def reliability_chart(bins: Sequence[Mapping[str, Any]], size: int = 220) -> str
 # -- small helpers --------------------------------------------------------------------------
 
 
+def _display_order(row: Mapping[str, Any]) -> tuple[list[str], list[float], list[float]]:
+    """A categorical feature's bins in their natural order: numeric codes (``sched_hour``,
+    ``weekday``) by value, not as text ("10" before "5"), then the other categories by name,
+    the missing-value bin last. Numeric features keep their bins in value order as computed."""
+    bins, reference, current = row["bins"], row["reference_fractions"], row["current_fractions"]
+    if row["kind"] != "categorical":
+        return list(bins), list(reference), list(current)
+
+    def key(i: int) -> tuple[int, float, str]:
+        label = bins[i]
+        if label == MISSING:
+            return (2, 0.0, "")
+        try:
+            return (0, float(label), "")
+        except ValueError:
+            return (1, 0.0, label)
+
+    order = sorted(range(len(bins)), key=key)
+    return [bins[i] for i in order], [reference[i] for i in order], [current[i] for i in order]
+
+
 def _top_bins(
     labels: Sequence[str], reference: Sequence[float], current: Sequence[float]
 ) -> tuple[list[str], list[float], list[float]]:
@@ -509,6 +590,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) 
     def cell(tag: str, i: int, value: str) -> str:
         return f"<{tag}{' class=l' if i < left else ''}>{value}</{tag}>"
 
+    widths = {len(row) for row in rows} - {len(header)}
+    if widths:  # a table whose headers do not name its cells misleads every reader
+        raise ValueError(f"table rows have {sorted(widths)} cells for {len(header)} headers")
     head = "".join(cell("th", i, escape(h)) for i, h in enumerate(header))
     body = "".join(
         "<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>" for row in rows
@@ -529,6 +613,10 @@ def _is_number(value: Any) -> TypeGuard[float]:
 
 def _num(value: Any) -> str:
     return f"{value:.4f}" if _is_number(value) else "-"
+
+
+def _signed(value: Any) -> str:
+    return f"{value:+.4f}" if _is_number(value) else "-"
 
 
 def _p(value: Any) -> str:

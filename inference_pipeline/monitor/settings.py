@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from shared.errors import ConfigurationError
+from shared.promotion import ShadowRuleSettings
 from shared.registry import RegistrySettings
 from shared.settings import FeatureStoreSettings
 
@@ -27,8 +28,15 @@ class PredictionSource(StrEnum):
     shadow = "shadow"
 
 
-class MonitorSettings(FeatureStoreSettings, RegistrySettings):
-    """What to compare, how a feature counts as drifted, when to recommend retraining."""
+class MonitorSettings(FeatureStoreSettings, RegistrySettings, ShadowRuleSettings):
+    """What to compare, how a feature counts as drifted, when to recommend retraining, and when
+    a shadowed challenger replaces the champion (``FTI_SHADOW_*``, the replay's rule too)."""
+
+    shadow_promote: bool = Field(
+        default=False,
+        description="the shadow step promotes a challenger the shadow rule prefers; off: it "
+        "records the decision and an operator promotes",
+    )
 
     # Drift decision rule, per feature: drifted when the change is significant AND large.
     drift_p_value: float = Field(
@@ -103,7 +111,9 @@ class MonitorSettings(FeatureStoreSettings, RegistrySettings):
     pushgateway_url: str | None = Field(
         default=None, description="push the gauges to this Prometheus Pushgateway (host:port)"
     )
-    pushgateway_job: str = Field(default="fti_monitoring", min_length=1)
+    pushgateway_job: str = Field(
+        default="fti_monitoring", min_length=1, description="job label of the pushed gauges"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> MonitorSettings:

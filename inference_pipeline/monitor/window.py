@@ -42,6 +42,7 @@ PREDICTION_COLUMNS = (
     "probability",
     "features",
     "missing_features",
+    "test_traffic",
 )
 
 
@@ -83,8 +84,12 @@ class VersionReference:
         return int(self.reference_stats["rows"])
 
 
-def read_predictions(store: FeatureStore, window: Window, source: str) -> pl.DataFrame:
-    """Logged predictions for flights dated in the window (``source``: all, online or batch)."""
+def read_predictions(
+    store: FeatureStore, window: Window, source: str, *, include_test_traffic: bool = False
+) -> pl.DataFrame:
+    """Logged predictions for flights dated in the window (``source``: all, online or batch);
+    requests sent as tests (``X-FTI-Test-Traffic: true``) only with ``include_test_traffic``.
+    """
     try:
         frame = store.read(PREDICTIONS, columns=list(PREDICTION_COLUMNS))
     except FeatureGroupNotFound as exc:
@@ -95,11 +100,16 @@ def read_predictions(store: FeatureStore, window: Window, source: str) -> pl.Dat
     frame = frame.filter(pl.col("flight_date").is_between(window.start, window.end))
     if source != "all":
         frame = frame.filter(pl.col("source") == source)
+    tests = int(frame["test_traffic"].fill_null(False).sum())
+    if tests and not include_test_traffic:
+        frame = frame.filter(~pl.col("test_traffic").fill_null(False))
+        log.info("left out %d predictions of test traffic (--include-test-traffic)", tests)
     if frame.is_empty():
+        left_out = f" ({tests} of test traffic left out: --include-test-traffic)" if tests else ""
         raise NothingToMonitor(
             f"no {'' if source == 'all' else source + ' '}predictions for flights dated "
-            f"{window.describe()}: score that window first (batch job or online service), "
-            "or choose another --end / --window-days / --source"
+            f"{window.describe()}{left_out}: score that window first (batch job or online "
+            "service), or choose another --end / --window-days / --source"
         )
     return frame
 

@@ -33,6 +33,7 @@ from inference_pipeline.service.failure_log import FailureLog
 from inference_pipeline.service.metrics import ServiceMetrics
 from inference_pipeline.service.routes import (
     PREDICTIONS_PATH,
+    TEST_TRAFFIC_HEADER,
     admin,
     answer_predictions,
     health,
@@ -51,6 +52,7 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode("latin-1")
 _API_KEY_KEY = b"x-api-key"
 _CONTENT_TYPE_KEY = b"content-type"
+_TEST_TRAFFIC_KEY = TEST_TRAFFIC_HEADER.lower().encode("latin-1")
 _PREDICT = f"POST {PREDICTIONS_PATH}"
 _CLIENT_GONE = 499  # the client closed the connection before its body arrived (nginx's code)
 
@@ -107,7 +109,7 @@ class PredictionService(FastAPI):
         self, runtime: ServiceRuntime, scope: Scope, receive: Receive, send: Send
     ) -> None:
         began = time.perf_counter()
-        api_key, content_type, given_id = _prediction_headers(scope["headers"])
+        api_key, content_type, given_id, test_traffic = _prediction_headers(scope["headers"])
         request_id = request_id_for(given_id)
         status, headers = 500, [(b"content-type", b"application/json")]  # 500 unless answered
         try:
@@ -116,7 +118,9 @@ class PredictionService(FastAPI):
                 if body is None:
                     status = _CLIENT_GONE
                     return
-                content = await answer_predictions(runtime, api_key, content_type, body, request_id)
+                content = await answer_predictions(
+                    runtime, api_key, content_type, body, request_id, test_traffic
+                )
                 status = 200
             except Exception as exc:
                 status, error, extra = error_answer(
@@ -149,10 +153,10 @@ def _raw_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
 
 def _prediction_headers(
     headers: Iterable[tuple[bytes, bytes]],
-) -> tuple[str | None, str | None, str]:
-    """(``X-API-Key``, ``Content-Type``, ``X-Request-ID`` or "") from ASGI's raw, lower-cased
-    header pairs."""
-    api_key, content_type, request_id = None, None, ""
+) -> tuple[str | None, str | None, str, str | None]:
+    """(``X-API-Key``, ``Content-Type``, ``X-Request-ID`` or "", ``X-FTI-Test-Traffic``) from
+    ASGI's raw, lower-cased header pairs."""
+    api_key, content_type, request_id, test_traffic = None, None, "", None
     for name, value in headers:
         if name == _CONTENT_TYPE_KEY:
             content_type = value.decode("latin-1")
@@ -160,7 +164,9 @@ def _prediction_headers(
             api_key = value.decode("latin-1")
         elif name == _REQUEST_ID_KEY:
             request_id = value.decode("latin-1")
-    return api_key, content_type, request_id
+        elif name == _TEST_TRAFFIC_KEY:
+            test_traffic = value.decode("latin-1")
+    return api_key, content_type, request_id, test_traffic
 
 
 class RequestContext:

@@ -76,6 +76,15 @@ class ServiceMetrics:
             ["role", "mode"],
             registry=r,
         )
+        self.triton_restarts = Counter(
+            "fti_triton_restarts",
+            "Restarts of the managed Triton after it died, by outcome (ok, failed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.triton_up = Gauge(
+            "fti_triton_up", "1 while the managed Triton runs, 0 while it is down", registry=r
+        )
         self.shadow_failures = Counter(
             "fti_shadow_failures", "Shadow scorings that failed (never seen by clients)", registry=r
         )

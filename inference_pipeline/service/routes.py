@@ -27,6 +27,7 @@ from inference_pipeline.service.runtime import CHALLENGER, CHAMPION, ServiceRunt
 from inference_pipeline.service.schemas import (
     DependencyCheck,
     ErrorBody,
+    Liveness,
     PredictionRequest,
     PredictionResponse,
     Readiness,
@@ -36,6 +37,7 @@ from inference_pipeline.service.schemas import (
 from inference_pipeline.settings import InferenceSettings
 from shared.errors import FTIError, ModelServerUnavailable
 from shared.prediction_log import ONLINE_SOURCE, SHADOW_SOURCE, LoggedPredictions
+from shared.prediction_time import PREDICTION_TIME, epoch_us, instant_of, now_us
 
 PREDICTIONS_PATH = "/v1/predictions"
 
@@ -135,10 +137,34 @@ def _json_body(schema: str, *, required: bool = True) -> dict[str, Any]:
     }
 
 
+TEST_TRAFFIC_HEADER = "X-FTI-Test-Traffic"
 _HAND_CHECKED = {
     "security": [{scheme: [] for scheme in API_KEY_SCHEME}],
     **_json_body("PredictionRequest"),
+    "parameters": [
+        {
+            "name": TEST_TRAFFIC_HEADER,
+            "in": "header",
+            "required": False,
+            "schema": {"type": "boolean", "default": False},
+            "description": "true: a test request (smoke tests, load tests, demos). Answered "
+            "and logged like any other, marked test_traffic in the prediction log, and left "
+            "out of monitoring unless it is run with --include-test-traffic",
+        }
+    ],
 }
+
+
+def is_test_traffic(value: str | None) -> bool:
+    """The ``X-FTI-Test-Traffic`` header's value as a flag (absent: production traffic)."""
+    if value is None:
+        return False
+    flag = value.strip().lower()
+    if flag in ("true", "1"):
+        return True
+    if flag in ("false", "0"):
+        return False
+    raise invalid_request([f"{TEST_TRAFFIC_HEADER}: {value!r} is not true or false"])
 
 
 def check_json(content_type: str | None) -> None:
@@ -170,21 +196,24 @@ async def answer_predictions(
     content_type: str | None,
     body: bytes,
     request_id: str,
+    test_traffic: str | None = None,
 ) -> bytes:
-    """The JSON answer to a prediction request (its ``X-API-Key`` and ``Content-Type``
-    headers and raw body), free of any web framework: both the plain ASGI path and the
-    FastAPI route answer with it. Raises `ApiError` for a request to refuse, `FTIError` for a
-    dependency that failed."""
+    """The JSON answer to a prediction request (its ``X-API-Key``, ``Content-Type`` and
+    ``X-FTI-Test-Traffic`` headers and raw body), free of any web framework: both the plain
+    ASGI path and the FastAPI route answer with it. Raises `ApiError` for a request to refuse,
+    `FTIError` for a dependency that failed."""
     began = time.perf_counter()
+    arrival = now_us()  # T of every flight that names none (invariant 7: one clock)
     if len(body) > max_body_bytes(runtime.settings):
         raise body_too_large(runtime.settings)
     check_api_key(api_key, runtime)
     check_json(content_type)
+    test = is_test_traffic(test_traffic)
     request = _parse(body)
     settings, metrics = runtime.settings, runtime.metrics
     if len(request.flights) > settings.max_flights_per_request:
         raise invalid_request([_too_many(len(request.flights), settings.max_flights_per_request)])
-    flights = request.model_dump()["flights"]
+    flights = flights_as_of(request, arrival)
     scored = await _score_by_role(runtime, flights)
     total_s = time.perf_counter() - began
     metrics.stages.total.observe(total_s)
@@ -200,14 +229,16 @@ async def answer_predictions(
                 "flight_id": part.inputs.flight_ids[i],
                 "probability": part.probabilities[i],
                 "model_version": version,
+                "prediction_time": instant_of(flights[row][PREDICTION_TIME]).isoformat(),
+                "lead_minutes": part.model.lead_minutes,
                 "missing_features": report.missing_features,
                 "unknown_categories": report.unknown_categories,
                 "missing_groups": report.missing_groups,
             }
         if runtime.writer is not None:
-            runtime.writer.submit(_log_entry(part, request_id, ONLINE_SOURCE, total_s))
+            runtime.writer.submit(_log_entry(part, request_id, ONLINE_SOURCE, total_s, test))
     if settings.shadow and runtime.challenger is not None:
-        runtime.spawn(_shadow(runtime, flights, request_id), "shadow")
+        runtime.spawn(_shadow(runtime, flights, request_id, test), "shadow")
     versions = {part.model.version for part in scored}
     response = {
         "request_id": request_id,
@@ -244,8 +275,39 @@ async def predict(request: Request) -> Response:
         headers.get("content-type"),
         await request.body(),
         request.state.request_id,
+        headers.get(TEST_TRAFFIC_HEADER),
     )
     return Response(content, media_type="application/json")
+
+
+# A client's clock may run a little ahead of ours: an as_of up to this far after the arrival
+# is taken as "now"-ish, not refused (its T is still the as_of given).
+_AS_OF_SKEW_US = 60_000_000
+
+
+def flights_as_of(request: PredictionRequest, arrival: int) -> list[dict[str, Any]]:
+    """The request's flights as plain values, each with its T under ``prediction_time`` (epoch
+    microseconds): its own ``as_of``, else the request's, else the ``arrival``. A T in the
+    future is refused (422): no feature value is known yet for it, and an answer would claim
+    knowledge it does not have."""
+    flights: list[dict[str, Any]] = request.model_dump()["flights"]
+    default = arrival if request.as_of is None else epoch_us(request.as_of)
+    late = []
+    for index, flight in enumerate(flights):
+        own = flight.pop("as_of")
+        t = default if own is None else epoch_us(own)
+        flight[PREDICTION_TIME] = t
+        if t > arrival + _AS_OF_SKEW_US:
+            late.append("as_of" if own is None else f"flights[{index}].as_of")
+    if late:
+        raise invalid_request(
+            [
+                f"{name}: {instant_of(arrival).isoformat()} is now; as_of must not be in the "
+                "future (omit it to predict as of now)"
+                for name in dict.fromkeys(late)
+            ]
+        )
+    return flights
 
 
 def max_body_bytes(settings: InferenceSettings) -> int:
@@ -268,7 +330,9 @@ def json_bytes(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
 
 
-async def _shadow(runtime: ServiceRuntime, flights: list[dict[str, Any]], request_id: str) -> None:
+async def _shadow(
+    runtime: ServiceRuntime, flights: list[dict[str, Any]], request_id: str, test: bool
+) -> None:
     """After the response: the challenger scores the same flights, logged beside the champion's
     predictions (source ``shadow``) for the comparison once labels arrive. Never raises."""
     began = time.perf_counter()
@@ -282,14 +346,16 @@ async def _shadow(runtime: ServiceRuntime, flights: list[dict[str, Any]], reques
     if runtime.writer is not None:
         part = _Scored(list(range(len(flights))), model, inputs, probabilities)
         elapsed = time.perf_counter() - began
-        runtime.writer.submit(_log_entry(part, request_id, SHADOW_SOURCE, elapsed))
+        runtime.writer.submit(_log_entry(part, request_id, SHADOW_SOURCE, elapsed, test))
 
 
 def _too_many(count: int, limit: int) -> str:
     return f"flights: {count} in one request; at most {limit} (FTI_MAX_FLIGHTS_PER_REQUEST)"
 
 
-def _log_entry(part: _Scored, request_id: str, source: str, total_s: float) -> LoggedPredictions:
+def _log_entry(
+    part: _Scored, request_id: str, source: str, total_s: float, test: bool
+) -> LoggedPredictions:
     """What the log needs of one scored part: references only; the writer's flush thread turns
     them into rows (serialising ~90 features per flight is most of a logged row's cost)."""
     inputs = part.inputs
@@ -305,12 +371,25 @@ def _log_entry(part: _Scored, request_id: str, source: str, total_s: float) -> L
         scored_at=datetime.now(UTC),
         source=source,
         latency_ms=total_s * 1000.0,
+        test_traffic=test,
     )
 
 
-@health.get("/healthz", summary="Liveness: the process answers")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+@health.get(
+    "/healthz",
+    response_model=Liveness,
+    responses={503: {"model": Liveness, "description": "restart this process"}},
+    summary="Liveness: the process answers, and can recover by itself",
+)
+async def healthz(runtime: Runtime, response: Response) -> Liveness:
+    """503 only when restarting the process is what it needs: a managed Triton that could not
+    be brought back within ``FTI_TRITON_RESTART_LIMIT_S``. A dependency that is merely down
+    shows in ``/readyz``."""
+    problem = runtime.liveness_problem()
+    if problem is None:
+        return Liveness(status="ok")
+    response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return Liveness(status="failing", detail=problem)
 
 
 @health.get(
@@ -331,7 +410,10 @@ async def readyz(runtime: Runtime, response: Response) -> Readiness:
     ready = all(c.ok for c in checks.values())
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return Readiness(ready=ready, model_version=runtime.model.version, checks=checks)
+    model = runtime.model
+    return Readiness(
+        ready=ready, model_version=model.version, lead_minutes=model.lead_minutes, checks=checks
+    )
 
 
 @health.get("/metrics", summary="Prometheus metrics", response_class=Response)

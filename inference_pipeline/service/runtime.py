@@ -13,9 +13,7 @@ import asyncio
 import hashlib
 import itertools
 import logging
-import shutil
 import time
-import uuid
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -31,12 +29,14 @@ from inference_pipeline.model_artifact import (
     retire_versions,
 )
 from inference_pipeline.scoring import AsyncTritonClient, OnlineInputs, online_inputs
+from inference_pipeline.service.downloads import Downloads
 from inference_pipeline.service.errors import failure_log
 from inference_pipeline.service.failure_log import FailureLog
 from inference_pipeline.service.metrics import ServiceMetrics
 from inference_pipeline.service.prediction_writer import PredictionWriter
+from inference_pipeline.service.triton_supervisor import TritonSupervisor
 from inference_pipeline.settings import InferenceSettings, TritonMode, TritonProtocol
-from inference_pipeline.triton_server import TritonServer, TritonServerError
+from inference_pipeline.triton_server import TritonEndpoints, TritonServer, TritonServerError
 from shared.errors import ModelServerUnavailable, RegistryUnavailable, StoreUnavailable
 from shared.feature_definitions import CARRIER_STATS
 from shared.feature_store import FeatureStore, open_feature_store
@@ -104,6 +104,9 @@ class ServiceRuntime:
         self.triton: TritonServer | None = None
         self.client: AsyncTritonClient | None = None
         self.writer: PredictionWriter | None = None
+        self.supervisor: TritonSupervisor | None = None  # of a managed Triton
+        self.downloads = Downloads(settings.serving_dir / "artifacts")
+        self._client_endpoints: TritonEndpoints | None = None  # what `client` was built for
         self._models: dict[str, ServingModel] = {}  # role -> the version serving it
         self._champion_alias = settings.model_alias  # admin reload may point it elsewhere
         self._switch_lock = asyncio.Lock()
@@ -132,6 +135,7 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         s = self.settings
+        await asyncio.to_thread(self.downloads.open)
         self.store = await asyncio.to_thread(open_feature_store, s.store_settings())
         self.registry = await asyncio.to_thread(ModelRegistry, s.registry_settings())
         model = await asyncio.to_thread(self._fetch, CHAMPION, s.model_alias)
@@ -140,10 +144,17 @@ class ServiceRuntime:
         await self._load(CHAMPION, model)
         if s.serves_challenger:
             await self._follow_challenger()
-        endpoints = self.triton.endpoints
-        # Inference over gRPC only when asked for: the lean HTTP client is cheaper per call.
-        grpc = endpoints.grpc if s.triton_protocol is TritonProtocol.grpc else None
-        self.client = AsyncTritonClient(endpoints.http, s.triton_timeout_s, grpc)
+        self.client = self._triton_client()
+        if self.triton.managed:
+            self.supervisor = TritonSupervisor(
+                self.triton,
+                s,
+                self.metrics,
+                on_control_thread=self._on_control_thread,
+                restore=self._restore_triton,
+                spawn=self.spawn,
+            )
+            self.supervisor.start()
         if s.prediction_log:
             self.writer = PredictionWriter(
                 self.store,
@@ -172,19 +183,49 @@ class ServiceRuntime:
             startup_timeout_s=s.triton_startup_timeout_s,
         )
 
+    def _triton_client(self) -> AsyncTritonClient:
+        assert self.triton is not None
+        endpoints = self._client_endpoints = self.triton.endpoints
+        # Inference over gRPC only when asked for: the lean HTTP client is cheaper per call.
+        grpc = endpoints.grpc if self.settings.triton_protocol is TritonProtocol.grpc else None
+        return AsyncTritonClient(endpoints.http, self.settings.triton_timeout_s, grpc)
+
+    async def _restore_triton(self) -> None:
+        """After the managed Triton was restarted (`TritonSupervisor`): load every served
+        model again, and a client for its new ports if they changed."""
+        triton = self.triton
+        assert triton is not None
+        for model in list(self._models.values()):
+            await self._on_control_thread(triton.load_model, model.triton_name)
+        client = self.client
+        if client is None or self._client_endpoints != triton.endpoints:
+            self.client = self._triton_client()
+            if client is not None:
+                await client.close()
+
+    def liveness_problem(self) -> str | None:
+        """Why the process should be restarted by its supervisor (`/healthz` 503), or None."""
+        return None if self.supervisor is None else self.supervisor.liveness_problem()
+
     def _fetch(self, role: str, ref: str) -> ServingModel:
         """Download and verify ``ref``; the challenger is served under a Triton name of its own,
         so both versions answer side by side."""
         assert self.registry is not None
-        destination = self.settings.serving_dir / "artifacts" / uuid.uuid4().hex
-        model = load_serving_model(
-            self.registry, ref, destination, flavour=self.settings.triton_flavour
-        )
+        destination = self.downloads.destination()
+        try:
+            model = load_serving_model(
+                self.registry, ref, destination, flavour=self.settings.triton_flavour
+            )
+        except BaseException:
+            self.downloads.discard(destination)
+            raise
         if role == CHALLENGER:
             model = replace(model, triton_name=model.triton_name + CHALLENGER_SUFFIX)
         return model
 
     async def close(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -196,6 +237,7 @@ class ServiceRuntime:
             await self._on_control_thread(self.triton.stop)
         self._control.shutdown(wait=False)
         self._store_threads.shutdown(wait=False, cancel_futures=True)
+        self.downloads.close()
         if self.store is not None:
             self.store.close()
 
@@ -239,7 +281,7 @@ class ServiceRuntime:
             self.metrics.set_model(model.version, model.alias, model.triton_name)
         if previous is not None and previous.path != model.path:
             # Requests in flight hold the previous model's MDT in memory, not its files.
-            shutil.rmtree(previous.path.parent, ignore_errors=True)
+            self.downloads.discard(previous.path)
 
     async def _deploy(self, role: str, model: ServingModel) -> None:
         """Zero-downtime switch: publish the version beside the one served, load (Triton now
@@ -284,6 +326,8 @@ class ServiceRuntime:
                     log.warning("could not unload retired versions %s: %s", retired, exc)
                 else:
                     log.info("%s: retired versions %s of %s", role, retired, model.triton_name)
+        # Downloads of siblings that are gone (the served ones' own went with each switch).
+        await asyncio.to_thread(self.downloads.sweep)
 
     async def switch(
         self, role: str, ref: str | None = None
@@ -295,7 +339,7 @@ class ServiceRuntime:
             try:
                 model = await asyncio.to_thread(self._fetch, role, ref or self._alias(role))
                 if previous is not None and model.version == previous.version:
-                    shutil.rmtree(model.path.parent, ignore_errors=True)
+                    self.downloads.discard(model.path)
                     return previous, previous
                 await self._deploy(role, model)
             except Exception:
@@ -319,7 +363,8 @@ class ServiceRuntime:
         alias = self.settings.challenger_alias
         version = await asyncio.to_thread(self.registry.version_for, alias)
         if version is None:
-            if self._models.pop(CHALLENGER, None) is not None:
+            if (gone := self._models.pop(CHALLENGER, None)) is not None:
+                self.downloads.discard(gone.path)
                 log.info("alias %s removed: champion answers everything", alias)
             return
         current = self.challenger
@@ -361,6 +406,8 @@ class ServiceRuntime:
             triton, client = self.triton, self.client
             if triton is None or client is None:
                 return
+            if self.supervisor is not None and self.supervisor.restarting:
+                return  # the supervisor loads the models once the new server is up
             try:
                 if not await self._on_control_thread(triton.is_ready):
                     return
@@ -444,11 +491,15 @@ class ServiceRuntime:
     # -- readiness --------------------------------------------------------------------------
 
     async def check_store(self) -> CheckResult:
+        """The store the next process would open (a deleted or replaced SQLite file shows
+        here, not only in a fresh process) with the served view's tables, and a read."""
         if self.store is None:
             return CheckResult(False, "not opened")
         store = self.store
         probe = pl.DataFrame({"carrier": ["__readiness__"]})
+        groups = {j.group.table_name: j.group for m in self._models.values() for j in m.view.joins}
         try:
+            await self.with_store(store.check_online, list(groups.values()))
             await self.with_store(store.get_online_features, CARRIER_STATS, probe)
         except StoreUnavailable as exc:
             return CheckResult(False, str(exc))

@@ -5,13 +5,24 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 Airport = Annotated[str, Field(pattern=r"^[A-Z0-9]{3,4}$", examples=["JFK"])]
 # The hhmm rule as JSON Schema, for clients and fuzzers that generate requests from OpenAPI:
 # one range per hour (minutes 00-59); the validator below enforces the same.
 HHMM_RANGES: list[JsonValue] = [
     {"minimum": 100 * hour, "maximum": 100 * hour + 59} for hour in range(24)
+]
+AsOf = Annotated[
+    AwareDatetime | None,
+    Field(
+        description="prediction time T: features are read as they were at this instant "
+        "(ISO 8601 with a UTC offset, not in the future). Default: the request's arrival. "
+        "For replays, backtests and the demo on 2013 data; an instant older than what the "
+        "online store keeps (a day of weather, two days of daily stats) finds those features "
+        "missing: backtest further back with the batch job.",
+        examples=["2013-12-31T16:00:00-05:00"],
+    ),
 ]
 
 
@@ -41,6 +52,7 @@ class ScheduledFlight(BaseModel):
     distance: int = Field(
         ge=1, le=6000, description="great-circle distance, miles", examples=[1400]
     )
+    as_of: AsOf = None  # this flight's T, over the request's
 
     @field_validator("sched_dep_time")
     @classmethod
@@ -54,12 +66,20 @@ class PredictionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     flights: list[ScheduledFlight] = Field(min_length=1)
+    as_of: AsOf = None  # T of every flight without its own
 
 
 class FlightPrediction(BaseModel):
     flight_id: str
     probability: float = Field(description="probability of a departure delay above 15 minutes")
     model_version: str
+    prediction_time: dt.datetime = Field(
+        description="T: the instant the features were read as of (as_of, or the arrival), UTC"
+    )
+    lead_minutes: int = Field(
+        description="the lead the model was trained at: its training rows were read this many "
+        "minutes before the scheduled departure"
+    )
     missing_features: list[str] = Field(
         description="features with no value (imputed, or the out-of-vocabulary index)"
     )
@@ -67,7 +87,9 @@ class FlightPrediction(BaseModel):
         description="categorical features whose value the model never saw (out-of-vocabulary)"
     )
     missing_groups: list[str] = Field(
-        description="feature groups with no online row for this flight's key"
+        description="feature groups with no row valid at prediction_time for this flight's "
+        "key: none online, or only one older than the view's tolerance (28 days for daily "
+        "stats, 3 hours for weather) or newer than prediction_time"
     )
 
 
@@ -94,9 +116,17 @@ class DependencyCheck(BaseModel):
     detail: str = ""
 
 
+class Liveness(BaseModel):
+    status: str = Field(description="ok, or failing: restart this process")
+    detail: str | None = None
+
+
 class Readiness(BaseModel):
     ready: bool
     model_version: str | None
+    lead_minutes: int | None = Field(
+        default=None, description="the served model's lead (see FlightPrediction.lead_minutes)"
+    )
     checks: dict[str, DependencyCheck]
 
 

@@ -6,7 +6,9 @@ through the same plain function its own CLI calls, in one process, so the replay
 minutes instead of paying every CLI's start-up (PyTorch, MLflow) a few hundred times.
 
 Modules: :mod:`.calendar` (the weeks), :mod:`.settings` (what is configurable),
-:mod:`.steps` (one pipeline call each), :mod:`.shadow` (champion vs challenger on the same
-labelled flights), :mod:`.journal` (resumable state), :mod:`.flow` (the weekly loop) and
-:mod:`.report` (the one-page report).
+:mod:`.steps` (one pipeline call each), :mod:`.journal` (resumable state), :mod:`.flow` (the
+weekly loop) and :mod:`.report` (the one-page report). The shadow decision is not the replay's
+own: champion and challenger are paired on the same labelled flights by
+:mod:`inference_pipeline.monitor.shadow` and judged by :func:`shared.promotion.decide`, exactly
+as the monitor's shadow step does for online shadow traffic.
 """

@@ -30,14 +30,20 @@ from datetime import timedelta
 from typing import Any
 
 from shared.errors import ConfigurationError
-from shared.promotion import Promotion, gate_eligibility, promote_if_eligible
+from shared.promotion import (
+    Promotion,
+    ShadowRules,
+    decide,
+    gate_eligibility,
+    promote_if_eligible,
+    record_shadow_result,
+)
 from shared.registry import CHAMPION, ModelRegistry
 from training_pipeline.config import RecentWindows
 
 from .calendar import YEAR_START, Week, replay_weeks
 from .journal import Journal
 from .settings import ReplayPlan, ReplaySettings
-from .shadow import ShadowRules, decide
 from .steps import (
     backfill_features,
     monitor_settings,
@@ -49,8 +55,6 @@ from .steps import (
 )
 
 log = logging.getLogger(__name__)
-
-SHADOW_RESULT_TAG = "shadow_result"  # on a challenger version: how its shadow run ended
 
 Notify = Callable[[str], None]
 
@@ -66,11 +70,7 @@ class Replay:
 
     @property
     def rules(self) -> ShadowRules:
-        return ShadowRules(
-            min_auc_gain=self.settings.shadow_min_auc_gain,
-            max_log_loss_increase=self.settings.shadow_max_log_loss_increase,
-            min_labels=self.settings.shadow_min_labels,
-        )
+        return self.settings.shadow_rules
 
     def save(self) -> None:
         self.journal.save()
@@ -200,9 +200,7 @@ def shadow_decision(replay: Replay, week: Week, champion: str, challenger: str) 
     if decision.resolved:
         replay.journal.challenger = None
         story["shadow_result"] = decision.reason
-        replay.registry.client.set_model_version_tag(
-            replay.registry.name, challenger, SHADOW_RESULT_TAG, decision.reason[:4000]
-        )
+        record_shadow_result(replay.registry, challenger, decision.reason)
     return comparison.to_dict() | {
         "promoted": decision.promote,
         "resolved": decision.resolved,

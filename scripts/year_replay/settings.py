@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.promotion import ShadowRuleSettings
 from shared.registry import RegistrySettings
 from shared.settings import FeatureStoreSettings
 
@@ -28,26 +29,14 @@ class Scorer(StrEnum):
     triton = "triton"  # one managed Triton server for the whole replay
 
 
-class ReplaySettings(FeatureStoreSettings, RegistrySettings):
-    """Where the replay writes, and the rules that decide promotions and scheduled retraining."""
+class ReplaySettings(FeatureStoreSettings, RegistrySettings, ShadowRuleSettings):
+    """Where the replay writes, and the rules that decide promotions and scheduled retraining.
+
+    The shadow margins (``FTI_SHADOW_*``) are :class:`shared.promotion.ShadowRuleSettings`, the
+    same fields the monitor's shadow step reads for online shadow traffic."""
 
     replay_dir: Path | None = Field(
         default=None, description="journal, monitoring reports and the report; <data_root>/replay"
-    )
-    shadow_min_auc_gain: float = Field(
-        default=0.0,
-        ge=-1,
-        le=1,
-        description="the challenger's ROC AUC minus the champion's, on the same labelled flights, "
-        "must be at least this to promote (negative: a tolerated loss)",
-    )
-    shadow_max_log_loss_increase: float = Field(
-        default=0.0,
-        ge=0,
-        description="the challenger's log loss may exceed the champion's by at most this",
-    )
-    shadow_min_labels: int = Field(
-        default=1000, ge=1, description="labelled flights both versions scored, before deciding"
     )
     retrain_schedule_weeks: int | None = Field(
         default=4,

@@ -18,18 +18,18 @@ from feature_pipeline.pipeline import run_backfill
 from feature_pipeline.settings import FeaturePipelineSettings
 from inference_pipeline.batch import score_day
 from inference_pipeline.monitor import MonitorSettings, run_monitor
+from inference_pipeline.monitor.shadow import compare, paired_scores
 from inference_pipeline.monitor.window import Window, read_outcomes, read_predictions
 from inference_pipeline.settings import InferenceSettings, TritonMode
 from inference_pipeline.triton_server import TritonServer
 from shared.errors import FTIError
 from shared.feature_store import open_feature_store
-from shared.promotion import Promotion
+from shared.promotion import Promotion, ShadowComparison
 from training_pipeline.config import TrainingConfig, TrainingSettings, Windows
 from training_pipeline.pipeline import run_training
 
 from .calendar import Week
 from .settings import ReplayPlan, ReplaySettings, Scorer
-from .shadow import ShadowComparison, compare, paired_scores
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,10 @@ How our contract maps onto Hopsworks:
   newest row per key of each insert, and ``upsert_if_newer`` stops an older backfill from
   overwriting a newer row. ``materialize`` therefore has nothing left to do;
 - online reads go through one feature view per group (``<group>_online``) and
-  ``FeatureView.get_feature_vectors``, one call for all keys;
+  ``FeatureView.get_feature_vectors``, one call for all keys. RonDB keeps the newest row per
+  key only (no ``online_history``), so a read as of T uses it when its event time is within
+  the tolerance at or before T, and finds the key missing otherwise (an ``as_of`` in the past
+  is answered exactly only while no newer row has arrived);
 - the point-in-time join reads each group through the SDK and joins client-side with the same
   ``point_in_time_join`` as the local backend. The SDK's own server-side join cannot take an
   arbitrary spine from Python: spine dataframes are Spark-only.
@@ -39,7 +42,8 @@ from shared.errors import (
     SchemaMismatch,
     StoreUnavailable,
 )
-from shared.feature_group import FeatureGroup
+from shared.feature_group import FeatureGroup, columns_to_add
+from shared.feature_store.online_as_of import row_as_of
 from shared.feature_store.online_codec import align_to_keys
 from shared.feature_store.point_in_time import join_from_store
 from shared.feature_store.protocol import (
@@ -89,8 +93,9 @@ def hopsworks_type(name: str, dtype: pl.DataType) -> str:
     return _HOPSWORKS_TYPES[dtype]
 
 
-def hopsworks_features(group: FeatureGroup) -> list[Any]:
-    """The group's columns as SDK ``Feature`` objects, with their types and descriptions."""
+def hopsworks_features(group: FeatureGroup, only: Sequence[str] | None = None) -> list[Any]:
+    """The group's columns (or ``only`` these) as SDK ``Feature`` objects, with their types
+    and descriptions."""
     from hsfs.feature import Feature
 
     descriptions = group.descriptions()
@@ -102,6 +107,7 @@ def hopsworks_features(group: FeatureGroup) -> list[Any]:
             primary=name in group.primary_key,
         )
         for name, dtype in group.polars_schema.items()
+        if only is None or name in only
     ]
 
 
@@ -117,6 +123,8 @@ def schema_differences(handle: Any, group: FeatureGroup) -> list[str]:
     stored = {f.name: f.type for f in handle.features}
     for name, dtype in group.polars_schema.items():
         wanted = hopsworks_type(name, dtype)
+        if name not in stored and name in group.added_columns:
+            continue  # added on registration (see `FeatureGroup.added_columns`)
         if name not in stored:
             diffs.append(f"column {name!r} ({wanted}) is new")
         elif stored[name] != wanted:
@@ -296,13 +304,20 @@ class HopsworksFeatureStore:
                 + "; ".join(diffs)
                 + f". Bump the version of {group.name!r} instead of changing it in place."
             )
+        new = columns_to_add([f.name for f in handle.features], group)
+        if new:
+            self._sdk(
+                f"adding columns {new} to {group.table_name}",
+                partial(handle.append_features, hopsworks_features(group, only=new)),
+            )
+            log.info("added columns %s to feature group %s", new, group.table_name)
         self._sync_descriptions(group, handle)
 
     def _sync_descriptions(self, group: FeatureGroup, handle: Any) -> None:
         """Descriptions are documentation, not schema: keep the catalog in step with the code."""
         stored = {f.name: f.description or "" for f in handle.features}
         for name, text in group.descriptions().items():
-            if stored.get(name) != text:
+            if name in stored and stored[name] != text:
                 self._sdk(
                     f"description of {group.table_name}.{name}",
                     partial(handle.update_feature_description, name, text),
@@ -430,6 +445,12 @@ class HopsworksFeatureStore:
             found = typed(group, vectors).filter(pl.all_horizontal(pl.col(pk).is_not_null()))
         return align_to_keys(group, keys, found)
 
+    def check_online(self, groups: Sequence[FeatureGroup]) -> None:
+        """Each group exists on the cluster (looked up once, then remembered); the service's
+        readiness probe read covers the online path itself."""
+        for group in groups:
+            self._handle(group)
+
     def get_online_rows(self, lookups: Sequence[OnlineLookup]) -> list[list[OnlineRow]]:
         """Plain rows per lookup (one SDK call per group); a key with no online row gives None.
 
@@ -443,10 +464,18 @@ class HopsworksFeatureStore:
                 schema={k: group.polars_schema[k] for k in pk},
                 orient="row",
             )
-            rows = self.get_online_features(group, keys).to_dicts()
+            found = self.get_online_features(group, keys)
+            events = found.get_column(group.event_time).dt.epoch("us").to_list()
             features = [c for c in group.columns if c not in pk]
+            times: Sequence[int | None] = lookup.as_of or [None] * len(events)
             results.append(
-                [row if any(row[f] is not None for f in features) else None for row in rows]
+                [
+                    row
+                    if any(row[f] is not None for f in features)
+                    and row_as_of([(event,)], 0, t, lookup.tolerance_us) is not None
+                    else None
+                    for row, event, t in zip(found.to_dicts(), events, times, strict=True)
+                ]
             )
         return results
 

@@ -11,6 +11,7 @@ from deltalake.exceptions import DeltaError
 
 from shared.feature_group import FeatureGroup
 from shared.feature_store.offline_delta import DeltaOfflineStore
+from shared.feature_store.online_as_of import recent_per_key
 from shared.feature_store.point_in_time import join_from_store
 from shared.feature_store.protocol import (
     GroupInfo,
@@ -24,11 +25,6 @@ from shared.feature_store.protocol import (
 from shared.settings import DEFAULT_PIT_JOIN, PitJoinMethod
 
 log = logging.getLogger(__name__)
-
-
-def latest_per_key(group: FeatureGroup, rows: pl.DataFrame) -> pl.DataFrame:
-    """The newest row (by event time) of every primary key."""
-    return rows.sort(group.event_time).unique(subset=list(group.primary_key), keep="last")
 
 
 class LocalFeatureStore:
@@ -84,15 +80,20 @@ class LocalFeatureStore:
                 rows = rows.join(changed, on=list(group.primary_key), how="semi")
             except DeltaError as exc:  # e.g. the change feed was vacuumed: fall back to all keys
                 log.warning("change feed of %s unavailable (%s); full refresh", group.name, exc)
-        written = self.online.write(group, latest_per_key(group, rows))
+        recent = recent_per_key(group, rows)
+        self.online.write(group, recent)
         self.online.set_materialized_version(group.table_name, to_version)
-        return MaterializeResult(group.table_name, written, from_version, to_version)
+        keys = recent.select(group.primary_key).n_unique() if recent.height else 0
+        return MaterializeResult(group.table_name, keys, from_version, to_version)
 
     def get_online_features(self, group: FeatureGroup, keys: pl.DataFrame) -> pl.DataFrame:
         return self.online.read(group, keys)
 
     def get_online_rows(self, lookups: Sequence[OnlineLookup]) -> list[list[OnlineRow]]:
         return self.online.read_rows(lookups)
+
+    def check_online(self, groups: Sequence[FeatureGroup]) -> None:
+        self.online.check(groups)
 
     def point_in_time_join(
         self,

@@ -16,11 +16,11 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 import pyarrow.fs as pafs
-from deltalake import DeltaTable, write_deltalake
+from deltalake import DeltaTable, Schema, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from shared.errors import FeatureGroupNotFound, SchemaMismatch, StoreUnavailable
-from shared.feature_group import FeatureGroup, schema_differences
+from shared.feature_group import FeatureGroup, columns_to_add, schema_differences
 from shared.feature_store.commit_retry import CommitRetry, retry_commit
 from shared.feature_store.protocol import WriteResult
 
@@ -97,13 +97,32 @@ class DeltaOfflineStore:
                 if not self.exists(group):
                     raise
                 log.info("offline table %s was created by a concurrent writer", self.uri(group))
-        diffs = schema_differences(self.stored_metadata(group), group)
+        stored = self.stored_metadata(group)
+        diffs = schema_differences(stored, group)
         if diffs:
             raise SchemaMismatch(
                 f"feature group {group.table_name} exists with a different schema: "
                 + "; ".join(diffs)
                 + f". Bump the version of {group.name!r} instead of changing it in place."
             )
+        if columns_to_add(stored.get("columns", {}), group):
+            retry_commit(
+                f"adding columns to {group.table_name}",
+                lambda: self._add_columns(group),
+                self.commit_retry,
+            )
+
+    def _add_columns(self, group: FeatureGroup) -> None:
+        """Add the group's new nullable columns to its table (old rows read null), and record
+        the definition that has them; a concurrent registration may have done it already."""
+        table = self._table(group)
+        new = columns_to_add(table.schema().to_arrow().names, group)
+        if new:
+            arrow = pl.DataFrame(schema={c: group.polars_schema[c] for c in new}).to_arrow()
+            table.alter.add_columns(list(Schema.from_arrow(arrow.schema).fields))
+            log.info("added columns %s to offline table %s", new, self.uri(group))
+        if columns_to_add(self.stored_metadata(group).get("columns", {}), group):
+            self._table(group).alter.set_table_description(group.metadata_json())
 
     def _create(self, group: FeatureGroup) -> None:
         empty = pl.DataFrame(schema=group.polars_schema)
@@ -191,6 +210,11 @@ class DeltaOfflineStore:
     ) -> pl.DataFrame:
         table = self._table(group, version)
         frame = pl.scan_delta(table)
+        absent = columns_to_add(frame.collect_schema().names(), group)
+        if absent:  # a table (or version) from before these columns: they read null
+            frame = frame.with_columns(
+                pl.lit(None, dtype=group.polars_schema[c]).alias(c) for c in absent
+            )
         if start is not None:
             frame = frame.filter(pl.col(group.event_time) >= start)
         if end is not None:

@@ -1,10 +1,15 @@
 """Online store on a Redis server: the production choice when several hosts serve features.
 
-Layout: one string key per entity, ``<namespace>:<table_name>:<json primary key>``, holding the
-row as one compact JSON array in the group's column order. The table name carries the group
-version, so two versions of a group never overwrite each other's keys, and the namespace keeps
-several deployments (or tests) apart on one server. The offline version last materialized for
-each table lives in one hash, ``<namespace>:_materialization``.
+Layout: one sorted set per entity, ``<namespace>:asof:<table_name>:<json primary key>``, whose
+members are the key's rows (one compact JSON array each, in the group's column order) scored by
+their event time in epoch microseconds (exact in a double until the year 2255): the newest row
+and those within the group's ``online_history`` of it. A read as of T is one
+``ZREVRANGEBYSCORE`` per key between T - tolerance and T, every key and group in one pipeline
+(one round trip). The table name carries the group version, so two versions of a group never
+overwrite each other's keys, and the namespace keeps several deployments (or tests) apart on
+one server. The offline version last materialized for each table lives in one hash,
+``<namespace>:asof:_materialization``. (``asof`` names the layout: a server still holding the
+older one-string-per-key layout is not read, and the first materialization refills in full.)
 
 Values go through ``online_codec`` (timestamps as integer microseconds, dates as integer days),
 so a row read back has exactly the types and values that were written.
@@ -15,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from datetime import timedelta
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -26,6 +32,7 @@ from redis.retry import Retry
 
 from shared.errors import ConfigurationError, StoreUnavailable
 from shared.feature_group import FeatureGroup
+from shared.feature_store.online_as_of import row_as_of, served_window
 from shared.feature_store.online_codec import align_to_keys, from_storable, storable
 from shared.feature_store.protocol import OnlineLookup, OnlineRow
 
@@ -33,21 +40,28 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Rows per MULTI/EXEC on write, keys per MGET on read: big enough to amortise round trips,
-# small enough that one command never blocks the single-threaded server for long.
+# Rows per write script: big enough to amortise round trips, small enough that one script
+# never blocks the single-threaded server for long.
 WRITE_CHUNK = 5_000
-READ_CHUNK = 10_000
+_LAYOUT = "asof"  # in every key: see the module docstring
 
 
-# SET each key unless it holds a row with a later event time. ARGV: the event time's position
-# in a row, then per key its row (JSON) and event time.
-_UPSERT_NEWER = """
-local at = tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  local row, event_time = ARGV[2 * i], tonumber(ARGV[2 * i + 1])
-  local held = redis.call('GET', key)
-  if not held or tonumber(cjson.decode(held)[at]) <= event_time then
-    redis.call('SET', key, row)
+# Upsert rows into their keys' sorted sets, then cut each key's history from its newest row.
+# ARGV: the history in microseconds, then per row: its key's index in KEYS, its event time (the
+# score), the row (JSON). Scores are integer microseconds, exact in Lua's doubles below 2^53;
+# "%.0f" writes them back without rounding.
+_UPSERT_RECENT = """
+local horizon = tonumber(ARGV[1])
+for i = 2, #ARGV, 3 do
+  local key, score = KEYS[tonumber(ARGV[i])], ARGV[i + 1]
+  redis.call('ZREMRANGEBYSCORE', key, score, score)
+  redis.call('ZADD', key, score, ARGV[i + 2])
+end
+for _, key in ipairs(KEYS) do
+  local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2]
+  if newest then
+    local first_kept = string.format('%.0f', tonumber(newest) - horizon)
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. first_kept)
   end
 end
 return #KEYS
@@ -112,20 +126,19 @@ class RedisOnlineStore:
         except ValueError as exc:
             raise ConfigurationError(f"invalid Redis URL {self.url}: {exc}") from exc
 
-        # Event times are integer microseconds, exact in Lua's doubles (below 2^53).
-        self._upsert_newer = self._client.register_script(_UPSERT_NEWER)
+        self._upsert_recent = self._client.register_script(_UPSERT_RECENT)
 
     # -- keys ------------------------------------------------------------------------------
 
     def _prefix(self, table_name: str) -> str:
-        return f"{self.namespace}:{table_name}:"
+        return f"{self.namespace}:{_LAYOUT}:{table_name}:"
 
     def _key(self, table_name: str, key: Sequence[Any]) -> str:
         return self._prefix(table_name) + _compact(list(key))
 
     @property
     def _materialization_key(self) -> str:
-        return f"{self.namespace}:_materialization"
+        return f"{self.namespace}:{_LAYOUT}:_materialization"
 
     def _call(self, what: str, action: Callable[[], T]) -> T:
         """Run one Redis exchange, turning any server or network failure into StoreUnavailable."""
@@ -137,71 +150,71 @@ class RedisOnlineStore:
     # -- rows ------------------------------------------------------------------------------
 
     def write(self, group: FeatureGroup, rows: pl.DataFrame) -> int:
-        """Upsert one value per key; a row never replaces one with a later event time (as in
-        SQLite), and within ``rows`` the last row of a key wins among equal times."""
+        """Upsert by key + event time (a row replaces the key's row of the same time, never one
+        of another time: writers that raced cannot regress a key), then drop each written key's
+        rows older than its newest stored row minus ``group.online_history``. One server-side
+        script per chunk of rows: atomic (readers never see half a chunk), one round trip."""
         if rows.is_empty():
             return 0
         values = storable(group, rows).rows()
         positions = [group.columns.index(k) for k in group.primary_key]
-        at = group.columns.index(group.event_time)
+        event_at = group.columns.index(group.event_time)
+        horizon = group.online_history // timedelta(microseconds=1)
         for part in _chunks(values, WRITE_CHUNK):
-            latest: dict[str, Sequence[Any]] = {}
+            names: dict[str, int] = {}  # key -> its position in KEYS (from 1, as in Lua)
+            args: list[Any] = [horizon]
             for row in part:
-                key = self._key(group.table_name, [row[i] for i in positions])
-                held = latest.get(key)
-                if held is None or held[at] <= row[at]:
-                    latest[key] = row
-            self._call(f"write to {group.table_name}", partial(self._write_chunk, latest, at))
+                name = self._key(group.table_name, [row[i] for i in positions])
+                args += [names.setdefault(name, len(names) + 1), row[event_at], _compact(row)]
+            self._call(
+                f"write to {group.table_name}",
+                partial(self._upsert_recent, keys=list(names), args=args),
+            )
         log.debug("wrote %d rows to %s in Redis", len(values), group.table_name)
         return len(values)
 
-    def _write_chunk(self, rows: dict[str, Sequence[Any]], event_time_at: int) -> None:
-        """One server-side script per chunk: atomic, and one round trip."""
-        args: list[Any] = [event_time_at + 1]  # Lua arrays count from 1
-        for row in rows.values():
-            args += [_compact(list(row)), row[event_time_at]]
-        self._upsert_newer(keys=list(rows), args=args)
-
     def read(self, group: FeatureGroup, keys: pl.DataFrame) -> pl.DataFrame:
-        """Rows for ``keys`` in their order, nulls for unknown keys; one round trip in all."""
+        """Newest rows for ``keys`` in their order, nulls for unknown keys; one round trip."""
         names = [self._key(group.table_name, key) for key in storable_keys(group, keys)]
-        found = [json.loads(raw) for raw in self._mget(group.table_name, names) if raw is not None]
+        if not names:
+            return align_to_keys(group, keys, from_storable(group, []))
+        pipe = self._client.pipeline(transaction=False)
+        for name in names:
+            pipe.zrange(name, 0, 0, desc=True)
+        replies = self._call(f"read of {group.table_name}", pipe.execute)
+        found = [json.loads(reply[0]) for reply in replies if reply]
         return align_to_keys(group, keys, from_storable(group, found))
 
     def read_rows(self, lookups: Sequence[OnlineLookup]) -> list[list[OnlineRow]]:
-        """Plain rows per lookup and key: every group's MGET in one pipeline, one round trip."""
+        """Plain rows per lookup and key, as of each key's T: per distinct key its rows that
+        can match, every key of every group in one pipeline (one round trip)."""
         pipe = self._client.pipeline(transaction=False)
-        counts = []
+        distinct = []
         for lookup in lookups:
-            names = [self._key(lookup.group.table_name, key) for key in lookup.keys]
-            for part in _chunks(names, READ_CHUNK):
-                pipe.mget(part)
-            counts.append(len(names))
-        replies = iter(self._call("online read", pipe.execute) if any(counts) else [])
+            keys = [k for k in dict.fromkeys(lookup.keys) if None not in k]
+            oldest, newest = served_window(lookup)
+            low = "-inf" if oldest is None else oldest
+            high = "+inf" if newest is None else newest
+            for key in keys:
+                pipe.zrevrangebyscore(self._key(lookup.group.table_name, key), high, low)
+            distinct.append(keys)
+        replies = iter(self._call("online read", pipe.execute) if any(distinct) else [])
         results: list[list[OnlineRow]] = []
-        for lookup, count in zip(lookups, counts, strict=True):
-            raw: list[bytes | None] = []
-            while len(raw) < count:
-                raw += next(replies)
+        for lookup, keys in zip(lookups, distinct, strict=True):
+            by_key = {key: [json.loads(raw) for raw in next(replies)] for key in keys}
             columns = lookup.group.columns
+            event_at = columns.index(lookup.group.event_time)
+            times: Sequence[int | None] = lookup.as_of or [None] * len(lookup.keys)
+            tolerance = lookup.tolerance_us
             results.append(
                 [
-                    dict(zip(columns, json.loads(value), strict=True))
-                    if value is not None
+                    dict(zip(columns, row, strict=True))
+                    if (row := row_as_of(by_key.get(key), event_at, t, tolerance)) is not None
                     else None
-                    for value in raw
+                    for key, t in zip(lookup.keys, times, strict=True)
                 ]
             )
         return results
-
-    def _mget(self, table_name: str, names: list[str]) -> list[bytes | None]:
-        if not names:
-            return []
-        pipe = self._client.pipeline(transaction=False)
-        for part in _chunks(names, READ_CHUNK):
-            pipe.mget(part)
-        replies = self._call(f"read of {table_name}", pipe.execute)
-        return [value for reply in replies for value in reply]
 
     def row_count(self, group: FeatureGroup) -> int:
         """Keys held for the group (a SCAN: for operators and tests, not the request path)."""
@@ -229,6 +242,10 @@ class RedisOnlineStore:
 
     def ping(self) -> None:
         self._call("ping", self._client.ping)
+
+    def check(self, groups: Sequence[FeatureGroup]) -> None:
+        """The server answers (a group's keys are only key prefixes: nothing to open)."""
+        self.ping()
 
     def close(self) -> None:
         self._client.close()

@@ -1,11 +1,21 @@
-"""Online store in one SQLite file (WAL mode): the embedded default for a single host."""
+"""Online store in one SQLite file (WAL mode): the embedded default for a single host.
+
+One table per group, keyed by primary key + event time: a key's newest row and the rows within
+the group's ``online_history`` of it (older ones are deleted on write), so a read as of T picks
+the row valid at T (``online_as_of``). A file written by the older layout (the primary key
+alone: the newest row only) is converted on first use, and its materialized version cleared so
+that the next materialization writes the history too.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +23,11 @@ import polars as pl
 
 from shared.errors import StoreUnavailable
 from shared.feature_group import FeatureGroup
+from shared.feature_store.online_as_of import row_as_of, served_window
 from shared.feature_store.online_codec import align_to_keys, from_storable, storable
 from shared.feature_store.protocol import OnlineLookup, OnlineRow
+
+log = logging.getLogger(__name__)
 
 _SQL_TYPES = {
     pl.Int8: "INTEGER",
@@ -32,6 +45,18 @@ _MAX_PARAMS = 30_000
 _KEPT_QUERY_KEYS = 64  # queries for up to this many keys are kept, per group and size
 # How long opening waits for another process that is setting up the same file.
 _SETUP_WAIT_S = 10.0
+# How often reads look whether another file now stands at the store's path (one stat).
+_IDENTITY_CHECK_S = 1.0
+
+
+def _sidecars(path: Path) -> list[Path]:
+    return [path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """(device, inode): which file is at ``path``; another after a replacement."""
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino
 
 
 def _sql_type(dtype: pl.DataType) -> str:
@@ -77,52 +102,151 @@ class SQLiteOnlineStore:
     def __init__(self, path: Path, timeout_s: float = 1.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._conn = sqlite3.connect(
-                self.path, timeout=timeout_s, check_same_thread=False, isolation_level=None
-            )
-            _set_up(self._conn, deadline=time.monotonic() + max(_SETUP_WAIT_S, timeout_s))
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"online store {self.path} unusable: {exc}") from exc
+        self._timeout_s = timeout_s
+        self._sidecars: dict[Path, tuple[int, int]] = {}  # our WAL and shm files, by identity
+        self._conn, self._identity = self._connect()
+        self._next_identity_check = time.monotonic() + _IDENTITY_CHECK_S
         self._lock = threading.Lock()
         self._ready: set[str] = set()
-        self._queries: dict[tuple[str, int], str] = {}  # (table, keys) -> SELECT
+        # (table, keys, oldest bounded, newest bounded) -> SELECT
+        self._queries: dict[tuple[str, int, bool, bool], str] = {}
+
+    def _connect(self) -> tuple[sqlite3.Connection, tuple[int, int]]:
+        """A connection to the file at ``path`` now, and that file's identity."""
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=self._timeout_s, check_same_thread=False, isolation_level=None
+            )
+            _set_up(conn, deadline=time.monotonic() + max(_SETUP_WAIT_S, self._timeout_s))
+            self._sidecars = {}
+            for sidecar in _sidecars(self.path):
+                with contextlib.suppress(FileNotFoundError):
+                    self._sidecars[sidecar] = _identity(sidecar)
+            return conn, _identity(self.path)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(f"online store {self.path} unusable: {exc}") from exc
+
+    # -- the file behind the connection ----------------------------------------------------
+
+    def _follow_replacement(self) -> None:
+        """Reopen when another file now stands at ``path`` (caller holds the lock): the one
+        open connection would otherwise serve the replaced file for good. A missing file is
+        left to `check` to report (the open one still serves: it was the store a moment ago)."""
+        try:
+            now = _identity(self.path)
+        except FileNotFoundError:
+            return
+        if now != self._identity:
+            # Closed first: its WAL and shared-memory files are named after the path, and a
+            # connection to the new file must not find the old file's there. If the new file
+            # cannot be opened, reads fail (503) and the next look tries again.
+            self._conn.close()
+            self._ready.clear()
+            self._drop_old_sidecars()
+            self._conn, self._identity = self._connect()
+            log.warning("online store %s was replaced: reopened it", self.path)
+
+    def _drop_old_sidecars(self) -> None:
+        """Remove the WAL and shared-memory files the closed connection left at the path's
+        names. SQLite neither checkpoints nor deletes them when the database file was moved
+        or deleted under it, and opening the new file would replay the old file's WAL into
+        it (seen: the old rows served from the new file). Files another process created for
+        the new database since (other identities) are left alone."""
+        for sidecar, identity in self._sidecars.items():
+            with contextlib.suppress(FileNotFoundError):
+                if _identity(sidecar) == identity:
+                    sidecar.unlink()
+
+    def check(self, groups: Sequence[FeatureGroup]) -> None:
+        """Readiness: the file the next process would open is there (followed if replaced),
+        and every group's table in it is readable. Raises `StoreUnavailable` naming it."""
+        with self._lock:
+            if not self.path.exists():
+                raise StoreUnavailable(
+                    f"online store {self.path} is gone (deleted or moved): the service still "
+                    "reads the file it opened, a restart would find none; put the store back "
+                    "or re-materialize it"
+                )
+            self._follow_replacement()
+            self._next_identity_check = time.monotonic() + _IDENTITY_CHECK_S
+            for group in groups:
+                try:
+                    self._conn.execute(f"SELECT 1 FROM {_ident(group.table_name)} LIMIT 1")
+                except sqlite3.Error as exc:
+                    raise StoreUnavailable(
+                        f"online store {self.path}: table {group.table_name} unreadable "
+                        f"({exc}); materialize the feature groups"
+                    ) from exc
 
     def _ensure_table(self, group: FeatureGroup) -> None:
         if group.table_name in self._ready:
             return
+        table = _ident(group.table_name)
         cols = ", ".join(f"{_ident(n)} {_sql_type(t)}" for n, t in group.polars_schema.items())
-        pk = ", ".join(_ident(k) for k in group.primary_key)
-        self._conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {_ident(group.table_name)} ({cols}, PRIMARY KEY ({pk}))"
-        )
+        pk = ", ".join(_ident(k) for k in (*group.primary_key, group.event_time))
+        self._conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols}, PRIMARY KEY ({pk}))")
+        if not self._keyed_by_event_time(group):
+            self._convert_layout(group, cols, pk)
         self._ready.add(group.table_name)
 
+    def _keyed_by_event_time(self, group: FeatureGroup) -> bool:
+        info = self._conn.execute(f"PRAGMA table_info({_ident(group.table_name)})").fetchall()
+        return any(name == group.event_time and pk > 0 for _, name, _, _, _, pk in info)
+
+    def _convert_layout(self, group: FeatureGroup, cols: str, pk: str) -> None:
+        """A table of the older layout (newest row per key only) -> keyed by event time too,
+        rows kept; its materialized version is cleared so the next materialization writes every
+        key's history (until then, a read as of an earlier T finds the key missing)."""
+        table, old = _ident(group.table_name), _ident(group.table_name + "__newest_only")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            if not self._keyed_by_event_time(group):  # another process may have done it
+                self._conn.execute(f"ALTER TABLE {table} RENAME TO {old}")
+                self._conn.execute(f"CREATE TABLE {table} ({cols}, PRIMARY KEY ({pk}))")
+                self._conn.execute(f"INSERT INTO {table} SELECT * FROM {old}")
+                self._conn.execute(f"DROP TABLE {old}")
+                self._conn.execute(
+                    "DELETE FROM _materialization WHERE table_name = ?", (group.table_name,)
+                )
+                log.warning(
+                    "online table %s converted to the as-of layout; the next materialization "
+                    "refills its history",
+                    group.table_name,
+                )
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._conn.execute("ROLLBACK")
+            raise StoreUnavailable(f"online table {group.table_name} not converted: {exc}") from exc
+
     def write(self, group: FeatureGroup, rows: pl.DataFrame) -> int:
-        """Upsert one row per key; a row never replaces one with a later event time (writers
-        that raced, e.g. parallel backfill windows materializing, cannot regress a key)."""
+        """Upsert by key + event time, then drop each written key's rows older than its newest
+        stored row minus ``group.online_history``. A row never replaces one of another event
+        time, so writers that raced (parallel backfill windows materializing) cannot regress a
+        key: the newest row stays, and the history is cut from it."""
         if rows.is_empty():
             return 0
-        values = storable(group, rows).rows()
+        stored = storable(group, rows)
+        values = stored.rows()
+        keys = list(group.primary_key)
+        horizon = group.online_history // timedelta(microseconds=1)
+        written = [(*key, *key, horizon) for key in stored.select(keys).unique().rows()]
         table = _ident(group.table_name)
         names = ", ".join(_ident(c) for c in group.columns)
         marks = ", ".join("?" for _ in group.columns)
-        pk = ", ".join(_ident(k) for k in group.primary_key)
-        updates = ", ".join(
-            f"{_ident(c)} = excluded.{_ident(c)}"
-            for c in group.columns
-            if c not in group.primary_key
-        )
-        event_time = _ident(group.event_time)
-        sql = (
-            f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT ({pk}) DO UPDATE SET "
-            f"{updates} WHERE excluded.{event_time} >= {table}.{event_time}"
+        key_match = " AND ".join(f"{_ident(k)} = ?" for k in keys)
+        event = _ident(group.event_time)
+        prune = (
+            f"DELETE FROM {table} WHERE {key_match} AND {event} < "
+            f"(SELECT max({event}) FROM {table} WHERE {key_match}) - ?"
         )
         with self._lock:
             self._ensure_table(group)
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.executemany(sql, values)
+                self._conn.executemany(
+                    f"INSERT OR REPLACE INTO {table} ({names}) VALUES ({marks})", values
+                )
+                self._conn.executemany(prune, written)
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._conn.execute("ROLLBACK")
@@ -133,59 +257,80 @@ class SQLiteOnlineStore:
         pk = list(group.primary_key)
         unique_keys = keys.select(pk).unique(maintain_order=True).rows()
         with self._lock:
-            found = self._select(group, unique_keys)
-        return align_to_keys(group, keys, from_storable(group, found))
+            by_key = self._rows_by_key(group, unique_keys, (None, None))
+        newest = [rows[0] for rows in by_key.values()]
+        return align_to_keys(group, keys, from_storable(group, newest))
 
     def read_rows(self, lookups: Sequence[OnlineLookup]) -> list[list[OnlineRow]]:
-        """Plain rows per lookup and key; one lock and one query per group."""
+        """Plain rows per lookup and key, as of each key's T; one lock and one query per group."""
         results: list[list[OnlineRow]] = []
         with self._lock:
+            if time.monotonic() >= self._next_identity_check:  # a stat per second at most
+                self._next_identity_check = time.monotonic() + _IDENTITY_CHECK_S
+                self._follow_replacement()
             for lookup in lookups:
                 group = lookup.group
                 wanted = [k for k in dict.fromkeys(lookup.keys) if None not in k]
-                rows = self._select(group, wanted)
-                positions = [group.columns.index(k) for k in group.primary_key]
-                by_key = {tuple(r[i] for i in positions): r for r in rows}
+                by_key = self._rows_by_key(group, wanted, served_window(lookup))
                 columns = group.columns
+                event_at = columns.index(group.event_time)
+                times: Sequence[int | None] = lookup.as_of or [None] * len(lookup.keys)
+                tolerance = lookup.tolerance_us
                 results.append(
                     [
                         dict(zip(columns, row, strict=True))
-                        if (row := by_key.get(key)) is not None
+                        if (row := row_as_of(by_key.get(key), event_at, t, tolerance)) is not None
                         else None
-                        for key in lookup.keys
+                        for key, t in zip(lookup.keys, times, strict=True)
                     ]
                 )
         return results
 
-    def _select(self, group: FeatureGroup, keys: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Stored rows for distinct ``keys`` (caller holds the lock), in chunks of parameters."""
+    def _rows_by_key(
+        self,
+        group: FeatureGroup,
+        keys: Sequence[tuple[Any, ...]],
+        window: tuple[int | None, int | None],
+    ) -> dict[tuple[Any, ...], list[Any]]:
+        """Each of ``keys``'s stored rows with event times in ``window`` (oldest, newest; None:
+        unbounded), newest first (caller holds the lock), in chunks of parameters."""
         self._ensure_table(group)
-        chunk = max(1, _MAX_PARAMS // len(group.primary_key))
-        found: list[Any] = []
+        bounds = [b for b in window if b is not None]
+        chunk = max(1, (_MAX_PARAMS - 2) // len(group.primary_key))
+        positions = [group.columns.index(k) for k in group.primary_key]
+        by_key: dict[tuple[Any, ...], list[Any]] = {}
         for i in range(0, len(keys), chunk):
             part = keys[i : i + chunk]
-            params = [v for key in part for v in key]
+            params = [v for key in part for v in key] + bounds
+            sql = self._query(group, len(part), window[0] is not None, window[1] is not None)
             try:
-                found += self._conn.execute(self._query(group, len(part)), params).fetchall()
+                found = self._conn.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"online read of {group.table_name} failed: {exc}") from exc
-        return found
+            for row in found:
+                by_key.setdefault(tuple(row[i] for i in positions), []).append(row)
+        return by_key
 
-    def _query(self, group: FeatureGroup, keys: int) -> str:
-        """The SELECT of ``keys`` keys of ``group``, kept for the small sizes of online requests
-        (their handful of keys per group would otherwise pay for quoting every column)."""
-        sql = self._queries.get((group.table_name, keys))
+    def _query(self, group: FeatureGroup, keys: int, oldest: bool, newest: bool) -> str:
+        """The SELECT of ``keys`` keys of ``group`` (event times bounded below and/or above),
+        newest first; kept for the small sizes of online requests (their handful of keys per
+        group would otherwise pay for quoting every column)."""
+        sql = self._queries.get((group.table_name, keys, oldest, newest))
         if sql is None:
             per_key = len(group.primary_key)
             names = ", ".join(_ident(c) for c in group.columns)
             key_cols = ", ".join(_ident(k) for k in group.primary_key)
             row_marks = ", ".join("(" + ", ".join("?" * per_key) + ")" for _ in range(keys))
+            event = _ident(group.event_time)
+            bounds = (f" AND {event} >= ?" if oldest else "") + (
+                f" AND {event} <= ?" if newest else ""
+            )
             sql = (
                 f"SELECT {names} FROM {_ident(group.table_name)} "
-                f"WHERE ({key_cols}) IN (VALUES {row_marks})"
+                f"WHERE ({key_cols}) IN (VALUES {row_marks}){bounds} ORDER BY {event} DESC"
             )
             if keys <= _KEPT_QUERY_KEYS:
-                self._queries[(group.table_name, keys)] = sql
+                self._queries[(group.table_name, keys, oldest, newest)] = sql
         return sql
 
     def materialized_version(self, table_name: str) -> int | None:
@@ -202,11 +347,12 @@ class SQLiteOnlineStore:
             )
 
     def row_count(self, group: FeatureGroup) -> int:
+        """Keys held for the group (each with its newest row and its kept history)."""
+        keys = ", ".join(_ident(k) for k in group.primary_key)
         with self._lock:
             self._ensure_table(group)
-            return int(
-                self._conn.execute(f"SELECT count(*) FROM {_ident(group.table_name)}").fetchone()[0]
-            )
+            sql = f"SELECT count(*) FROM (SELECT DISTINCT {keys} FROM {_ident(group.table_name)})"
+            return int(self._conn.execute(sql).fetchone()[0])
 
     def ping(self) -> None:
         try:

@@ -77,10 +77,17 @@ class JoinRequest:
 @dataclass(frozen=True)
 class OnlineLookup:
     """Keys to look up in one online group: primary-key values in the group's key order, as the
-    plain values online stores keep (strings and integers; see ``online_codec``)."""
+    plain values online stores keep (strings and integers; see ``online_codec``).
+
+    ``as_of`` gives, per key, the prediction time T in epoch microseconds (UTC): the row served
+    is then the newest one the store keeps with ``T - tolerance_us <= event time <= T`` (the
+    backward as-of match of the offline join, with the same tolerance), else none. Without
+    ``as_of``, the newest row kept, whatever its time."""
 
     group: FeatureGroup
     keys: Sequence[tuple[Any, ...]]
+    as_of: Sequence[int] | None = None
+    tolerance_us: int | None = None
 
 
 # One online row as stored: column -> plain value (None when the store has no row for the key).
@@ -89,21 +96,27 @@ OnlineRow = dict[str, Any] | None
 
 @runtime_checkable
 class OnlineStore(Protocol):
-    """Latest value per primary key, for low-latency serving."""
+    """Latest rows per primary key (the newest, and those within the group's
+    ``online_history`` of it), for low-latency serving as of a prediction time."""
 
     # True when a read is a lookup in a local file (no network round trip), cheap and bounded
     # enough to run on an event loop's own thread; False for a server reached over the network.
     reads_in_process: bool
 
-    def write(self, group: FeatureGroup, rows: pl.DataFrame) -> int: ...
+    def write(self, group: FeatureGroup, rows: pl.DataFrame) -> int:
+        """Upsert ``rows`` by primary key + event time, then drop each written key's rows older
+        than its newest written row minus ``group.online_history``. Returns rows written."""
+        ...
 
     def read(self, group: FeatureGroup, keys: pl.DataFrame) -> pl.DataFrame:
-        """Rows for ``keys`` (primary-key columns) in the same order; missing keys give nulls."""
+        """Newest rows for ``keys`` (primary-key columns) in the same order; missing keys give
+        nulls. For operators and tests; the request path uses `read_rows`."""
         ...
 
     def read_rows(self, lookups: Sequence[OnlineLookup]) -> list[list[OnlineRow]]:
-        """Per lookup, per key: the stored row as plain values, or None. The request path's
-        read: no frames, one round trip for all lookups where the backend allows it."""
+        """Per lookup, per key: the row valid as of the key's T (see `OnlineLookup`) as plain
+        values, or None. The request path's read: no frames, one round trip for all lookups
+        where the backend allows it."""
         ...
 
     def materialized_version(self, table_name: str) -> int | None:
@@ -114,12 +127,17 @@ class OnlineStore(Protocol):
 
     def ping(self) -> None: ...
 
+    def check(self, groups: Sequence[FeatureGroup]) -> None:
+        """Readiness: the store the next process would open is there and each group's data
+        readable; raises `StoreUnavailable` naming what is wrong."""
+        ...
+
     def close(self) -> None: ...
 
 
 @runtime_checkable
 class FeatureStore(Protocol):
-    """Feature groups offline (history, time travel) and online (latest per key)."""
+    """Feature groups offline (history, time travel) and online (newest rows per key)."""
 
     @property
     def online_reads_in_process(self) -> bool:
@@ -155,13 +173,18 @@ class FeatureStore(Protocol):
     def table_version(self, group: FeatureGroup) -> int | None: ...
 
     def materialize(self, group: FeatureGroup) -> MaterializeResult:
-        """Push the latest row per key to the online store (only keys that changed)."""
+        """Push each changed key's newest row, and its rows within the group's
+        ``online_history`` of it, to the online store (only keys that changed)."""
         ...
 
     def get_online_features(self, group: FeatureGroup, keys: pl.DataFrame) -> pl.DataFrame: ...
 
     def get_online_rows(self, lookups: Sequence[OnlineLookup]) -> list[list[OnlineRow]]:
         """Online rows of several groups at once, as plain values (see `OnlineStore.read_rows`)."""
+        ...
+
+    def check_online(self, groups: Sequence[FeatureGroup]) -> None:
+        """Readiness of the online store for ``groups`` (see `OnlineStore.check`)."""
         ...
 
     def point_in_time_join(

@@ -155,7 +155,7 @@ def test_the_deployment_files_start_the_expected_programs() -> None:
         ("python -m", "inference_pipeline", "serve"),
         ("python -m", "inference_pipeline", "triton"),
         ("python -m", "inference_pipeline.batch", "--date"),
-        ("python -m", "inference_pipeline.monitor", "run"),
+        ("python -m", "inference_pipeline", "monitor"),
         ("torchrun", None, "--nnodes=2"),
         ("mlflow", None, "server"),
         ("tritonserver", None, "--model-repository=/models"),
@@ -163,6 +163,8 @@ def test_the_deployment_files_start_the_expected_programs() -> None:
         ("docker compose run", "training", "retrain"),  # the DAG's retraining task
     ]:
         assert expected in targets, f"no deployment file starts {expected}"
+    shadow = [i for i in _invocations() if i.args[:2] == ["monitor", "shadow"]]
+    assert len({i.where for i in shadow}) >= 4, "the shadow decision: crontabs, CronJob, DAG"
 
 
 def _typer_app(module: str) -> typer.Typer:
@@ -199,8 +201,6 @@ def test_every_pipeline_command_is_a_working_cli_of_the_project(
     where = f"{invocation.where}: python -m {module} {' '.join(invocation.args)}"
     assert module.split(".")[0] in d.PIPELINE_PACKAGES, f"{where}: not a pipeline of ours"
     if importlib.util.find_spec(module) is None:
-        if module == "inference_pipeline.monitor":
-            pytest.skip("the monitoring package is not in this checkout yet")
         pytest.fail(f"{where}: module {module} does not exist")
     app = _typer_app(module)
     command, path, rest = _resolve(app, invocation.args)
@@ -336,6 +336,7 @@ def test_the_dag_starts_its_tasks_through_the_compose_stack() -> None:
     through the host's Docker socket; each task's service runs its pipeline's CLI (the
     arguments themselves are checked with every other command above)."""
     from orchestration.commands import BATCH, FEATURES, MONITOR, TRAINING
+    from orchestration.daily import TASKS
 
     daemon = next(c for c in d.dag_orchestrators() if c.name == "dagster-daemon")
     compose_file = daemon.env["FTI_DAG_COMPOSE_FILE"]
@@ -345,11 +346,12 @@ def test_the_dag_starts_its_tasks_through_the_compose_stack() -> None:
     assert daemon.mounts.get("/var/run/docker.sock") == "bind:/var/run/docker.sock"
     services = {c.name: c for c in d.compose_containers()}
     commands = d.dag_task_commands()
-    assert len(commands) == 2 * 4  # two orchestrator containers, four tasks
+    assert len(commands) == 2 * len(TASKS)  # two orchestrator containers, each task
     for cli in (FEATURES, BATCH, MONITOR, TRAINING):
         service = services[cli.service]
         entrypoint = _as_entrypoint(service)
-        assert entrypoint == ["python", "-m", cli.module], f"{service.where}: {entrypoint}"
+        expected = ["python", "-m", cli.module, *cli.command]
+        assert entrypoint == expected, f"{service.where}: {entrypoint}"
 
 
 def _as_entrypoint(container: d.Container) -> list[str] | None:
@@ -842,11 +844,13 @@ def test_serve_refuses_several_workers_with_a_managed_triton() -> None:
 # Per job, the exit codes that are fine; every other code needs a person (docs/operations.md,
 # "Exit codes in automation"). 3 is "partial" for the feature pipeline (rows quarantined: the
 # bundled year exits 3 on its one real bad weather row) but "drift detected" for monitoring.
-FINE_EXIT_CODES = {"feature": {0, 3}, "batch": {0}, "monitor": {0}}
+# The shadow decision exits 0 whatever it decided (promoted, kept, keep shadowing).
+FINE_EXIT_CODES = {"feature": {0, 3}, "batch": {0}, "monitor": {0}, "shadow": {0}}
 JOBS = {  # what a scheduled command runs -> its job
     "feature": re.compile(r"feature[-_]pipeline"),
     "batch": re.compile(r"inference_pipeline\.batch|batch-scoring"),
-    "monitor": re.compile(r"inference_pipeline\.monitor|\bmonitoring\b"),
+    "monitor": re.compile(r"(inference_pipeline[. ]monitor|\bmonitoring) run\b"),
+    "shadow": re.compile(r"(inference_pipeline[. ]monitor|\bmonitoring) shadow\b"),
 }
 
 
@@ -875,7 +879,7 @@ def test_cron_lines_alert_exactly_on_the_codes_that_need_a_person(workdir: Path)
                     assert run.status == code, f"{entry.where}: exit {code} became {run.status}"
                     assert len(alert) == 1 and f"exit {code} (" in alert[0], (entry.where, alert)
             lines += 1
-    assert lines == 6  # three jobs in each of the two crontabs
+    assert lines == 8  # four jobs in each of the two crontabs
 
 
 def _job_specs() -> Iterator[tuple[str, dict[str, Any]]]:

@@ -55,7 +55,7 @@ IMAGES: dict[str, dict[str, list[str]]] = {
         "absent": ["torch", "pytriton", "training_pipeline"],
     },
     "batch.Dockerfile": {
-        "help": ["inference_pipeline.batch", MONITOR],
+        "help": ["inference_pipeline", "inference_pipeline.batch", MONITOR],
         "imports": ["inference_pipeline.batch", f"{MONITOR}.pipeline"],
         "absent": ["torch", "pytriton"],
     },

@@ -36,6 +36,8 @@ import httpx
 import polars as pl
 import pytest
 
+from shared.flight_identity import as_of_before_departure
+from shared.prediction_time import DEFAULT_LEAD_MINUTES
 from tests.deploy import deployment as d
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
@@ -407,6 +409,10 @@ def _requests(day: date, count: int) -> list[dict[str, object]]:
             "dest": row["dest"],
             "tailnum": row["tailnum"],
             "distance": int(row["distance"]),
+            # T = departure - the default lead: the day's features, not today's (all stale).
+            "as_of": as_of_before_departure(
+                day, int(row["sched_dep_time"]), DEFAULT_LEAD_MINUTES
+            ).isoformat(),
         }
         for row in flights.iter_rows(named=True)
     ]
@@ -477,6 +483,11 @@ def test_two_workers_serve_predictions_through_the_shared_triton(
     assert {p.name for p in models.iterdir()} == {"config.pbtxt", trained}
     triton = f"http://127.0.0.1:{stack.ports['triton_http']}"
     assert httpx.get(f"{triton}/v2/models/flight_delay/versions/{trained}/ready").status_code == 200
+    # Both workers share the download folder: each its own locked sub-folder with the one
+    # version it serves; neither swept the other's away at its start.
+    owned = [folder for folder in _downloads(stack) if folder.is_dir()]
+    assert len(owned) == 2, owned
+    assert all(len([d for d in folder.iterdir() if d.is_dir()]) == 1 for folder in owned)
 
 
 def test_batch_scores_a_day_through_the_same_triton(
@@ -519,6 +530,12 @@ def test_the_service_stops_cleanly_on_sigterm(stack: Stack, service: str) -> Non
     assert stack.stop("online", timeout=60) == 0, stack.log("online")
     for pid in workers:
         assert not Path(f"/proc/{pid}").exists() or _zombie(pid), f"worker {pid} left running"
+    assert _downloads(stack) == []  # each worker removed its model downloads on the way out
+
+
+def _downloads(stack: Stack) -> list[Path]:
+    artifacts = stack.root / "data" / "serving" / "artifacts"
+    return sorted(artifacts.iterdir()) if artifacts.is_dir() else []
 
 
 def _zombie(pid: int) -> bool:

@@ -8,6 +8,7 @@ source holds nothing for the window, the run fails with one line and writes noth
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,12 +25,11 @@ from feature_pipeline.pipeline import run_backfill
 from feature_pipeline.settings import FeaturePipelineSettings
 from shared.feature_definitions import FEATURE_GROUPS, QUARANTINE
 from shared.feature_group import FeatureGroup
-from shared.feature_store import open_feature_store
 from shared.feature_view import local_day_start_utc
+from tests.feature_tables import offline_table, online_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.data]
 ROOT = Path(__file__).resolve().parents[2]
-RUN_METADATA = ["first_run_id", "quarantined_at"]  # differ between runs by design
 GROUPS: tuple[FeatureGroup, ...] = (*FEATURE_GROUPS.values(), QUARANTINE)
 MARCH = [date(2013, 3, 1) + timedelta(days=i) for i in range(31)]
 
@@ -71,21 +71,6 @@ def write_day_extract(folder: Path, raw: dict[str, pl.DataFrame], day: date, fmt
     return folder
 
 
-def offline_table(root: Path, group: FeatureGroup) -> pl.DataFrame:
-    frame = pl.read_delta(str(root / "offline" / group.table_name))
-    frame = frame.drop([c for c in RUN_METADATA if c in frame.columns])
-    return frame.sort([*group.primary_key, group.event_time])
-
-
-def online_table(root: Path, group: FeatureGroup) -> pl.DataFrame:
-    keys = offline_table(root, group).select(group.primary_key).unique().sort(group.primary_key)
-    store = open_feature_store(FeaturePipelineSettings(data_root=root))
-    try:
-        return store.get_online_features(group, keys)
-    finally:
-        store.close()
-
-
 def table_versions(root: Path) -> dict[str, int]:
     return {g.name: DeltaTable(str(root / "offline" / g.table_name)).version() for g in GROUPS}
 
@@ -102,8 +87,6 @@ def january_february(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
 
 
 def _copy(root: Path, to: Path) -> Path:
-    import shutil
-
     shutil.copytree(root, to)
     return to
 

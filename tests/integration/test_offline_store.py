@@ -56,6 +56,46 @@ def test_changed_schema_is_refused_with_the_differences(offline: DeltaOfflineSto
     assert offline.version(replace(changed, version=2)) == 0
 
 
+def test_added_columns_evolve_the_table_in_place(offline: DeltaOfflineStore) -> None:
+    """A nullable column added to a group's definition (`FeatureGroup.added_columns`) is added
+    to its existing table on registration, by concurrent registrations too: rows written
+    before read null, every version is readable with the new definition, and writers of the
+    new definition write it. Anything else new is still refused."""
+    import threading
+
+    offline.insert(PLANES, _planes(3))
+    before = offline.version(PLANES)
+    columns = dict(PLANES.schema.columns)
+    columns["retired"] = pa.Column(pl.Boolean, nullable=True)
+    evolved = replace(PLANES, schema=pa.DataFrameSchema(columns), added_columns=("retired",))
+    with pytest.raises(SchemaMismatch, match="'retired' \\(Boolean\\) is new"):
+        offline.register(replace(evolved, added_columns=()))
+
+    errors: list[BaseException] = []
+
+    def register() -> None:
+        try:
+            DeltaOfflineStore(offline.root).register(evolved)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=register) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    offline.register(evolved)  # again: nothing left to add
+    assert offline.stored_metadata(evolved)["columns"]["retired"] == "Boolean"
+
+    offline.append(evolved, _planes(5).tail(2).with_columns(retired=pl.lit(True)))
+    rows = offline.read(evolved).sort("tailnum")
+    assert rows["retired"].to_list() == [None, None, None, True, True]
+    old = offline.read(evolved, version=before, columns=["tailnum", "retired"])
+    assert old.height == 3 and old["retired"].null_count() == 3
+    assert old.schema["retired"] == pl.Boolean
+
+
 def test_upsert_is_idempotent_and_updates_only_changed_rows(offline: DeltaOfflineStore) -> None:
     first = offline.insert(PLANES, _planes(5))
     assert (first.inserted, first.updated, first.table_version) == (5, 0, 1)

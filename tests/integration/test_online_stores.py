@@ -11,12 +11,15 @@ import multiprocessing
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from shared.errors import StoreUnavailable
@@ -28,6 +31,7 @@ from shared.feature_store.online_codec import storable
 from shared.feature_store.online_redis import RedisOnlineStore
 from shared.feature_store.online_sqlite import SQLiteOnlineStore
 from shared.feature_store.protocol import OnlineLookup, OnlineStore
+from shared.prediction_time import epoch_us
 
 pytestmark = pytest.mark.integration
 
@@ -288,23 +292,53 @@ def test_materialized_version_round_trips(online: OnlineStore) -> None:
 def test_it_is_an_online_store_that_answers_ping(online: OnlineStore) -> None:
     assert isinstance(online, OnlineStore)
     online.ping()
+    online.write(ROUTE_STATS, route_rows())
+    online.check([ROUTE_STATS])
+
+
+def test_sqlite_check_sees_the_file_the_next_process_would_open(tmp_path: Path) -> None:
+    """One connection stays open: a missing table, a deleted file and a replaced file must
+    still be seen (readiness), and reads follow a replacement."""
+    path = tmp_path / "online.sqlite"
+    store = SQLiteOnlineStore(path)
+    with pytest.raises(StoreUnavailable, match=f"table {ROUTE_STATS.table_name} unreadable"):
+        store.check([ROUTE_STATS])
+    rows = route_rows()
+    store.write(ROUTE_STATS, rows)
+    store.check([ROUTE_STATS])
+    other = SQLiteOnlineStore(tmp_path / "other.sqlite")
+    other.write(ROUTE_STATS, rows.head(1))
+    other.close()
+
+    path.unlink()
+    with pytest.raises(StoreUnavailable, match="is gone"):
+        store.check([ROUTE_STATS])
+    lookup = [OnlineLookup(ROUTE_STATS, [tuple(r) for r in rows.select("origin", "dest").rows()])]
+    assert all(row is not None for row in store.read_rows(lookup)[0])  # the open file serves
+
+    (tmp_path / "other.sqlite").rename(path)
+    store.check([ROUTE_STATS])  # the new file, reopened
+    found = store.read_rows(lookup)[0]
+    assert found[0] is not None and found[1:] == [None] * (rows.height - 1)
+    store.close()
 
 
 # -- Redis specifics -------------------------------------------------------------------------
 
 
-def test_redis_keeps_one_compact_value_per_key_under_its_namespace(
+def test_redis_keeps_one_sorted_set_of_compact_rows_per_key_under_its_namespace(
     redis_store: RedisOnlineStore,
 ) -> None:
     rows = route_rows()
-    redis_store.write(ROUTE_STATS, rows)
+    redis_store.write(ROUTE_STATS, pl.concat([route_rows(date(2013, 3, 9)), rows]))
     client = redis.Redis.from_url(REDIS_URL)
+    prefix = f"{redis_store.namespace}:asof:route_stats_v1:"
     # SCAN may repeat a key while the shared server rehashes: compare distinct keys.
-    keys = sorted(set(client.scan_iter(match=f"{redis_store.namespace}:route_stats_v1:*")))
-    assert keys == sorted(
-        f'{redis_store.namespace}:route_stats_v1:["JFK","{d}"]'.encode() for d in rows["dest"]
-    )
-    assert client.get(keys[0]).startswith(b'["JFK"')
+    keys = sorted(set(client.scan_iter(match=prefix + "*")))
+    assert keys == sorted(f'{prefix}["JFK","{d}"]'.encode() for d in rows["dest"])
+    members = client.zrange(keys[0], 0, -1, withscores=True)
+    assert len(members) == 2 and all(m.startswith(b'["JFK"') for m, _ in members)
+    assert members[-1][1] == rows["valid_from"].dt.epoch("us")[0]  # scored by event time
     assert redis_store.row_count(ROUTE_STATS) == rows.height
 
 
@@ -332,7 +366,7 @@ def test_local_store_materializes_only_changed_keys_to_redis(
     store.insert(ROUTE_STATS, pl.concat([route_rows(date(2013, 3, 9)), route_rows()]))
 
     first = store.materialize(ROUTE_STATS)
-    assert (first.keys_written, first.from_version) == (3, None)
+    assert (first.keys_written, first.from_version) == (3, None)  # keys, each with 2 days
     keys = keys_of(ROUTE_STATS, route_rows())
     assert_frame_equal(store.get_online_features(ROUTE_STATS, keys), route_rows())
 
@@ -382,3 +416,172 @@ def test_an_older_row_never_replaces_a_newer_one(online: OnlineStore) -> None:
     restated = newer.with_columns(pl.col("delay_rate_7d") + 0.1)  # the same time: replaced
     online.write(ROUTE_STATS, restated)
     assert_frame_equal(online.read(ROUTE_STATS, keys_of(ROUTE_STATS, older)), restated)
+
+
+# -- reads as of a prediction time T ---------------------------------------------------------
+
+
+HOUR_US = 3_600_000_000
+HOURLY = replace(AIRPORT_WEATHER, online_history=timedelta(hours=6))
+
+
+def hourly_rows(hours: list[int], origin: str = "EWR") -> pl.DataFrame:
+    """One weather row per given hour after T0, its temperature the hour (to tell them apart)."""
+    return AIRPORT_WEATHER.conform(
+        pl.DataFrame(
+            {
+                "origin": [origin] * len(hours),
+                "observed_at": [T0 + timedelta(hours=h) for h in hours],
+                "temp": [float(h) for h in hours],
+            }
+        ).with_columns(
+            pl.lit(None, pl.Float32).alias(c)
+            for c in AIRPORT_WEATHER.columns
+            if c not in ("origin", "observed_at", "temp")
+        )
+    )
+
+
+def as_of(hours_after_t0: float) -> int:
+    return epoch_us(T0) + int(hours_after_t0 * HOUR_US)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    hours=st.lists(st.integers(0, 40), min_size=1, max_size=25, unique=True),
+    batches=st.integers(1, 3),
+    times=st.lists(st.floats(-5, 50, allow_nan=False), min_size=1, max_size=6),
+    tolerance_h=st.one_of(st.none(), st.integers(0, 5)),
+)
+def test_a_read_as_of_t_is_the_offline_as_of_match_or_missing(
+    online: OnlineStore,
+    hours: list[int],
+    batches: int,
+    times: list[float],
+    tolerance_h: int | None,
+) -> None:
+    """Against a brute-force oracle over every row ever written: the row served as of T is the
+    newest with T - tolerance <= event time <= T; it is exactly the oracle's whenever that row
+    is within the kept history (newest - online_history), and otherwise the oracle's or
+    missing: never a later row and never a staler one."""
+    origin = f"K{uuid.uuid4().hex[:6]}"  # a fresh key per example (the store is shared)
+    rows = hourly_rows(sorted(hours), origin)
+    for part in range(batches):  # written in time order, as runs materialize
+        chunk = rows.filter(pl.int_range(pl.len()) % batches == part)
+        online.write(HOURLY, chunk.sort("observed_at"))
+    tolerance = None if tolerance_h is None else tolerance_h * HOUR_US
+    [served] = online.read_rows(
+        [OnlineLookup(HOURLY, [(origin,)] * len(times), [as_of(t) for t in times], tolerance)]
+    )
+    written = [as_of(h) for h in sorted(hours)]
+    kept_from = written[-1] - 6 * HOUR_US
+    for t, row in zip(times, served, strict=True):
+        moment = as_of(t)
+        valid = [
+            e for e in written if e <= moment and (tolerance is None or e >= moment - tolerance)
+        ]
+        expected = max(valid) if valid else None
+        got = None if row is None else row["observed_at"]
+        if expected is None or expected >= kept_from:  # the row valid at T is still kept
+            assert got == expected, (t, got, expected)
+        else:
+            assert got in (None, expected), (t, got, expected)
+        if row is not None:
+            assert row["temp"] == pytest.approx((got - epoch_us(T0)) / HOUR_US)
+
+
+def test_the_newest_row_serves_every_later_t_within_its_tolerance(online: OnlineStore) -> None:
+    """Live operation: T is now; the row written last is used until the tolerance says it is
+    too old, then the key is missing (as offline)."""
+    online.write(HOURLY, hourly_rows([0, 1, 2]))
+    lookup = OnlineLookup(
+        HOURLY, [("EWR",)] * 4, [as_of(2), as_of(4.5), as_of(5), as_of(5.01)], 3 * HOUR_US
+    )
+    [served] = online.read_rows([lookup])
+    assert [None if r is None else r["temp"] for r in served] == [2.0, 2.0, 2.0, None]
+
+
+def test_rows_older_than_the_history_are_dropped_on_write(online: OnlineStore) -> None:
+    online.write(HOURLY, hourly_rows(list(range(0, 10))))
+    online.write(HOURLY, hourly_rows([12]))
+    every = [as_of(h) for h in range(0, 13)]
+    [served] = online.read_rows([OnlineLookup(HOURLY, [("EWR",)] * len(every), every)])
+    kept = [None if r is None else r["temp"] for r in served]
+    assert kept == [None] * 6 + [6.0, 7.0, 8.0, 9.0, 9.0, 9.0, 12.0]  # from 12 - 6 hours on
+    assert_frame_equal(online.read(HOURLY, pl.DataFrame({"origin": ["EWR"]})), hourly_rows([12]))
+
+
+def test_zero_history_keeps_the_newest_row_only(online: OnlineStore) -> None:
+    newest_only = replace(AIRPORT_WEATHER, online_history=timedelta(0))
+    online.write(newest_only, hourly_rows([0, 1, 2]))
+    lookup = OnlineLookup(newest_only, [("EWR",)] * 2, [as_of(1.5), as_of(2)])
+    assert [None if r is None else r["temp"] for r in online.read_rows([lookup])[0]] == [None, 2.0]
+
+
+def test_materialize_keeps_each_changed_keys_history(tmp_path: Path) -> None:
+    store = LocalFeatureStore(
+        DeltaOfflineStore(str(tmp_path / "offline")), SQLiteOnlineStore(tmp_path / "o.sqlite")
+    )
+    store.register(ROUTE_STATS)
+    days = [date(2013, 3, d) for d in range(1, 12)]
+    store.insert(ROUTE_STATS, pl.concat([route_rows(d, bump=d.day / 100) for d in days[:8]]))
+    store.materialize(ROUTE_STATS)
+    store.insert(ROUTE_STATS, pl.concat([route_rows(d, bump=d.day / 100) for d in days[8:]]))
+    store.materialize(ROUTE_STATS)
+    # As of noon of each day: the rows of the last two days before the newest are online.
+    noon = [epoch_us(datetime(d.year, d.month, d.day, 12, tzinfo=UTC)) for d in days]
+    [served] = store.get_online_rows(
+        [OnlineLookup(ROUTE_STATS, [("JFK", "ORD")] * len(days), noon)]
+    )
+    assert [None if r is None else date(1970, 1, 1) + timedelta(r["day"]) for r in served] == [
+        None
+    ] * 8 + days[8:]
+    store.close()
+
+
+def test_an_older_sqlite_file_is_converted_and_refilled(tmp_path: Path) -> None:
+    """A file of the newest-row-only layout (primary key alone) keeps serving its rows, and its
+    materialized version is cleared so that the next materialization writes the history."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TABLE _materialization (table_name TEXT PRIMARY KEY, offline_version INTEGER)"
+    )
+    conn.execute("INSERT INTO _materialization VALUES ('route_stats_v1', 7)")
+    columns = ", ".join(f'"{c}"' for c in ROUTE_STATS.columns)
+    conn.execute(f"CREATE TABLE route_stats_v1 ({columns}, PRIMARY KEY (origin, dest))")
+    stored = storable(ROUTE_STATS, route_rows()).rows()
+    marks = ", ".join("?" * len(ROUTE_STATS.columns))
+    conn.executemany(f"INSERT INTO route_stats_v1 VALUES ({marks})", stored)
+    conn.commit()
+    conn.close()
+    online = SQLiteOnlineStore(path)
+    assert online.materialized_version(ROUTE_STATS.table_name) == 7
+    keys = keys_of(ROUTE_STATS, route_rows())
+    assert_frame_equal(online.read(ROUTE_STATS, keys), route_rows())
+    assert online.materialized_version(ROUTE_STATS.table_name) is None  # refill in full
+    online.write(ROUTE_STATS, route_rows(date(2013, 3, 11)))
+    assert online.row_count(ROUTE_STATS) == 3
+    lookup = OnlineLookup(
+        ROUTE_STATS, [("JFK", "ORD")], [epoch_us(datetime(2013, 3, 10, 12, tzinfo=UTC))]
+    )
+    assert online.read_rows([lookup])[0][0] is not None  # the older row is still there
+    online.close()
+
+
+def test_a_late_older_write_keeps_the_newest_row_and_the_history_cut_from_it(
+    online: OnlineStore,
+) -> None:
+    """Windows materializing out of order: the older window's rows stay only within the
+    history of the newest stored row, so what is kept stays a suffix of the key's rows."""
+    online.write(HOURLY, hourly_rows([20, 21, 22]))
+    online.write(HOURLY, hourly_rows([3, 4, 15, 16]))  # a window before, written after
+    every = [as_of(h) for h in (4, 15.5, 16, 22)]
+    [served] = online.read_rows([OnlineLookup(HOURLY, [("EWR",)] * len(every), every)])
+    assert [None if r is None else r["temp"] for r in served] == [None, None, 16.0, 22.0]

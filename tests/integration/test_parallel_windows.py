@@ -15,39 +15,20 @@ import sys
 import time
 from pathlib import Path
 
-import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from feature_pipeline.settings import FeaturePipelineSettings
 from shared.feature_definitions import FEATURE_GROUPS, QUARANTINE
-from shared.feature_group import FeatureGroup
-from shared.feature_store import open_feature_store
+from tests.feature_tables import offline_table, online_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.data, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
-RUN_METADATA = ["first_run_id", "quarantined_at"]  # differ between runs by design
 PARALLELISM = 4
 
 
 def _month(m: int) -> list[str]:
     last = calendar.monthrange(2013, m)[1]
     return ["--start", f"2013-{m:02d}-01", "--end", f"2013-{m:02d}-{last:02d}"]
-
-
-def offline_table(root: Path, group: FeatureGroup) -> pl.DataFrame:
-    frame = pl.read_delta(str(root / "offline" / group.table_name))
-    frame = frame.drop([c for c in RUN_METADATA if c in frame.columns])
-    return frame.sort([*group.primary_key, group.event_time])
-
-
-def online_table(root: Path, group: FeatureGroup) -> pl.DataFrame:
-    keys = offline_table(root, group).select(group.primary_key).unique().sort(group.primary_key)
-    store = open_feature_store(FeaturePipelineSettings(data_root=root))
-    try:
-        return store.get_online_features(group, keys)
-    finally:
-        store.close()
 
 
 def test_twelve_months_four_at_a_time_equal_a_sequential_backfill(
@@ -62,7 +43,7 @@ def test_twelve_months_four_at_a_time_equal_a_sequential_backfill(
             month = pending.pop(0)
             running[month] = subprocess.Popen(
                 [sys.executable, "-m", "feature_pipeline", "backfill", *_month(month),
-                 "--data-root", str(root), "--verbose"],
+                 "--data-root", str(root), "--log-level", "info"],
                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
         for month, proc in list(running.items()):

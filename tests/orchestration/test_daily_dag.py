@@ -87,11 +87,22 @@ def test_one_day_runs_every_task_over_the_real_clis(
     assert command[:4] == ["retrain", "--until", "2013-01-21", "--config"]
     assert command[-2:] == ["--test-days", "4"]  # FTI_DAG_RETRAIN_ARGS
     registry = ModelRegistry(RegistrySettings(data_root=root, model_name=MODEL))
-    assert registry.version_for("champion") == pipeline_env.champion  # CT never moves champion
+    root_champion = pipeline_env.champion
+    assert registry.version_for("champion") == root_champion  # CT never moves champion
     new = retraining.summary["version"] if retraining.summary else None
     assert new is not None and new != pipeline_env.champion
     assert registry.version_for("challenger") == new
 
+    shadow = run.tasks["shadow_decision"]  # the last task: the new challenger has no shadow yet
+    assert shadow.exit_code == 0 and shadow.summary is not None
+    assert shadow.summary["challenger"] == new and shadow.summary["champion"] == root_champion
+    if retraining.exit_code == 3:  # refused by the gates: decided at once, champion kept
+        assert shadow.summary["action"] == "kept the champion" and not shadow.summary["pending"]
+        assert "gates refused" in registry.get(new).tags["shadow_result"]
+    else:
+        assert shadow.summary["action"] == "keep shadowing" and shadow.summary["pending"]
+        assert "shadow_result" not in registry.get(new).tags
+    assert registry.version_for("champion") == root_champion
 
 def test_a_failed_feature_run_stops_the_days_downstream_tasks(
     pipeline_env: OperatingRoot, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
@@ -111,7 +122,7 @@ def test_a_failed_feature_run_stops_the_days_downstream_tasks(
     assert not run.success
     assert "feature_run" in run.failures and "exit 1" in run.failures["feature_run"]
     assert run.retries == {"feature_run": 1}  # exit 1 is retried (max_retries=1), then fails
-    assert run.tasks == {}  # batch scoring, monitoring, retraining: none ran
+    assert run.tasks == {}  # batch scoring, monitoring, retraining, shadow decision: none ran
     assert batch_days(root) == predictions_before  # nothing scored with stale features
     assert DAG_DAY not in flight_days(root)
     after = set((root / "monitoring").glob("*"))

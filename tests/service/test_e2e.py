@@ -71,7 +71,28 @@ def test_batch_cli_scores_a_day_and_fails_readably(
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["flights"] > 500 and summary["model_version"] == registered_model.version
+    assert summary["lead_minutes"] == 60  # the model's, by default
     assert "Batch scoring 2013-03-09" in done.stderr
+
+    # Another lead than the model was trained at: refused, exit 2, one line naming both.
+    other = subprocess.run(
+        [*command, "--date", "2013-03-09", "--lead-minutes", "15"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert other.returncode == 2, other.stderr
+    last = other.stderr.strip().splitlines()[-1]
+    assert "--lead-minutes/FTI_LEAD_MINUTES 15" in last and "lead of 60 minutes" in last
+    same = subprocess.run(
+        [*command, "--date", "2013-03-09"],
+        env=env | {"FTI_LEAD_MINUTES": "60"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert same.returncode == 0, same.stderr
 
     empty = subprocess.run(
         [*command, "--date", "2013-08-01"], env=env, capture_output=True, text=True, timeout=120

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,9 @@ UA_1545 = {
     "dest": "IAH",
     "tailnum": "N14228",
     "distance": 1400,
+    # T = departure - the model's 60-minute lead: the store holds 2013 (without it, T is the
+    # request's arrival, years after the last feature row: every time-varying group is stale).
+    "as_of": "2013-03-10T07:30:00-05:00",
 }
 KEY = {"X-API-Key": API_KEY}
 
@@ -81,6 +86,62 @@ def test_one_flight_gets_a_probability_version_and_request_id(
     assert 0.0 < prediction["probability"] < 1.0
     assert prediction["missing_groups"] == []
     assert prediction["unknown_categories"] == []
+
+
+def test_each_prediction_names_its_t_and_the_models_lead(client: TestClient) -> None:
+    (prediction,) = predict(client, UA_1545)["predictions"]
+    assert prediction["prediction_time"] == "2013-03-10T12:30:00+00:00"
+    assert prediction["lead_minutes"] == 60
+    assert client.get("/readyz").json()["lead_minutes"] == 60
+
+
+def test_without_as_of_t_is_the_arrival_and_2013_features_are_too_old(
+    client: TestClient,
+) -> None:
+    """The online tolerances, as of now: daily stats older than 28 days and weather older than
+    3 hours are missing (imputed and reported), as the offline join would have them; the
+    static plane is not time-varying."""
+    now = datetime.now(UTC)
+    flight = {k: v for k, v in UA_1545.items() if k != "as_of"}
+    (prediction,) = predict(client, flight)["predictions"]
+    t = datetime.fromisoformat(prediction["prediction_time"])
+    assert abs(t - now) < timedelta(minutes=5)
+    assert set(prediction["missing_groups"]) == {"route_stats", "carrier_stats", "airport_weather"}
+    assert {"route_delay_rate_7d", "carrier_flights_28d", "wx_temp"} <= set(
+        prediction["missing_features"]
+    )
+
+
+def test_as_of_of_a_flight_wins_over_the_requests(client: TestClient) -> None:
+    """A request-wide as_of applies to its flights without one; a flight's own wins. An as_of
+    years after the store's last row finds the time-varying groups stale."""
+    late = {**UA_1545, "as_of": None}
+    body = {"as_of": "2014-06-01T00:00:00Z", "flights": [UA_1545, late]}
+    response = client.post("/v1/predictions", json=body, headers=KEY)
+    assert response.status_code == 200, response.text
+    own, shared = response.json()["predictions"]
+    assert own["prediction_time"] == "2013-03-10T12:30:00+00:00" and own["missing_groups"] == []
+    assert shared["prediction_time"] == "2014-06-01T00:00:00+00:00"
+    assert set(shared["missing_groups"]) == {"route_stats", "carrier_stats", "airport_weather"}
+    alone = predict(client, UA_1545)["predictions"][0]["probability"]
+    assert own["probability"] == pytest.approx(alone, abs=1e-6)
+
+
+def test_as_of_in_the_future_or_without_offset_is_refused(client: TestClient) -> None:
+    future = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    cases = {
+        "flights[0].as_of: ": {"flights": [{**UA_1545, "as_of": future}]},
+        "as_of: ": {"as_of": future, "flights": [{**UA_1545, "as_of": None}]},
+        "timezone": {"flights": [{**UA_1545, "as_of": "2013-03-10T07:30:00"}]},
+    }
+    for expected, body in cases.items():
+        response = client.post("/v1/predictions", json=body, headers=KEY)
+        assert response.status_code == 422, response.text
+        assert expected in response.json()["message"], response.text
+    documented = client.get("/openapi.json").json()["components"]["schemas"]
+    assert "as_of" in documented["PredictionRequest"]["properties"]
+    assert "as_of" in documented["ScheduledFlight"]["properties"]
+    assert "prediction_time" in documented["FlightPrediction"]["properties"]
 
 
 def test_many_flights_in_one_request_keep_their_order(client: TestClient) -> None:
@@ -481,8 +542,10 @@ def test_concurrent_requests_share_one_batch_and_get_their_own_rows(
     import numpy as np
 
     from inference_pipeline.service.metrics import ServiceMetrics
+    from inference_pipeline.service.routes import flights_as_of
     from inference_pipeline.service.runtime import ServiceRuntime
     from inference_pipeline.service.schemas import PredictionRequest
+    from shared.prediction_time import now_us
 
     settings = inference_settings(
         registered_model.root, triton, tmp_path, prediction_log=False, alias_poll_s=0
@@ -497,7 +560,7 @@ def test_concurrent_requests_share_one_batch_and_get_their_own_rows(
             when = {"flight_date": f"2013-03-{1 + (i * 7 + j) % 28:02d}", "sched_dep_time": 600 + j}
             flights.append(UA_1545 | when | {"carrier": carrier, "origin": origin, "dest": dest})
         request = PredictionRequest.model_validate_json(json.dumps({"flights": flights}))
-        parts.append(request.model_dump()["flights"])
+        parts.append(flights_as_of(request, now_us()))
 
     async def scenario() -> tuple[list[Any], list[Any], dict[str, int]]:
         runtime = ServiceRuntime(settings, ServiceMetrics())
@@ -537,3 +600,29 @@ def test_concurrent_requests_share_one_batch_and_get_their_own_rows(
     assert len({p for s in alone for p in s.probabilities}) > 1  # the flights differ
     # The first request runs at once; the seven arriving meanwhile share the next batch.
     assert calls["triton"] == calls["store"] < len(sizes)
+
+
+def test_model_downloads_are_removed_when_no_longer_served(
+    registered_model: RegisteredModel, triton: SharedTriton, tmp_path: Path
+) -> None:
+    """Every start downloaded a copy of the model into serving/artifacts and nothing removed
+    it. Now a service keeps only what it serves, in a folder of its own that goes when it
+    stops, and sweeps what processes that are gone left behind."""
+    settings = inference_settings(
+        registered_model.root, triton, tmp_path, admin_api_key=ADMIN_KEY, prediction_log=False
+    )
+    artifacts = settings.serving_dir / "artifacts"
+    left_behind = artifacts / ("0" * 32) / "model"  # a copy from before, days old
+    left_behind.mkdir(parents=True)
+    week_ago = time.time() - 7 * 86400
+    os.utime(left_behind.parent, (week_ago, week_ago))
+    for _ in range(2):
+        with TestClient(create_app(settings)) as client:
+            (own,) = artifacts.iterdir()
+            assert len([p for p in own.iterdir() if p.is_dir()]) == 1  # the served version
+            again = client.post(
+                "/admin/reload", json={"alias": "champion"}, headers={"X-API-Key": ADMIN_KEY}
+            )
+            assert again.status_code == 200
+            assert len([p for p in own.iterdir() if p.is_dir()]) == 1
+        assert list(artifacts.iterdir()) == []

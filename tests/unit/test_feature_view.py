@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -25,10 +26,12 @@ from shared.feature_group import FeatureGroup
 from shared.feature_store import FeatureStore, open_feature_store
 from shared.feature_view import (
     FLIGHT_DELAY_VIEW,
+    FeatureView,
     build_scoring_frame,
     build_training_frame,
     local_day_start_utc,
 )
+from shared.prediction_time import PREDICTION_TIME
 from shared.settings import FeatureStoreSettings
 
 DAYS = [date(2013, 3, 4) + timedelta(days=i) for i in range(3)]
@@ -37,14 +40,21 @@ CARRIERS = ["AA", "UA"]
 TAILS = ["N1", "N2", "N3"]
 
 
-def synthetic_groups(seed: int) -> list[tuple[FeatureGroup, pl.DataFrame]]:
-    """Small groups over three days; rows are written in shuffled order (sorting is ours)."""
+def synthetic_groups(
+    seed: int, random_times: bool = False
+) -> list[tuple[FeatureGroup, pl.DataFrame]]:
+    """Small groups over three days; rows are written in shuffled order (sorting is ours).
+    ``random_times``: departures at random minutes of the day (the first two keep sharing
+    a key and a time)."""
     rng = np.random.default_rng(seed)
     flights = []
     for day in DAYS:
         for i in range(8):
             origin, dest = ROUTES[i % len(ROUTES)]
             hhmm = [600, 600, 930, 1400, 1400, 1815, 2100, 2359][i]  # shared key + time too
+            if random_times and i >= 2:
+                minute = int(rng.integers(0, 24 * 60))
+                hhmm = minute // 60 * 100 + minute % 60
             carrier = CARRIERS[i % 2]
             sched = datetime(day.year, day.month, day.day, hhmm // 100, hhmm % 100)
             cancelled = i == 3
@@ -183,13 +193,81 @@ def test_weather_tolerance_and_as_of_semantics(store: FeatureStore) -> None:
     frame = build_training_frame(store, FLIGHT_DELAY_VIEW, DAYS[0], DAYS[1]).frame
     weather = store.read(AIRPORT_WEATHER)
     for row in frame.iter_rows(named=True):
+        t = row[PREDICTION_TIME]
+        assert t == row["sched_dep_utc"] - FLIGHT_DELAY_VIEW.lead  # the default lead: 60 min
         seen = weather.filter(
             (pl.col("origin") == row["origin"])
-            & (pl.col("observed_at") <= row["sched_dep_utc"])
-            & (pl.col("observed_at") >= row["sched_dep_utc"] - timedelta(hours=3))
+            & (pl.col("observed_at") <= t)
+            & (pl.col("observed_at") >= t - timedelta(hours=3))
         ).sort("observed_at")
         expected = seen["temp"][-1] if seen.height else None
         assert row["wx_temp"] == expected
+
+
+def as_of_oracle(
+    groups: list[tuple[FeatureGroup, pl.DataFrame]], view: FeatureView, row: dict[str, Any]
+) -> dict[str, Any]:
+    """Brute force, per joined feature of one training row: the value of the group row with the
+    row's key and the latest event time e with ``T - tolerance <= e <= T``; None when none."""
+    frames = {group.name: frame for group, frame in groups}
+    t = row[PREDICTION_TIME]
+    expected: dict[str, Any] = {}
+    for join in view.joins:
+        group = join.group
+        rows = frames[group.name]
+        for spine_key, key in join.key_pairs():
+            rows = rows.filter(pl.col(key) == row[spine_key])
+        rows = rows.filter(pl.col(group.event_time) <= t)
+        if join.tolerance is not None:
+            rows = rows.filter(pl.col(group.event_time) >= t - join.tolerance)
+        newest = rows.sort(group.event_time).tail(1)
+        for feature in join.feature_list():
+            if join.prefix + feature in view.features:  # (plane_year_built feeds plane age)
+                expected[join.prefix + feature] = newest[feature][0] if newest.height else None
+    return expected
+
+
+@pytest.mark.unit
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(seed=st.integers(0, 10_000), lead=st.integers(0, 36 * 60))
+def test_every_joined_value_is_the_one_valid_at_t_within_its_tolerance(
+    tmp_path_factory: pytest.TempPathFactory, seed: int, lead: int
+) -> None:
+    """Random departure times and leads: each row's T is departure - lead, and every joined
+    value is the brute-force as-of match at T (so never one valid only after T, and never one
+    older than the join's tolerance before T); on-demand features follow the schedule."""
+    groups = synthetic_groups(seed, random_times=True)
+    store = open_store(tmp_path_factory.mktemp("oracle"), groups)
+    view = FLIGHT_DELAY_VIEW.with_lead(lead)
+    try:
+        frame = build_training_frame(store, view, DAYS[0], DAYS[-1] + timedelta(days=1)).frame
+    finally:
+        store.close()
+    at_departure = build_frame_at_departure(groups, tmp_path_factory)
+    assert frame.height == 21
+    for row in frame.iter_rows(named=True):
+        assert row[PREDICTION_TIME] == row["sched_dep_utc"] - timedelta(minutes=lead)
+        expected = as_of_oracle(groups, view, row)
+        assert {name: row[name] for name in expected} == expected, row["flight_id"]
+    on_demand = [*view.on_demand]
+    assert_frame_equal(
+        frame.sort("flight_id").select(on_demand), at_departure.sort("flight_id").select(on_demand)
+    )
+
+
+def build_frame_at_departure(
+    groups: list[tuple[FeatureGroup, pl.DataFrame]], tmp_path_factory: pytest.TempPathFactory
+) -> pl.DataFrame:
+    store = open_store(tmp_path_factory.mktemp("lead0"), groups)
+    try:
+        view = FLIGHT_DELAY_VIEW.with_lead(0)
+        return build_training_frame(store, view, DAYS[0], DAYS[-1] + timedelta(days=1)).frame
+    finally:
+        store.close()
 
 
 @pytest.mark.unit
@@ -198,24 +276,47 @@ def test_weather_tolerance_and_as_of_semantics(store: FeatureStore) -> None:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-@given(seed=st.integers(0, 1000), minutes=st.integers(0, 3 * 24 * 60))
-def test_no_leakage_values_after_a_rows_timestamp_never_change_it(
-    tmp_path_factory: pytest.TempPathFactory, seed: int, minutes: int
+@given(
+    seed=st.integers(0, 1000),
+    minutes=st.integers(0, 3 * 24 * 60),
+    lead=st.integers(0, 24 * 60),
+)
+def test_no_leakage_values_after_a_rows_t_never_change_it(
+    tmp_path_factory: pytest.TempPathFactory, seed: int, minutes: int, lead: int
 ) -> None:
-    """Change every feature value after a cutoff: rows scheduled at or before it are unchanged."""
+    """Change every feature value after a cutoff: rows whose T (departure - lead) is at or
+    before it are unchanged, whatever their departure."""
     cutoff = local_day_start_utc(DAYS[0]) + timedelta(minutes=minutes)
-    groups = synthetic_groups(seed)
+    groups = synthetic_groups(seed, random_times=True)
     before = open_store(tmp_path_factory.mktemp("a"), groups)
     after = open_store(tmp_path_factory.mktemp("b"), perturb_after(groups, cutoff, seed))
     window = (DAYS[0], DAYS[-1] + timedelta(days=1))
-    a = build_training_frame(before, FLIGHT_DELAY_VIEW, *window).frame
-    b = build_training_frame(after, FLIGHT_DELAY_VIEW, *window).frame
-    early = pl.col("sched_dep_utc") <= cutoff
+    view = FLIGHT_DELAY_VIEW.with_lead(lead)
+    a = build_training_frame(before, view, *window).frame
+    b = build_training_frame(after, view, *window).frame
+    early = pl.col(PREDICTION_TIME) <= cutoff
     assert_frame_equal(a.filter(early), b.filter(early))
-    if a.filter(~early).height:  # and the perturbation is visible to later rows
-        assert not a.filter(~early).equals(b.filter(~early))
+    # And the perturbation is visible to rows a day later (their daily stats are from after
+    # the cutoff); a row just after it may still match only older values.
+    later = pl.col(PREDICTION_TIME) >= cutoff + timedelta(days=1)
+    if a.filter(later).height:
+        assert not a.filter(later).equals(b.filter(later))
     before.close()
     after.close()
+
+
+@pytest.mark.unit
+def test_the_training_data_changes_with_the_lead(store: FeatureStore) -> None:
+    """Lineage: the same flights at another lead are other training rows (T and values)."""
+    window = (DAYS[0], DAYS[-1] + timedelta(days=1))
+    at = {
+        lead: build_training_frame(store, FLIGHT_DELAY_VIEW.with_lead(lead), *window).frame
+        for lead in (0, 60, 180)
+    }
+    assert at[0][PREDICTION_TIME].equals(at[0]["sched_dep_utc"].alias(PREDICTION_TIME))
+    assert not at[0].equals(at[60]) and not at[60].equals(at[180])
+    weather = [c for c in at[0].columns if c.startswith("wx_")]
+    assert not at[0].select(weather).equals(at[180].select(weather))
 
 
 @pytest.mark.unit

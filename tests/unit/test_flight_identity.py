@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.flight_identity import flight_id, flight_id_of, sched_dep_utc
+from shared.flight_identity import (
+    as_of_before_departure,
+    flight_id,
+    flight_id_of,
+    sched_dep_utc,
+    sched_dep_utc_of,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -69,3 +75,30 @@ def test_request_flight_id_equals_the_expression(
     )
     expected = frame.select(flight_id())["flight_id"].item()
     assert flight_id_of(day, carrier, number, origin, hhmm) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    day=st.dates(min_value=date(2000, 1, 1), max_value=date(2030, 12, 31)),
+    hour=st.integers(0, 23),
+    minute=st.integers(0, 59),
+)
+def test_request_departure_instant_equals_the_expression(day: date, hour: int, minute: int) -> None:
+    """The frame-free departure instant (for ``as_of`` = departure - lead) is the feature
+    pipeline's, DST gaps and ambiguous hours included."""
+    hhmm = hour * 100 + minute
+    frame = pl.DataFrame(
+        {"flight_date": [day], "sched_dep_time": pl.Series([hhmm], dtype=pl.Int16)}
+    )
+    assert sched_dep_utc_of(day, hhmm) == frame.select(sched_dep_utc()).item()
+
+
+def test_as_of_before_departure() -> None:
+    assert as_of_before_departure(date(2013, 12, 31), 1700, 60) == datetime(
+        2013, 12, 31, 21, tzinfo=UTC
+    )
+    assert as_of_before_departure(date(2013, 11, 3), 130, 0) == datetime(
+        2013, 11, 3, 5, 30, tzinfo=UTC
+    )
+    with pytest.raises(ValueError, match="does not exist"):
+        as_of_before_departure(date(2013, 3, 10), 230, 60)

@@ -27,6 +27,7 @@ from shared.feature_store.hopsworks_store import (
 )
 from shared.feature_store.point_in_time import point_in_time_join
 from shared.feature_store.protocol import FeatureStore, JoinRequest, OnlineLookup
+from shared.prediction_time import epoch_us
 from shared.settings import FeatureStoreSettings, PitJoinMethod, StoreBackend
 
 # The SDK is an optional extra (`.[hopsworks]`): without it these tests cannot check anything.
@@ -464,6 +465,29 @@ def test_request_path_rows_mark_keys_without_a_vector_as_missing(
     assert rows[0] == rows[2] == stored.slice(0, 1).to_dicts()[0]
 
 
+def test_request_path_rows_as_of_t_use_the_newest_row_only_when_valid_at_t(
+    store: HopsworksFeatureStore, sdk: Any
+) -> None:
+    """RonDB keeps the newest row per key: as of T it serves that row when T - tolerance <=
+    its event time <= T, and nothing otherwise (never a row from after T)."""
+    handle = sdk_group(ROUTE_STATS, commits=[COMMIT_1])
+    sdk.get_feature_group.return_value = handle
+    handle.select.return_value = autospec(Query)
+    view = autospec(SdkFeatureView)
+    sdk.get_or_create_feature_view.return_value = view
+    stored = route_rows(date(2013, 3, 10)).slice(0, 1)
+    view.get_feature_vectors.return_value = sdk_frame(stored)
+    valid_from = epoch_us(stored["valid_from"][0])
+    day = 86_400_000_000
+    times = [valid_from - 1, valid_from, valid_from + 2 * day, valid_from + 3 * day]
+    key = tuple(stored.select(ROUTE_STATS.primary_key).row(0))
+
+    (rows,) = store.get_online_rows([OnlineLookup(ROUTE_STATS, [key] * 4, times, 2 * day)])
+
+    assert [r is not None for r in rows] == [False, True, True, False]
+    assert rows[1] == stored.to_dicts()[0]
+
+
 def test_materialize_has_nothing_to_push(store: HopsworksFeatureStore, sdk: Any) -> None:
     sdk.get_feature_group.return_value = sdk_group(ROUTE_STATS, commits=[COMMIT_2])
     result = store.materialize(ROUTE_STATS)
@@ -596,3 +620,25 @@ def test_connect_to_an_unreachable_cluster_raises_store_unavailable() -> None:
         pytest.raises(StoreUnavailable, match=r"c\.hopsworks\.test:443.*login to project flights"),
     ):
         HopsworksFeatureStore.connect(_settings("c.hopsworks.test"))
+
+
+def test_register_adds_a_group_s_added_columns_to_an_existing_group(
+    store: HopsworksFeatureStore, sdk: Any
+) -> None:
+    """A nullable column added to the definition (`FeatureGroup.added_columns`) is appended
+    to the existing feature group, not refused as a schema change; other changes still are."""
+    from dataclasses import replace
+
+    evolved = replace(PLANES, added_columns=("manufacturer",))
+    handle = sdk_group(PLANES)
+    handle.features = [f for f in handle.features if f.name != "manufacturer"]
+    sdk.get_feature_group.return_value = handle
+
+    store.register(evolved)
+
+    (call,) = handle.append_features.call_args_list
+    (added,) = call.args[0]
+    assert (added.name, added.type, added.primary) == ("manufacturer", "string", False)
+    sdk.create_feature_group.assert_not_called()
+    with pytest.raises(SchemaMismatch, match="'manufacturer' \\(string\\) is new"):
+        store.register(PLANES)  # not an added column there: a change to refuse

@@ -1,4 +1,5 @@
-"""The year replay's pure parts: its calendar, the shadow comparison and the promotion rule."""
+"""The year replay's pure parts: its calendar, and the shadow comparison and promotion rule it
+shares with the monitor's shadow step (shared.promotion, inference_pipeline.monitor.shadow)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,11 @@ import polars as pl
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
+from inference_pipeline.monitor.shadow import compare, paired_scores
 from scripts.year_replay.calendar import replay_weeks, selected_weeks
 from scripts.year_replay.report import short_reason
-from scripts.year_replay.shadow import (
-    ShadowComparison,
-    ShadowRules,
-    compare,
-    decide,
-    paired_scores,
-)
 from shared.errors import ConfigurationError
-from shared.promotion import Eligibility
+from shared.promotion import Eligibility, ShadowComparison, ShadowRules, decide
 
 pytestmark = pytest.mark.unit
 
@@ -105,6 +100,13 @@ def test_an_ineligible_challenger_is_never_promoted_however_good() -> None:
     decision = decide(_comparison((0.60, 0.80), (0.60, 0.40)), refused, RULES)
     assert not decision.promote and decision.resolved
     assert "gates refused" in decision.reason
+
+
+def test_an_ineligible_challenger_is_decided_without_waiting_for_labels() -> None:
+    refused = Eligibility("5", False, "the gates refused version 5: failed: floor")
+    decision = decide(_comparison((0.70, 0.80), (0.55, 0.40), flights=0), refused, RULES)
+    assert decision.resolved and not decision.promote
+    assert decision.reason == "keep champion v4: the gates refused version 5: failed: floor"
 
 
 def test_too_few_labels_keeps_shadowing() -> None:

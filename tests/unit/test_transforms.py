@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -96,3 +98,25 @@ def test_fit_is_deterministic_under_row_order(seed: int) -> None:
     assert a.categorical == b.categorical
     assert a.numeric[0].fill == b.numeric[0].fill
     assert a.numeric[0].mean == pytest.approx(b.numeric[0].mean, rel=1e-12)
+
+
+def test_fit_on_parquet_files_equals_fit_in_memory(tmp_path: Path) -> None:
+    """A training split too large for memory is fitted from its files, a column at a time;
+    however the rows are cut into files, the state is the in-memory one, to the last bit."""
+    rng = np.random.default_rng(3)
+    big = pl.DataFrame(
+        {
+            "distance": rng.normal(500, 200, 5000),
+            "seats": pl.Series(rng.integers(10, 400, 5000), dtype=pl.Int16),
+            "carrier": rng.choice(["AA", "UA", "B6", "DL"], 5000),
+            "hour": pl.Series(rng.integers(5, 23, 5000), dtype=pl.Int8),
+        }
+    )
+    files = []
+    for i, part in enumerate(big.iter_slices(777)):
+        files.append(tmp_path / f"{i}.parquet")
+        part.write_parquet(files[-1])
+    args = (["distance", "seats"], ["carrier", "hour"])
+    in_memory = fit_mdt(big, *args, min_frequency=2)
+    assert fit_mdt(pl.scan_parquet(files), *args, min_frequency=2) == in_memory
+    assert fit_mdt(big.lazy(), *args, min_frequency=2) == in_memory
