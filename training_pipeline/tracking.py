@@ -9,14 +9,14 @@ read from: :mod:`shared.mlflow_dataset`), then the test metrics and the logged m
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from shared.registry import ModelRegistry
 from training_pipeline.config import TrainingConfig, TrainingSettings
 from training_pipeline.data import SPLITS, TrainingData
-from training_pipeline.loop import EpochRecord
+from training_pipeline.loop import EpochCallback, EpochRecord
 
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 SCHEMA_SAMPLE_ROWS = 1000  # training rows the dataset's schema is inferred from
@@ -106,16 +106,14 @@ def training_run(
         yield TrainingRun(registry, run_id)
 
 
-def chain(
-    *hooks: Callable[[EpochRecord], None] | None,
-) -> Callable[[EpochRecord], None] | None:
-    """One epoch hook calling each given one in turn (None when none is given)."""
+def chain(*hooks: EpochCallback | None) -> EpochCallback | None:
+    """One epoch hook calling each given one in turn (None when none is given); it asks to stop
+    training when any of them does."""
     present = [h for h in hooks if h is not None]
     if not present:
         return None
 
-    def each(record: EpochRecord) -> None:
-        for hook in present:
-            hook(record)
+    def each(record: EpochRecord) -> bool:
+        return any([bool(hook(record)) for hook in present])  # (a list: every hook runs)
 
     return each
