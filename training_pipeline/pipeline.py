@@ -166,24 +166,25 @@ def run_training(
     """
     view = view.with_lead(config.lead_minutes)  # every row as of departure - lead
     with distributed_context(settings.device) as ctx:
+        started = time.perf_counter()
+        store = open_feature_store(settings.store_settings())
+        try:
+            data = load_training_data(
+                store,
+                view,
+                config.windows,
+                config.mdt,
+                chunk_days=settings.training_chunk_days,
+            )
+        finally:
+            store.close()
+        seconds = {f"data.{k}": v for k, v in data.seconds.items()}
+        seconds["data"] = time.perf_counter() - started
         registry = ModelRegistry(settings.registry_settings()) if ctx.is_main else None
         commit = git_commit(settings)
-        # The run opens now, so its duration, status and epoch curves are the training's own.
+        # The run opens as training starts (a window without data never makes a run), so its
+        # duration, status and epoch curves are the training's own.
         with training_run(registry, config, commit=commit, world_size=ctx.world_size) as run:
-            started = time.perf_counter()
-            store = open_feature_store(settings.store_settings())
-            try:
-                data = load_training_data(
-                    store,
-                    view,
-                    config.windows,
-                    config.mdt,
-                    chunk_days=settings.training_chunk_days,
-                )
-            finally:
-                store.close()
-            seconds = {f"data.{k}": v for k, v in data.seconds.items()}
-            seconds["data"] = time.perf_counter() - started
             if run is not None:
                 run.log_data(data, settings)
             started = time.perf_counter()
