@@ -89,7 +89,7 @@ async def _score(
             if attempt == 1 and runtime.model_for(role) is not model:
                 model = runtime.model_for(role)
                 continue
-            asyncio.get_running_loop().create_task(runtime.heal())
+            runtime.spawn(runtime.heal(), "heal")
             raise
         stages.features.observe(scored.inputs.features_s)
         stages.transform.observe(scored.inputs.transform_s)

@@ -40,7 +40,7 @@ from inference_pipeline.triton_server import TritonEndpoints, TritonServer, Trit
 from shared.errors import ModelServerUnavailable, RegistryUnavailable, StoreUnavailable
 from shared.feature_definitions import CARRIER_STATS
 from shared.feature_store import FeatureStore, open_feature_store
-from shared.registry import ModelRegistry
+from shared.registry import CHALLENGER, CHAMPION, ModelRegistry
 from shared.triton_repository import MAX_BATCH_SIZE
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,6 @@ _HEAL_INTERVAL_S = 1.0
 # flight per served version, and a hung store holds a thread for its client's socket timeouts.
 _STORE_THREADS = 8
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 CHALLENGER_SUFFIX = "__challenger"
 
 
@@ -530,6 +528,6 @@ class ServiceRuntime:
         except ModelServerUnavailable as exc:
             return CheckResult(False, str(exc))
         if not ready:
-            asyncio.get_running_loop().create_task(self.heal())
+            self.spawn(self.heal(), "heal")
             return CheckResult(False, f"{model.triton_name} v{model.version} not loaded")
         return CheckResult(True, f"{model.triton_name} v{model.version} ready")

@@ -240,7 +240,7 @@ def test_a_killed_managed_triton_is_restarted_under_load(
         metrics = httpx.get(f"{service.url}/metrics", timeout=10).text
         assert 'fti_triton_restarts_total{outcome="ok"} 1.0' in metrics
         assert "fti_triton_up 1.0" in metrics
-        log = service.log()
+        log = service.log_path.read_text(errors="replace")
         assert f"managed Triton died: tritonserver (pid {server.pid}) killed by SIGKILL" in log
         assert "managed Triton restarted" in log
         assert (runtime / "triton" / "tritonserver.log.1").exists()  # the dead server's log
@@ -291,7 +291,7 @@ def test_a_managed_triton_that_cannot_come_back_fails_liveness(
         assert httpx.get(f"{service.url}/healthz", timeout=10).status_code == 200
         metrics = httpx.get(f"{service.url}/metrics", timeout=10).text
         assert 'fti_triton_restarts_total{outcome="failed"}' in metrics
-        assert "/healthz now answers 503" in service.log()
+        assert "/healthz now answers 503" in service.log_path.read_text(errors="replace")
     finally:
         service.stop()
 
