@@ -395,6 +395,20 @@ def _unavailable_as_error(uri: str) -> Iterator[None]:
     try:
         yield
     except MlflowException as exc:
-        if "Max retries exceeded" in str(exc) or "Connection refused" in str(exc):
+        if _unreachable(exc):
             raise RegistryUnavailable(f"MLflow at {uri} cannot be reached") from exc
         raise
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether the HTTP client failed to reach the server: connection refused or reset, no
+    answer in time, or retries used up on 5xx answers. MLflow wraps these in a plain
+    MlflowException, the client's own exception in its chain (cause or context)."""
+    from requests import exceptions as http
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, http.ConnectionError | http.RetryError | http.Timeout):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
