@@ -153,7 +153,8 @@ def store_matrices(data_root: Path | None) -> Matrices:
     settings = TrainingSettings(**({"data_root": data_root} if data_root else {}))
     store = open_feature_store(settings.store_settings())
     try:
-        data = load_training_data(store, FLIGHT_DELAY_VIEW, config.windows, config.mdt)
+        view = FLIGHT_DELAY_VIEW.with_lead(config.lead_minutes)  # as `train` reads it
+        data = load_training_data(store, view, config.windows, config.mdt)
     finally:
         store.close()
     splits = {

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from feature_pipeline.pipeline import run_backfill, run_schedule
+from feature_pipeline.quarantine import QuarantineListing, list_quarantine
 from feature_pipeline.settings import FeaturePipelineSettings
 from feature_pipeline.stream.processor import StreamSummary
 from feature_pipeline.stream.run import (
@@ -46,9 +47,11 @@ from shared.command_line import (
     setting_option,
 )
 from shared.errors import FTIError
-from shared.feature_definitions import FEATURE_GROUPS, STREAMED_GROUPS
-from shared.feature_store import open_feature_store
+from shared.feature_definitions import FEATURE_GROUPS, QUARANTINE, STREAMED_GROUPS
+from shared.feature_group import FeatureGroup
+from shared.feature_store import GroupInfo, open_feature_store
 from shared.feature_store.local import LocalFeatureStore
+from shared.prediction_log import PREDICTIONS
 
 app = CommandLine(
     name="feature-pipeline",
@@ -60,6 +63,10 @@ console = Console(stderr=True)
 SourceOpt = Annotated[str | None, setting_option(FeaturePipelineSettings, "source")]
 MaxBad = Annotated[float | None, setting_option(FeaturePipelineSettings, "max_bad_share")]
 ChunkDays = Annotated[int | None, setting_option(FeaturePipelineSettings, "chunk_days")]
+# The groups this code defines, for the catalog's descriptions.
+KNOWN_GROUPS: dict[tuple[str, int], FeatureGroup] = {
+    (g.name, g.version): g for g in (*FEATURE_GROUPS.values(), QUARANTINE, PREDICTIONS)
+}
 
 
 def _day(option: str, value: str) -> date:
@@ -138,7 +145,8 @@ def run(
 
 @app.command()
 def catalog(data_root: DataRootOption = None, log_level: LogLevelOption = LogLevel.warning) -> None:
-    """List feature groups: versions, keys, row counts, table and online versions, schemas."""
+    """List feature groups: versions, keys, row counts, table and online versions, and each
+    group's columns with their types and descriptions."""
     _configure_logging(log_level)
     settings = build_settings(FeaturePipelineSettings, data_root=data_root)
     try:
@@ -175,10 +183,94 @@ def catalog(data_root: DataRootOption = None, log_level: LogLevelOption = LogLev
         )
     out.print(table)
     for info in infos:
-        out.print(
-            f"[bold]{info.name}_v{info.version}[/]: "
-            + ", ".join(f"{c} {t}" for c, t in info.columns.items())
+        out.print(_columns_table(info))
+
+
+def _columns_table(info: GroupInfo) -> Table:
+    """A group's columns, types and descriptions: the store's own descriptions (Hopsworks
+    keeps them), else those of the code's definition of the same group and version."""
+    definition = KNOWN_GROUPS.get((info.name, info.version))
+    described = info.descriptions or (definition.descriptions() if definition else {})
+    title = f"{info.name}_v{info.version}"
+    if definition is not None:
+        title += f": {definition.description}"
+    table = Table(title=title, title_justify="left")
+    for column in ("column", "type", "description"):
+        table.add_column(column)
+    # In the definition's order (the store keeps its columns sorted by name).
+    order = [c for c in (definition.columns if definition else []) if c in info.columns]
+    for name in [*order, *(c for c in info.columns if c not in order)]:
+        table.add_row(name, info.columns[name], described.get(name, ""))
+    return table
+
+
+@app.command()
+def quarantine(
+    source: Annotated[
+        str | None,
+        typer.Option("--source", help="only rows of this raw table: flights, weather or planes"),
+    ] = None,
+    rule: Annotated[
+        str | None,
+        typer.Option("--rule", help="only rows whose broken rules contain this text, any case"),
+    ] = None,
+    run_id: Annotated[
+        str | None, typer.Option("--run", help="only rows first quarantined by this run id")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since", help="only rows quarantined on or after this day (UTC), YYYY-MM-DD"
+        ),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, help="show at most this many rows, newest first")
+    ] = 20,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="one JSON object per row on stdout instead of a table")
+    ] = False,
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
+) -> None:
+    """Show quarantined raw rows: their source table, every rule they broke, the run that first
+    quarantined them, and the raw row as read."""
+    _configure_logging(log_level)
+    first_day = None if since is None else _day("--since", since)
+    settings = build_settings(FeaturePipelineSettings, data_root=data_root)
+    try:
+        store = open_feature_store(settings)
+        try:
+            listing = list_quarantine(
+                store, source=source, rule=rule, run_id=run_id, since=first_day, limit=limit
+            )
+        finally:
+            store.close()
+    except FTIError as exc:
+        fail(str(exc), ExitCode.failure)
+    if as_json:
+        for row in listing.rows.iter_rows(named=True):
+            typer.echo(json.dumps(row, default=str))
+    else:
+        Console().print(_quarantine_table(listing, settings.resolved_offline_root))
+    shown = listing.rows.height
+    console.print(
+        f"{shown:,} shown of {listing.matching:,} matching, {listing.total:,} quarantined in all"
+    )
+
+
+def _quarantine_table(listing: QuarantineListing, root: str) -> Table:
+    table = Table(title=f"quarantined rows in {root}")
+    for column in ("source", "rules broken", "first run", "quarantined at (UTC)", "raw row"):
+        table.add_column(column, overflow="fold")
+    for row in listing.rows.iter_rows(named=True):
+        table.add_row(
+            row["source"],
+            row["rules"].replace("; ", "\n"),
+            row["first_run_id"],
+            row["quarantined_at"].strftime("%Y-%m-%d %H:%M:%S"),
+            row["raw"],
         )
+    return table
 
 
 @app.command()

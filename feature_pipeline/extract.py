@@ -69,8 +69,9 @@ class Window:
     def days(self) -> int:
         return (self.end - self.start).days + 1
 
-    def with_lookback(self, days: int) -> Window:
-        return Window(self.start - timedelta(days=days), self.end)
+    def before(self, days: int) -> Window:
+        """The ``days`` days just before this window (a lookback)."""
+        return Window(self.start - timedelta(days=days), self.start - timedelta(days=1))
 
     def chunks(self, days: int) -> list[Window]:
         out, cursor = [], self.start

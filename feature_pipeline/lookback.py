@@ -41,8 +41,8 @@ def outcomes(flights: pl.DataFrame) -> pl.DataFrame:
 
 
 def lookback_window(window: Window) -> Window:
-    """The LOOKBACK_DAYS days before ``window``."""
-    return Window(window.start - timedelta(days=LOOKBACK_DAYS), window.start - timedelta(days=1))
+    """The LOOKBACK_DAYS days before ``window``: the history its rolling statistics need."""
+    return window.before(LOOKBACK_DAYS)
 
 
 def days_of(window: Window) -> list[date]:

@@ -200,7 +200,7 @@ def history_after(history: pl.DataFrame, chunk: ChunkResult, next_start: date) -
     """The history the next chunk needs: this chunk's flights added, days too old dropped."""
     flights = chunk.features.get(FLIGHTS.name)
     frames = [history] if flights is None else [history, lookback.outcomes(flights)]
-    first = next_start - timedelta(days=LOOKBACK_DAYS)
+    first = lookback.lookback_window(Window(next_start, next_start)).start
     return pl.concat(frames).filter(pl.col("flight_date") >= first)
 
 

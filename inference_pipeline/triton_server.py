@@ -3,8 +3,11 @@ of the ``tritonserver`` binary from the ``nvidia-pytriton`` wheel (laptops, CI, 
 existing server reached by URL (production: the official Triton container).
 
 Models are loaded and unloaded explicitly (``--model-control-mode=explicit`` locally), so a new
-registered version is served by loading the model again: Triton brings up the latest version
-directory and retires the previous one, without a restart.
+registered version is served by loading the model again, without a restart. Which version
+directories a load serves is the model config's ``version_policy``: inference publishes with
+``all`` (:func:`inference_pipeline.model_artifact.publish_for_triton`), so during a rollout the
+old and the new version are both served until traffic has moved and the old directory is
+retired; the batch job retires every other version before it loads, so it serves exactly one.
 """
 
 from __future__ import annotations
@@ -452,8 +455,9 @@ class TritonServer:
 
     def http_client(self) -> httpclient.InferenceServerClient:
         """One shared synchronous HTTP client (connection reuse) for model control and simple
-        requests, from one thread; an async service builds its own ``tritonclient.http.aio``
-        client on ``endpoints.http``."""
+        requests, from one thread (the batch job scores with it). The online service calls
+        Triton with its own asyncio client (:class:`inference_pipeline.scoring.AsyncTritonClient`:
+        the lean HTTP client of ``triton_http``, or ``tritonclient.grpc.aio``)."""
         if self._http is None:
             self._http = httpclient.InferenceServerClient(
                 self.endpoints.http,
@@ -483,8 +487,9 @@ class TritonServer:
         return {} if self.endpoints.grpc is None else {"client_timeout": self._request_timeout_s}
 
     def load_model(self, name: str) -> None:
-        """Load, or reload, ``name``: Triton serves the latest version directory and retires the
-        one it served before, without dropping in-flight requests."""
+        """Load, or reload, ``name``: Triton serves the version directories present that the
+        config's ``version_policy`` selects (see the module docstring) and retires versions no
+        longer selected, without dropping in-flight requests."""
         logger.info("loading model %s", name)
         try:
             self._control_client().load_model(name, **self._control_timeout())

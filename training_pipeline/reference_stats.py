@@ -26,18 +26,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-FORMAT = "fti-reference-stats/1"
+from shared.reference_statistics import FORMAT, bin_fractions
+
 SAMPLE_SIZE = 1000
 MAX_ROWS = 1_000_000
-
-
-def bin_fractions(values: np.ndarray, edges: Sequence[float]) -> list[float]:
-    """Share of ``values`` per bin of ``edges`` (first/last bins open-ended)."""
-    if values.size == 0:
-        return [0.0] * (len(edges) - 1)
-    inner = np.asarray(edges[1:-1], dtype=np.float64)
-    counts = np.bincount(np.searchsorted(inner, values, side="right"), minlength=len(edges) - 1)
-    return (counts / values.size).tolist()
 
 
 def numeric_stats(series: pl.Series, *, seed: int) -> dict[str, Any]:
@@ -57,7 +49,7 @@ def numeric_stats(series: pl.Series, *, seed: int) -> dict[str, Any]:
         "min": float(values.min()),
         "max": float(values.max()),
         "bin_edges": edges,
-        "bin_fractions": bin_fractions(values, edges),
+        "bin_fractions": bin_fractions(values, edges).tolist(),
         "sample": np.sort(sample).tolist(),
     }
 
@@ -93,6 +85,8 @@ def reference_stats(
         "categorical": {name: categorical_stats(frame[name]) for name in categorical},
         "prediction": {
             "bin_edges": prediction_edges,
-            "bin_fractions": bin_fractions(np.asarray(predictions, np.float64), prediction_edges),
+            "bin_fractions": bin_fractions(
+                np.asarray(predictions, np.float64), prediction_edges
+            ).tolist(),
         },
     }

@@ -31,6 +31,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from inference_pipeline.monitor.settings import MonitorSettings, PredictionSource
+from inference_pipeline.monitor.status import DRIFT
 from shared.command_line import (
     CommandLine,
     DataRootOption,
@@ -286,7 +287,7 @@ def render_summary(console: Console, result: MonitorResult) -> None:
     )
     table.add_column("", style="bold")
     table.add_column("")
-    status_style = "red" if result.status == "drift" else "green"
+    status_style = "red" if result.status == DRIFT else "green"
     auc = scored.get("roc_auc")
     auc_text = scored.get("status", "-") if auc is None else f"{auc:.4f}"
     drifted = ", ".join(drift["drifted_features"][:8])

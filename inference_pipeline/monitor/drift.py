@@ -39,22 +39,31 @@ training data never had. Everything here is a pure function of frames and arrays
 from __future__ import annotations
 
 import math
+import types
+import typing
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import polars as pl
 from scipy import stats
 
+from inference_pipeline.monitor.status import (
+    ABSENT,
+    DRIFT,
+    NO_REFERENCE,
+    OK,
+    TESTED,
+    TOO_FEW,
+    USUAL,
+    WARN,
+)
+from shared.reference_statistics import bin_fractions
+
 PSI_FLOOR = 1e-4  # share given to empty bins, so PSI stays finite (a common convention)
 MIN_EXPECTED = 5.0  # chi-square needs expected counts of about 5 per cell to be trustworthy
 MISSING = "(missing)"
-
-# Status of a feature in the drift report.
-DRIFT, WARN, OK, USUAL = "drift", "warn", "ok", "usual"
-ABSENT, NO_REFERENCE = "absent", "no_reference"
-TESTED = (DRIFT, WARN, USUAL, OK)
 
 
 @dataclass(frozen=True)
@@ -79,29 +88,21 @@ class DriftRule:
 # -- the statistics ------------------------------------------------------------------------
 
 
-def bin_fractions(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
-    """Share of ``values`` per bin of ``edges``, first/last bins open-ended.
-
-    The same binning as the training pipeline's reference statistics (a value on an inner edge
-    belongs to the bin above it); a test checks the two agree."""
-    if len(edges) < 2:
-        return np.zeros(0)
-    if values.size == 0:
-        return np.zeros(len(edges) - 1)
-    inner = np.asarray(edges[1:-1], dtype=np.float64)
-    counts = np.bincount(np.searchsorted(inner, values, side="right"), minlength=len(edges) - 1)
-    return counts / values.size
-
-
 def psi(expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray) -> float:
     """Population Stability Index: sum of (actual - expected) * ln(actual / expected).
 
     Both are shares per bin; empty bins count as :data:`PSI_FLOOR` so the index stays finite."""
-    e = np.maximum(np.asarray(expected, dtype=np.float64), PSI_FLOOR)
-    a = np.maximum(np.asarray(actual, dtype=np.float64), PSI_FLOOR)
+    e, a = np.asarray(expected, dtype=np.float64), np.asarray(actual, dtype=np.float64)
     if e.shape != a.shape:
         raise ValueError(f"PSI needs the same bins on both sides, got {e.shape} and {a.shape}")
-    return float(np.sum((a - e) * np.log(a / e)))
+    return float(psi_rows(e, a[np.newaxis, :])[0])
+
+
+def psi_rows(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """:func:`psi` of each row of ``actual`` (windows x bins) against ``expected``, at once."""
+    e = np.maximum(expected, PSI_FLOOR)
+    a = np.maximum(actual, PSI_FLOOR)
+    return np.sum((a - e) * np.log(a / e), axis=1)
 
 
 KS_EXACT_MAX = 1_000_000  # n1 * n2 up to which the exact p-value is worth its cost
@@ -175,30 +176,52 @@ def combined_p_value(p_values: Iterable[float | None]) -> float:
 # -- per feature ---------------------------------------------------------------------------
 
 
-def _empty_row(name: str, kind: str, status: str, rows: int, note: str) -> dict[str, Any]:
-    return {
-        "feature": name,
-        "kind": kind,
-        "status": status,
-        "drifted": False,
-        "test": None,
-        "statistic": None,
-        "p_value": None,
-        "missing_p_value": None,
-        "psi": None,
-        "baseline_psi": None,
-        "rows": rows,
-        "values": 0,
-        "null_fraction_reference": None,
-        "null_fraction_current": None,
-        "ood_rate": None,
-        "reference_mean": None,
-        "current_mean": None,
-        "bins": [],
-        "reference_fractions": [],
-        "current_fractions": [],
-        "note": note,
-    }
+@dataclass(frozen=True)
+class DriftRow:
+    """One feature's row of the drift report: the report's columns, in order (a feature that was
+    not tested keeps the defaults)."""
+
+    feature: str
+    kind: str  # numeric | categorical
+    status: str  # DRIFT, WARN, USUAL, OK, ABSENT or NO_REFERENCE
+    drifted: bool = field(init=False)  # status == DRIFT
+    test: str | None = None  # ks | chi2
+    statistic: float | None = None
+    p_value: float | None = None  # of the values and the missing rate, corrected for the two
+    missing_p_value: float | None = None
+    psi: float | None = None
+    baseline_psi: float | None = None
+    rows: int = 0
+    values: int = 0  # non-null
+    null_fraction_reference: float | None = None
+    null_fraction_current: float | None = None
+    ood_rate: float | None = None
+    reference_mean: float | None = None
+    current_mean: float | None = None
+    bins: list[str] = field(default_factory=list)
+    reference_fractions: list[float] = field(default_factory=list)
+    current_fractions: list[float] = field(default_factory=list)
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "drifted", self.status == DRIFT)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _polars_type(annotation: Any) -> pl.DataType:
+    """The column type of a :class:`DriftRow` field (``X | None``: a nullable X)."""
+    if isinstance(annotation, types.UnionType):
+        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is list:
+        (item,) = typing.get_args(annotation)
+        return pl.List(_polars_type(item))
+    return {str: pl.String(), bool: pl.Boolean(), int: pl.Int64(), float: pl.Float64()}[annotation]
+
+
+_HINTS = typing.get_type_hints(DriftRow)
+REPORT_SCHEMA: dict[str, Any] = {f.name: _polars_type(_HINTS[f.name]) for f in fields(DriftRow)}
 
 
 def numeric_drift(
@@ -212,7 +235,9 @@ def numeric_drift(
     """One drift-report row for a numeric feature (see the module docstring for the rule)."""
     rows = values.len()
     if not reference.get("bin_edges") or not reference.get("sample"):
-        return _empty_row(name, "numeric", NO_REFERENCE, rows, "no training values to compare")
+        return DriftRow(
+            name, "numeric", NO_REFERENCE, rows=rows, note="no training values to compare"
+        ).as_dict()
     present = values.cast(pl.Float64).fill_nan(None).drop_nulls().to_numpy()
     nulls = rows - present.size
     edges = [float(e) for e in reference["bin_edges"]]
@@ -233,29 +258,28 @@ def numeric_drift(
     p_value = combined_p_value([p_values, missing_p])
     status = rule.status(p_value, index, baseline)
     outside = int(((present < reference["min"]) | (present > reference["max"])).sum())
-    return {
-        "feature": name,
-        "kind": "numeric",
-        "status": status,
-        "drifted": status == DRIFT,
-        "test": "ks",
-        "statistic": statistic,
-        "p_value": p_value,
-        "missing_p_value": missing_p,
-        "psi": index,
-        "baseline_psi": baseline,
-        "rows": rows,
-        "values": int(present.size),
-        "null_fraction_reference": ref_null,
-        "null_fraction_current": nulls / rows if rows else None,
-        "ood_rate": outside / present.size if present.size else None,
-        "reference_mean": reference.get("mean"),
-        "current_mean": float(present.mean()) if present.size else None,
-        "bins": [*_edge_labels(edges), MISSING],
-        "reference_fractions": [*ref_values.tolist(), ref_null],
-        "current_fractions": [*cur_values.tolist(), nulls / rows if rows else 0.0],
-        "note": note,
-    }
+    return DriftRow(
+        name,
+        "numeric",
+        status,
+        test="ks",
+        statistic=statistic,
+        p_value=p_value,
+        missing_p_value=missing_p,
+        psi=index,
+        baseline_psi=baseline,
+        rows=rows,
+        values=int(present.size),
+        null_fraction_reference=ref_null,
+        null_fraction_current=nulls / rows if rows else None,
+        ood_rate=outside / present.size if present.size else None,
+        reference_mean=reference.get("mean"),
+        current_mean=float(present.mean()) if present.size else None,
+        bins=[*_edge_labels(edges), MISSING],
+        reference_fractions=[*ref_values.tolist(), ref_null],
+        current_fractions=[*cur_values.tolist(), nulls / rows if rows else 0.0],
+        note=note,
+    ).as_dict()
 
 
 def _edge_labels(edges: Sequence[float]) -> list[str]:
@@ -279,7 +303,9 @@ def categorical_drift(
     rows = values.len()
     frequencies: dict[str, float] = dict(reference.get("frequencies") or {})
     if not frequencies:
-        return _empty_row(name, "categorical", NO_REFERENCE, rows, "no training values")
+        return DriftRow(
+            name, "categorical", NO_REFERENCE, rows=rows, note="no training values"
+        ).as_dict()
     text = values.cast(pl.String)
     nulls = text.null_count()
     counts = dict(text.drop_nulls().value_counts().iter_rows())
@@ -304,54 +330,26 @@ def categorical_drift(
     missing_p = missing_rate_test(reference_rows, ref_null, rows, nulls)
     p_value = combined_p_value([p_values, missing_p])
     status = rule.status(p_value, index, baseline)
-    return {
-        "feature": name,
-        "kind": "categorical",
-        "status": status,
-        "drifted": status == DRIFT,
-        "test": "chi2",
-        "statistic": statistic,
-        "p_value": p_value,
-        "missing_p_value": missing_p,
-        "psi": index,
-        "baseline_psi": baseline,
-        "rows": rows,
-        "values": int(present),
-        "null_fraction_reference": ref_null,
-        "null_fraction_current": nulls / rows if rows else None,
-        "ood_rate": sum(unseen.values()) / present if present else None,
-        "reference_mean": None,
-        "current_mean": None,
-        "bins": [*categories, MISSING],
-        "reference_fractions": ref_shares,
-        "current_fractions": cur_shares,
-        "note": note,
-    }
-
-
-REPORT_SCHEMA: dict[str, Any] = {
-    "feature": pl.String,
-    "kind": pl.String,
-    "status": pl.String,
-    "drifted": pl.Boolean,
-    "test": pl.String,
-    "statistic": pl.Float64,
-    "p_value": pl.Float64,
-    "missing_p_value": pl.Float64,
-    "psi": pl.Float64,
-    "baseline_psi": pl.Float64,
-    "rows": pl.Int64,
-    "values": pl.Int64,
-    "null_fraction_reference": pl.Float64,
-    "null_fraction_current": pl.Float64,
-    "ood_rate": pl.Float64,
-    "reference_mean": pl.Float64,
-    "current_mean": pl.Float64,
-    "bins": pl.List(pl.String),
-    "reference_fractions": pl.List(pl.Float64),
-    "current_fractions": pl.List(pl.Float64),
-    "note": pl.String,
-}
+    return DriftRow(
+        name,
+        "categorical",
+        status,
+        test="chi2",
+        statistic=statistic,
+        p_value=p_value,
+        missing_p_value=missing_p,
+        psi=index,
+        baseline_psi=baseline,
+        rows=rows,
+        values=int(present),
+        null_fraction_reference=ref_null,
+        null_fraction_current=nulls / rows if rows else None,
+        ood_rate=sum(unseen.values()) / present if present else None,
+        bins=[*categories, MISSING],
+        reference_fractions=ref_shares,
+        current_fractions=cur_shares,
+        note=note,
+    ).as_dict()
 
 
 def drift_report(
@@ -374,7 +372,8 @@ def drift_report(
     for kind, measure in kinds:
         for name, reference in reference_stats.get(kind, {}).items():
             if name not in current.columns:
-                rows.append(_empty_row(name, kind, ABSENT, current.height, "not in the window"))
+                absent = DriftRow(name, kind, ABSENT, rows=current.height, note="not in the window")
+                rows.append(absent.as_dict())
                 continue
             rows.append(
                 measure(name, reference, current[name], rule, reference_rows, baseline.get(name))
@@ -450,9 +449,7 @@ def _window_psi(counts: np.ndarray, reference: np.ndarray, days: int, min_rows: 
     windows = cumulative[days:] - cumulative[:-days]
     totals = windows.sum(axis=1)
     windows = windows[totals >= min_rows] / totals[totals >= min_rows, None]
-    e = np.maximum(reference, PSI_FLOOR)
-    a = np.maximum(windows, PSI_FLOOR)
-    return np.sum((a - e) * np.log(a / e), axis=1)
+    return psi_rows(reference, windows)
 
 
 def baseline_psi(
@@ -541,7 +538,7 @@ def prediction_drift(
             "statistic": None,
             "p_value": None,
             "psi": None,
-            "status": "too_few",
+            "status": TOO_FEW,
             "drifted": False,
         }
     statistic, p_value = chi_square_test(ref_shares * reference_rows, cur_shares * values.size)

@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_to_textfile
 
 from inference_pipeline.monitor.settings import MonitorSettings
+from inference_pipeline.monitor.status import DRIFT
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def build_gauges(result: Mapping[str, Any]) -> CollectorRegistry:
     gauge(
         "fti_monitor_drift_detected",
         "1 if the run's status is drift",
-        1.0 if result["status"] == "drift" else 0.0,
+        1.0 if result["status"] == DRIFT else 0.0,
     )
     gauge("fti_monitor_last_run_timestamp_seconds", "When the monitoring run finished", time.time())
     return registry

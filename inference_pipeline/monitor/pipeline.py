@@ -61,6 +61,7 @@ from inference_pipeline.monitor.quality import (
 from inference_pipeline.monitor.report import render_html, render_shadow_html
 from inference_pipeline.monitor.settings import MonitorSettings, PredictionSource
 from inference_pipeline.monitor.shadow import ShadowStep, shadow_step
+from inference_pipeline.monitor.status import DRIFT, HEALTHY
 from inference_pipeline.monitor.window import (
     PREDICTION_COLUMNS,
     VersionReference,
@@ -84,8 +85,6 @@ from shared.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
-HEALTHY = "healthy"
-DRIFT = "drift"
 TEST_METRICS = ("roc_auc", "log_loss", "brier", "base_rate", "mean_prediction", "rows")
 
 

@@ -21,8 +21,9 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
+from inference_pipeline.monitor.status import MEASURED, NOT_ENOUGH_LABELS, ONE_CLASS
+
 PROBABILITY_FLOOR = 1e-7  # as the training pipeline's log loss clips
-NOT_ENOUGH_LABELS = "not enough labels yet"
 CALIBRATION_BINS = 10
 
 
@@ -127,7 +128,7 @@ def window_quality(scored: pl.DataFrame, min_labels: int) -> dict[str, Any]:
     if labelled.height < min_labels:
         return _not_enough(labelled.height, min_labels)
     metrics = quality_metrics(labelled["is_delayed"].to_numpy(), labelled["probability"].to_numpy())
-    status = "ok" if metrics["roc_auc"] is not None else "one class only"
+    status = MEASURED if metrics["roc_auc"] is not None else ONE_CLASS
     return {"status": status} | metrics
 
 
@@ -153,7 +154,7 @@ def compare_with_test(
     window: Mapping[str, Any], test: Mapping[str, Any] | None
 ) -> dict[str, float | None]:
     """Window minus test for each metric both have (AUC drop is test minus window)."""
-    if test is None or window.get("status") != "ok":
+    if test is None or window.get("status") != MEASURED:
         return {"roc_auc_drop": None, "log_loss_increase": None, "brier_increase": None}
 
     def diff(name: str, sign: float) -> float | None:

@@ -13,20 +13,30 @@ from html import escape
 from typing import Any, TypeGuard
 
 from inference_pipeline.monitor.drift import MISSING
+from inference_pipeline.monitor.status import (
+    ABSENT,
+    DRIFT,
+    HEALTHY,
+    MEASURED,
+    NO_REFERENCE,
+    OK,
+    USUAL,
+    WARN,
+)
 
 REFERENCE_COLOUR = "#4c78a8"
 CURRENT_COLOUR = "#f58518"
 STATUS_COLOURS = {
-    "drift": "#d62728",
-    "warn": "#ff9f1c",
-    "ok": "#2ca02c",
-    "usual": "#17becf",
-    "healthy": "#2ca02c",
-    "absent": "#7f7f7f",
-    "no_reference": "#7f7f7f",
+    DRIFT: "#d62728",
+    WARN: "#ff9f1c",
+    OK: "#2ca02c",
+    USUAL: "#17becf",
+    HEALTHY: "#2ca02c",
+    ABSENT: "#7f7f7f",
+    NO_REFERENCE: "#7f7f7f",
 }
 MAX_CATEGORIES = 12  # bars per categorical plot; the rest are summed into one bar
-STATUS_ORDER = {"drift": 0, "warn": 1, "absent": 2, "usual": 3, "ok": 4, "no_reference": 5}
+STATUS_ORDER = {DRIFT: 0, WARN: 1, ABSENT: 2, USUAL: 3, OK: 4, NO_REFERENCE: 5}
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;
@@ -200,7 +210,7 @@ def _quality_section(result: Mapping[str, Any]) -> str:
     comparison = quality.get("comparison") or {}
     days = quality["days"]
     parts = ["<h2>Quality over time (delayed labels)</h2>"]
-    if window.get("status") != "ok":
+    if window.get("status") != MEASURED:
         parts.append(f"<p><b>{escape(str(window.get('status')))}</b>: {_labelled(window)}.</p>")
     else:
         parts.append(
@@ -228,7 +238,7 @@ def _quality_section(result: Mapping[str, Any]) -> str:
         )
         + "</div>"
     )
-    if window.get("status") == "ok":
+    if window.get("status") == MEASURED:
         parts.append(
             "<div class='card'><h3>reliability over the window</h3>"
             + reliability_chart(window["calibration"])
@@ -636,7 +646,7 @@ def _pairs(counts: Mapping[str, int]) -> str:
 
 
 def _labelled(window: Mapping[str, Any]) -> str:
-    if window.get("status") == "ok":
+    if window.get("status") == MEASURED:
         return f"{window['labelled']:,}"
     needed = window.get("needed")
     suffix = f" (needs {needed:,})" if needed else ""

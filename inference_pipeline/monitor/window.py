@@ -25,11 +25,11 @@ from shared.feature_definitions import FLIGHTS
 from shared.feature_store import FeatureStore
 from shared.feature_view import FeatureView, build_training_frame, local_day_start_utc
 from shared.prediction_log import PREDICTIONS
+from shared.reference_statistics import REFERENCE_FILE
 from shared.registry import LoadedVersion, ModelRegistry
 
 log = logging.getLogger(__name__)
 
-REFERENCE_FILE = "reference_stats.json"
 METRICS_FILE = "metrics.json"
 LINEAGE_FILE = "lineage.json"
 PREDICTION_COLUMNS = (

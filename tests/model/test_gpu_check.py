@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from training_pipeline.config import TrainingConfig
@@ -80,4 +81,32 @@ def test_gpu_check_runs_the_real_loop_without_the_store_packages(tmp_path: Path)
 def test_the_gpu_checks_default_config_is_the_training_default() -> None:
     """Boxes without pydantic read the defaults from a file; it must not drift from the code."""
     committed = json.loads((REPO / "benchmarks" / "default_training_config.json").read_text())
-    assert committed == TrainingConfig().model_dump(mode="json")
+    assert committed == TrainingConfig().model_dump(mode="json"), (
+        "benchmarks/default_training_config.json is stale; rewrite it with: python -c 'import "
+        "json; from training_pipeline.config import TrainingConfig; print(json.dumps("
+        'TrainingConfig().model_dump(mode="json"), indent=1, sort_keys=True))\' '
+        "> benchmarks/default_training_config.json"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_exported_matrices_load_back_exactly(year_root: Path, tmp_path: Path) -> None:
+    """``gpu_check.py --export`` writes the store's full-year matrices compactly; loaded on the
+    GPU box they are the training matrices, value for value."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import train_throughput
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    store = train_throughput.store_matrices(year_root)
+    path = train_throughput.export_matrices(store, tmp_path / "year.npz")
+    loaded = train_throughput.load_npz(path)
+    assert path.stat().st_size < 40 * 2**20
+    assert loaded.cardinalities == store.cardinalities and loaded.config == store.config
+    for name, split in store.splits.items():
+        again = loaded.splits[name]
+        for field in ("numeric", "categorical", "labels"):
+            expected, actual = getattr(split, field), getattr(again, field)
+            assert actual.dtype == expected.dtype
+            np.testing.assert_array_equal(actual, expected)

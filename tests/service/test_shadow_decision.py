@@ -24,7 +24,9 @@ from sklearn.metrics import log_loss, roc_auc_score
 from feature_pipeline.extract import bundled_data_dir
 from shared.feature_definitions import FLIGHTS
 from shared.feature_store import open_feature_store
+from shared.flight_identity import as_of_before_departure
 from shared.prediction_log import PREDICTIONS
+from shared.prediction_time import DEFAULT_LEAD_MINUTES
 from shared.promotion import PROMOTION_REASON_TAG, SHADOW_RESULT_TAG, Promotion
 from shared.registry import ModelRegistry, RegistrySettings
 from shared.settings import FeatureStoreSettings
@@ -86,6 +88,10 @@ def scheduled_flights(day: date) -> list[dict[str, object]]:
             "dest": r["dest"],
             "tailnum": r["tailnum"],
             "distance": r["distance"],
+            # T = departure - the model's lead: the day's features (as of now, all too old).
+            "as_of": as_of_before_departure(
+                day, r["sched_dep_time"], DEFAULT_LEAD_MINUTES
+            ).isoformat(),
         }
         for r in rows.iter_rows(named=True)
     ]
