@@ -31,7 +31,7 @@ use_repo_packages()
 from pydantic import ConfigDict  # noqa: E402
 
 from inference_pipeline.service.body import BodyDeadlines  # noqa: E402
-from inference_pipeline.service.runtime import _Job  # noqa: E402
+from inference_pipeline.service.pipeline import _Job  # noqa: E402
 from inference_pipeline.service.schemas import PredictionRequest, ScheduledFlight  # noqa: E402
 
 NAME = "request_overhead"

@@ -1,4 +1,7 @@
-"""`python -m feature_pipeline`: backfills, the daily run cron calls, and the catalog.
+"""`python -m feature_pipeline`: backfills, the daily run cron calls, the catalog, and the
+real-time part: `schedule` (scheduled departures, ahead of their day), `replay-events`
+(publish 2013's departures to the stream), `stream` (consume them into the stores), `compact`
+(rewrite the streamed tables' small files).
 
 Exit codes: 0 success, 3 partial (written, some input rows quarantined), 1 failure (nothing of
 the failing chunk written), 2 bad command line or setting.
@@ -6,8 +9,13 @@ the failing chunk written), 2 bad command line or setting.
 
 from __future__ import annotations
 
+import json
 import logging
-from datetime import date, datetime
+import signal
+import threading
+import time
+from dataclasses import asdict
+from datetime import date, datetime, timedelta
 from typing import Annotated
 
 import typer
@@ -16,8 +24,18 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from feature_pipeline.pipeline import run_backfill
+from feature_pipeline.pipeline import run_backfill, run_schedule
+from feature_pipeline.quarantine import QuarantineListing, list_quarantine
 from feature_pipeline.settings import FeaturePipelineSettings
+from feature_pipeline.stream.processor import StreamSummary
+from feature_pipeline.stream.run import (
+    PublishSummary,
+    Replay,
+    parse_speed,
+    publish_replay,
+    run_stream,
+)
+from feature_pipeline.stream.settings import Broker, StreamSettings
 from feature_pipeline.summary import ExitCode, RunSummary
 from shared.command_line import (
     CommandLine,
@@ -29,7 +47,11 @@ from shared.command_line import (
     setting_option,
 )
 from shared.errors import FTIError
-from shared.feature_store import open_feature_store
+from shared.feature_definitions import FEATURE_GROUPS, QUARANTINE, STREAMED_GROUPS
+from shared.feature_group import FeatureGroup
+from shared.feature_store import GroupInfo, open_feature_store
+from shared.feature_store.local import LocalFeatureStore
+from shared.prediction_log import PREDICTIONS
 
 app = CommandLine(
     name="feature-pipeline",
@@ -41,6 +63,10 @@ console = Console(stderr=True)
 SourceOpt = Annotated[str | None, setting_option(FeaturePipelineSettings, "source")]
 MaxBad = Annotated[float | None, setting_option(FeaturePipelineSettings, "max_bad_share")]
 ChunkDays = Annotated[int | None, setting_option(FeaturePipelineSettings, "chunk_days")]
+# The groups this code defines, for the catalog's descriptions.
+KNOWN_GROUPS: dict[tuple[str, int], FeatureGroup] = {
+    (g.name, g.version): g for g in (*FEATURE_GROUPS.values(), QUARANTINE, PREDICTIONS)
+}
 
 
 def _day(option: str, value: str) -> date:
@@ -119,7 +145,8 @@ def run(
 
 @app.command()
 def catalog(data_root: DataRootOption = None, log_level: LogLevelOption = LogLevel.warning) -> None:
-    """List feature groups: versions, keys, row counts, table and online versions, schemas."""
+    """List feature groups: versions, keys, row counts, table and online versions, and each
+    group's columns with their types and descriptions."""
     _configure_logging(log_level)
     settings = build_settings(FeaturePipelineSettings, data_root=data_root)
     try:
@@ -156,10 +183,329 @@ def catalog(data_root: DataRootOption = None, log_level: LogLevelOption = LogLev
         )
     out.print(table)
     for info in infos:
-        out.print(
-            f"[bold]{info.name}_v{info.version}[/]: "
-            + ", ".join(f"{c} {t}" for c, t in info.columns.items())
+        out.print(_columns_table(info))
+
+
+def _columns_table(info: GroupInfo) -> Table:
+    """A group's columns, types and descriptions: the store's own descriptions (Hopsworks
+    keeps them), else those of the code's definition of the same group and version."""
+    definition = KNOWN_GROUPS.get((info.name, info.version))
+    described = info.descriptions or (definition.descriptions() if definition else {})
+    title = f"{info.name}_v{info.version}"
+    if definition is not None:
+        title += f": {definition.description}"
+    table = Table(title=title, title_justify="left")
+    for column in ("column", "type", "description"):
+        table.add_column(column)
+    # In the definition's order (the store keeps its columns sorted by name).
+    order = [c for c in (definition.columns if definition else []) if c in info.columns]
+    for name in [*order, *(c for c in info.columns if c not in order)]:
+        table.add_row(name, info.columns[name], described.get(name, ""))
+    return table
+
+
+@app.command()
+def quarantine(
+    source: Annotated[
+        str | None,
+        typer.Option("--source", help="only rows of this raw table: flights, weather or planes"),
+    ] = None,
+    rule: Annotated[
+        str | None,
+        typer.Option("--rule", help="only rows whose broken rules contain this text, any case"),
+    ] = None,
+    run_id: Annotated[
+        str | None, typer.Option("--run", help="only rows first quarantined by this run id")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since", help="only rows quarantined on or after this day (UTC), YYYY-MM-DD"
+        ),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, help="show at most this many rows, newest first")
+    ] = 20,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="one JSON object per row on stdout instead of a table")
+    ] = False,
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
+) -> None:
+    """Show quarantined raw rows: their source table, every rule they broke, the run that first
+    quarantined them, and the raw row as read."""
+    _configure_logging(log_level)
+    first_day = None if since is None else _day("--since", since)
+    settings = build_settings(FeaturePipelineSettings, data_root=data_root)
+    try:
+        store = open_feature_store(settings)
+        try:
+            listing = list_quarantine(
+                store, source=source, rule=rule, run_id=run_id, since=first_day, limit=limit
+            )
+        finally:
+            store.close()
+    except FTIError as exc:
+        fail(str(exc), ExitCode.failure)
+    if as_json:
+        for row in listing.rows.iter_rows(named=True):
+            typer.echo(json.dumps(row, default=str))
+    else:
+        Console().print(_quarantine_table(listing, settings.resolved_offline_root))
+    shown = listing.rows.height
+    console.print(
+        f"{shown:,} shown of {listing.matching:,} matching, {listing.total:,} quarantined in all"
+    )
+
+
+def _quarantine_table(listing: QuarantineListing, root: str) -> Table:
+    table = Table(title=f"quarantined rows in {root}")
+    for column in ("source", "rules broken", "first run", "quarantined at (UTC)", "raw row"):
+        table.add_column(column, overflow="fold")
+    for row in listing.rows.iter_rows(named=True):
+        table.add_row(
+            row["source"],
+            row["rules"].replace("; ", "\n"),
+            row["first_run_id"],
+            row["quarantined_at"].strftime("%Y-%m-%d %H:%M:%S"),
+            row["raw"],
         )
+    return table
+
+
+@app.command()
+def schedule(
+    start: Annotated[str, typer.Option("--start", help="first local day, YYYY-MM-DD")],
+    end: Annotated[str, typer.Option("--end", help="last local day (inclusive), YYYY-MM-DD")],
+    source: SourceOpt = None,
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
+) -> None:
+    """Write the scheduled departures of days ahead (no outcomes), offline and online: the
+    stream's pending counts need a day's schedule before the day."""
+    _configure_logging(log_level)
+    first, last = _day("--start", start), _day("--end", end)
+    if last < first:
+        raise typer.BadParameter(f"--end {end} is before --start {start}")
+    settings = build_settings(FeaturePipelineSettings, data_root=data_root, source=source)
+    _finish(run_schedule(settings, first, last))
+
+
+# -- streaming -------------------------------------------------------------------------------
+
+Start = Annotated[str | None, typer.Option("--start", help="first local day to replay, YYYY-MM-DD")]
+End = Annotated[
+    str | None, typer.Option("--end", help="last local day to replay (inclusive), YYYY-MM-DD")
+]
+Speed = Annotated[
+    str,
+    typer.Option("--speed", help="times faster than real time, or 'max' (as fast as possible)"),
+]
+Heartbeat = Annotated[
+    float,
+    typer.Option(
+        "--heartbeat-s",
+        help="a heartbeat after this many seconds of event time without an event (0: none)",
+    ),
+]
+MaxEvents = Annotated[
+    int | None, typer.Option("--max-events", help="replay only the first N messages", min=1)
+]
+StreamUrl = Annotated[str | None, setting_option(StreamSettings, "stream_url")]
+StreamKey = Annotated[str | None, setting_option(StreamSettings, "stream_key")]
+BrokerOpt = Annotated[Broker | None, setting_option(StreamSettings, "stream_broker", "--broker")]
+ConsumerOpt = Annotated[str | None, setting_option(StreamSettings, "stream_consumer", "--consumer")]
+_STREAM_FLAGS = {"stream_broker": "--broker", "stream_consumer": "--consumer"}
+
+
+def _replay(
+    start: str | None, end: str | None, speed: str, heartbeat_s: float, max_events: int | None
+) -> Replay | None:
+    if start is None and end is None:
+        return None
+    if start is None or end is None:
+        raise typer.BadParameter("give both --start and --end")
+    first, last = _day("--start", start), _day("--end", end)
+    if last < first:
+        raise typer.BadParameter(f"--end {end} is before --start {start}")
+    try:
+        pace = parse_speed(speed)
+    except FTIError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if heartbeat_s < 0:
+        raise typer.BadParameter("--heartbeat-s must be 0 or more")
+    every = timedelta(seconds=heartbeat_s) if heartbeat_s else None
+    return Replay(first, last, pace, every, max_events)
+
+
+def _stop_on_signals() -> threading.Event:
+    """SIGTERM (Kubernetes, compose) and SIGINT stop the loop; what was fetched is committed
+    and acknowledged before exiting."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+@app.command("replay-events")
+def replay_events_command(
+    start: Annotated[str, typer.Option("--start", help="first local day, YYYY-MM-DD")],
+    end: Annotated[str, typer.Option("--end", help="last local day (inclusive), YYYY-MM-DD")],
+    speed: Speed = "max",
+    heartbeat_s: Heartbeat = 300.0,
+    max_events: MaxEvents = None,
+    source: SourceOpt = None,
+    stream_url: StreamUrl = None,
+    stream_key: StreamKey = None,
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
+) -> None:
+    """Publish the departures of the days --start to --end to the stream in event-time
+    order, --speed times faster than real time (the upstream system's role, for 2013)."""
+    _configure_logging(log_level)
+    replay = _replay(start, end, speed, heartbeat_s, max_events)
+    assert replay is not None
+    settings = build_settings(
+        StreamSettings,
+        data_root=data_root,
+        source=source,
+        stream_url=stream_url,
+        stream_key=stream_key,
+    )
+    stop = _stop_on_signals()
+    with Progress(
+        TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True
+    ) as progress:
+        task = progress.add_task("publishing")
+
+        def show(s: PublishSummary) -> None:
+            progress.update(
+                task, description=f"published {s.published:,} (event time {s.last_event})"
+            )
+
+        try:
+            summary = publish_replay(settings, replay, stop=stop, on_batch=show)
+        except FTIError as exc:
+            fail(str(exc), ExitCode.failure)
+    console.print(
+        f"published {summary.published:,} messages to {summary.stream} in {summary.seconds:.1f} s"
+    )
+    typer.echo(json.dumps(asdict(summary)))
+
+
+@app.command()
+def stream(
+    broker: BrokerOpt = None,
+    start: Start = None,
+    end: End = None,
+    speed: Speed = "max",
+    heartbeat_s: Heartbeat = 300.0,
+    max_events: MaxEvents = None,
+    consumer: ConsumerOpt = None,
+    max_messages: Annotated[
+        int | None, typer.Option("--max-messages", help="stop after N messages", min=1)
+    ] = None,
+    source: SourceOpt = None,
+    stream_url: StreamUrl = None,
+    stream_key: StreamKey = None,
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
+) -> None:
+    """Consume departure events into the stores: online at once, offline in bounded commits,
+    acknowledged once both hold them. With --broker embedded, replays the days --start to
+    --end in this process instead of reading Redis."""
+    _configure_logging(log_level)
+    replay = _replay(start, end, speed, heartbeat_s, max_events)
+    settings = build_settings(
+        StreamSettings,
+        _STREAM_FLAGS,
+        stream_broker=broker,
+        stream_consumer=consumer,
+        data_root=data_root,
+        source=source,
+        stream_url=stream_url,
+        stream_key=stream_key,
+    )
+    stop = _stop_on_signals()
+    shown = [0.0]
+
+    def show(s: StreamSummary) -> None:
+        if time.monotonic() - shown[0] >= 1.0:
+            shown[0] = time.monotonic()
+            console.print(
+                f"{s.events:,} events, {s.quarantined} quarantined, watermark {s.watermark}",
+                highlight=False,
+            )
+
+    try:
+        summary = run_stream(
+            settings, replay=replay, stop=stop, max_messages=max_messages, on_batch=show
+        )
+    except FTIError as exc:
+        fail(str(exc), ExitCode.failure)
+    shown_columns = ("messages", "events", "heartbeats", "quarantined", "commits", "acked")
+    table = Table(title=f"stream: {summary.source}")
+    for column in (*shown_columns, "watermark", "seconds"):
+        table.add_column(column)
+    values = summary.as_dict()
+    table.add_row(
+        *(str(values[c]) for c in shown_columns),
+        str(summary.watermark),
+        f"{summary.seconds:.1f}",
+    )
+    console.print(table)
+    typer.echo(json.dumps(values))
+    if summary.error:
+        fail(summary.error, ExitCode.failure)
+    if summary.messages == 0 and replay is not None:
+        fail("nothing was consumed", ExitCode.failure)
+    raise typer.Exit(ExitCode.partial if summary.quarantined else ExitCode.success)
+
+
+@app.command()
+def compact(
+    group: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--group", help="feature group to compact (repeatable; default: the streamed ones)"
+        ),
+    ] = None,
+    vacuum_hours: Annotated[
+        int | None,
+        typer.Option(
+            "--vacuum-hours", help="then delete files unreferenced this long (>= 168)", min=168
+        ),
+    ] = None,
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
+) -> None:
+    """Rewrite the small files of streamed offline tables into large ones (OPTIMIZE), and
+    optionally VACUUM. Safe while the stream runs: a conflicting commit is retried."""
+    _configure_logging(log_level)
+    names = group or [g.name for g in STREAMED_GROUPS]
+    known = {g.name: g for g in (*FEATURE_GROUPS.values(), *STREAMED_GROUPS)}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise typer.BadParameter(f"unknown feature groups {unknown}; known: {sorted(known)}")
+    settings = build_settings(FeaturePipelineSettings, data_root=data_root)
+    store = open_feature_store(settings)
+    try:
+        if not isinstance(store, LocalFeatureStore):
+            fail(
+                "compaction is for the local Delta store; Hopsworks compacts its own tables",
+                ExitCode.usage,
+            )
+        results = [store.compact(known[n], vacuum_hours=vacuum_hours) for n in names]
+    except FTIError as exc:
+        fail(str(exc), ExitCode.failure)
+    finally:
+        store.close()
+    for r in results:
+        console.print(
+            f"{r.group}: {r.files_removed} files -> {r.files_added}, "
+            f"{r.files_vacuumed} vacuumed, version {r.table_version}"
+        )
+    typer.echo(json.dumps([asdict(r) for r in results]))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,11 @@ from feature_pipeline import lookback
 from feature_pipeline.compress import compress
 from feature_pipeline.extract import Source, Window
 from feature_pipeline.features.daily_stats import LOOKBACK_DAYS, rolling_stats
+from feature_pipeline.features.departures import (
+    departure_event_rows,
+    departure_schedule,
+    events_from_flights,
+)
 from feature_pipeline.features.flights import FLIGHT_RAW_COLUMNS, typed_flights
 from feature_pipeline.features.planes import PLANE_RAW_COLUMNS, typed_planes
 from feature_pipeline.features.weather import WEATHER_RAW_COLUMNS, typed_weather
@@ -34,10 +39,14 @@ from shared.errors import FTIError, HistoryMissing, SourceError, ValidationFaile
 from shared.feature_definitions import (
     AIRPORT_WEATHER,
     CARRIER_STATS,
+    DEPARTURE_EVENTS,
+    DEPARTURE_SCHEDULE,
+    DEPARTURES_STREAM,
     FLIGHTS,
     PLANES,
     QUARANTINE,
     ROUTE_STATS,
+    STREAM_PROGRESS,
 )
 from shared.feature_group import FeatureGroup
 from shared.feature_store import FeatureStore, open_feature_store
@@ -51,6 +60,9 @@ WRITE_ORDER: tuple[FeatureGroup, ...] = (
     PLANES,
     ROUTE_STATS,
     CARRIER_STATS,
+    DEPARTURE_EVENTS,
+    DEPARTURE_SCHEDULE,
+    STREAM_PROGRESS,
 )
 ONLINE_GROUPS = tuple(g for g in WRITE_ORDER if g.online)
 
@@ -153,10 +165,35 @@ def build_chunk(
         AIRPORT_WEATHER.name: weather.valid,
         ROUTE_STATS.name: rolling_stats(outcomes, ["origin", "dest"], window.start, last_day),
         CARRIER_STATS.name: rolling_stats(outcomes, ["carrier"], window.start, last_day),
+        **departures(flights.valid, window),
     }
     if with_planes:
         features[PLANES.name] = validated[2].valid
     return ChunkResult(window, tuple(validated), {n: f for n, f in features.items() if f.height})
+
+
+def departures(flights: pl.DataFrame, window: Window) -> dict[str, pl.DataFrame]:
+    """The window's departure events (from the outcomes, with the function the stream runs),
+    its schedule, and the progress row saying the events are complete up to the end of the
+    window. (The flights extract of a day carries its schedule; a schedule feed known days
+    ahead would write `departure_schedule` the same way, before the day.)"""
+    events, broken = departure_event_rows(events_from_flights(flights))
+    if broken.height:  # the flights contract implies every event rule: a bug, not bad input
+        raise ValueError(f"{broken.height} valid flights made invalid events: {broken.head(3)}")
+    complete_until = local_day_start_utc(window.end + timedelta(days=1))
+    progress = pl.DataFrame(
+        {
+            "stream": [DEPARTURES_STREAM],
+            "watermark": [complete_until],
+            "committed_at": [complete_until],  # not the wall clock: a re-run writes the same row
+            "events": [events.height],
+        }
+    )
+    return {
+        DEPARTURE_EVENTS.name: events,
+        DEPARTURE_SCHEDULE.name: departure_schedule(flights),
+        STREAM_PROGRESS.name: STREAM_PROGRESS.conform(progress),
+    }
 
 
 def history_after(history: pl.DataFrame, chunk: ChunkResult, next_start: date) -> pl.DataFrame:
@@ -351,6 +388,45 @@ def run_backfill(
                 summary.group(group.name).online_keys = store.materialize(group).keys_written
     except FTIError as exc:
         log.error("%s %s failed: %s", command, summary.window, exc)
+        summary.error = str(exc)
+    finally:
+        store.close()
+        summary.seconds = time.perf_counter() - began
+    return summary
+
+
+def run_schedule(settings: FeaturePipelineSettings, start: date, end: date) -> RunSummary:
+    """Write the scheduled departures of the local days [start, end] (schedule fields only, no
+    outcome) offline and online, ahead of the days: the stream counts each window's pending
+    departures against them. The day's own run writes the same rows again (and quarantines
+    the rows that fail validation, which are left out here and counted as skipped)."""
+    window = Window(start, end)
+    summary = RunSummary(
+        run_id=f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}",
+        command="schedule",
+        window=f"{start}..{end}",
+    )
+    began = time.perf_counter()
+    store = open_feature_store(settings)
+    try:
+        source = Source(settings.source, settings.source_storage_options)
+        source.check()
+        check_window_has_flights(source, window)
+        flights = validate_flights(source.flights(window), source.airport_codes())
+        summary.source("flights").rows_read = flights.rows_read
+        if flights.quarantine.height:
+            log.warning(
+                "%d invalid flights left out of the schedule (their day's run quarantines them)",
+                flights.quarantine.height,
+            )
+        store.register(DEPARTURE_SCHEDULE)
+        result = store.insert(DEPARTURE_SCHEDULE, departure_schedule(flights.valid))
+        written = summary.group(DEPARTURE_SCHEDULE.name)
+        written.rows_written, written.inserted = result.rows_in, result.inserted
+        written.updated, written.table_version = result.updated, result.table_version
+        written.online_keys = store.materialize(DEPARTURE_SCHEDULE).keys_written
+    except FTIError as exc:
+        log.error("schedule %s failed: %s", summary.window, exc)
         summary.error = str(exc)
     finally:
         store.close()

@@ -34,6 +34,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
 from feature_pipeline.settings import FeaturePipelineSettings
+from feature_pipeline.stream.settings import StreamSettings
 from inference_pipeline.monitor.settings import MonitorSettings
 from inference_pipeline.settings import InferenceSettings
 from orchestration.settings import DagSettings
@@ -90,6 +91,12 @@ SECTIONS = (
         "Feature pipeline",
         FeaturePipelineSettings,
         "`python -m feature_pipeline` (plus the feature store's)",
+    ),
+    Section(
+        "Streaming feature pipeline",
+        StreamSettings,
+        "`python -m feature_pipeline stream | replay-events` (plus the feature pipeline's); "
+        "see docs/streaming.md",
     ),
     Section(
         "Training pipeline",

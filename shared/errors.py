@@ -100,3 +100,7 @@ class NothingToScore(FTIError):
 
 class NothingToMonitor(FTIError):
     """A monitoring run found no logged predictions for its window (or no predictions group)."""
+
+
+class BrokerUnavailable(FTIError):
+    """The event broker (a Redis stream) cannot be reached, or refused an append."""

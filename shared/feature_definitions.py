@@ -178,6 +178,102 @@ PLANES = FeatureGroup(
     ),
 )
 
+# -- departures as they happen (the streaming feature pipeline) -------------------------------
+
+# The flights contract bounds dep_delay below at -120 min: no departure leaves more than two
+# hours before its schedule. The online read of a window's resolved departures relies on it.
+MAX_EARLY_DEPARTURE = timedelta(minutes=120)
+
+# Online, the departure events and the schedule of the last days only: a prediction reads back
+# at most a day and four hours (its aircraft's day, its origin's last four hours).
+ONLINE_EVENT_HORIZON = timedelta(days=4)
+
+DEPARTURE_EVENTS = FeatureGroup(
+    name="departure_events",
+    version=1,
+    primary_key=("flight_id",),
+    event_time="event_at",
+    online=True,
+    online_indexes=(("origin",), ("tailnum",)),
+    online_horizon=ONLINE_EVENT_HORIZON,
+    description=(
+        "One event per flight as it happens: its actual departure (event time: the actual "
+        "departure instant) or its cancellation (event time: the scheduled departure). "
+        "Written by the stream and, from the flights' outcomes, by backfill/run."
+    ),
+    non_features=("origin", "carrier", "tailnum", "sched_dep_utc", "dep_delay", "is_cancelled"),
+    schema=pa.DataFrameSchema(
+        {
+            "flight_id": _key(pl.String, "the flights group's key"),
+            "event_at": _key(
+                UTC_TIMESTAMP, "actual departure instant; the scheduled one for a cancellation"
+            ),
+            "origin": _key(pl.String, "NYC origin airport", pa.Check.isin(NYC_ORIGINS)),
+            "carrier": _key(pl.String, "carrier designator", pa.Check.str_length(2, 3)),
+            "tailnum": _col(pl.String, "aircraft registration (null when unknown)"),
+            "sched_dep_utc": _key(UTC_TIMESTAMP, "scheduled departure instant"),
+            "dep_delay": _col(
+                pl.Float32,
+                "departure delay, minutes (null for a cancellation)",
+                pa.Check.in_range(-MAX_EARLY_DEPARTURE.total_seconds() / 60, 1800),
+            ),
+            "is_cancelled": _key(pl.Boolean, "a cancellation rather than a departure"),
+        },
+        unique=["flight_id", "event_at"],
+    ),
+)
+
+DEPARTURE_SCHEDULE = FeatureGroup(
+    name="departure_schedule",
+    version=1,
+    primary_key=("flight_id",),
+    event_time="sched_dep_utc",
+    online=True,
+    online_indexes=(("origin",),),
+    online_horizon=ONLINE_EVENT_HORIZON,
+    description=(
+        "Scheduled departures, known ahead (from the flights group, without outcomes): what "
+        "should have left in a window, against which the departure events are counted."
+    ),
+    non_features=("origin", "carrier"),
+    schema=pa.DataFrameSchema(
+        {
+            "flight_id": _key(pl.String, "the flights group's key"),
+            "sched_dep_utc": _key(UTC_TIMESTAMP, "scheduled departure instant"),
+            "origin": _key(pl.String, "NYC origin airport", pa.Check.isin(NYC_ORIGINS)),
+            "carrier": _key(pl.String, "carrier designator", pa.Check.str_length(2, 3)),
+        },
+        unique=["flight_id", "sched_dep_utc"],
+    ),
+)
+
+DEPARTURES_STREAM = "departures"  # the stream_progress key of the departure events
+
+STREAM_PROGRESS = FeatureGroup(
+    name="stream_progress",
+    version=1,
+    primary_key=("stream",),
+    event_time="watermark",
+    online=True,
+    description=(
+        "How far in event time a stream's events are in the stores (its watermark): fresh "
+        "window features as of T are missing online while the watermark lags T by more than "
+        "the view's tolerance, since the events before T may not have arrived yet."
+    ),
+    non_features=("committed_at", "events"),
+    schema=pa.DataFrameSchema(
+        {
+            "stream": _key(pl.String, "the stream (e.g. departures)"),
+            "watermark": _key(UTC_TIMESTAMP, "every event up to this event time is stored"),
+            "committed_at": _key(
+                UTC_TIMESTAMP, "wall-clock time of the stream's commit (a batch run: the watermark)"
+            ),
+            "events": _key(pl.Int64, "events in the commit", pa.Check.ge(0)),
+        },
+        unique=["stream", "watermark"],
+    ),
+)
+
 QUARANTINE = FeatureGroup(
     name="quarantine",
     version=1,
@@ -188,7 +284,9 @@ QUARANTINE = FeatureGroup(
     non_features=("raw", "rules", "first_run_id", "quarantined_at"),
     schema=pa.DataFrameSchema(
         {
-            "source": _key(pl.String, "raw table the row came from (flights, weather, planes)"),
+            "source": _key(
+                pl.String, "raw table the row came from (flights, weather, planes, departures)"
+            ),
             "row_hash": _key(pl.String, "sha256 of source + raw row: re-runs never duplicate it"),
             "key_time": _key(UTC_TIMESTAMP, "constant (the epoch): rows are keyed by content"),
             "raw": _key(pl.String, "the raw row as JSON, exactly as read"),
@@ -200,5 +298,17 @@ QUARANTINE = FeatureGroup(
 )
 
 FEATURE_GROUPS: dict[str, FeatureGroup] = {
-    g.name: g for g in (FLIGHTS, ROUTE_STATS, CARRIER_STATS, AIRPORT_WEATHER, PLANES)
+    g.name: g
+    for g in (
+        FLIGHTS,
+        ROUTE_STATS,
+        CARRIER_STATS,
+        AIRPORT_WEATHER,
+        PLANES,
+        DEPARTURE_EVENTS,
+        DEPARTURE_SCHEDULE,
+    )
 }
+
+# The groups a stream writes in micro-batch commits (and `compact` compacts by default).
+STREAMED_GROUPS: tuple[FeatureGroup, ...] = (DEPARTURE_EVENTS, STREAM_PROGRESS, QUARANTINE)

@@ -32,6 +32,13 @@ class FeatureGroup:
     description: str
     # Columns stored offline (for lineage, labels, monitoring) but never served as features.
     non_features: tuple[str, ...] = field(default=())
+    # An event group's online rows are read by time range rather than by primary key: each
+    # index names columns (e.g. ``("origin",)``) whose rows the online store returns for an
+    # event-time range, in time order (see `OnlineRangeLookup`). Empty: key lookups only.
+    online_indexes: tuple[tuple[str, ...], ...] = field(default=())
+    # An event group keeps online only the events within this of its newest one (None: all):
+    # serving reads the last hours; older questions (as_of far back) go to the offline store.
+    online_horizon: timedelta | None = None
     # How far behind a key's newest row the online store keeps the key's older rows, so that a
     # read as of a past instant T within it (a replay, an ``as_of`` request) is answered with
     # the row valid at T, as the offline join would. Zero: the newest row only.
@@ -42,7 +49,12 @@ class FeatureGroup:
     added_columns: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        missing = [c for c in (*self.primary_key, self.event_time) if c not in self.schema.columns]
+        indexed = [c for index in self.online_indexes for c in index]
+        missing = [
+            c
+            for c in (*self.primary_key, self.event_time, *indexed)
+            if c not in self.schema.columns
+        ]
         if missing:
             raise ValueError(f"feature group {self.name}: key columns {missing} not in its schema")
         keys = {*self.primary_key, self.event_time}

@@ -1,9 +1,14 @@
 """Model registry client (MLflow): log a training run, register a version, move aliases, load back.
 
 A registered version is a directory of files (TorchScript model, MDT state, feature view, config,
-metrics, reference statistics, Triton repositories) plus ``manifest.json``: the sha256 of every
-other file. The sha256 of the manifest itself is a tag of the version, so :meth:`load` can prove
-that the bytes it hands to inference are the bytes training registered.
+metrics, reference statistics, Triton repositories, the MLflow model files of its pyfunc) plus
+``manifest.json``: the sha256 of every other file. The sha256 of the manifest itself is a tag of
+the version, so :meth:`load` can prove that the bytes it hands to inference are the bytes training
+registered.
+
+The directory is uploaded as an MLflow *logged model* of the training run (MLflow 3:
+``models:/<model_id>``, listed under the run, with its signature in the UI), and the registered
+version points to it, so ``mlflow.pyfunc.load_model("models:/<name>@champion")`` loads it.
 
 Aliases, not the deprecated stages: ``challenger`` is set when a version is registered,
 ``champion`` when it passes the gates or is promoted explicitly. Every champion change is
@@ -21,9 +26,10 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +47,8 @@ from shared.triton_repository import file_manifest, verify_manifest
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.data.dataset import Dataset
+    from mlflow.entities import LoggedModel
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +58,10 @@ MANIFEST_FILE = "manifest.json"
 MANIFEST_TAG = "manifest_sha256"
 CHAMPION_HISTORY_TAG = "champion_history"
 MODEL_ARTIFACT_PATH = "model"
+# Written into a version's directory when MLflow loads its pyfunc, on a local artifact store into
+# the stored directory itself: MLflow's registered_model_meta (the name and version loaded) and
+# the bytecode Python caches for the pyfunc's code. Not in the manifest; never read by this system.
+LOAD_BYPRODUCTS = ("registered_model_meta", "__pycache__")
 
 
 class RegistrySettings(CommonSettings):
@@ -107,9 +119,16 @@ class RegisteredVersion:
     name: str
     version: str
     run_id: str
-    source: str
+    source: str  # models:/<model_id>: its logged model (a run's artifact URI before MLflow 3)
     tags: dict[str, str]
     aliases: tuple[str, ...]
+    created_ms: int | None = None  # registration time, epoch milliseconds
+
+    @property
+    def model_id(self) -> str | None:
+        """Its logged model's id (MLflow's SQL registry keeps it only in the source)."""
+        prefix = "models:/m-"
+        return self.source.removeprefix("models:/") if self.source.startswith(prefix) else None
 
 
 @dataclass(frozen=True)
@@ -207,13 +226,26 @@ class ModelRegistry:
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         from mlflow.entities import Metric
 
+        now = int(time.time() * 1000)  # the UI's wall-time axis of live curves
         items = [
-            Metric(k, float(v), timestamp=0, step=step)
+            Metric(k, float(v), timestamp=now, step=step)
             for k, v in sorted(metrics.items())
             if v is not None
         ]
         for start in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[start : start + 1000])
+
+    def log_dataset(
+        self, run_id: str, dataset: Dataset, *, context: str, tags: Mapping[str, str]
+    ) -> None:
+        """Record ``dataset`` as an input of the run (``mlflow.log_input`` without a fluent run)."""
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        input_tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)]
+        input_tags += [InputTag(k, v) for k, v in tags.items()]
+        entity = dataset._to_mlflow_entity()  # what mlflow.log_input sends
+        self.client.log_inputs(run_id, datasets=[DatasetInput(entity, input_tags)])
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():
@@ -245,15 +277,18 @@ class ModelRegistry:
         than serving files that name the wrong version.
         """
         manifest_sha = write_manifest(model_dir)
-        self.client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT_PATH)
+        model = self._log_model(run_id, model_dir)
         self._ensure_registered_model()
-        source = f"{self.client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT_PATH}"
-        version = self.client.create_model_version(
-            self.name,
-            source=source,
-            run_id=run_id,
-            tags={**(tags or {}), MANIFEST_TAG: manifest_sha},
-        )
+        # MLflow's database registry looks the logged model of a models:/ source up with the
+        # process-wide tracking URI, not this client's (mlflow 3.x): set it for the call.
+        with _use_tracking_uri(self.settings.tracking_uri):
+            version = self.client.create_model_version(
+                self.name,
+                source=f"models:/{model.model_id}",
+                run_id=run_id,
+                tags={**(tags or {}), MANIFEST_TAG: manifest_sha},
+                model_id=model.model_id,
+            )
         if expected_version is not None and int(version.version) != expected_version:
             self.client.set_model_version_tag(self.name, version.version, "invalid", "true")
             raise ConfigurationError(
@@ -263,6 +298,29 @@ class ModelRegistry:
         self.client.set_registered_model_alias(self.name, CHALLENGER, version.version)
         log.info("registered %s version %s as %s", self.name, version.version, CHALLENGER)
         return self.get(str(version.version))
+
+    def _log_model(self, run_id: str, model_dir: Path) -> LoggedModel:
+        """Upload ``model_dir`` as a logged model of the run (what ``mlflow.<flavour>.log_model``
+        does, with our manifest written first)."""
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
+        experiment_id = self.client.get_run(run_id).info.experiment_id
+        model = self.client.create_logged_model(
+            experiment_id, name=MODEL_ARTIFACT_PATH, source_run_id=run_id, model_type="pyfunc"
+        )
+        try:
+            self.client.log_model_artifacts(model.model_id, str(model_dir))
+        except BaseException:
+            self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+            raise
+        self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+        return model
+
+    def files_uri(self, version: RegisteredVersion) -> str:
+        """Where the version's files are kept (its logged model's artifact location)."""
+        with _unavailable_as_error(self.settings.tracking_uri):
+            return str(self.client.get_model_version_download_uri(self.name, version.version))
 
     def _ensure_registered_model(self) -> None:
         from mlflow.exceptions import MlflowException
@@ -279,14 +337,27 @@ class ModelRegistry:
             mv = self.client.get_model_version(self.name, version)
         except MlflowException as exc:
             raise ModelVersionNotFound(f"{self.name} has no version {version}") from exc
-        return RegisteredVersion(
-            name=self.name,
-            version=str(mv.version),
-            run_id=str(mv.run_id),
-            source=str(mv.source),
-            tags=dict(mv.tags),
-            aliases=tuple(mv.aliases),
-        )
+        return _registered(self.name, mv)
+
+    def versions(self) -> list[RegisteredVersion]:
+        """Every registered version with its aliases, newest first ([] when none)."""
+        from mlflow.exceptions import MlflowException
+
+        with _unavailable_as_error(self.settings.tracking_uri):
+            try:
+                aliases = self.client.get_registered_model(self.name).aliases
+            except MlflowException:
+                return []  # no such registered model yet
+            found = self.client.search_model_versions(f"name = '{self.name}'")
+        # (A search leaves each version's aliases out; the registered model has them all.)
+        versions = [
+            replace(
+                _registered(self.name, mv),
+                aliases=tuple(a for a, v in sorted(aliases.items()) if str(v) == str(mv.version)),
+            )
+            for mv in found
+        ]
+        return sorted(versions, key=lambda v: -int(v.version))
 
     def version_for(self, alias: str) -> str | None:
         """The version an alias points to, or None (no such model or alias)."""
@@ -357,11 +428,12 @@ class ModelRegistry:
         target.mkdir(parents=True, exist_ok=True)
         with _unavailable_as_error(self.settings.tracking_uri):
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=version.source,
+                artifact_uri=self.files_uri(version),
                 dst_path=str(target),
                 tracking_uri=self.settings.tracking_uri,
             )
         path = Path(local)
+        _drop_load_byproducts(path)
         if expected is None and not (path / MANIFEST_FILE).is_file():
             return LoadedVersion(version=version, path=path, manifest={})
         # Without the tag, the files are still checked against the manifest they carry.
@@ -385,6 +457,37 @@ class ModelRegistry:
             version.version,
             MANIFEST_TAG,
         )
+
+
+def _registered(name: str, mv: Any) -> RegisteredVersion:
+    return RegisteredVersion(
+        name=name,
+        version=str(mv.version),
+        run_id=str(mv.run_id),
+        source=str(mv.source),
+        tags=dict(mv.tags),
+        aliases=tuple(mv.aliases),
+        created_ms=int(mv.creation_timestamp) if mv.creation_timestamp is not None else None,
+    )
+
+
+def _drop_load_byproducts(path: Path) -> None:
+    """Remove from a downloaded copy what loading the pyfunc leaves in a version (see
+    :data:`LOAD_BYPRODUCTS`), so that the manifest check sees the registered files only."""
+    for found in (path / name for name in LOAD_BYPRODUCTS):
+        if found.exists():
+            log.debug("ignoring %s: written when the pyfunc was loaded", found)
+            shutil.rmtree(found) if found.is_dir() else found.unlink()
+
+
+@contextmanager
+def _use_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking URI set to ``uri`` for a block, then restored, by MLflow's
+    own helper (which also sets, then unsets, MLFLOW_TRACKING_URI in this process)."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri as use
+
+    with use(uri):
+        yield
 
 
 @contextmanager

@@ -35,6 +35,7 @@ from shared.promotion import Promotion, promote_if_eligible
 from shared.registry import ModelRegistry
 from shared.setting_errors import invalid_settings_line
 from training_pipeline.config import RecentWindows, TrainingConfig, TrainingSettings, Window
+from training_pipeline.model_versions import METRICS, VersionRow, version_rows
 
 if TYPE_CHECKING:  # torch & co. load only when a command trains, so promote/rollback are quick
     from training_pipeline.loop import EpochRecord
@@ -307,6 +308,55 @@ def promote(
         else:
             moved = registry.promote(registry.resolve(version).version)
         print(f"champion -> {moved.name} version {moved.version}")
+
+
+@app.command()
+def models(
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="show only the newest N versions")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="one JSON object per version on stdout, not a table")
+    ] = False,
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
+) -> None:
+    """List the registered versions, newest first: aliases, the gates' decision, prediction
+    lead, test metrics and the training run."""
+    configure_logging(log_level)
+    with _errors_as_exit():
+        settings = _settings(data_root)
+        rows = version_rows(ModelRegistry(settings.registry_settings()))[:limit]
+    if as_json:
+        for row in rows:
+            print(json.dumps(row.to_json(), sort_keys=True))
+        return
+    if not rows:
+        console.print(f"no versions of {settings.model_name} registered at {settings.tracking_uri}")
+        return
+    Console().print(_versions_table(settings.model_name, rows))
+
+
+def _versions_table(name: str, rows: list[VersionRow]) -> Table:
+    table = Table(title=f"registered versions of {name} (test-window metrics)")
+    for column in ("version", "aliases", "registered (UTC)", "gates", "lead (min)"):
+        table.add_column(column)
+    for metric in METRICS:
+        table.add_column(metric.replace("_", " "), justify="right")
+    table.add_column("run")
+    table.add_column("gates' reasons", overflow="fold")
+    for row in rows:
+        table.add_row(
+            row.version,
+            ", ".join(row.aliases) or "-",
+            "-" if row.registered is None else row.registered.strftime("%Y-%m-%d %H:%M"),
+            row.gates,
+            "-" if row.lead_minutes is None else str(row.lead_minutes),
+            *(f"{row.metrics[m]:.4f}" if m in row.metrics else "-" for m in METRICS),
+            row.run_id[:8],
+            row.gates_summary,
+        )
+    return table
 
 
 @app.command()

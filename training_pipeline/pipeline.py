@@ -44,8 +44,11 @@ from training_pipeline.loop import EpochCallback, FitResult, Tensors, fit
 from training_pipeline.model import TabularNet, export_torchscript
 from training_pipeline.reference_stats import MAX_ROWS, reference_stats
 from training_pipeline.register import build_model_package
+from training_pipeline.tracking import TrainingRun, chain, training_run
 
 log = logging.getLogger(__name__)
+
+PYFUNC_EXAMPLE_ROWS = 5  # test-window rows stored as the MLflow model's input example
 
 
 @dataclass(frozen=True)
@@ -205,17 +208,40 @@ def run_training(
             store.close()
         seconds = {f"data.{k}": v for k, v in data.seconds.items()}
         seconds["data"] = time.perf_counter() - started
-        started = time.perf_counter()
-        net, result = train_network(
-            settings, config, data, ctx, resume=resume, on_epoch_end=on_epoch_end
-        )
-        seconds["fit"] = time.perf_counter() - started
-        if not ctx.is_main:
-            return None
-        with tempfile.TemporaryDirectory(prefix="fti-train-") as tmp:
-            return _validate_and_register(
-                settings, config, data, net, result, ctx, Path(tmp), promotion, seconds
+        registry = ModelRegistry(settings.registry_settings()) if ctx.is_main else None
+        commit = git_commit(settings)
+        # The run opens as training starts (a window without data never makes a run), so its
+        # duration, status and epoch curves are the training's own.
+        with training_run(registry, config, commit=commit, world_size=ctx.world_size) as run:
+            if run is not None:
+                run.log_data(data, settings)
+            started = time.perf_counter()
+            net, result = train_network(
+                settings,
+                config,
+                data,
+                ctx,
+                resume=resume,
+                on_epoch_end=chain(run.log_epoch if run else None, on_epoch_end),
             )
+            seconds["fit"] = time.perf_counter() - started
+            if run is None:
+                return None
+            run.log_history(result.state.history)
+            with tempfile.TemporaryDirectory(prefix="fti-train-") as tmp:
+                return _validate_and_register(
+                    settings,
+                    config,
+                    data,
+                    net,
+                    result,
+                    ctx,
+                    Path(tmp),
+                    promotion,
+                    seconds,
+                    run,
+                    commit,
+                )
 
 
 def _validate_and_register(
@@ -228,6 +254,8 @@ def _validate_and_register(
     workdir: Path,
     promotion: Promotion,
     seconds: dict[str, float],
+    run: TrainingRun,
+    commit: str,
 ) -> TrainingOutcome:
     started = time.perf_counter()
     batch = config.optim.eval_batch_size
@@ -267,7 +295,7 @@ def _validate_and_register(
     seconds["baseline"] = time.perf_counter() - started
     started = time.perf_counter()
 
-    registry = ModelRegistry(settings.registry_settings())
+    registry, run_id = run.registry, run.run_id
     champion_version, champion_probs = score_champion(registry, test, workdir)
     champion_auc, champion_segments = None, []
     if champion_probs is not None:
@@ -287,7 +315,6 @@ def _validate_and_register(
     }
     log.info("gates: %s", decision.summary())
 
-    commit = git_commit(settings)
     lineage = data.lineage.to_dict() | {"git_commit": commit}
     tags = data.lineage.tags() | {
         "git_commit": commit,
@@ -297,43 +324,34 @@ def _validate_and_register(
     image = plot_reliability(
         curves, workdir / "plots" / "reliability.png", f"Test window {data.lineage.windows['test']}"
     )
-    run_name = f"train-{data.lineage.windows['train']}"
-    with registry.run(run_name, tags) as run_id:
-        registry.log_params(run_id, config.flat() | {"world_size": ctx.world_size})
-        for record in result.state.history:
-            values = asdict(record)
-            registry.log_metrics(
-                run_id, {k: v for k, v in values.items() if k != "epoch"}, step=record.epoch
-            )
-        registry.log_metrics(run_id, _flat_metrics(metrics))
-        version_number = registry.next_version()
-        package = build_model_package(
-            workdir / "model",
-            torchscript=exported,
-            mdt=data.mdt,
-            model_name=settings.model_name,
-            version=version_number,
-            documents={
-                "config": config.model_dump(mode="json"),
-                "feature_view": data.lineage.feature_view,
-                "lineage": lineage,
-                "metrics": metrics,
-                "reference_stats": _reference_stats(data, exported, config.seed, batch),
-                "segment_metrics": segment_document(network_segments, data.lineage.windows["test"]),
-            },
-            images=[image],
-        )
-        registry.log_artifacts(run_id, image.parent, "plots")
-        registered = registry.register(
-            run_id,
-            package,
-            tags
-            | _version_tags(network)
-            | gate_tags(decision.passed, decision.summary(), promotion),
-            expected_version=version_number,
-        )
-        promoted = _maybe_promote(registry, registered, decision, promotion)
-        registry.set_tags(run_id, {"model_version": registered.version, "promoted": str(promoted)})
+    registry.log_metrics(run_id, _flat_metrics(metrics))
+    version_number = registry.next_version()
+    package = build_model_package(
+        workdir / "model",
+        torchscript=exported,
+        mdt=data.mdt,
+        model_name=settings.model_name,
+        version=version_number,
+        documents={
+            "config": config.model_dump(mode="json"),
+            "feature_view": data.lineage.feature_view,
+            "lineage": lineage,
+            "metrics": metrics,
+            "reference_stats": _reference_stats(data, exported, config.seed, batch),
+            "segment_metrics": segment_document(network_segments, data.lineage.windows["test"]),
+        },
+        images=[image],
+        example=test.scan().head(PYFUNC_EXAMPLE_ROWS).collect(),
+    )
+    registry.log_artifacts(run_id, image.parent, "plots")
+    registered = registry.register(
+        run_id,
+        package,
+        tags | _version_tags(network) | gate_tags(decision.passed, decision.summary(), promotion),
+        expected_version=version_number,
+    )
+    promoted = _maybe_promote(registry, registered, decision, promotion)
+    registry.set_tags(run_id, {"model_version": registered.version, "promoted": str(promoted)})
     seconds["register"] = time.perf_counter() - started  # champion scoring, gates, MLflow
     outcome = TrainingOutcome(
         run_id=run_id,

@@ -13,6 +13,11 @@
     reliability.png       calibration of network and baseline on the test window
     triton/cpu/<model>/   Triton repository, Python backend (the CPU server we run locally)
     triton/gpu/<model>/   Triton repository, LibTorch backend on GPU (the official container)
+    MLmodel               the version as an MLflow model (pyfunc: raw feature rows in,
+                          probabilities out; shared.mlflow_model), with its signature,
+    flight_delay_pyfunc.py  the pyfunc's code, artifacts/ (its copies of model.pt and the MDT
+                          state), input_example.json, serving_input_example.json,
+                          requirements.txt, python_env.yaml, conda.yaml
     manifest.json         sha256 of every file above (its own hash is a tag of the version)
 """
 
@@ -23,6 +28,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
+from shared.mlflow_model import save_pyfunc
 from shared.transforms import MDTState
 from shared.triton_repository import ModelSignature, write_model_repository
 
@@ -54,8 +62,10 @@ def build_model_package(
     version: int,
     documents: dict[str, Any],
     images: list[Path],
+    example: pl.DataFrame,
 ) -> Path:
-    """Write the version's files into ``target`` (emptied first); returns ``target``."""
+    """Write the version's files into ``target`` (emptied first); returns ``target``.
+    ``example``: a few feature rows, the MLflow model's input example."""
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
@@ -76,4 +86,5 @@ def build_model_package(
             signature,
             flavour,  # type: ignore[arg-type]
         )
+    save_pyfunc(target, target / "model.pt", mdt, example)
     return target

@@ -31,16 +31,14 @@ from inference_pipeline.service.errors import (
 )
 from inference_pipeline.service.failure_log import FailureLog
 from inference_pipeline.service.metrics import ServiceMetrics
-from inference_pipeline.service.routes import (
+from inference_pipeline.service.prediction_requests import (
     PREDICTIONS_PATH,
     TEST_TRAFFIC_HEADER,
-    admin,
     answer_predictions,
-    health,
     json_bytes,
     max_body_bytes,
-    predictions,
 )
+from inference_pipeline.service.routes import admin, health, predictions
 from inference_pipeline.service.runtime import ServiceRuntime
 from inference_pipeline.service.schemas import PredictionRequest, ReloadRequest
 from inference_pipeline.settings import InferenceSettings
@@ -72,9 +70,10 @@ class PredictionService(FastAPI):
     wrappers) took about a fifth of the service's CPU per one-flight prediction under load
     (py-spy at 16 connections), and the service is bound by that one core. This path reads
     the body and answers with the very function the FastAPI route uses
-    (`routes.answer_predictions`), the same error bodies (`errors.error_answer`), request id
-    and metrics. Everything else (docs, health, metrics, admin) goes through FastAPI, and so
-    does a prediction whenever the fast path is off (``fast_predictions``)."""
+    (`prediction_requests.answer_predictions`), the same error bodies
+    (`errors.error_answer`), request id and metrics. Everything else (docs, health, metrics,
+    admin) goes through FastAPI, and so does a prediction whenever the fast path is off
+    (``fast_predictions``)."""
 
     def __init__(
         self,

@@ -83,11 +83,15 @@ class TritonSupervisor:
         down_s = time.monotonic() - self._down_since
         if down_s <= self.settings.triton_restart_limit_s:
             return None
-        return (
+        problem = (
             f"managed Triton down for {down_s:.0f} s, restarts failing (limit "
             f"FTI_TRITON_RESTART_LIMIT_S={self.settings.triton_restart_limit_s:g} s): "
             f"{self._last_failure}"
         )
+        if not self._liveness_failed_logged:  # once per outage, when it first shows
+            self._liveness_failed_logged = True
+            log.error("%s; /healthz now answers 503", problem)
+        return problem
 
     # -- a death, and the restarts --------------------------------------------------------
 
@@ -149,10 +153,7 @@ class TritonSupervisor:
             self._last_failure,
             delay_s,
         )
-        problem = self.liveness_problem()
-        if problem is not None and not self._liveness_failed_logged:
-            self._liveness_failed_logged = True
-            log.error("%s; /healthz now answers 503", problem)
+        self.liveness_problem()  # logs the moment liveness fails
 
     def _restarted(self, attempts: int, took_s: float) -> None:
         assert self._down_since is not None

@@ -51,6 +51,8 @@ from shared.feature_store.protocol import (
     JoinRequest,
     MaterializeResult,
     OnlineLookup,
+    OnlineRange,
+    OnlineRangeLookup,
     OnlineRow,
     WriteResult,
 )
@@ -182,6 +184,14 @@ def sdk_call(host: str, what: str, action: Callable[[], T]) -> T:
         return action()
     except (OSError, RestAPIError) as exc:  # requests' errors (SSL included) are OSErrors
         raise StoreUnavailable(f"Hopsworks {host}: {what} failed: {exc}") from exc
+
+
+# RonDB feature vectors are read by primary key: an event-time range per airport is not among
+# the SDK's online reads, and Hopsworks ingests streams through its own Kafka topics.
+_NO_EVENT_GROUPS = (
+    "the streaming pipeline and fresh window features need the local backend (Delta + SQLite "
+    "or Redis online); the Hopsworks backend reads online features by primary key only"
+)
 
 
 class HopsworksFeatureStore:
@@ -478,6 +488,16 @@ class HopsworksFeatureStore:
                 ]
             )
         return results
+
+    def get_online_rows_and_ranges(
+        self, lookups: Sequence[OnlineLookup], ranges: Sequence[OnlineRangeLookup]
+    ) -> tuple[list[list[OnlineRow]], list[list[OnlineRange]]]:
+        if ranges:
+            raise ConfigurationError(_NO_EVENT_GROUPS)
+        return self.get_online_rows(lookups), []
+
+    def write_online(self, group: FeatureGroup, rows: pl.DataFrame) -> int:
+        raise ConfigurationError(_NO_EVENT_GROUPS)
 
     def _online_view(self, group: FeatureGroup) -> Any:
         """One feature view per online group, serving all its columns by primary key."""

@@ -14,10 +14,13 @@ from shared.feature_store.offline_delta import DeltaOfflineStore
 from shared.feature_store.online_as_of import recent_per_key
 from shared.feature_store.point_in_time import join_from_store
 from shared.feature_store.protocol import (
+    CompactResult,
     GroupInfo,
     JoinRequest,
     MaterializeResult,
     OnlineLookup,
+    OnlineRange,
+    OnlineRangeLookup,
     OnlineRow,
     OnlineStore,
     WriteResult,
@@ -63,6 +66,10 @@ class LocalFeatureStore:
     ) -> pl.DataFrame:
         return self.offline.read(group, start, end, version=version, columns=columns)
 
+    def compact(self, group: FeatureGroup, *, vacuum_hours: int | None = None) -> CompactResult:
+        """Compact the group's offline table (see `DeltaOfflineStore.compact`)."""
+        return self.offline.compact(group, vacuum_hours=vacuum_hours)
+
     def table_version(self, group: FeatureGroup) -> int | None:
         return self.offline.version(group)
 
@@ -92,6 +99,15 @@ class LocalFeatureStore:
     def get_online_rows(self, lookups: Sequence[OnlineLookup]) -> list[list[OnlineRow]]:
         return self.online.read_rows(lookups)
 
+    def get_online_rows_and_ranges(
+        self, lookups: Sequence[OnlineLookup], ranges: Sequence[OnlineRangeLookup]
+    ) -> tuple[list[list[OnlineRow]], list[list[OnlineRange]]]:
+        return self.online.read_rows_and_ranges(lookups, ranges)
+
+    def write_online(self, group: FeatureGroup, rows: pl.DataFrame) -> int:
+        if not group.online:
+            raise ValueError(f"feature group {group.name} is offline-only")
+        return self.online.write(group, rows)
     def check_online(self, groups: Sequence[FeatureGroup]) -> None:
         self.online.check(groups)
 

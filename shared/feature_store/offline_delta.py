@@ -22,7 +22,7 @@ from deltalake.exceptions import DeltaError, TableNotFoundError
 from shared.errors import FeatureGroupNotFound, SchemaMismatch, StoreUnavailable
 from shared.feature_group import FeatureGroup, columns_to_add, schema_differences
 from shared.feature_store.commit_retry import CommitRetry, retry_commit
-from shared.feature_store.protocol import WriteResult
+from shared.feature_store.protocol import CompactResult, WriteResult
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +195,30 @@ class DeltaOfflineStore:
 
         result = retry_commit(f"append to {group.table_name}", attempt, self.commit_retry)
         log.info("appended %s", result)
+        return result
+
+    def compact(self, group: FeatureGroup, *, vacuum_hours: int | None = None) -> CompactResult:
+        """Rewrite the table's small files into large ones (``OPTIMIZE``): a streaming writer
+        commits a file or two per micro-batch, and reads slow down with their number. One more
+        commit with the same rows; earlier versions stay readable (time travel, pinned training
+        versions) until ``vacuum_hours`` (None: no vacuum) removes files unreferenced for that
+        long (delta-rs refuses less than its 168-hour default retention)."""
+
+        def attempt() -> dict[str, Any]:
+            return dict(self._table(group).optimize.compact())
+
+        metrics = retry_commit(f"compaction of {group.table_name}", attempt, self.commit_retry)
+        vacuumed: list[str] = []
+        if vacuum_hours is not None:
+            vacuumed = self._table(group).vacuum(retention_hours=vacuum_hours, dry_run=False)
+        result = CompactResult(
+            group=group.table_name,
+            files_removed=int(metrics.get("numFilesRemoved", 0)),
+            files_added=int(metrics.get("numFilesAdded", 0)),
+            files_vacuumed=len(vacuumed),
+            table_version=self._table(group).version(),
+        )
+        log.info("compacted %s", result)
         return result
 
     # -- reads -----------------------------------------------------------------------------

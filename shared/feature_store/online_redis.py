@@ -34,7 +34,7 @@ from shared.errors import ConfigurationError, StoreUnavailable
 from shared.feature_group import FeatureGroup
 from shared.feature_store.online_as_of import row_as_of, served_window
 from shared.feature_store.online_codec import align_to_keys, from_storable, storable
-from shared.feature_store.protocol import OnlineLookup, OnlineRow
+from shared.feature_store.protocol import OnlineLookup, OnlineRange, OnlineRangeLookup, OnlineRow
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,17 @@ for _, key in ipairs(KEYS) do
 end
 return #KEYS
 """
+
+
+# SET a counter to ARGV[1] unless it holds more; returns what it holds after.
+_RAISE_TO = """
+local held = tonumber(redis.call('GET', KEYS[1]) or '-1')
+local wanted = tonumber(ARGV[1])
+if wanted > held then redis.call('SET', KEYS[1], ARGV[1]); return wanted end
+return held
+"""
+_DAY = timedelta(days=1)
+_US_PER_DAY = 86_400_000_000
 
 
 def _compact(value: Any) -> str:
@@ -127,6 +138,7 @@ class RedisOnlineStore:
             raise ConfigurationError(f"invalid Redis URL {self.url}: {exc}") from exc
 
         self._upsert_recent = self._client.register_script(_UPSERT_RECENT)
+        self._raise_to = self._client.register_script(_RAISE_TO)
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -156,6 +168,8 @@ class RedisOnlineStore:
         script per chunk of rows: atomic (readers never see half a chunk), one round trip."""
         if rows.is_empty():
             return 0
+        if group.online_indexes:
+            return self._write_events(group, rows)
         values = storable(group, rows).rows()
         positions = [group.columns.index(k) for k in group.primary_key]
         event_at = group.columns.index(group.event_time)
@@ -188,6 +202,12 @@ class RedisOnlineStore:
     def read_rows(self, lookups: Sequence[OnlineLookup]) -> list[list[OnlineRow]]:
         """Plain rows per lookup and key, as of each key's T: per distinct key its rows that
         can match, every key of every group in one pipeline (one round trip)."""
+        return self.read_rows_and_ranges(lookups, [])[0]
+
+    def read_rows_and_ranges(
+        self, lookups: Sequence[OnlineLookup], ranges: Sequence[OnlineRangeLookup]
+    ) -> tuple[list[list[OnlineRow]], list[list[OnlineRange]]]:
+        """Key lookups as of T and event-group ranges in one pipeline: one round trip."""
         pipe = self._client.pipeline(transaction=False)
         distinct = []
         for lookup in lookups:
@@ -198,7 +218,9 @@ class RedisOnlineStore:
             for key in keys:
                 pipe.zrevrangebyscore(self._key(lookup.group.table_name, key), high, low)
             distinct.append(keys)
-        replies = iter(self._call("online read", pipe.execute) if any(distinct) else [])
+        self._queue_ranges(pipe, ranges)
+        asked = any(distinct) or any(r.keys for r in ranges)
+        replies = iter(self._call("online read", pipe.execute) if asked else [])
         results: list[list[OnlineRow]] = []
         for lookup, keys in zip(lookups, distinct, strict=True):
             by_key = {key: [json.loads(raw) for raw in next(replies)] for key in keys}
@@ -214,10 +236,99 @@ class RedisOnlineStore:
                     for key, t in zip(lookup.keys, times, strict=True)
                 ]
             )
+        return results, self._parse_ranges(ranges, replies)
+
+    # -- event groups: rows by index and event-time range ----------------------------------
+
+    def _index_key(self, table_name: str, index: Sequence[str], values: Sequence[Any]) -> str:
+        return f"{self._prefix(table_name)}@{','.join(index)}:{_compact(list(values))}"
+
+    def _write_events(self, group: FeatureGroup, rows: pl.DataFrame) -> int:
+        """Per index value (an airport, a tail number), one sorted set of whole rows (compact
+        JSON) scored by event time, added to with one ZADD per set and batch. Upserts are
+        idempotent and commute (a redelivered row is the same member with the same score), so
+        replicas writing at once need no coordination; a restated event is another member,
+        and readers keep a flight's latest (as offline). With a horizon, rows older than the
+        first kept UTC day (as in SQLite) are neither written nor kept in the sets written to,
+        and a set not written to for longer than the horizon expires."""
+        values = storable(group, rows).rows()
+        columns = group.columns
+        at = columns.index(group.event_time)
+        floor = self._events_floor(group, values, at)
+        if floor is not None:
+            values = [row for row in values if row[at] >= floor]
+        expiry = None if group.online_horizon is None else group.online_horizon + _DAY
+        for part in _chunks(values, WRITE_CHUNK):
+            members: dict[str, dict[str, int]] = {}
+            for row in part:
+                member = _compact(list(row))
+                for index in group.online_indexes:
+                    indexed = [row[columns.index(c)] for c in index]
+                    if None not in indexed:
+                        name = self._index_key(group.table_name, index, indexed)
+                        members.setdefault(name, {})[member] = row[at]
+            pipe = self._client.pipeline(transaction=True)
+            for name, scored in members.items():
+                pipe.zadd(name, scored)
+                if floor is not None:
+                    pipe.zremrangebyscore(name, "-inf", f"({floor}")
+                if expiry is not None:
+                    pipe.expire(name, expiry)
+            self._call(f"write to {group.table_name}", pipe.execute)
+        return len(values)
+
+    def _events_floor(
+        self, group: FeatureGroup, values: Sequence[Sequence[Any]], at: int
+    ) -> int | None:
+        """The first kept instant: the start of the UTC day ``online_horizon`` before the newest
+        day written so far (kept in one key, raised by a script so writers never lower it)."""
+        if group.online_horizon is None or not values:
+            return None
+        newest = max(row[at] for row in values) // _US_PER_DAY
+        key = f"{self._prefix(group.table_name)}@newest_day"
+        held = self._call(
+            f"horizon of {group.table_name}", lambda: self._raise_to(keys=[key], args=[newest])
+        )
+        return (int(held) - group.online_horizon // _DAY) * _US_PER_DAY
+
+    def read_ranges(self, lookups: Sequence[OnlineRangeLookup]) -> list[list[OnlineRange]]:
+        return self.read_rows_and_ranges([], lookups)[1]
+
+    def _queue_ranges(self, pipe: Any, lookups: Sequence[OnlineRangeLookup]) -> None:
+        """One ZRANGEBYSCORE per key and range, [start, end)."""
+        for lookup in lookups:
+            table = lookup.group.table_name
+            for values, start, end in zip(lookup.keys, lookup.start_us, lookup.end_us, strict=True):
+                pipe.zrangebyscore(self._index_key(table, lookup.index, values), start, f"({end}")
+
+    @staticmethod
+    def _parse_ranges(
+        lookups: Sequence[OnlineRangeLookup], found: Iterator[Any]
+    ) -> list[list[OnlineRange]]:
+        results: list[list[OnlineRange]] = []
+        for lookup in lookups:
+            columns = lookup.group.columns
+            results.append(
+                [
+                    [dict(zip(columns, json.loads(raw), strict=True)) for raw in next(found)]
+                    for _ in lookup.keys
+                ]
+            )
         return results
 
     def row_count(self, group: FeatureGroup) -> int:
-        """Keys held for the group (a SCAN: for operators and tests, not the request path)."""
+        """Keys held for the group (a SCAN: for operators and tests, not the request path);
+        for an event group, the rows under its first index."""
+        if group.online_indexes:
+            index = group.online_indexes[0]
+            sets = _glob_escape(f"{self._prefix(group.table_name)}@{','.join(index)}:") + "*"
+            return self._call(
+                f"count of {group.table_name}",
+                lambda: sum(
+                    int(self._client.zcard(name))
+                    for name in set(self._client.scan_iter(match=sets, count=1_000))
+                ),
+            )
         pattern = _glob_escape(self._prefix(group.table_name)) + "*"
         return self._call(
             f"count of {group.table_name}",

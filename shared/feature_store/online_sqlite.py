@@ -25,7 +25,8 @@ from shared.errors import StoreUnavailable
 from shared.feature_group import FeatureGroup
 from shared.feature_store.online_as_of import row_as_of, served_window
 from shared.feature_store.online_codec import align_to_keys, from_storable, storable
-from shared.feature_store.protocol import OnlineLookup, OnlineRow
+from shared.feature_store.online_sqlite_events import SQLiteEventTables
+from shared.feature_store.protocol import OnlineLookup, OnlineRange, OnlineRangeLookup, OnlineRow
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ class SQLiteOnlineStore:
         self._ready: set[str] = set()
         # (table, keys, oldest bounded, newest bounded) -> SELECT
         self._queries: dict[tuple[str, int, bool, bool], str] = {}
+        self._events = SQLiteEventTables(_sql_type)  # event groups' tables
 
     def _connect(self) -> tuple[sqlite3.Connection, tuple[int, int]]:
         """A connection to the file at ``path`` now, and that file's identity."""
@@ -171,7 +173,8 @@ class SQLiteOnlineStore:
             self._next_identity_check = time.monotonic() + _IDENTITY_CHECK_S
             for group in groups:
                 try:
-                    self._conn.execute(f"SELECT 1 FROM {_ident(group.table_name)} LIMIT 1")
+                    for table in self._events.tables(group) or [group.table_name]:
+                        self._conn.execute(f"SELECT 1 FROM {_ident(table)} LIMIT 1")
                 except sqlite3.Error as exc:
                     raise StoreUnavailable(
                         f"online store {self.path}: table {group.table_name} unreadable "
@@ -225,6 +228,9 @@ class SQLiteOnlineStore:
         key: the newest row stays, and the history is cut from it."""
         if rows.is_empty():
             return 0
+        if group.online_indexes:
+            with self._lock:
+                return self._events.write(self._conn, group, rows)
         stored = storable(group, rows)
         values = stored.rows()
         keys = list(group.primary_key)
@@ -285,6 +291,17 @@ class SQLiteOnlineStore:
                     ]
                 )
         return results
+
+    def read_ranges(self, lookups: Sequence[OnlineRangeLookup]) -> list[list[OnlineRange]]:
+        with self._lock:
+            return [self._events.ranges(self._conn, lookup) for lookup in lookups]
+
+    def read_rows_and_ranges(
+        self, lookups: Sequence[OnlineLookup], ranges: Sequence[OnlineRangeLookup]
+    ) -> tuple[list[list[OnlineRow]], list[list[OnlineRange]]]:
+        """Both reads on the local file (no round trip to save: two lock acquisitions)."""
+        rows = self.read_rows(lookups) if lookups else []
+        return rows, self.read_ranges(ranges) if ranges else []
 
     def _rows_by_key(
         self,
@@ -350,6 +367,8 @@ class SQLiteOnlineStore:
         """Keys held for the group (each with its newest row and its kept history)."""
         keys = ", ".join(_ident(k) for k in group.primary_key)
         with self._lock:
+            if group.online_indexes:
+                return self._events.row_count(self._conn, group)
             self._ensure_table(group)
             sql = f"SELECT count(*) FROM (SELECT DISTINCT {keys} FROM {_ident(group.table_name)})"
             return int(self._conn.execute(sql).fetchone()[0])

@@ -26,6 +26,15 @@ class WriteResult:
 
 
 @dataclass(frozen=True)
+class CompactResult:
+    group: str
+    files_removed: int
+    files_added: int
+    files_vacuumed: int
+    table_version: int | None
+
+
+@dataclass(frozen=True)
 class MaterializeResult:
     group: str
     keys_written: int
@@ -92,6 +101,30 @@ class OnlineLookup:
 
 # One online row as stored: column -> plain value (None when the store has no row for the key).
 OnlineRow = dict[str, Any] | None
+# The rows one range lookup found for one key, in event-time order.
+OnlineRange = list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class OnlineRangeLookup:
+    """Ranges to read in one event group (a group with ``online_indexes``): for each key (the
+    values of the ``index`` columns, plain values as stored), every row with
+    ``start_us <= event time < end_us`` (epoch microseconds, UTC), in event-time order."""
+
+    group: FeatureGroup
+    index: tuple[str, ...]
+    keys: Sequence[tuple[Any, ...]]
+    start_us: Sequence[int]
+    end_us: Sequence[int]
+
+    def __post_init__(self) -> None:
+        if self.index not in self.group.online_indexes:
+            raise ValueError(
+                f"{self.group.name} has no online index {self.index}; "
+                f"it has {list(self.group.online_indexes)}"
+            )
+        if not len(self.keys) == len(self.start_us) == len(self.end_us):
+            raise ValueError("a range lookup needs one start and one end per key")
 
 
 @runtime_checkable
@@ -117,6 +150,17 @@ class OnlineStore(Protocol):
         """Per lookup, per key: the row valid as of the key's T (see `OnlineLookup`) as plain
         values, or None. The request path's read: no frames, one round trip for all lookups
         where the backend allows it."""
+        ...
+
+    def read_ranges(self, lookups: Sequence[OnlineRangeLookup]) -> list[list[OnlineRange]]:
+        """Per lookup, per key: the event group's rows in the key's time range."""
+        ...
+
+    def read_rows_and_ranges(
+        self, lookups: Sequence[OnlineLookup], ranges: Sequence[OnlineRangeLookup]
+    ) -> tuple[list[list[OnlineRow]], list[list[OnlineRange]]]:
+        """`read_rows` and `read_ranges` together: one round trip where the backend allows it
+        (the request path of a model with fresh window features)."""
         ...
 
     def materialized_version(self, table_name: str) -> int | None:
@@ -183,6 +227,15 @@ class FeatureStore(Protocol):
         """Online rows of several groups at once, as plain values (see `OnlineStore.read_rows`)."""
         ...
 
+    def get_online_rows_and_ranges(
+        self, lookups: Sequence[OnlineLookup], ranges: Sequence[OnlineRangeLookup]
+    ) -> tuple[list[list[OnlineRow]], list[list[OnlineRange]]]:
+        """Key lookups and event-time ranges in one read (`OnlineStore.read_rows_and_ranges`)."""
+        ...
+
+    def write_online(self, group: FeatureGroup, rows: pl.DataFrame) -> int:
+        """Upsert ``rows`` straight into the online store (a streaming writer, which inserts the
+        same rows offline itself); returns the rows written."""
     def check_online(self, groups: Sequence[FeatureGroup]) -> None:
         """Readiness of the online store for ``groups`` (see `OnlineStore.check`)."""
         ...

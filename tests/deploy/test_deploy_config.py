@@ -151,6 +151,7 @@ def test_the_deployment_files_start_the_expected_programs() -> None:
     for expected in [
         ("python -m", "feature_pipeline", "run"),
         ("python -m", "feature_pipeline", "backfill"),
+        ("python -m", "feature_pipeline", "stream"),
         ("python -m", "training_pipeline", "train"),
         ("python -m", "inference_pipeline", "serve"),
         ("python -m", "inference_pipeline", "triton"),
@@ -797,6 +798,33 @@ def test_gpu_workloads_request_gpus() -> None:
     assert any("Deployment/triton" in n for n in names)
     assert any(n.startswith("Job/training-/") for n in names)
     assert any(n.startswith("Job/training-ddp/") for n in names)
+
+
+def test_stream_replicas_are_consumer_group_members_that_stop_gracefully() -> None:
+    """Each replica of the stream is a member of one group, named after its pod (so a restarted
+    pod's name is new and its old entries are claimed), with time to commit on SIGTERM, and a
+    claim delay longer than its commit interval (the settings refuse anything else)."""
+    from feature_pipeline.stream.settings import StreamSettings
+
+    [deployment] = [
+        doc
+        for _, doc in d.k8s_documents()
+        if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "feature-stream"
+    ]
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["args"] == ["stream"] and deployment["spec"]["replicas"] >= 2
+    env = {e["name"]: e for e in container["env"]}
+    assert env["FTI_STREAM_CONSUMER"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert pod["terminationGracePeriodSeconds"] >= 30
+    values = {name: e["value"] for name, e in env.items() if "value" in e}
+    settings = StreamSettings(**{k.removeprefix("FTI_").lower(): v for k, v in values.items()})
+    assert settings.stream_claim_idle_s > settings.stream_commit_interval_s
+    assert str(settings.stream_alive_file) in str(container["livenessProbe"])
+    stream = d.load_compose()["services"]["stream"]
+    assert stream["command"] == ["stream"] and stream["deploy"]["replicas"] >= 2
+    assert stream["environment"]["FTI_STREAM_ALIVE_FILE"] in str(stream["healthcheck"]["test"])
+    assert "stop_grace_period" in stream
 
 
 def test_online_service_autoscales_and_uses_an_external_triton() -> None:

@@ -40,6 +40,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 RUN_METADATA = ["first_run_id", "quarantined_at"]  # differ between runs by design
 SPINE_KEYS = ["origin", "dest", "carrier", "tailnum"]
+WIDE = os.environ | {"COLUMNS": "300"}  # rich tables of a CLI unwrapped, to read them here
 
 
 def _table(root: Path, group: FeatureGroup) -> pl.DataFrame:
@@ -143,6 +144,39 @@ def test_both_join_methods_give_the_same_rows_for_the_whole_year(year_store: Fea
     assert library.height == spine.height
     assert library["plane_seats"].null_count() < library.height / 4  # matches, not all nulls
     assert_frame_equal(library, native)
+
+
+@pytest.mark.data
+def test_quarantine_lists_rejected_rows_with_filters_through_the_cli(
+    year_root: Path, tmp_path: Path
+) -> None:
+    root = ["--data-root", str(year_root)]
+    listed = _cli("quarantine", *root, env=WIDE)
+    assert listed.returncode == 0, listed.stderr
+    assert "wind_speed: in_range(0, 150)" in listed.stdout and "weather" in listed.stdout
+    assert "1 shown of 1 matching, 1 quarantined in all" in listed.stderr
+    as_json = _cli("quarantine", *root, "--rule", "WIND_SPEED", "--source", "weather", "--json")
+    (row,) = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert row["source"] == "weather" and "1048" in row["raw"] and row["first_run_id"]
+    assert row["quarantined_at"].startswith("20")
+    for filters in (["--source", "flights"], ["--since", "2999-01-01"], ["--run", "no-such-run"]):
+        none = _cli("quarantine", *root, *filters)
+        assert none.returncode == 0 and "0 shown of 0 matching, 1 quarantined" in none.stderr
+    empty = _cli("quarantine", "--data-root", str(tmp_path))  # no store yet: nothing to list
+    assert empty.returncode == 0 and "0 quarantined in all" in empty.stderr
+    bad = _cli("quarantine", *root, "--since", "yesterday")
+    assert bad.returncode == 2 and "YYYY-MM-DD" in bad.stderr
+
+
+@pytest.mark.data
+def test_catalog_describes_every_column(year_root: Path) -> None:
+    result = _cli("catalog", "--data-root", str(year_root), env=WIDE)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    for group in (ROUTE_STATS, PLANES, QUARANTINE):
+        assert " ".join(group.description.split()) in text
+        for name, description in group.descriptions().items():
+            assert name in text and " ".join(description.split()[:4]) in text, (group, name)
 
 
 @pytest.mark.data

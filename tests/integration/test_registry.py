@@ -45,6 +45,10 @@ def _round_trip(registry: ModelRegistry, tmp_path: Path) -> None:
         first = registry.register(run_id, _model_dir(tmp_path, "a"), {"k": "v"}, expected_version=1)
     assert first.version == "1" and CHALLENGER in first.aliases
     assert first.tags["k"] == "v" and len(first.tags["manifest_sha256"]) == 64
+    # An MLflow 3 logged model of the run, which the version points to.
+    assert first.model_id is not None and first.source == f"models:/{first.model_id}"
+    logged = registry.client.get_logged_model(first.model_id)
+    assert logged.source_run_id == first.run_id and logged.status == "READY"
 
     loaded = registry.load(CHALLENGER, tmp_path / "loaded")
     original = _model_dir(tmp_path / "again", "a")
@@ -67,6 +71,8 @@ def _round_trip(registry: ModelRegistry, tmp_path: Path) -> None:
     assert registry.version_for(CHAMPION) == "2"
     assert registry.rollback().version == "1"
     assert registry.version_for(CHAMPION) == "1"
+    listed = [(v.version, v.aliases, v.run_id) for v in registry.versions()]
+    assert listed == [("2", (CHALLENGER,), second.run_id), ("1", (CHAMPION,), first.run_id)]
     with pytest.raises(ModelVersionNotFound):
         registry.rollback()  # nothing before version 1
     with pytest.raises(ModelVersionNotFound):
@@ -85,8 +91,8 @@ def _embedded(data_root: Path, model_name: str) -> ModelRegistry:
 
 def _stored(registry: ModelRegistry, name: str) -> Path:
     """The file as kept in the local artifact store (what an attacker or a bad disk changes)."""
-    source = registry.get("1").source.removeprefix("file://")
-    return Path(source) / name
+    location = registry.files_uri(registry.get("1")).removeprefix("file://")
+    return Path(location) / name
 
 
 def test_round_trip_sqlite_default(data_root: Path, tmp_path: Path) -> None:
@@ -245,11 +251,11 @@ def test_a_copied_registry_reads_and_writes_under_its_new_root(
         moved = _embedded(new, "moved")
     assert any("re-rooted" in r.getMessage() for r in caplog.records)
     artifacts = (new.resolve() / "mlartifacts").as_uri()
-    assert moved.resolve(CHAMPION).source.startswith(artifacts + "/")
+    assert moved.files_uri(moved.resolve(CHAMPION)).startswith(artifacts + "/")
     assert moved.load(CHAMPION, tmp_path / "loaded").file("model.pt").is_file()
     with moved.run("second", {}) as run_id:
         second = moved.register(run_id, _model_dir(tmp_path, "b"))
-    assert second.source.startswith(artifacts + "/")
+    assert moved.files_uri(second).startswith(artifacts + "/")
     moved.promote(second.version)
     assert moved.load(CHAMPION, tmp_path / "loaded-2").file("model.pt").is_file()
     assert not (tmp_path / "old").exists()  # nothing was written into the old root

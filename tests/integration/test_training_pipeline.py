@@ -18,7 +18,13 @@ from typer.testing import CliRunner
 from shared.feature_store import open_feature_store
 from shared.feature_view import FLIGHT_DELAY_VIEW
 from shared.registry import CHALLENGER, CHAMPION, ModelRegistry
-from tests.training_fixtures import SMALL, small_config, training_env, training_settings
+from tests.training_fixtures import (
+    PYTHON,
+    SMALL,
+    small_config,
+    training_env,
+    training_settings,
+)
 from training_pipeline import loop
 from training_pipeline.__main__ import app
 from training_pipeline.champion import load_exported, score_version
@@ -45,6 +51,16 @@ EXPECTED_FILES = {
     "triton/cpu/flight_delay/1/model.py",
     "triton/gpu/flight_delay/config.pbtxt",
     "triton/gpu/flight_delay/1/model.pt",
+    # The version as an MLflow model (pyfunc), beside the Triton repositories.
+    "MLmodel",
+    "flight_delay_pyfunc.py",
+    "artifacts/model.pt",
+    "artifacts/mdt_state.json",
+    "input_example.json",
+    "serving_input_example.json",
+    "requirements.txt",
+    "python_env.yaml",
+    "conda.yaml",
 }
 
 
@@ -68,9 +84,11 @@ def test_train_register_refuse_a_worse_model_promote_and_roll_back(
     assert loaded.read_json("signature.json")["n_numeric"] > 0
     assert loaded.read_json("lineage.json")["data_sha256"] == first.lineage["data_sha256"]
 
-    run = MlflowClient(settings.registry_settings().tracking_uri).get_run(first.run_id)
+    client = MlflowClient(settings.registry_settings().tracking_uri)
+    run = client.get_run(first.run_id)
     assert run.data.tags["data_sha256"] == first.lineage["data_sha256"]
     assert run.data.tags["git_commit"] == "test-commit"
+    assert_mlflow_native(client, run, registry, first, monkeypatch)
     assert run.data.tags["table_version.route_stats"].isdigit()
     assert run.data.params["optim.lr"] == str(config.optim.lr)
     assert {"test_roc_auc", "test_pr_auc", "test_log_loss", "test_brier", "test_base_rate"} <= set(
@@ -109,6 +127,94 @@ def test_train_register_refuse_a_worse_model_promote_and_roll_back(
     result = CliRunner().invoke(app, ["rollback"])
     assert result.exit_code == 0 and "version 1" in result.output
     assert registry.version_for(CHAMPION) == "1"
+
+    # What an operator lists: both versions, their aliases, gate decisions and metrics.
+    env = training_env(year_root, root)
+    listed = _models_cli(env, "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(r["version"], r["aliases"], r["gates"]) for r in rows] == [
+        ("2", ["challenger"], "refused"),
+        ("1", ["champion"], "passed"),
+    ]
+    assert rows[1]["metrics"]["roc_auc"] == pytest.approx(first.network["roc_auc"], abs=1e-6)
+    assert rows[0]["gates_summary"] and rows[0]["promotion_reason"] is None
+    assert rows[1]["run_id"] == first.run_id and rows[1]["registered"].startswith("20")
+    table = _models_cli(env, "--limit", "1")
+    assert table.returncode == 0 and "challenger" in table.stdout
+    assert "refused" in table.stdout and "passed" not in table.stdout  # only the newest
+    assert "roc auc" in table.stdout
+
+
+def _models_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "training_pipeline", "models", *args],
+        env=env | {"COLUMNS": "300"},  # the table unwrapped, to read it here
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def assert_mlflow_native(  # type: ignore[no-untyped-def]
+    client: MlflowClient, run, registry: ModelRegistry, outcome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What an MLflow user finds: a run that lasted the training, with live epoch curves, source
+    tags and its training data as a dataset; the version as a logged pyfunc model that loads
+    from ``models:/<name>@champion`` and answers feature rows."""
+    import mlflow
+    import polars as pl
+
+    from shared.mlflow_model import PROBABILITY
+
+    assert run.info.status == "FINISHED"
+    epochs = client.get_metric_history(run.info.run_id, "val_roc_auc")
+    assert [m.step for m in epochs] == [1, 2, 3]  # one point per epoch, logged as it ended
+    stamps = [m.timestamp for m in epochs]
+    assert run.info.start_time < stamps[0] <= stamps[1] <= stamps[2] < run.info.end_time
+    assert run.info.end_time - run.info.start_time > 1000  # opened when training started
+    tags = run.data.tags
+    assert tags["mlflow.source.git.commit"] == "test-commit"
+    assert tags["mlflow.user"] and tags["mlflow.source.name"] and tags["mlflow.source.type"]
+
+    (dataset_input,) = run.inputs.dataset_inputs
+    dataset = dataset_input.dataset
+    assert dataset.digest == outcome.lineage["data_sha256"][:36]
+    assert dataset.source_type == "fti_feature_store"
+    source = json.loads(dataset.source)
+    assert source["table_versions"] == outcome.lineage["table_versions"]
+    assert source["data_sha256"] == outcome.lineage["data_sha256"]
+    assert json.loads(dataset.profile)["num_rows"] == sum(outcome.lineage["rows"].values())
+    input_tags = {t.key: t.value for t in dataset_input.tags}
+    assert input_tags["mlflow.data.context"] == "training"
+    assert input_tags["rows.test"] == str(outcome.lineage["rows"]["test"])
+
+    version = registry.get(outcome.version)
+    logged = client.get_logged_model(version.model_id)
+    assert logged.source_run_id == run.info.run_id and logged.status == "READY"
+    assert [o.model_id for o in client.get_run(run.info.run_id).outputs.model_outputs] == [
+        version.model_id
+    ]
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.settings.tracking_uri)
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # as on an operator's machine
+    model = mlflow.pyfunc.load_model(f"models:/{registry.name}@champion")
+    signature = model.metadata.signature
+    assert signature is not None and "route_delay_rate_7d" in signature.inputs.input_names()
+    example = model.input_example
+    assert example is not None and len(example) == 5
+    answer = model.predict(example)
+    assert list(answer.columns) == [PROBABILITY] and answer[PROBABILITY].between(0, 1).all()
+    assert answer[PROBABILITY].dtype == "float32" and len(set(answer[PROBABILITY])) > 1
+    missing = example.copy()
+    missing["route_delay_rate_7d"] = float("nan")  # a missing feature is imputed, as online
+    assert pl.Series(model.predict(missing)[PROBABILITY]).is_finite().all()
+    # Loading it wrote MLflow's and Python's by-products into the (local) stored version; the
+    # version still loads verified, by-products aside.
+    stored = Path(registry.files_uri(version).removeprefix("file://"))
+    assert {"registered_model_meta", "__pycache__"} & {p.name for p in stored.iterdir()}
+    reloaded = registry.load(outcome.version)
+    assert "MLmodel" in reloaded.manifest and "__pycache__" not in str(list(reloaded.manifest))
 
 
 def test_cli_errors_are_one_line_and_non_zero(

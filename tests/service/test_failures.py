@@ -484,7 +484,7 @@ def test_broken_sqlite_store_gives_503_then_recovers(
     copy_root: Path, triton: SharedTriton, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The SQLite online store is read on the event loop's thread (see
-    `ServiceRuntime._score_batch`): a read that fails must still be a 503 naming the store, and
+    `ScoringPipeline._score_batch`): a read that fails must still be a 503 naming the store, and
     the service must serve again once the store is whole. The outage is logged in two lines,
     not one per failed request."""
     settings = inference_settings(

@@ -46,7 +46,8 @@ def moved_root(registered_model: RegisteredModel, tmp_path: Path) -> tuple[Path,
     deleted, as an operator restoring a backup elsewhere would leave it."""
     old, new = tmp_path / "old" / "data", tmp_path / "new" / "data"
     shutil.copytree(registered_model.root, old, ignore=shutil.ignore_patterns("serving"))
-    assert _under(_registry(old).resolve(CHAMPION).source, old)  # the old root names itself
+    registry = _registry(old)
+    assert _under(registry.files_uri(registry.resolve(CHAMPION)), old)  # the old root names itself
     shutil.copytree(old, new)
     shutil.rmtree(tmp_path / "old")
     return tmp_path / "old", new
@@ -58,7 +59,7 @@ def test_serve_train_promote_and_batch_score_from_a_moved_root(
     old, new = moved_root
     registry = _registry(new)
     champion = registry.resolve(CHAMPION)
-    assert _under(champion.source, new), champion.source
+    assert _under(registry.files_uri(champion), new), registry.files_uri(champion)
     loaded = registry.load(CHAMPION, tmp_path / "loaded")  # every sha256 checked
     assert (loaded.path / "model.pt").is_file()
 
@@ -84,8 +85,9 @@ def test_serve_train_promote_and_batch_score_from_a_moved_root(
     version = train_with_training_pipeline(new)
     assert version is not None and version != champion.version
     trained = registry.get(version)
-    assert _under(trained.source, new), trained.source
-    assert Path(trained.source.removeprefix("file://"), "model.pt").is_file()
+    files = registry.files_uri(trained)
+    assert _under(files, new), files
+    assert Path(files.removeprefix("file://"), "model.pt").is_file()
 
     # promote, then batch-score the day with the new champion, from the copy
     registry.promote(version)

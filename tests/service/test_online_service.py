@@ -542,7 +542,7 @@ def test_concurrent_requests_share_one_batch_and_get_their_own_rows(
     import numpy as np
 
     from inference_pipeline.service.metrics import ServiceMetrics
-    from inference_pipeline.service.routes import flights_as_of
+    from inference_pipeline.service.prediction_requests import flights_as_of
     from inference_pipeline.service.runtime import ServiceRuntime
     from inference_pipeline.service.schemas import PredictionRequest
     from shared.prediction_time import now_us
@@ -567,10 +567,11 @@ def test_concurrent_requests_share_one_batch_and_get_their_own_rows(
         await runtime.start()
         calls = {"triton": 0, "store": 0}
         try:
-            assert runtime.client is not None and runtime.store is not None
-            model = runtime.model
-            alone = [await runtime.score(model, part) for part in parts]
-            infer, read = runtime.client.infer, runtime.store.get_online_rows
+            client, store = runtime.triton.client, runtime.store
+            assert client is not None and store is not None
+            model, pipeline = runtime.models.champion, runtime.traffic.pipeline
+            alone = [await pipeline.score(model, part) for part in parts]
+            infer, read = client.infer, store.store.get_online_rows
 
             async def counted_infer(*args: Any) -> Any:
                 calls["triton"] += 1
@@ -580,9 +581,9 @@ def test_concurrent_requests_share_one_batch_and_get_their_own_rows(
                 calls["store"] += 1
                 return read(*args)
 
-            runtime.client.infer = counted_infer  # type: ignore[method-assign]
-            runtime.store.get_online_rows = counted_read  # type: ignore[method-assign]
-            together = await asyncio.gather(*(runtime.score(model, part) for part in parts))
+            client.infer = counted_infer  # type: ignore[method-assign]
+            store.store.get_online_rows = counted_read  # type: ignore[method-assign]
+            together = await asyncio.gather(*(pipeline.score(model, part) for part in parts))
         finally:
             await runtime.close()
         return alone, list(together), calls

@@ -21,7 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from inference_pipeline.service import create_app
-from inference_pipeline.service.runtime import canary_bucket
+from inference_pipeline.service.traffic import canary_bucket
 from inference_pipeline.settings import InferenceSettings
 from shared.feature_store import open_feature_store
 from shared.prediction_log import PREDICTIONS
