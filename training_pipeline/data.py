@@ -30,10 +30,21 @@ import numpy as np
 import polars as pl
 
 from shared.errors import ConfigurationError
-from shared.feature_store import FeatureStore
-from shared.feature_view import FeatureView, build_training_frame, pinned_versions
+from shared.feature_store import FeatureStore, open_feature_store
+from shared.feature_view import (
+    FLIGHT_DELAY_VIEW,
+    FeatureView,
+    build_training_frame,
+    pinned_versions,
+)
 from shared.transforms import FeatureMatrices, MDTState, apply_mdt, fit_mdt
-from training_pipeline.config import MDTConfig, Window, Windows
+from training_pipeline.config import (
+    MDTConfig,
+    TrainingConfig,
+    TrainingSettings,
+    Window,
+    Windows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -365,3 +376,22 @@ def load_training_data(
         windows={name: str(getattr(windows, name)) for name in SPLITS},
     )
     return TrainingData(**splits, mdt=mdt, lineage=lineage, seconds=seconds)
+
+
+def read_training_data(
+    settings: TrainingSettings, config: TrainingConfig, view: FeatureView = FLIGHT_DELAY_VIEW
+) -> TrainingData:
+    """A run's training data as ``train`` reads it: ``view`` as of the scheduled departure minus
+    ``config.lead_minutes``, from the store of ``settings``, built ``training_chunk_days`` at a
+    time. Whatever trains or exports matrices reads them here, so they cannot drift apart."""
+    store = open_feature_store(settings.store_settings())
+    try:
+        return load_training_data(
+            store,
+            view.with_lead(config.lead_minutes),
+            config.windows,
+            config.mdt,
+            chunk_days=settings.training_chunk_days,
+        )
+    finally:
+        store.close()

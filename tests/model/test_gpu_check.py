@@ -62,7 +62,7 @@ def test_gpu_check_runs_the_real_loop_without_the_store_packages(tmp_path: Path)
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,  # a loaded 2-core machine: minutes
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -104,9 +104,32 @@ def test_exported_matrices_load_back_exactly(year_root: Path, tmp_path: Path) ->
     loaded = train_throughput.load_npz(path)
     assert path.stat().st_size < 40 * 2**20
     assert loaded.cardinalities == store.cardinalities and loaded.config == store.config
+    assert loaded.config["lead_minutes"] == TrainingConfig().lead_minutes  # as `train` reads
     for name, split in store.splits.items():
         again = loaded.splits[name]
         for field in ("numeric", "categorical", "labels"):
             expected, actual = getattr(split, field), getattr(again, field)
             assert actual.dtype == expected.dtype
             np.testing.assert_array_equal(actual, expected)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_exported_matrices_follow_the_lead_as_train_does(
+    year_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--export`` takes the lead as ``train`` does (option, else ``FTI_LEAD_MINUTES``, else the
+    config's): the file says which, and the features are read as of that prediction time."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import train_throughput
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    monkeypatch.setenv("FTI_LEAD_MINUTES", "0")
+    at_departure = train_throughput.store_matrices(year_root)
+    two_hours = train_throughput.store_matrices(year_root, lead_minutes=120)
+    assert at_departure.config["lead_minutes"] == 0 and two_hours.config["lead_minutes"] == 120
+    a, b = at_departure.splits["test"], two_hours.splits["test"]
+    assert len(a) == len(b)  # the same flights, labels unchanged ...
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert not np.array_equal(a.numeric, b.numeric)  # ... their features read at another time
