@@ -214,10 +214,8 @@ def test_quality_and_drift_per_segment_against_the_versions_test_metrics(
         & (pl.col("model_version") == monitored.champion)
     )
     flights = read_table(monitored.root, "flights").select("flight_id", "is_delayed", "origin")
-    jfk = (
-        predictions.join(flights, on="flight_id")
-        .drop_nulls("is_delayed")
-        .filter(pl.col("origin") == "JFK")
+    jfk = predictions.join(flights, on="flight_id").drop_nulls("is_delayed").filter(
+        pl.col("origin") == "JFK"
     )
     row = next(r for r in rows if r["name"] == "origin=JFK")
     assert row["labelled"] == jfk.height
