@@ -21,7 +21,8 @@ import logging
 import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,9 +38,6 @@ if TYPE_CHECKING:
     from training_pipeline.config import TuningSettings
 
 log = logging.getLogger(__name__)
-# Heartbeats and their retry callback are marked experimental (since Optuna 2.9); we rely on them
-# on purpose, and their warning on every worker start says nothing to an operator.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 SCHEMA_ATTEMPTS = 6  # first use of a fresh database by several workers at once
 MLFLOW_RUN_ATTR = "mlflow_run_id"  # on the study: its run; on a trial: the trial's nested run
@@ -59,7 +57,8 @@ def masked(url: str) -> str:
 def open_storage(settings: TuningSettings, on_failed_trial: FailedTrialHook) -> RDBStorage:
     """The shared storage with heartbeats; retries the concurrent schema creation."""
     url = settings.storage_url
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=settings.tuning_trial_retries or None)
+    with _experimental_is_fine():
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=settings.tuning_trial_retries or None)
 
     def failed_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         on_failed_trial(trial)
@@ -71,13 +70,14 @@ def open_storage(settings: TuningSettings, on_failed_trial: FailedTrialHook) -> 
     engine["pool_pre_ping"] = True
     for attempt in range(1, SCHEMA_ATTEMPTS + 1):
         try:
-            return RDBStorage(
-                url,
-                engine_kwargs=engine,
-                heartbeat_interval=settings.tuning_heartbeat_s,
-                grace_period=settings.tuning_grace_s,
-                heartbeat_stale_trial_callback=failed_trial,
-            )
+            with _experimental_is_fine():
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine,
+                    heartbeat_interval=settings.tuning_heartbeat_s,
+                    grace_period=settings.tuning_grace_s,
+                    heartbeat_stale_trial_callback=failed_trial,
+                )
         except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
             if attempt == SCHEMA_ATTEMPTS:
                 raise ConfigurationError(
@@ -93,6 +93,15 @@ def open_storage(settings: TuningSettings, on_failed_trial: FailedTrialHook) -> 
                 "SQLAlchemy URL such as sqlite:///optuna.db or postgresql://user@host/db"
             ) from exc
     raise AssertionError("unreachable")
+
+
+@contextmanager
+def _experimental_is_fine() -> Iterator[None]:
+    """Heartbeats and their retry callback are marked experimental (since Optuna 2.9); we rely
+    on them on purpose, and their warning on every worker start says nothing to an operator."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        yield
 
 
 @dataclass(frozen=True)
