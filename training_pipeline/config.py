@@ -308,7 +308,8 @@ class TuningSettings(TrainingSettings):
         default=120,
         ge=2,
         description="a running trial without a heartbeat for this long belongs to a dead worker: "
-        "the next worker to start a trial marks it failed (and re-runs its parameters, FTI_TUNING_TRIAL_RETRIES times)",
+        "the next worker to start a trial marks it failed (and re-runs its parameters "
+        "FTI_TUNING_TRIAL_RETRIES times)",
     )
     tuning_trial_retries: int = Field(
         default=1,

@@ -193,7 +193,7 @@ class Worker:
         self, trial: optuna.Trial, config: TrainingConfig, run: TrainingRun
     ) -> tuple[float, bool]:
         """(best validation ROC AUC, pruned?) of one network trial."""
-        pruning = PruningHook(trial)
+        pruning = PruningHook(trial, config.optim.epochs)
 
         def each_epoch(record: EpochRecord) -> bool:
             run.log_epoch(record)
@@ -255,6 +255,7 @@ class PruningHook:
     """After each epoch: report the best validation ROC AUC so far, stop when the pruner says."""
 
     trial: optuna.Trial
+    last_epoch: int
     best: float = -math.inf
     pruned_at: int | None = None
 
@@ -264,7 +265,8 @@ class PruningHook:
         if self.best == -math.inf:
             return False
         self.trial.report(self.best, record.epoch)
-        if self.trial.should_prune():
+        # The last epoch's trial is trained already: pruning it would only discard its score.
+        if record.epoch < self.last_epoch and self.trial.should_prune():
             self.pruned_at = record.epoch
             return True
         return False

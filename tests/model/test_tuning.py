@@ -15,9 +15,11 @@ from mlflow import MlflowClient
 import training_pipeline.data as training_data
 from tests.training_fixtures import small_config, training_settings
 from training_pipeline.config import TrainingConfig, TuningSettings, Window, Windows
+from training_pipeline.loop import EpochRecord
 from training_pipeline.tuning import (
     PARENT_RUN_TAG,
     STATE_TAG,
+    PruningHook,
     SearchTarget,
     network_config,
     run_study,
@@ -134,3 +136,25 @@ def test_the_boosted_trees_search_writes_its_section(year_root: Path, tmp_path: 
     run_id = optuna.load_study(study_name="trees", storage=settings.storage_url).best_trial
     curve = client.get_metric_history(run_id.user_attrs["mlflow_run_id"], "val_loss")
     assert len(curve) >= 2  # the trees' validation loss per boosting iteration
+
+
+def epoch(number: int, auc: float) -> EpochRecord:
+    return EpochRecord(number, 0.5, 0.5, auc, 1e-3, 1000.0, 1.0)
+
+
+@pytest.mark.unit
+def test_a_trial_below_the_median_stops_unless_it_is_on_its_last_epoch() -> None:
+    study = optuna.create_study(
+        direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1)
+    )
+    good = study.ask()
+    hook = PruningHook(good, last_epoch=3)
+    assert not any(hook(epoch(e, 0.7 + e / 100)) for e in (1, 2, 3))
+    study.tell(good, hook.best)
+
+    bad = PruningHook(study.ask(), last_epoch=3)
+    assert not bad(epoch(1, float("nan")))  # nothing to report yet (one class only)
+    assert bad(epoch(2, 0.6)) and bad.pruned_at == 2
+    on_its_last = PruningHook(study.ask(), last_epoch=2)
+    assert not on_its_last(epoch(2, 0.6)) and on_its_last.pruned_at is None
+    assert on_its_last.best == 0.6  # the best so far is what is reported, not the last epoch's
