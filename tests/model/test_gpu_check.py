@@ -91,14 +91,18 @@ def test_the_gpu_checks_default_config_is_the_training_default() -> None:
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_exported_matrices_load_back_exactly(year_root: Path, tmp_path: Path) -> None:
+def test_exported_matrices_load_back_exactly(
+    year_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``gpu_check.py --export`` writes the store's full-year matrices compactly; loaded on the
-    GPU box they are the training matrices, value for value."""
+    GPU box they are the training matrices, value for value. It reads them at the lead ``train``
+    would use (``FTI_LEAD_MINUTES`` when set), and the file says which."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
         import train_throughput
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
+    monkeypatch.delenv("FTI_LEAD_MINUTES", raising=False)
     store = train_throughput.store_matrices(year_root)
     path = train_throughput.export_matrices(store, tmp_path / "year.npz")
     loaded = train_throughput.load_npz(path)
@@ -111,25 +115,9 @@ def test_exported_matrices_load_back_exactly(year_root: Path, tmp_path: Path) ->
             expected, actual = getattr(split, field), getattr(again, field)
             assert actual.dtype == expected.dtype
             np.testing.assert_array_equal(actual, expected)
-
-
-@pytest.mark.slow
-@pytest.mark.integration
-def test_exported_matrices_follow_the_lead_as_train_does(
-    year_root: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """``--export`` takes the lead as ``train`` does (option, else ``FTI_LEAD_MINUTES``, else the
-    config's): the file says which, and the features are read as of that prediction time."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import train_throughput
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
     monkeypatch.setenv("FTI_LEAD_MINUTES", "0")
     at_departure = train_throughput.store_matrices(year_root)
-    two_hours = train_throughput.store_matrices(year_root, lead_minutes=120)
-    assert at_departure.config["lead_minutes"] == 0 and two_hours.config["lead_minutes"] == 120
-    a, b = at_departure.splits["test"], two_hours.splits["test"]
-    assert len(a) == len(b)  # the same flights, labels unchanged ...
-    np.testing.assert_array_equal(a.labels, b.labels)
-    assert not np.array_equal(a.numeric, b.numeric)  # ... their features read at another time
+    assert at_departure.config["lead_minutes"] == 0
+    before, now = store.splits["test"], at_departure.splits["test"]
+    np.testing.assert_array_equal(now.labels, before.labels)  # the same flights ...
+    assert not np.array_equal(now.numeric, before.numeric)  # ... their features read earlier
