@@ -27,6 +27,7 @@ from tests.service.conftest import (
     API_KEY,
     RegisteredModel,
     SharedTriton,
+    drain_prediction_log,
     inference_settings,
 )
 
@@ -450,6 +451,7 @@ def test_every_prediction_is_logged_for_monitoring(
         deadline = time.monotonic() + 10
         rows = pl.DataFrame()
         while time.monotonic() < deadline:
+            drain_prediction_log(registered_model.root)  # as the log writer process does
             if store.table_version(PREDICTIONS) is not None:
                 rows = store.read(PREDICTIONS).filter(pl.col("request_id") == "log-me")
                 if rows.height:
