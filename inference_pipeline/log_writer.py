@@ -121,6 +121,7 @@ class LogWriter:
         while not stop.is_set():
             try:
                 fetched = self._source.fetch(_FETCH_RECORDS, 0.0 if drain else self._wait_s())
+                self._alive()
                 for record in fetched:
                     self._read(record)
                 while self._committing is not None or self._due(final=drain and not fetched):
@@ -146,6 +147,11 @@ class LogWriter:
                 self.summary.error = f"{type(exc).__name__}: {exc}"
         self.summary.seconds = time.monotonic() - began
         return self.summary
+
+    def _alive(self) -> None:
+        path = self._settings.prediction_log_alive_file
+        if path is not None:
+            path.touch()
 
     def _wait_s(self) -> float:
         if self._pending.since is None:

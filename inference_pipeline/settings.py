@@ -172,6 +172,11 @@ class InferenceSettings(FeatureStoreSettings, RegistrySettings, PredictionTimeSe
         description="the log writer compacts the predictions table (OPTIMIZE) after this many "
         "of its commits (0: never)",
     )
+    prediction_log_alive_file: Path | None = Field(
+        default=None,
+        description="the log writer touches this file after every read of the sink (at most "
+        "a second apart while it works): a stale file means a stuck writer (liveness probe)",
+    )
     prediction_log_vacuum_hours: int | None = Field(
         default=168,
         ge=168,
