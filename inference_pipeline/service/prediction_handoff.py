@@ -50,6 +50,8 @@ class PredictionHandoff:
         """Hand ``entries`` (one request's predictions) to the sink: at once when they are
         their batch's only predictions (None returned), else with the rest of the turn's
         group (the future to await before answering). Never raises."""
+        if not entries:
+            return None
         if all(_whole_batch(entry) for entry in entries):
             self._append(entries)
             return None
@@ -62,7 +64,8 @@ class PredictionHandoff:
     def _append_group(self) -> None:
         group, self._group = self._group, []
         appended, self._appended = self._appended, None
-        self._append(group)
+        if group:  # empty when close() appended it already
+            self._append(group)
         if appended is not None and not appended.done():
             appended.set_result(None)
 
