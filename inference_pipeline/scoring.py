@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import numpy as np
 import polars as pl
 import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
+import tritonclient.http.aio as httpaio
 from tritonclient.utils import InferenceServerException
 
 from inference_pipeline.model_artifact import ServingModel
@@ -196,20 +198,34 @@ class AsyncTritonClient:
     into `ModelServerUnavailable`.
 
     Inference goes over HTTP with the lean `TritonHttpClient` (pooled keep-alive connections
-    on the event loop, binary tensors): per call it costs about a third of the Python work of
-    ``tritonclient``'s aio clients, which was most of a one-flight request. With Triton's gRPC
-    address given explicitly (``FTI_TRITON_GRPC_URL``), over gRPC (``tritonclient.grpc.aio``)
-    instead, for deployments that route only gRPC to Triton."""
+    on the event loop, binary tensors) or, with ``lean=False`` (``FTI_TRITON_CLIENT=
+    tritonclient``), the library's ``tritonclient.http.aio``; `benchmarks/online_load.py`
+    measures both in one run. With Triton's gRPC address given explicitly
+    (``FTI_TRITON_PROTOCOL=grpc``), over gRPC (``tritonclient.grpc.aio``) instead, for
+    deployments that route only gRPC to Triton."""
 
-    def __init__(self, http_url: str, timeout_s: float, grpc_url: str | None = None) -> None:
+    def __init__(
+        self,
+        http_url: str,
+        timeout_s: float,
+        grpc_url: str | None = None,
+        *,
+        lean: bool = True,
+        on_retry: Callable[[], None] = lambda: None,
+    ) -> None:
         self.url = grpc_url or http_url
         self.timeout_s = timeout_s
-        self._grpc: Any = None
         self._http: TritonHttpClient | None = None
+        self._library: Any = None  # a tritonclient aio client (gRPC or HTTP)
+        self._module: Any = None  # ... and its module (tensor classes)
         if grpc_url:
-            self._grpc = grpcaio.InferenceServerClient(grpc_url, channel_args=_GRPC_CHANNEL_ARGS)
+            self._module = grpcaio
+            self._library = grpcaio.InferenceServerClient(grpc_url, channel_args=_GRPC_CHANNEL_ARGS)
+        elif lean:
+            self._http = TritonHttpClient(http_url, connect_timeout_s=timeout_s, on_retry=on_retry)
         else:
-            self._http = TritonHttpClient(http_url, connect_timeout_s=timeout_s)
+            self._module = httpaio
+            self._library = httpaio.InferenceServerClient(http_url, conn_timeout=timeout_s)
 
     async def infer(self, model: str, version: str, matrices: FeatureMatrices) -> np.ndarray:
         """Probabilities for ``matrices`` (the service batches concurrent requests before
@@ -219,9 +235,9 @@ class AsyncTritonClient:
             tensors = [(NUMERIC_INPUT, matrices.numeric), (CATEGORICAL_INPUT, matrices.categorical)]
             call = self._http.infer(model, version, tensors, PROBABILITY_OUTPUT)
             return np.asarray(await self._call(call, what), dtype=np.float32).reshape(-1)
-        inputs, outputs = triton_inputs(grpcaio, matrices)
+        inputs, outputs = triton_inputs(self._module, matrices)
         result = await self._call(
-            self._grpc.infer(model, inputs, model_version=version, outputs=outputs), what
+            self._library.infer(model, inputs, model_version=version, outputs=outputs), what
         )
         return np.asarray(result.as_numpy(PROBABILITY_OUTPUT), dtype=np.float32).reshape(-1)
 
@@ -229,7 +245,7 @@ class AsyncTritonClient:
         if self._http is not None:
             call = self._http.model_ready(model, version)
         else:
-            call = self._grpc.is_model_ready(model, version)
+            call = self._library.is_model_ready(model, version)
         ready = await self._call(call, "model readiness")
         return bool(ready)
 
@@ -245,6 +261,7 @@ class AsyncTritonClient:
             TritonHttpError,
             InferenceServerException,
             grpc.RpcError,
+            aiohttp.ClientError,
             OSError,
             asyncio.IncompleteReadError,
             asyncio.LimitOverrunError,
@@ -253,7 +270,7 @@ class AsyncTritonClient:
             raise ModelServerUnavailable(f"Triton at {self.url}: {what} failed: {message}") from exc
 
     async def close(self) -> None:
-        await (self._http if self._http is not None else self._grpc).close()
+        await (self._http if self._http is not None else self._library).close()
 
 
 def score_with_triton(

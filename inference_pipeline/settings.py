@@ -19,8 +19,13 @@ from shared.settings import FeatureStoreSettings, PredictionTimeSettings
 
 
 class TritonProtocol(StrEnum):
-    http = "http"  # the lean asyncio client (inference_pipeline.triton_http): least cost per call
+    http = "http"  # Triton's HTTP API (client: FTI_TRITON_CLIENT)
     grpc = "grpc"  # tritonclient.grpc.aio, for deployments that route only gRPC to Triton
+
+
+class TritonClient(StrEnum):
+    lean = "lean"  # the hand-written asyncio client (inference_pipeline.triton_http)
+    tritonclient = "tritonclient"  # the library's tritonclient.http.aio (aiohttp)
 
 
 class TritonMode(StrEnum):
@@ -55,6 +60,11 @@ class InferenceSettings(FeatureStoreSettings, RegistrySettings, PredictionTimeSe
         default=TritonProtocol.http,
         description="protocol of the online service's inference calls (grpc needs "
         "FTI_TRITON_GRPC_URL in external mode)",
+    )
+    triton_client: TritonClient = Field(
+        default=TritonClient.lean,
+        description="client of HTTP inference calls: lean (hand-written, less Python per "
+        "call: see benchmarks/online_load.py) or tritonclient (tritonclient.http.aio)",
     )
     triton_flavour: TritonFlavour = Field(
         default=TritonFlavour.cpu,
@@ -116,6 +126,11 @@ class InferenceSettings(FeatureStoreSettings, RegistrySettings, PredictionTimeSe
         gt=0,
         description="a request body not fully received this long after it began is answered "
         "408 and its connection closed",
+    )
+    fast_predictions: bool = Field(
+        default=True,
+        description="answer POST /v1/predictions in front of FastAPI's routing and middleware "
+        "(less Python per request: see benchmarks/online_load.py); false: FastAPI's route",
     )
     failure_log_interval_s: float = Field(
         default=10.0,

@@ -8,14 +8,17 @@ threads); for a one-flight prediction that client cost was the largest single st
 
 Only what the online service needs: ``infer`` with tensors in and one tensor out, model
 readiness, and server liveness. Failures raise `TritonHttpError`; a call cancelled by its
-caller's deadline closes its connection (its state is unknown) instead of pooling it.
+caller's deadline closes its connection (its state is unknown) instead of pooling it. A request
+is sent again at most once, on a fresh connection, and only when a kept-alive connection was
+found closed before any byte of its answer came back (the server's idle timeout racing our
+reuse); a server that hangs up mid-answer is an error, never a silent second request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -56,6 +59,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.used = False  # has answered before: may have been closed by the server since
         self.closed = False
+        self.answering = False  # a byte of the current answer has arrived
         self._buffer = bytearray()
         self._head: tuple[int, dict[str, str]] | None = None  # of the answer being read
         self._waiter: asyncio.Future[_Answer] | None = None
@@ -72,6 +76,7 @@ class _Connection(asyncio.Protocol):
         if self.closed or self.transport is None:
             raise ConnectionError("connection closed by the server")
         self._waiter = asyncio.get_running_loop().create_future()
+        self.answering = False
         self.transport.write(head + body)
         try:
             return await self._waiter
@@ -80,6 +85,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
+        self.answering = True
         if self._waiter is None or self._waiter.done():
             self._fail(TritonHttpError("bytes from the server with no request in flight"))
             return
@@ -109,7 +115,7 @@ class _Connection(asyncio.Protocol):
                 return None
             content, used = found
         else:
-            used = int(headers.get("content-length", "0"))
+            used = _content_length(headers)
             if len(self._buffer) < used:
                 return None
             content = bytes(self._buffer[:used])
@@ -142,6 +148,13 @@ def _parse_head(raw: bytes) -> tuple[int, dict[str, str]]:
     return status, headers
 
 
+def _content_length(headers: dict[str, str]) -> int:
+    value = headers.get("content-length", "0")
+    if not (value.isascii() and value.isdigit()):
+        raise TritonHttpError(f"bad Content-Length {value[:20]!r} in the answer")
+    return int(value)
+
+
 def _dechunk(buffer: bytearray) -> tuple[bytes, int] | None:
     """(content, bytes used) of a complete chunked body at the start of ``buffer``; None
     while part of it has yet to arrive."""
@@ -167,7 +180,14 @@ def _dechunk(buffer: bytearray) -> tuple[bytes, int] | None:
 class TritonHttpClient:
     """Pooled keep-alive connections to one Triton HTTP endpoint (``host:port``)."""
 
-    def __init__(self, url: str, *, max_connections: int = 16, connect_timeout_s: float = 5.0):
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_connections: int = 16,
+        connect_timeout_s: float = 5.0,
+        on_retry: Callable[[], None] = lambda: None,
+    ):
         host, _, port = url.removeprefix("http://").rstrip("/").rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"Triton HTTP address {url!r} is not host:port")
@@ -177,6 +197,7 @@ class TritonHttpClient:
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(max_connections)
         self._closed = False
+        self._on_retry = on_retry  # told of each request sent a second time
 
     async def infer(
         self,
@@ -230,9 +251,11 @@ class TritonHttpClient:
                 answer = await connection.exchange(head, body)
             except ConnectionError as exc:
                 connection.close()
-                if not connection.used:
+                if not connection.used or connection.answering:
                     raise TritonHttpError(f"connection lost: {exc}") from exc
-                # A kept-alive connection the server closed while idle: once more, afresh.
+                # A kept-alive connection the server closed while idle, before any byte of
+                # the answer: once more (and only once), afresh.
+                self._on_retry()
                 connection = await self._connect()
                 try:
                     answer = await connection.exchange(head, body)

@@ -381,6 +381,116 @@ def test_the_fast_path_and_the_fastapi_route_answer_alike(client: TestClient) ->
         assert f'fti_http_requests_total{{route="/v1/predictions",status="{status}"}}' in text
 
 
+def _asgi_post(client: TestClient, body: bytes, headers: list[tuple[bytes, bytes]]) -> Any:
+    """A prediction request straight to the ASGI app on the client's event loop: (status,
+    headers, body, the exception the app raised after answering or None)."""
+
+    async def exchange() -> tuple[Any, ...]:
+        sent: list[dict[str, Any]] = []
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop() if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/predictions",
+            "raw_path": b"/v1/predictions",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"content-length", str(len(body)).encode()), *headers],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+            "state": {},
+        }
+        raised = None
+        try:
+            await client.app(scope, receive, send)  # type: ignore[arg-type]
+        except Exception as exc:  # Starlette re-raises after its error handler answered
+            raised = exc
+        start = next(m for m in sent if m["type"] == "http.response.start")
+        content = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+        kept = {k.decode(): v.decode() for k, v in start["headers"]}
+        return start["status"], kept, json.loads(content), raised
+
+    assert client.portal is not None
+    return client.portal.call(exchange)
+
+
+def test_an_unexpected_error_is_the_same_json_500_on_both_paths(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = client.app
+    assert isinstance(service, PredictionService) and service.runtime is not None
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(service.runtime.traffic, "answer", broken)
+    body = json.dumps({"flights": [UA_1545]}).encode()
+    headers = [
+        (b"x-api-key", API_KEY.encode()),
+        (b"content-type", b"application/json"),
+        (b"x-request-id", b"bug-1"),
+    ]
+    answers = {}
+    try:
+        for fast in (True, False):
+            service.fast_predictions = fast
+            answers[fast] = _asgi_post(client, body, headers)
+    finally:
+        service.fast_predictions = True
+    for fast, (status, kept, content, _) in answers.items():
+        assert status == 500, fast
+        assert kept["content-type"] == "application/json", fast
+        assert kept["x-request-id"] == "bug-1", fast
+        assert content == {
+            "error": "internal_error",
+            "message": "internal error: see the service log",
+            "request_id": "bug-1",
+        }, fast
+    assert isinstance(answers[False][3], RuntimeError)  # still raised for the server's log
+
+
+def test_middleware_added_later_turns_the_fast_path_off_loudly(
+    registered_model: RegisteredModel,
+    triton: SharedTriton,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A middleware the fast path would skip: the app answers predictions through FastAPI's
+    route instead (so it runs), and says so."""
+    settings = inference_settings(registered_model.root, triton, tmp_path, api_key=API_KEY)
+    app = create_app(settings)
+
+    class Stamp:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            async def stamped(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message["headers"], (b"x-stamp", b"yes")]
+                await send(message)
+
+            await self.app(scope, receive, stamped)
+
+    app.add_middleware(Stamp)
+    with caplog.at_level("WARNING"), TestClient(app) as later:
+        response = later.post("/v1/predictions", json={"flights": [UA_1545]}, headers=KEY)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-stamp"] == "yes"
+    assert app.fast_predictions is False
+    assert any("middleware Stamp" in r.getMessage() for r in caplog.records)
+
+
 def test_reload_needs_the_admin_key_and_serves_the_alias(
     client: TestClient, registered_model: RegisteredModel
 ) -> None:

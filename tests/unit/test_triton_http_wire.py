@@ -60,7 +60,11 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
     return head + await reader.readexactly(length)
 
 
-async def with_server(answer: Answer, calls: Callable[[TritonHttpClient], Awaitable[None]]) -> int:
+async def with_server(
+    answer: Answer,
+    calls: Callable[[TritonHttpClient], Awaitable[None]],
+    on_retry: Callable[[], None] = lambda: None,
+) -> int:
     """Serve ``answer(writer, n)`` for the n-th request of each connection while ``calls``
     runs; returns how many connections the client opened."""
     connections = 0
@@ -81,7 +85,7 @@ async def with_server(answer: Answer, calls: Callable[[TritonHttpClient], Awaita
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    client = TritonHttpClient(f"127.0.0.1:{port}", connect_timeout_s=2.0)
+    client = TritonHttpClient(f"127.0.0.1:{port}", connect_timeout_s=2.0, on_retry=on_retry)
     try:
         await calls(client)
     finally:
@@ -156,6 +160,8 @@ def test_a_kept_alive_connection_closed_while_idle_is_replaced_silently(run: Run
         (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "not an HTTP answer"),
         (b"HTTP/1.1 200 OK\r\nX-Long: " + b"x" * 70_000, "headers longer than"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad chunk size"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 12abc\r\n\r\n", "bad Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n", "bad Content-Length"),
     ],
 )
 def test_garbage_from_the_server_is_a_clear_error(run: Run, raw: bytes, message: str) -> None:
@@ -181,3 +187,52 @@ def test_a_server_that_hangs_up_mid_answer_is_an_error_not_a_hang(run: Run) -> N
             await asyncio.wait_for(client.model_ready("m", "1"), 5.0)
 
     run(with_server(answer, calls))
+
+
+def test_a_reused_connection_closed_before_any_answer_is_retried_once_and_counted(
+    run: Run,
+) -> None:
+    """The idle-timeout race: the server closes a kept-alive connection as our next request
+    goes out, before a byte of its answer. Sent once more on a fresh connection, counted."""
+    retries: list[int] = []
+
+    async def answer(writer: asyncio.StreamWriter, n: int) -> None:
+        if n == 0:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+        else:
+            writer.close()  # the second request on this connection: no answer at all
+
+    async def calls(client: TritonHttpClient) -> None:
+        assert await client.model_ready("m", "1") is True
+        assert await client.model_ready("m", "1") is True  # retried on a fresh connection
+        assert len(retries) == 1
+
+    assert run(with_server(answer, calls, on_retry=lambda: retries.append(1))) == 2
+
+
+def test_a_reused_connection_that_hangs_up_mid_answer_is_not_sent_again(run: Run) -> None:
+    """A server that died while answering may have done the work: the request is an error,
+    never silently sent a second time."""
+    requests: list[int] = []
+    retries: list[int] = []
+    head, body = inference_answer([0.5])
+
+    async def answer(writer: asyncio.StreamWriter, n: int) -> None:
+        requests.append(n)
+        if n == 0:
+            writer.write(head + body)
+        else:
+            writer.write((head + body)[: len(head) + 5])  # part of the answer, then gone
+            await writer.drain()
+            writer.close()
+        await writer.drain()
+
+    async def calls(client: TritonHttpClient) -> None:
+        await client.infer("m", "1", one_row(), "PROBABILITY")
+        with pytest.raises(TritonHttpError, match="connection lost"):
+            await asyncio.wait_for(client.infer("m", "1", one_row(), "PROBABILITY"), 5.0)
+
+    assert run(with_server(answer, calls, on_retry=lambda: retries.append(1))) == 1
+    assert requests == [0, 1]  # the second request reached the server once
+    assert retries == []
