@@ -48,8 +48,17 @@ UA_1545 = {
 KEY = {"X-API-Key": API_KEY}
 
 
-@pytest.fixture(scope="module")
+# Every test of this module runs against the hand-written request path (the lean Triton
+# client, the prediction fast path) and against the library paths they replace (invariant 9).
+REQUEST_PATHS = {
+    "hand-written": {},
+    "library": {"triton_client": "tritonclient", "fast_predictions": False},
+}
+
+
+@pytest.fixture(scope="module", params=list(REQUEST_PATHS))
 def client(
+    request: pytest.FixtureRequest,
     registered_model: RegisteredModel,
     triton: SharedTriton,
     tmp_path_factory: pytest.TempPathFactory,
@@ -60,6 +69,7 @@ def client(
         tmp_path_factory.mktemp("online"),
         api_key=API_KEY,
         admin_api_key=ADMIN_KEY,
+        **REQUEST_PATHS[request.param],
     )
     with TestClient(create_app(settings)) as test_client:
         yield test_client
@@ -319,6 +329,7 @@ def test_the_fast_path_and_the_fastapi_route_answer_alike(client: TestClient) ->
     service = client.app
     assert isinstance(service, PredictionService)
     answers, stalled = {}, {}
+    configured = service.fast_predictions
     timeout_s = service.body_deadlines.timeout_s
     service.body_deadlines.timeout_s = 0.3
     try:
@@ -341,7 +352,7 @@ def test_the_fast_path_and_the_fastapi_route_answer_alike(client: TestClient) ->
                 ],
             )
     finally:
-        service.fast_predictions = True
+        service.fast_predictions = configured
         service.body_deadlines.timeout_s = timeout_s
     for name in requests:
         assert answers[True][name] == answers[False][name], name
@@ -441,12 +452,13 @@ def test_an_unexpected_error_is_the_same_json_500_on_both_paths(
         (b"x-request-id", b"bug-1"),
     ]
     answers = {}
+    configured = service.fast_predictions
     try:
         for fast in (True, False):
             service.fast_predictions = fast
             answers[fast] = _asgi_post(client, body, headers)
     finally:
-        service.fast_predictions = True
+        service.fast_predictions = configured
     for fast, (status, kept, content, _) in answers.items():
         assert status == 500, fast
         assert kept["content-type"] == "application/json", fast

@@ -236,3 +236,31 @@ def test_a_reused_connection_that_hangs_up_mid_answer_is_not_sent_again(run: Run
     assert run(with_server(answer, calls, on_retry=lambda: retries.append(1))) == 1
     assert requests == [0, 1]  # the second request reached the server once
     assert retries == []
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "tritonclient"])
+def test_both_service_clients_turn_an_unreachable_triton_into_model_server_unavailable(
+    lean: bool,
+) -> None:
+    """The service's client (`AsyncTritonClient`) with either HTTP client
+    (``FTI_TRITON_CLIENT``): a refused connection is the typed 503 error, not a library's."""
+    from inference_pipeline.scoring import AsyncTritonClient
+    from shared.errors import ModelServerUnavailable
+    from shared.transforms import FeatureMatrices
+
+    async def call() -> None:
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        server.close()
+        await server.wait_closed()  # nothing listens there now
+        client = AsyncTritonClient(f"127.0.0.1:{port}", 2.0, lean=lean)
+        matrices = FeatureMatrices(np.zeros((1, 3), np.float32), np.zeros((1, 2), np.int64))
+        try:
+            with pytest.raises(ModelServerUnavailable, match="Triton at 127.0.0.1"):
+                await client.infer("m", "1", matrices)
+            with pytest.raises(ModelServerUnavailable):
+                await client.model_ready("m", "1")
+        finally:
+            await client.close()
+
+    asyncio.run(call())
