@@ -347,8 +347,14 @@ def stage_means_ms(
 # -- the run --------------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_services(
-    root: Path, work: Path, triton: Any, env: dict[str, str], names: list[str]
+    work: Path, triton: Any, env: dict[str, str], names: list[str]
 ) -> tuple[dict[str, str], list[subprocess.Popen[bytes]]]:
     """Each service variant of ``names`` and the bare app, started at once; their base URLs."""
     bases, processes, logs = {}, [], {}
@@ -420,7 +426,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         repository, work / "triton", startup_timeout_s=_READY_TIMEOUT_S
     )
     try:
-        bases, processes = start_services(root, work, triton, env, args.services)
+        bases, processes = start_services(work, triton, env, args.services)
+        pids = {name: p.pid for name, p in zip(bases, processes, strict=True)}
         first = bases[args.services[0]]
         lead = int(read_json(f"{first}/readyz")["lead_minutes"])
         flights = real_flights(root)
@@ -450,8 +457,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     wrk(url, sent, connections, args.warmup, work)
                     metrics = f"{bases[target]}/metrics" if target.startswith("service") else None
                     before = stage_totals(metrics) if metrics else None
+                    cpu = cpu_seconds(pids[target]) if target in pids else None
                     result = wrk(url, sent, connections, args.duration, work)
                     result |= {"round": round_ + 1, "case": case, "target": target}
+                    if cpu is not None and result["requests"]:
+                        used = cpu_seconds(pids[target]) - cpu
+                        result["cpu_ms_per_request"] = 1e3 * used / result["requests"]
                     results.append(result)
                     print(_row_text(result), flush=True)
                     if metrics and before is not None and target == "service":
@@ -487,7 +498,8 @@ def _row_text(r: dict[str, Any]) -> str:
     return (
         f"round {r['round']} {r['case']} x{r['connections']} {r['target']}: "
         f"{r['requests_per_s']:,.0f} req/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
-        f"{r['errors']} errors, load {r['load_average'][0]:.1f}"
+        f"{r.get('cpu_ms_per_request', 0):.2f} CPU ms/request, {r['errors']} errors, "
+        f"load {r['load_average'][0]:.1f}"
     )
 
 
@@ -510,8 +522,10 @@ def summarise(results: list[dict[str, Any]], services: list[str]) -> list[dict[s
             if not runs:
                 continue
             row: dict[str, Any] = {"case": case, "connections": conns, "target": target}
-            for key in ("requests_per_s", "p50_ms", "p99_ms"):
-                values = [r[key] for r in runs]
+            for key in ("requests_per_s", "p50_ms", "p99_ms", "cpu_ms_per_request"):
+                values = [r[key] for r in runs if key in r]
+                if not values:
+                    continue
                 row[key] = {
                     "min": min(values),
                     "median": statistics.median(values),
@@ -549,6 +563,11 @@ def decisions(results: list[dict[str, Any]]) -> dict[str, Any]:
             for n in sorted(ours.keys() & theirs.keys())
         ]
         p50 = {n: 1 - ours[n]["p50_ms"] / theirs[n]["p50_ms"] for n in ours.keys() & theirs.keys()}
+        cpu = [
+            1 - ours[n]["cpu_ms_per_request"] / theirs[n]["cpu_ms_per_request"]
+            for n in sorted(ours.keys() & theirs.keys())
+            if "cpu_ms_per_request" in ours[n] and "cpu_ms_per_request" in theirs[n]
+        ]
         if not gains:
             continue
         one_ours = {r["round"]: r for r in _pick(results, hand, "1 flight", 1)}
@@ -565,6 +584,7 @@ def decisions(results: list[dict[str, Any]]) -> dict[str, Any]:
             "gain_per_round": [round(g, 3) for g in gains],
             "gain_median": round(median, 3),
             "p50_at_16_lower_per_round": [round(v, 3) for _, v in sorted(p50.items())],
+            "cpu_per_request_at_16_lower_per_round": [round(v, 3) for v in cpu],
             "p50_at_1_lower_per_round": [round(v, 3) for v in p50_at_1],
             "keep": median >= KEEP_GAIN,
         }
@@ -638,6 +658,7 @@ def main() -> None:
             _range(r["p50_ms"], ".2f"),
             _range(r["p99_ms"], ".2f"),
             _range(r["floor_share"], ".0%") if "floor_share" in r else "",
+            _range(r["cpu_ms_per_request"], ".2f") if "cpu_ms_per_request" in r else "",
             f"{r['load_average'][0]:.1f}–{r['load_average'][1]:.1f}",
             str(r["errors"]),
         ]
@@ -645,15 +666,27 @@ def main() -> None:
     ]
     print_table(
         f"online load (wrk, {payload['rounds']} rounds: min–max (median))",
-        ["case", "conns", "target", "req/s", "p50 ms", "p99 ms", "of floor", "load", "errors"],
+        [
+            "case",
+            "conns",
+            "target",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "of floor",
+            "CPU ms/req",
+            "load",
+            "errors",
+        ],
         rows,
     )
     for part, verdict in payload["hand_written"].items():
         gains = ", ".join(f"{g:+.0%}" for g in verdict["gain_per_round"])
         decision = "keep" if verdict["keep"] else "delete"
+        cpu = ", ".join(f"{g:.0%}" for g in verdict["cpu_per_request_at_16_lower_per_round"])
         print(
             f"{part}: {verdict['headline']} {gains} over {verdict['library_variant']} "
-            f"(median {verdict['gain_median']:+.0%}): {decision}"
+            f"(median {verdict['gain_median']:+.0%}): {decision}; CPU per request lower by {cpu}"
         )
     for goal, verdict in payload["goals"].items():
         met = "met" if verdict["met_median"] else "NOT met"
