@@ -1,5 +1,5 @@
 """Load test of the online service with a real load generator (wrk), beside its floors, and
-the hand-written parts of its request path beside the library paths they replace (invariant 9).
+the hand-written part of its request path beside the library path it replaces (invariant 9).
 
 Every request carries different real flights: the scheduled departures of 2013-12-31, each
 predicted as of its departure minus the model's lead (so the day's features are read), cycled
@@ -8,11 +8,8 @@ by a wrk Lua script (one body per request, in turn). Cases: one flight per reque
 all started once and measured in turn (the order reversed every round, so that a slow phase of
 the shared machine hits all of them alike), each for ``--duration`` s after a ``--warmup``:
 
-- ``service``: ``python -m inference_pipeline serve`` as configured by default: the lean
-  Triton HTTP client (``inference_pipeline/triton_http.py``) and the prediction fast path in
-  front of FastAPI (``FTI_FAST_PREDICTIONS=true``);
-- ``service-tritonclient``: the same, with ``FTI_TRITON_CLIENT=tritonclient``
-  (``tritonclient.http.aio``) instead of the lean client;
+- ``service``: ``python -m inference_pipeline serve`` as configured by default, with the
+  prediction fast path in front of FastAPI (``FTI_FAST_PREDICTIONS=true``);
 - ``service-route``: the same as ``service``, with ``FTI_FAST_PREDICTIONS=false`` (FastAPI's
   route and middleware answer);
 - ``bare-fastapi``: a tiny FastAPI app (defined below) that parses the same bodies and returns
@@ -22,10 +19,13 @@ the shared machine hits all of them alike), each for ``--duration`` s after a ``
 
 Triton is started here (``TritonServer.start_local`` on the copied data root's model
 repository) and shared by every service. The headline figure of the keep-or-delete rule is
-one-flight requests/s at 16 connections (the service is bound by its one core: what the
-hand-written parts save is Python per request); the gain of each hand-written part is taken
-per round against its library variant, and ``--rounds`` rounds give its range and median.
-The load average is recorded around every wrk run. Issue 17's goals: p50 <= 2 ms and
+one-flight requests/s at 16 connections (the service is bound by its one core: what a
+hand-written part saves is Python per request); the gain is taken per round against the
+library variant, and ``--rounds`` rounds give its range and median. Beside it, each service's
+CPU milliseconds per request (from ``/proc``), which the machine's other work disturbs less
+than requests/s. The load average is recorded around every wrk run. (A hand-written Triton
+HTTP client was measured the same way against ``tritonclient.http.aio`` and deleted:
+``results/online_load_triton_client.json``.) Issue 17's goals: p50 <= 2 ms and
 p99 <= 5 ms at 1 connection, >= 60% of bare FastAPI's requests/s at 16 connections, p99 <=
 15 ms for 100 flights at 1 connection.
 
@@ -63,16 +63,9 @@ MANY = 100  # flights per request of the many-flights case
 # (case name, flights per request, connections)
 CASES = (("1 flight", 1, 1), ("1 flight", 1, 16), (f"{MANY} flights", MANY, 1))
 # Each service variant: the environment that selects it (see InferenceSettings).
-SERVICES = {
-    "service": {},
-    "service-tritonclient": {"FTI_TRITON_CLIENT": "tritonclient"},
-    "service-route": {"FTI_FAST_PREDICTIONS": "false"},
-}
+SERVICES = {"service": {}, "service-route": {"FTI_FAST_PREDICTIONS": "false"}}
 # Hand-written part -> (its variant, the library variant it replaces).
-HAND_WRITTEN = {
-    "lean Triton HTTP client": ("service", "service-tritonclient"),
-    "prediction fast path": ("service", "service-route"),
-}
+HAND_WRITTEN = {"prediction fast path": ("service", "service-route")}
 KEEP_GAIN = 0.25  # invariant 9: a hand-written path stays only with >= 25% on the headline
 GOAL_P50_MS_AT_1 = 2.0
 GOAL_P99_MS_AT_1 = 5.0
@@ -353,6 +346,56 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling the threads that hold ``pid``'s GIL for ``seconds``, without pausing
+    it, as collapsed stacks."""
+    command = ["py-spy", "record", "--pid", str(pid), "--duration", str(max(1, round(seconds)))]
+    command += ["--rate", "500", "--gil", "--threads", "--nonblocking", "--format", "raw"]
+    return subprocess.Popen(
+        [*command, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+# What a GIL-holding stack is doing, by the first of these found in it (innermost first).
+_GIL_WORK = (
+    ("prediction log", ("prediction_writer", "prediction_log", "deltalake")),
+    ("request: Triton call", ("tritonclient", "aiohttp", "infer (")),
+    ("request: store read", ("get_online_rows", "online_sqlite", "online_redis")),
+    ("request: features, MDT", ("online_inputs", "feature_view", "transforms")),
+    ("request: parse, answer", ("answer_predictions", "prediction_requests", "pydantic")),
+    ("request: HTTP", ("httptools", "uvicorn", "app.py", "starlette", "fastapi")),
+    ("event loop", ("asyncio", "uvloop", "selectors")),
+)
+
+
+def gil_holders(path: Path) -> dict[str, Any]:
+    """Shares of the GIL-holding samples by what the holder was doing, and the leaf functions
+    that held it most (py-spy's collapsed stacks: ``frame;frame;... count``)."""
+    kinds: dict[str, int] = {}
+    leaves: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        kind = next(
+            (k for k, marks in _GIL_WORK if any(m in f for f in frames for m in marks)), "other"
+        )
+        kinds[kind] = kinds.get(kind, 0) + n
+        leaves[frames[-1]] = leaves.get(frames[-1], 0) + n
+    top = sorted(leaves.items(), key=lambda kv: -kv[1])[:15]
+    return {
+        "samples": total,
+        "share_by_work": {k: round(v / total, 3) for k, v in sorted(kinds.items())}
+        if total
+        else {},
+        "top_leaf_frames": [{"frame": f, "share": round(n / total, 3)} for f, n in top],
+    }
+
+
 def start_services(
     work: Path, triton: Any, env: dict[str, str], names: list[str]
 ) -> tuple[dict[str, str], list[subprocess.Popen[bytes]]]:
@@ -446,6 +489,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         results: list[dict[str, Any]] = []
         stages: dict[str, list[dict[str, float]]] = {}
+        gil: dict[str, Any] | None = None
         for round_ in range(args.rounds):
             order = targets if round_ % 2 == 0 else targets[::-1]
             for case, size, connections in CASES:
@@ -458,7 +502,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     metrics = f"{bases[target]}/metrics" if target.startswith("service") else None
                     before = stage_totals(metrics) if metrics else None
                     cpu = cpu_seconds(pids[target]) if target in pids else None
+                    spied = (
+                        args.py_spy
+                        and target == "service"
+                        and (case, connections) == ("1 flight", 1)
+                        and round_ == args.rounds - 1
+                    )
+                    spy = py_spy(pids[target], args.duration, work / "spy.txt") if spied else None
                     result = wrk(url, sent, connections, args.duration, work)
+                    if spy is not None:
+                        spy.wait(timeout=60)
+                        gil = gil_holders(work / "spy.txt")
                     result |= {"round": round_ + 1, "case": case, "target": target}
                     if cpu is not None and result["requests"]:
                         used = cpu_seconds(pids[target]) - cpu
@@ -482,6 +536,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "wrk": "wrk -t1 -cN, Lua request() cycling one body per flight, done() percentiles",
             "results": results,
             "service_stage_mean_ms": stages,
+            "gil_holders_1_flight_1_conn": gil,
             "summary": summary,
             "hand_written": decisions(results),
             "goals": goals(summary),
@@ -642,6 +697,12 @@ def main() -> None:
         help="service variants to run (repeat; default all)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
+    parser.add_argument(
+        "--py-spy",
+        action="store_true",
+        help="sample who holds the service's GIL (py-spy) during the last round's 1-flight, "
+        "1-connection run",
+    )
     parser.add_argument("--bare-app", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_app is not None:
@@ -694,6 +755,10 @@ def main() -> None:
             f"{goal}: median {verdict['median']:.2f}, worst round {verdict['worst']:.2f} "
             f"(goal {verdict['goal']}): {met} on the median"
         )
+    gil = payload["gil_holders_1_flight_1_conn"]
+    if gil:
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in gil["share_by_work"].items())
+        print(f"GIL held at 1 connection ({gil['samples']} samples): {shares}")
     path = write_results(NAME, payload)
     print(f"wrote {path.relative_to(REPO_ROOT)}")
 

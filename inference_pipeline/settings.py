@@ -19,13 +19,8 @@ from shared.settings import FeatureStoreSettings, PredictionTimeSettings
 
 
 class TritonProtocol(StrEnum):
-    http = "http"  # Triton's HTTP API (client: FTI_TRITON_CLIENT)
+    http = "http"  # tritonclient.http.aio, binary tensors
     grpc = "grpc"  # tritonclient.grpc.aio, for deployments that route only gRPC to Triton
-
-
-class TritonClient(StrEnum):
-    lean = "lean"  # the hand-written asyncio client (inference_pipeline.triton_http)
-    tritonclient = "tritonclient"  # the library's tritonclient.http.aio (aiohttp)
 
 
 class TritonMode(StrEnum):
@@ -60,11 +55,6 @@ class InferenceSettings(FeatureStoreSettings, RegistrySettings, PredictionTimeSe
         default=TritonProtocol.http,
         description="protocol of the online service's inference calls (grpc needs "
         "FTI_TRITON_GRPC_URL in external mode)",
-    )
-    triton_client: TritonClient = Field(
-        default=TritonClient.lean,
-        description="client of HTTP inference calls: lean (hand-written, less Python per "
-        "call: see benchmarks/online_load.py) or tritonclient (tritonclient.http.aio)",
     )
     triton_flavour: TritonFlavour = Field(
         default=TritonFlavour.cpu,

@@ -76,12 +76,6 @@ class ServiceMetrics:
             ["role", "mode"],
             registry=r,
         )
-        self.triton_retries = Counter(
-            "fti_triton_retries",
-            "Triton requests sent a second time (lean client: a kept-alive connection found "
-            "closed before any byte of the answer)",
-            registry=r,
-        )
         self.triton_restarts = Counter(
             "fti_triton_restarts",
             "Restarts of the managed Triton after it died, by outcome (ok, failed)",

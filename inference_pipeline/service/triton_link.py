@@ -22,7 +22,7 @@ from inference_pipeline.scoring import AsyncTritonClient
 from inference_pipeline.service.background import BackgroundTasks
 from inference_pipeline.service.metrics import ServiceMetrics
 from inference_pipeline.service.triton_supervisor import TritonSupervisor
-from inference_pipeline.settings import InferenceSettings, TritonClient, TritonMode, TritonProtocol
+from inference_pipeline.settings import InferenceSettings, TritonMode, TritonProtocol
 from inference_pipeline.triton_server import TritonEndpoints, TritonServer, TritonServerError
 from shared.errors import ModelServerUnavailable
 
@@ -95,16 +95,9 @@ class TritonLink:
     def _new_client(self) -> AsyncTritonClient:
         assert self.server is not None
         endpoints = self._client_endpoints = self.server.endpoints
-        # Inference over gRPC only when asked for: the HTTP client is cheaper per call.
+        # Inference over gRPC only when asked for (HTTP with binary tensors costs less).
         grpc = endpoints.grpc if self.settings.triton_protocol is TritonProtocol.grpc else None
-        lean = self.settings.triton_client is TritonClient.lean
-        return AsyncTritonClient(
-            endpoints.http,
-            self.settings.triton_timeout_s,
-            grpc,
-            lean=lean,
-            on_retry=self.metrics.triton_retries.inc,
-        )
+        return AsyncTritonClient(endpoints.http, self.settings.triton_timeout_s, grpc)
 
     async def load(self, model: ServingModel) -> None:
         """Load (or reload: newest version directory) ``model`` into Triton."""
