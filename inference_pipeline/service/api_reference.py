@@ -28,6 +28,7 @@ Probability that a scheduled departure from New York (EWR, JFK, LGA) leaves more
   saying what to change), `problems` (422: every invalid input, one per line), `dependency`
   (503: `feature_store`, `triton` or `registry`) and `request_id`. `/healthz` and `/readyz`
   answer their own bodies, 503 included: they report on the service, not on a request.
+  An unexpected failure is a 500 `internal_error`, its traceback in the service log.
 - **Test traffic**: mark smoke tests, load tests and demos with `X-FTI-Test-Traffic: true`;
   they are answered like any request and left out of monitoring.
 """

@@ -292,6 +292,17 @@ def create_app(settings: InferenceSettings) -> PredictionService:
     async def domain_error(request: Request, exc: FTIError) -> JSONResponse:
         return answer(request, exc)
 
+    @service.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        """Anything else: a 500 `ErrorBody` (logged with its traceback), as the prediction fast
+        path answers, rather than Starlette's plain-text 500. Starlette runs this outside the
+        middleware (and re-raises for the server's log), so the request id header is set here."""
+        response = answer(request, exc)
+        request_id = getattr(request.state, "request_id", None)
+        if request_id is not None:
+            response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+
     return service
 
 

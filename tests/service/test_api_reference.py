@@ -355,3 +355,21 @@ def test_redoc_renders_every_operation_offline(
     for operations in spec["paths"].values():
         for operation in operations.values():
             assert operation["summary"] in dom, operation["summary"]
+
+
+def test_an_unexpected_failure_is_a_500_error_body(tmp_path: Path) -> None:
+    """Not Starlette's plain-text 500: the same `ErrorBody` (and request id) as any error."""
+    app = create_app(InferenceSettings(data_root=tmp_path))
+
+    async def fails() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/fails", fails, include_in_schema=False)
+    client = TestClient(app, raise_server_exceptions=False)
+    response = client.get("/fails", headers={"X-Request-ID": "bug-1"})
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["X-Request-ID"] == "bug-1"
+    body = ErrorBody.model_validate(response.json())
+    assert body.error == "internal_error" and body.request_id == "bug-1"
+    assert "a bug" not in body.message  # the cause goes to the log, not to the client
