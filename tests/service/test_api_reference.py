@@ -71,7 +71,7 @@ def client(app: PredictionService) -> TestClient:
 def spec(client: TestClient) -> dict[str, Any]:
     response = client.get("/openapi.json")
     assert response.status_code == 200
-    return response.json()  # type: ignore[no-any-return]
+    return response.json()
 
 
 def referenced_urls(html: str) -> list[str]:
@@ -214,7 +214,7 @@ def raised(call: Any, *args: Any) -> ApiError:
 
 
 def documented(refusals: dict[int, Any], status: int, name: str) -> dict[str, Any]:
-    return refusals[status][1][name][1]  # type: ignore[no-any-return]
+    return refusals[status][1][name][1]
 
 
 def assert_same(error: ApiError, example: dict[str, Any]) -> None:
