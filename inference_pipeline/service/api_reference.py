@@ -412,3 +412,56 @@ def error_responses(refusals: dict[int, _Refusal]) -> dict[int | str, dict[str, 
 def media_examples(examples: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """An OpenAPI media type's named ``examples`` (a JSON body)."""
     return {"application/json": {"examples": examples}}
+
+
+# -- probes and admin ---------------------------------------------------------------------
+
+
+def _example(summary: str, value: dict[str, Any]) -> dict[str, Any]:
+    return {"summary": summary, "value": value}
+
+
+LIVENESS_EXAMPLES = {
+    "ok": _example("Alive", {"status": "ok", "detail": None}),
+    "failing": _example(
+        "Restart this process",
+        {
+            "status": "failing",
+            "detail": "managed Triton down for 184 s, restarts failing (limit "
+            "FTI_TRITON_RESTART_LIMIT_S=180 s): tritonserver exited with 1",
+        },
+    ),
+}
+
+
+def _readiness(ready: bool, triton: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "ready": ready,
+        "model_version": "3",
+        "lead_minutes": 60,
+        "checks": {
+            "feature_store": {"ok": True, "detail": ""},
+            "registry": {"ok": True, "detail": "champion -> v3"},
+            "triton": triton,
+        },
+    }
+
+
+READINESS_EXAMPLES = {
+    "ready": _example("Ready", _readiness(True, {"ok": True, "detail": "flight_delay v3 ready"})),
+    "not_ready": _example(
+        "Triton does not serve the model",
+        _readiness(False, {"ok": False, "detail": "flight_delay v3 not loaded"}),
+    ),
+}
+
+RELOAD_REQUEST_EXAMPLES = {
+    "champion": _example("Serve the champion now (an empty body means the same)", {}),
+    "alias": _example("Serve and follow another alias", {"alias": "challenger"}),
+}
+RELOAD_RESPONSE_EXAMPLES = {
+    "moved": _example(
+        "The champion moved from version 3 to 4",
+        {"alias": "champion", "previous_version": "3", "version": "4"},
+    ),
+}

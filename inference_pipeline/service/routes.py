@@ -12,14 +12,18 @@ from pydantic import ValidationError
 
 from inference_pipeline.service.api_reference import (
     HEALTHZ_DESCRIPTION,
+    LIVENESS_EXAMPLES,
     METRICS_DESCRIPTION,
     PREDICT_DESCRIPTION,
     PREDICTION_REFUSALS,
     PREDICTION_REQUEST_EXAMPLES,
     PREDICTION_RESPONSE_EXAMPLES,
+    READINESS_EXAMPLES,
     READYZ_DESCRIPTION,
     RELOAD_DESCRIPTION,
     RELOAD_REFUSALS,
+    RELOAD_REQUEST_EXAMPLES,
+    RELOAD_RESPONSE_EXAMPLES,
     error_responses,
     media_examples,
 )
@@ -112,7 +116,14 @@ async def predict(request: Request) -> Response:
 @health.get(
     "/healthz",
     response_model=Liveness,
-    responses={503: {"model": Liveness, "description": "restart this process"}},
+    responses={
+        200: {"content": media_examples({"ok": LIVENESS_EXAMPLES["ok"]})},
+        503: {
+            "model": Liveness,
+            "description": "restart this process",
+            "content": media_examples({"failing": LIVENESS_EXAMPLES["failing"]}),
+        },
+    },
     summary="Liveness: the process answers, and can recover by itself",
     description=HEALTHZ_DESCRIPTION,
 )
@@ -130,7 +141,14 @@ async def healthz(runtime: Runtime, response: Response) -> Liveness:
 @health.get(
     "/readyz",
     response_model=Readiness,
-    responses={503: {"model": Readiness, "description": "not ready: a check failed"}},
+    responses={
+        200: {"content": media_examples({"ready": READINESS_EXAMPLES["ready"]})},
+        503: {
+            "model": Readiness,
+            "description": "not ready: a check failed",
+            "content": media_examples({"not_ready": READINESS_EXAMPLES["not_ready"]}),
+        },
+    },
     summary="Readiness: feature store, registry and Triton reachable, model loaded",
     description=READYZ_DESCRIPTION,
 )
@@ -162,10 +180,13 @@ async def metrics(runtime: Runtime) -> Response:
 @admin.post(
     "/reload",
     response_model=ReloadResponse,
-    responses=error_responses(RELOAD_REFUSALS),
+    responses={
+        200: {"content": media_examples(RELOAD_RESPONSE_EXAMPLES)},
+        **error_responses(RELOAD_REFUSALS),
+    },
     summary="Load the version an alias points to now, and serve it",
     description=RELOAD_DESCRIPTION,
-    openapi_extra=_json_body("ReloadRequest", required=False),
+    openapi_extra=_json_body("ReloadRequest", required=False, examples=RELOAD_REQUEST_EXAMPLES),
 )
 async def reload(request: Request, runtime: Runtime) -> ReloadResponse:
     """Serve what the alias (default ``champion``) points to now, and follow that alias from

@@ -164,6 +164,40 @@ def test_every_documented_error_is_an_error_body_with_examples(spec: dict[str, A
     assert errors == len(PREDICTION_REFUSALS) + len(RELOAD_REFUSALS)  # none left unchecked
 
 
+def test_every_documented_json_answer_and_body_has_examples_of_its_schema(
+    spec: dict[str, Any],
+) -> None:
+    """Successes, probes and bodies too, not only errors: each example validates as the
+    schema the document gives beside it."""
+    from inference_pipeline.service import schemas
+
+    def check(where: str, media: dict[str, Any]) -> None:
+        examples = media.get("examples", {})
+        assert examples, f"{where}: no example"
+        model = getattr(schemas, media["schema"]["$ref"].rsplit("/", 1)[1])
+        for name, example in examples.items():
+            assert example["summary"], (where, name)
+            model.model_validate_json(json.dumps(example["value"]))
+
+    checked = 0
+    for path, method, status, response in documented_responses(spec):
+        media = response.get("content", {}).get("application/json")
+        if media is None:
+            assert path == "/metrics", (path, status)  # Prometheus text
+            continue
+        check(f"{method.upper()} {path} {status}", media)
+        checked += 1
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if "requestBody" in operation:
+                check(
+                    f"{method.upper()} {path} body",
+                    operation["requestBody"]["content"]["application/json"],
+                )
+                checked += 1
+    assert checked >= 23  # predictions 9, reload 10, probes 4: none skipped silently
+
+
 def test_error_body_documents_the_422_problems_and_the_frameworks_refusals(
     spec: dict[str, Any],
 ) -> None:

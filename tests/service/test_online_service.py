@@ -451,6 +451,30 @@ def test_the_documented_examples_are_what_the_service_answers(
     assert live == documented, json.dumps(live, indent=1)
 
 
+def test_the_documented_probe_and_reload_answers_are_the_live_ones(
+    client: TestClient, registered_model: RegisteredModel
+) -> None:
+    """The documented examples show version 3 of flight_delay; here the version is the test
+    model's."""
+    from inference_pipeline.service.api_reference import (
+        LIVENESS_EXAMPLES,
+        READINESS_EXAMPLES,
+        RELOAD_RESPONSE_EXAMPLES,
+    )
+
+    version = registered_model.version
+
+    def as_served(example: dict[str, Any]) -> Any:
+        text = json.dumps(example["value"]).replace("v3", f"v{version}")
+        return json.loads(text.replace('"3"', f'"{version}"'))
+
+    assert client.get("/healthz").json() == LIVENESS_EXAMPLES["ok"]["value"]
+    assert client.get("/readyz").json() == as_served(READINESS_EXAMPLES["ready"])
+    reloaded = client.post("/admin/reload", json={}, headers={"X-API-Key": ADMIN_KEY})
+    assert reloaded.status_code == 200, reloaded.text
+    assert set(reloaded.json()) == set(RELOAD_RESPONSE_EXAMPLES["moved"]["value"])
+
+
 def test_live_refusals_match_the_documented_examples(client: TestClient) -> None:
     """For each refusal the tests can provoke here, the service answers the `error` code (and
     the fields) of the status' documented example."""
