@@ -539,6 +539,106 @@ def test_unknown_routes_and_methods_answer_the_error_body(client: TestClient) ->
     assert wrong.headers["allow"] == "POST"
 
 
+def test_the_documented_examples_are_what_the_service_answers(
+    client: TestClient, registered_model: RegisteredModel
+) -> None:
+    """Each request example of the OpenAPI document, sent to the service, gets the answer its
+    same-named response example shows: the same flights, T, lead and missing or unknown inputs
+    (the probability, the ids and the version are this test model's own)."""
+    from inference_pipeline.service.api_reference import (
+        PREDICTION_REQUEST_EXAMPLES,
+        PREDICTION_RESPONSE_EXAMPLES,
+    )
+    from inference_pipeline.service.schemas import PredictionResponse
+
+    def what_is_shown(predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            {k: sorted(v) if isinstance(v, list) else v for k, v in p.items()}
+            | {"probability": None, "model_version": None}
+            for p in predictions
+        ]
+
+    assert set(PREDICTION_REQUEST_EXAMPLES) == set(PREDICTION_RESPONSE_EXAMPLES)
+    live, documented = {}, {}
+    for name, example in PREDICTION_REQUEST_EXAMPLES.items():
+        response = client.post("/v1/predictions", json=example["value"], headers=KEY)
+        assert response.status_code == 200, response.text
+        body = PredictionResponse.model_validate(response.json())
+        assert {p.model_version for p in body.predictions} == {registered_model.version}
+        live[name] = what_is_shown(response.json()["predictions"])
+        documented[name] = what_is_shown(PREDICTION_RESPONSE_EXAMPLES[name]["value"]["predictions"])
+    assert live == documented, json.dumps(live, indent=1)
+
+
+def test_the_documented_probe_and_reload_answers_are_the_live_ones(
+    client: TestClient, registered_model: RegisteredModel
+) -> None:
+    """The documented examples show version 3 of flight_delay; here the version is the test
+    model's."""
+    from inference_pipeline.service.api_reference import (
+        LIVENESS_EXAMPLES,
+        READINESS_EXAMPLES,
+        RELOAD_RESPONSE_EXAMPLES,
+    )
+
+    version = registered_model.version
+
+    def as_served(example: dict[str, Any]) -> Any:
+        text = json.dumps(example["value"]).replace("v3", f"v{version}")
+        return json.loads(text.replace('"3"', f'"{version}"'))
+
+    assert client.get("/healthz").json() == LIVENESS_EXAMPLES["ok"]["value"]
+    assert client.get("/readyz").json() == as_served(READINESS_EXAMPLES["ready"])
+    reloaded = client.post("/admin/reload", json={}, headers={"X-API-Key": ADMIN_KEY})
+    assert reloaded.status_code == 200, reloaded.text
+    assert set(reloaded.json()) == set(RELOAD_RESPONSE_EXAMPLES["moved"]["value"])
+
+
+def test_live_refusals_match_the_documented_examples(client: TestClient) -> None:
+    """For each refusal the tests can provoke here, the service answers the `error` code (and
+    the fields) of the status' documented example."""
+    from inference_pipeline.service.api_reference import PREDICTION_REFUSALS, RELOAD_REFUSALS
+
+    admin = {"X-API-Key": ADMIN_KEY}
+    flight = {"flights": [UA_1545]}
+    live = {
+        ("/v1/predictions", 401): client.post("/v1/predictions", json=flight),
+        ("/v1/predictions", 403): client.post(
+            "/v1/predictions", json=flight, headers={"X-API-Key": "wrong"}
+        ),
+        ("/v1/predictions", 413): client.post(
+            "/v1/predictions",
+            content=b" " * 2_000_000,
+            headers=KEY | {"Content-Type": "application/json"},
+        ),
+        ("/v1/predictions", 415): client.post("/v1/predictions", content=b"flights=1", headers=KEY),
+        ("/v1/predictions", 422): client.post(
+            "/v1/predictions",
+            json={"flights": [{**UA_1545, "sched_dep_time": 875}]},
+            headers=KEY,
+        ),
+        ("/admin/reload", 401): client.post("/admin/reload", json={}),
+        ("/admin/reload", 403): client.post("/admin/reload", json={}, headers=KEY),
+        ("/admin/reload", 404): client.post(
+            "/admin/reload", json={"alias": "nosuch"}, headers=admin
+        ),
+        ("/admin/reload", 415): client.post("/admin/reload", content=b"alias=x", headers=admin),
+        ("/admin/reload", 422): client.post(
+            "/admin/reload", json={"alias": "no/such"}, headers=admin
+        ),
+    }
+    for (path, status), response in live.items():
+        assert response.status_code == status, (path, response.text)
+        refusals = PREDICTION_REFUSALS if path == "/v1/predictions" else RELOAD_REFUSALS
+        examples = [body for _, body in refusals[status][1].values()]
+        body = response.json()
+        assert body["error"] in {e["error"] for e in examples}, (path, status, body)
+        assert body["request_id"] == response.headers["X-Request-ID"]
+        same_code = next(e for e in examples if e["error"] == body["error"])
+        assert set(body) - {"dependency"} == set(same_code) - {"dependency"}, (path, status)
+        assert body.get("dependency") == same_code.get("dependency"), (path, status)
+
+
 def test_readiness_names_every_dependency(client: TestClient) -> None:
     body = client.get("/readyz").json()
     assert body["ready"] is True
