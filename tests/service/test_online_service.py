@@ -381,6 +381,35 @@ def test_the_fast_path_and_the_fastapi_route_answer_alike(client: TestClient) ->
         assert f'fti_http_requests_total{{route="/v1/predictions",status="{status}"}}' in text
 
 
+def test_an_unexpected_failure_answers_alike_on_both_paths(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug while scoring: a 500 `ErrorBody` with the request id, whether the fast path or
+    FastAPI's route answers (the route's was Starlette's plain-text 500)."""
+    service = client.app
+    assert isinstance(service, PredictionService) and service.runtime is not None
+
+    async def fails(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(service.runtime.traffic, "answer", fails)
+    # Starlette re-raises after its error handler answered (for the server's log); the test
+    # client would raise it here instead of returning the answer a real client gets.
+    monkeypatch.setattr(client._transport, "raise_server_exceptions", False)
+    body = json.dumps({"flights": [UA_1545]}).encode()
+    answers = {}
+    try:
+        for fast in (True, False):
+            service.fast_predictions = fast
+            answers[fast] = _exchange(client, body, KEY | JSON | {"X-Request-ID": "bug-1"})
+    finally:
+        service.fast_predictions = True
+    assert answers[True] == answers[False]
+    status, error, headers = answers[True]
+    assert status == 500 and headers["x-request-id"] == "bug-1"  # type: ignore[index]
+    assert error["error"] == "internal_error" and error["request_id"] == "bug-1"  # type: ignore[index]
+
+
 def test_reload_needs_the_admin_key_and_serves_the_alias(
     client: TestClient, registered_model: RegisteredModel
 ) -> None:
