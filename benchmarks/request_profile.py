@@ -120,6 +120,7 @@ def _per_stage(
 
 
 async def measure(root: Path, requests: int, profile_out: Path | None) -> dict[str, Any]:
+    from inference_pipeline.service.app import _freeze_startup_objects as freeze_startup_objects
     from inference_pipeline.service.metrics import ServiceMetrics
     from inference_pipeline.service.prediction_requests import answer_predictions
     from inference_pipeline.service.runtime import ServiceRuntime
@@ -127,6 +128,7 @@ async def measure(root: Path, requests: int, profile_out: Path | None) -> dict[s
 
     runtime = ServiceRuntime(InferenceSettings(data_root=root), ServiceMetrics())
     await runtime.start()
+    freeze_startup_objects()  # as the app's lifespan does
     try:
         lead = runtime.models.champion.lead_minutes
         flights = real_flights(root)

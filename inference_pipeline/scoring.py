@@ -207,6 +207,10 @@ class AsyncTritonClient:
         self.url = grpc_url or http_url
         self.timeout_s = timeout_s
         self._module: Any = grpcaio if grpc_url else httpaio  # its tensor classes
+        # aiohttp asks for gzip or deflate by default, and Triton then compresses every answer
+        # that tritonclient inflates again: CPU on both sides for bytes that cross loopback or
+        # a cluster network, found in benchmarks/request_profile.py's profile.
+        self._headers = None if grpc_url else {"Accept-Encoding": "identity"}
         if grpc_url:
             self._client: Any = grpcaio.InferenceServerClient(
                 grpc_url, channel_args=_GRPC_CHANNEL_ARGS
@@ -220,7 +224,10 @@ class AsyncTritonClient:
         what = f"inference on {model} v{version}"
         inputs, outputs = triton_inputs(self._module, matrices)
         result = await self._call(
-            self._client.infer(model, inputs, model_version=version, outputs=outputs), what
+            self._client.infer(
+                model, inputs, model_version=version, outputs=outputs, headers=self._headers
+            ),
+            what,
         )
         return np.asarray(result.as_numpy(PROBABILITY_OUTPUT), dtype=np.float32).reshape(-1)
 
