@@ -75,7 +75,12 @@ class PredictionService(FastAPI):
     (`prediction_requests.answer_predictions`), the same error bodies
     (`errors.error_answer`), request id and metrics. Everything else (docs, health, metrics,
     admin) goes through FastAPI, and so does a prediction whenever the fast path is off
-    (``fast_predictions``)."""
+    (``FTI_FAST_PREDICTIONS=false``).
+
+    Middleware added to the app (``add_middleware``, ``@app.middleware``) beyond the service's
+    own `RequestContext`, whose work the fast path does itself, would be skipped by the fast
+    path: when the middleware stack is built (at startup, before the first request), such a
+    middleware turns the fast path off, with a warning naming it."""
 
     def __init__(
         self,
@@ -93,11 +98,25 @@ class PredictionService(FastAPI):
         self._latency = metrics.request_seconds.labels(PREDICTIONS_PATH)
         self._answered: dict[int, Any] = {}  # status -> its request counter
 
+    def build_middleware_stack(self) -> ASGIApp:
+        foreign = [m.cls for m in self.user_middleware if m.cls is not RequestContext]
+        if foreign and self.fast_predictions:
+            names = ", ".join(getattr(c, "__name__", repr(c)) for c in foreign)
+            log.warning(
+                "middleware %s added to the app: POST %s is answered through FastAPI's route "
+                "so that it runs (prediction fast path off)",
+                names,
+                PREDICTIONS_PATH,
+            )
+            self.fast_predictions = False
+        return super().build_middleware_stack()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime = self.runtime
         if (
             runtime is not None
             and self.fast_predictions
+            and self.middleware_stack is not None  # built: foreign middleware checked
             and scope["type"] == "http"
             and scope["path"] == PREDICTIONS_PATH
             and scope["method"] == "POST"
@@ -260,6 +279,7 @@ def create_app(settings: InferenceSettings) -> PredictionService:
         swagger_ui_oauth2_redirect_url=None,
     )
     service.state.metrics = metrics
+    service.fast_predictions = settings.fast_predictions
     service.include_router(predictions)
     service.include_router(health)
     service.include_router(admin)
