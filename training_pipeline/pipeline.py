@@ -193,6 +193,8 @@ def run_training(
     (:func:`raise_if_refused` for callers that want an error).
     """
     view = view.with_lead(config.lead_minutes)  # every row as of departure - lead
+    if not config.fresh_features:
+        view = view.without_fresh()
     with distributed_context(settings.device) as ctx:
         started = time.perf_counter()
         store = open_feature_store(settings.store_settings())
