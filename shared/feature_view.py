@@ -112,9 +112,7 @@ class FeatureView:
     def without_fresh(self) -> FeatureView:
         """This view without its fresh window features (as versions registered before them)."""
         fresh = set(self.fresh_columns)
-        return replace(
-            self, fresh=None, numeric=tuple(n for n in self.numeric if n not in fresh)
-        )
+        return replace(self, fresh=None, numeric=tuple(n for n in self.numeric if n not in fresh))
 
     @property
     def joined_columns(self) -> list[str]:

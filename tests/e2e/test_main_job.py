@@ -26,6 +26,9 @@ def main_job(tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedPr
         "FTI_MAIN_EPOCHS": "1",  # the flow, not the model, is under test
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         "PYTHONPATH": str(ROOT),
+        # one thread per process on a shared machine (docs/training.md: the default threads
+        # were ten times slower under load)
+        "OMP_NUM_THREADS": "1",
     }
     return subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "fti_flow.py")],
