@@ -19,7 +19,7 @@ from shared.settings import FeatureStoreSettings, PredictionTimeSettings
 
 
 class TritonProtocol(StrEnum):
-    http = "http"  # the lean asyncio client (inference_pipeline.triton_http): least cost per call
+    http = "http"  # tritonclient.http.aio, binary tensors
     grpc = "grpc"  # tritonclient.grpc.aio, for deployments that route only gRPC to Triton
 
 
@@ -116,6 +116,11 @@ class InferenceSettings(FeatureStoreSettings, RegistrySettings, PredictionTimeSe
         gt=0,
         description="a request body not fully received this long after it began is answered "
         "408 and its connection closed",
+    )
+    fast_predictions: bool = Field(
+        default=True,
+        description="answer POST /v1/predictions in front of FastAPI's routing and middleware "
+        "(less Python per request: see benchmarks/online_load.py); false: FastAPI's route",
     )
     failure_log_interval_s: float = Field(
         default=10.0,

@@ -43,7 +43,7 @@ from shared.command_line import default_text
 from shared.promotion import ShadowRuleSettings
 from shared.registry import RegistrySettings
 from shared.settings import CommonSettings, FeatureStoreSettings, PredictionTimeSettings
-from training_pipeline.config import TrainingSettings
+from training_pipeline.config import TrainingSettings, TuningSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 PLACEHOLDER = re.compile(r"(?<!`)(<[A-Za-z_][^<>`]*>[\w/.*-]*)")
@@ -104,6 +104,11 @@ SECTIONS = (
         "`python -m training_pipeline` (plus the feature store's and the registry's); the "
         "training itself (windows, model, optimiser, gates) is the config file of `--config`, "
         "see docs/training.md",
+    ),
+    Section(
+        "Hyperparameter search",
+        TuningSettings,
+        "`python -m training_pipeline tune` (plus the training pipeline's); see docs/training.md",
     ),
     Section(
         "Online service, batch job and Triton",

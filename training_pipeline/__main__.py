@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -34,12 +35,19 @@ from shared.errors import ConfigurationError, FTIError, GateFailed
 from shared.promotion import Promotion, promote_if_eligible
 from shared.registry import ModelRegistry
 from shared.setting_errors import invalid_settings_line
-from training_pipeline.config import RecentWindows, TrainingConfig, TrainingSettings, Window
+from training_pipeline.config import (
+    RecentWindows,
+    TrainingConfig,
+    TrainingSettings,
+    TuningSettings,
+    Window,
+)
 from training_pipeline.model_versions import METRICS, VersionRow, version_rows
 
 if TYPE_CHECKING:  # torch & co. load only when a command trains, so promote/rollback are quick
     from training_pipeline.loop import EpochRecord
     from training_pipeline.pipeline import TrainingOutcome
+    from training_pipeline.tuning import StudyOutcome
 
 app = CommandLine(
     help="Training pipeline: feature view -> model -> validation -> registry.",
@@ -79,6 +87,11 @@ OPTION_KEYS = {
     "windows.test": "--test",
     "windows": "--train/--validation/--test",
 }
+
+
+class TuneTarget(StrEnum):  # training_pipeline.tuning.SearchTarget, without importing Optuna
+    network = "network"
+    baseline = "baseline"
 
 
 # --lead-minutes, else FTI_LEAD_MINUTES (read by the option), else the config's lead_minutes.
@@ -284,6 +297,94 @@ def _train_and_report(
 
 def _jsonable(value: Any) -> Any:
     return str(value)
+
+
+@app.command()
+def tune(
+    trials: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="finished (complete or pruned) trials the study should hold, over all its "
+            "workers; this worker stops when it does",
+        ),
+    ],
+    timeout: Annotated[
+        float | None,
+        typer.Option(min=1, help="seconds after which this worker starts no new trial"),
+    ] = None,
+    storage: Annotated[
+        str | None, setting_option(TuningSettings, "tuning_storage", "--storage")
+    ] = None,
+    study: Annotated[str | None, setting_option(TuningSettings, "tuning_study", "--study")] = None,
+    model: Annotated[
+        TuneTarget,
+        typer.Option(
+            "--model",
+            help="what to search: the network (width, depth, dropout, embedding size, learning "
+            "rate, weight decay, batch size) or the boosted-trees baseline",
+        ),
+    ] = TuneTarget.network,
+    config_file: Annotated[
+        Path | None,
+        typer.Option("--config", help="base TOML or JSON training config the search varies"),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="maximum epochs of each trial")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            help="where to write the best configuration (a `train --config` file); default "
+            "<data_root>/tuning/<study>.json"
+        ),
+    ] = None,
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
+) -> None:
+    """Hyperparameter search with Optuna, every trial a nested MLflow run; writes the best
+    configuration as a training config file for `train --config`.
+
+    Trials train on the training window and are scored by their validation ROC AUC; the test
+    window is never read. Start several workers with the same --storage and --study to search
+    in parallel. Exit 1 when the study ends without a completed trial.
+    """
+    configure_logging(log_level)
+    with _errors_as_exit():
+        settings = build_settings(
+            TuningSettings,
+            {"tuning_storage": "--storage", "tuning_study": "--study"},
+            data_root=data_root,
+            tuning_storage=storage,
+            tuning_study=study,
+        )
+        base = build_config(config_file, epochs=epochs)
+        from training_pipeline.tuning import SearchTarget, run_study
+
+        outcome = run_study(
+            settings,
+            base,
+            trials=trials,
+            timeout=timeout,
+            target=SearchTarget(model.value),
+            output=output,
+        )
+    Console(stderr=True).print(_study_table(outcome))
+    print(json.dumps(outcome.summary(), default=_jsonable, sort_keys=True))
+
+
+def _study_table(outcome: StudyOutcome) -> Table:
+    table = Table(
+        title=f"study {outcome.study} ({outcome.target.value}), best trial "
+        f"{outcome.best_trial}: validation ROC AUC {outcome.best_value:.4f}",
+        caption=f"best configuration -> {outcome.config_file}; MLflow run "
+        f"{outcome.mlflow_run_id[:8]}",
+    )
+    table.add_column("parameter")
+    table.add_column("best value", justify="right")
+    for name, value in sorted(outcome.best_params.items()):
+        table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value))
+    states = ", ".join(f"{n.lower()} {c}" for n, c in sorted(outcome.states.items()))
+    table.add_row("trials", f"{states}; this worker {outcome.worker_trials}")
+    return table
 
 
 @app.command()

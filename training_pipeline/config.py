@@ -289,3 +289,48 @@ class TrainingSettings(FeatureStoreSettings, RegistrySettings, PredictionTimeSet
         return RegistrySettings.model_validate(
             self.model_dump(include=set(RegistrySettings.model_fields))
         )
+
+
+class TuningSettings(TrainingSettings):
+    """What ``python -m training_pipeline tune`` reads besides the training's settings: where the
+    Optuna study lives and how workers sharing it notice a dead one."""
+
+    tuning_storage: str | None = Field(
+        default=None,
+        description="Optuna storage shared by every worker of a study: sqlite:///<file> on one "
+        "machine, postgresql://... across machines; default sqlite:///<data_root>/optuna.db",
+    )
+    tuning_study: str = Field(
+        default="flight_delay", description="Optuna study name (workers of one study share it)"
+    )
+    tuning_heartbeat_s: int = Field(
+        default=30,
+        ge=1,
+        description="seconds between a running trial's heartbeats in the storage",
+    )
+    tuning_grace_s: int = Field(
+        default=120,
+        ge=2,
+        description="a running trial without a heartbeat for this long belongs to a dead worker: "
+        "the next worker to start a trial marks it failed (and re-runs its parameters "
+        "FTI_TUNING_TRIAL_RETRIES times)",
+    )
+    tuning_trial_retries: int = Field(
+        default=1,
+        ge=0,
+        description="times a dead worker's trial is re-run with the same parameters",
+    )
+
+    @model_validator(mode="after")
+    def _grace_after_heartbeat(self) -> TuningSettings:
+        if self.tuning_grace_s <= self.tuning_heartbeat_s:
+            raise ConfigurationError(
+                f"FTI_TUNING_GRACE_S={self.tuning_grace_s} must be more than "
+                f"FTI_TUNING_HEARTBEAT_S={self.tuning_heartbeat_s}: a live trial beats once per "
+                "heartbeat and must not be taken for a dead one"
+            )
+        return self
+
+    @property
+    def storage_url(self) -> str:
+        return self.tuning_storage or f"sqlite:///{self.data_root.resolve()}/optuna.db"

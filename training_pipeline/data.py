@@ -38,6 +38,7 @@ from training_pipeline.config import MDTConfig, Window, Windows
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
+SEARCH_SPLITS = ("train", "validation")  # what a hyperparameter search reads
 DEFAULT_CHUNK_DAYS = 31
 BLOCK_ROWS = 262_144  # rows turned into matrices at a time
 
@@ -158,6 +159,17 @@ class TrainingData:
         return (self.train, self.validation, self.test)
 
 
+@dataclass(frozen=True)
+class SearchData:
+    """What a hyperparameter search trains and scores on: no test split at all."""
+
+    train: Split
+    validation: Split
+    mdt: MDTState
+    lineage: Lineage
+    seconds: dict[str, float] = field(default_factory=dict, compare=False)
+
+
 class FrameDigest:
     """A content hash of the training data: same columns, rows and values in the same order ->
     same hash, however the rows arrive in chunks.
@@ -255,15 +267,18 @@ def _join_and_spill(
     spill: SpillFolder,
     digest: FrameDigest,
     chunk_days: int,
+    names: tuple[str, ...] = SPLITS,
 ) -> _Spilled:
     """Pass 1: the feature view a chunk at a time; each chunk's split rows to Parquet."""
-    out = _Spilled(files={n: [] for n in SPLITS}, rows=dict.fromkeys(SPLITS, 0))
-    chunks = list(date_chunks(windows.train.start, windows.test.end, chunk_days))
+    out = _Spilled(files={n: [] for n in names}, rows=dict.fromkeys(names, 0))
+    # Read up to the end of the last split asked for: a search never reads the test window.
+    last: Window = getattr(windows, names[-1])
+    chunks = list(date_chunks(windows.train.start, last.end, chunk_days))
     for i, (start, end) in enumerate(chunks):
         labeled = build_training_frame(store, view, start, end, versions=pinned)
         out.rows_read += labeled.rows_read
         out.unlabeled += labeled.unlabeled
-        for name in SPLITS:  # splits run forward in time, so this order is the frame's order
+        for name in names:  # splits run forward in time, so this order is the frame's order
             part = split_by_window(labeled.frame, getattr(windows, name))
             if part.is_empty():
                 continue
@@ -304,18 +319,57 @@ def load_training_data(
     spill_parent: Path | None = None,
 ) -> TrainingData:
     """The run's splits, MDT and lineage; ``chunk_days`` bounds memory, not the result."""
+    built = _build_splits(
+        store, view, windows, mdt_config, SPLITS, versions, chunk_days, spill_parent
+    )
+    return TrainingData(**built.splits, mdt=built.mdt, lineage=built.lineage, seconds=built.seconds)
+
+
+def load_search_data(
+    store: FeatureStore,
+    view: FeatureView,
+    windows: Windows,
+    mdt_config: MDTConfig,
+    *,
+    chunk_days: int = DEFAULT_CHUNK_DAYS,
+) -> SearchData:
+    """The training and validation splits only, for a hyperparameter search: the feature store
+    is never read for the test window, so no trial can be chosen by it."""
+    built = _build_splits(store, view, windows, mdt_config, SEARCH_SPLITS, None, chunk_days, None)
+    return SearchData(**built.splits, mdt=built.mdt, lineage=built.lineage, seconds=built.seconds)
+
+
+@dataclass(frozen=True)
+class _Built:
+    splits: dict[str, Split]
+    mdt: MDTState
+    lineage: Lineage
+    seconds: dict[str, float]
+
+
+def _build_splits(
+    store: FeatureStore,
+    view: FeatureView,
+    windows: Windows,
+    mdt_config: MDTConfig,
+    names: tuple[str, ...],
+    versions: dict[str, int] | None,
+    chunk_days: int,
+    spill_parent: Path | None,
+) -> _Built:
+    """The splits ``names`` (from train on, in time order), the MDT fitted on train, lineage."""
     started = time.perf_counter()
     pinned = dict(versions) if versions is not None else pinned_versions(store, view)
     spill = SpillFolder(spill_parent)
     digest = FrameDigest()
-    spilled = _join_and_spill(store, view, windows, pinned, spill, digest, chunk_days)
+    spilled = _join_and_spill(store, view, windows, pinned, spill, digest, chunk_days, names)
     log.info(
         "read %d flights, %d cancelled (no label) left out, table versions %s",
         spilled.rows_read,
         spilled.unlabeled,
         pinned,
     )
-    empty = [name for name in SPLITS if not spilled.rows[name]]
+    empty = [name for name in names if not spilled.rows[name]]
     if empty:
         named = ", ".join(f"{name} {getattr(windows, name)}" for name in empty)
         raise ConfigurationError(
@@ -337,7 +391,7 @@ def load_training_data(
     seconds["mdt_fit"] = time.perf_counter() - started
     started = time.perf_counter()
     splits = {}
-    for name in SPLITS:
+    for name in names:
         features, labels = _matrices(spilled.files[name], spilled.rows[name], mdt, view.label)
         splits[name] = Split(
             name=name,
@@ -362,6 +416,6 @@ def load_training_data(
         cancelled=spilled.unlabeled,
         rows=dict(spilled.rows),
         data_sha256=digest.hexdigest(),
-        windows={name: str(getattr(windows, name)) for name in SPLITS},
+        windows={name: str(getattr(windows, name)) for name in names},
     )
-    return TrainingData(**splits, mdt=mdt, lineage=lineage, seconds=seconds)
+    return _Built(splits, mdt, lineage, seconds)
