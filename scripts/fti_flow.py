@@ -286,6 +286,8 @@ def main() -> None:
     )
     run(["training_pipeline", "train", "--epochs", epochs])
     serve_and_predict()
+    step("prediction log: the log writer commits what the service appended to its spool")
+    run(["inference_pipeline", "log-writer", "--drain", "--log-level", "WARNING"])
     step(f"feature pipeline: the nightly run of {REPLAY_DAY} (its flights and outcomes)")
     run(["feature_pipeline", "run", "--date", REPLAY_DAY], FEATURE_OK)
     step("batch scoring: every departure of 2013-12-31, as of departure - the model's lead")
