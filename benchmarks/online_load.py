@@ -358,7 +358,7 @@ def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
 
 # What a GIL-holding stack is doing, by the first of these found in it (innermost first).
 _GIL_WORK = (
-    ("prediction log", ("prediction_writer", "prediction_log", "deltalake")),
+    ("prediction log", ("prediction_handoff", "prediction_sink", "prediction_log", "deltalake")),
     ("request: Triton call", ("tritonclient", "aiohttp", "infer (")),
     ("request: store read", ("get_online_rows", "online_sqlite", "online_redis")),
     ("request: features, MDT", ("online_inputs", "feature_view", "transforms")),

@@ -162,6 +162,8 @@ def main() -> None:
     )
     run(["training_pipeline", "train", "--epochs", epochs])
     serve_and_predict()
+    step("prediction log: the log writer commits what the service appended to its spool")
+    run(["inference_pipeline", "log-writer", "--drain", "--log-level", "WARNING"])
     step("batch scoring: every departure of 2013-12-31, as of departure - the model's lead")
     run(["inference_pipeline.batch", "--date", "2013-12-31"])
     step("done: features, model, online predictions and batch scores are in ./data")

@@ -25,8 +25,10 @@ from shared.settings import FeatureStoreSettings
 from tests.service.conftest import (
     ADMIN_KEY,
     API_KEY,
+    MODEL_NAME,
     RegisteredModel,
     SharedTriton,
+    drain_prediction_log,
     inference_settings,
 )
 
@@ -620,6 +622,7 @@ def test_every_prediction_is_logged_for_monitoring(
         deadline = time.monotonic() + 10
         rows = pl.DataFrame()
         while time.monotonic() < deadline:
+            drain_prediction_log(registered_model.root)  # as the log writer process does
             if store.table_version(PREDICTIONS) is not None:
                 rows = store.read(PREDICTIONS).filter(pl.col("request_id") == "log-me")
                 if rows.height:
@@ -797,3 +800,59 @@ def test_model_downloads_are_removed_when_no_longer_served(
             assert again.status_code == 200
             assert len([p for p in own.iterdir() if p.is_dir()]) == 1
         assert list(artifacts.iterdir()) == []
+
+
+def test_the_log_writer_builds_the_rows_the_service_would_have_from_real_inputs(
+    registered_model: RegisteredModel, tmp_path: Path
+) -> None:
+    """The real model's online inputs (stored features as the store returns them, on-demand
+    features as numpy arrays), in two requests of one coalesced batch: the rows the log writer
+    decodes from the appended record equal the rows built from the service's own objects, so
+    the predictions table (and what the monitor reads) is unchanged."""
+    from datetime import date
+
+    from inference_pipeline.model_artifact import load_serving_model
+    from inference_pipeline.prediction_sink.records import (
+        decode_batches,
+        encode_batch,
+        prediction_rows,
+    )
+    from inference_pipeline.scoring import online_inputs
+    from shared.prediction_log import ONLINE_SOURCE, LoggedPredictions
+    from shared.registry import ModelRegistry, RegistrySettings
+
+    registry = ModelRegistry(
+        RegistrySettings(data_root=registered_model.root, model_name=MODEL_NAME)
+    )
+    model = load_serving_model(registry, "champion", tmp_path / "artifact")
+    as_of = int(datetime(2013, 3, 10, 12, 30, tzinfo=UTC).timestamp() * 1_000_000)
+    flights = [
+        {**UA_1545, "flight_date": date(2013, 3, 10), "sched_dep_time": t, "prediction_time": as_of}
+        for t in (600, 1200, 1830)
+    ]
+    flights[2]["tailnum"] = "N-UNKNOWN"  # a plane the store does not know: missing features
+    store = open_feature_store(FeatureStoreSettings(data_root=registered_model.root))
+    try:
+        inputs = online_inputs(store, model, flights)
+    finally:
+        store.close()
+    entries = [
+        LoggedPredictions(
+            flight_ids=part.flight_ids,
+            columns=part.features.columns,
+            window=part.features.window,
+            features=model.input_features,
+            probabilities=[0.25] * len(part.flight_ids),
+            missing=[r.missing_features for r in part.reports],
+            model_version=model.version,
+            request_id=f"real-{i}",
+            scored_at=datetime(2026, 12, 5, tzinfo=UTC),
+            source=ONLINE_SOURCE,
+            latency_ms=2.0,
+        )
+        for i, part in enumerate(inputs.split([1, 2]))
+    ]
+    logged = prediction_rows(decode_batches(encode_batch(entries, "real")))
+    assert logged.height == 3
+    assert logged.equals(prediction_rows(entries))
+    assert '"route_delay_rate_7d"' in logged["features"][0]
