@@ -1,7 +1,8 @@
 """A real hyperparameter search on the full 2013 year, and what it buys on the test window.
 
     python benchmarks/tuning.py                                   # 16 trials, 35 min at most
-    python benchmarks/tuning.py --trials 20 --timeout 2400 --trial-epochs 4 --data-root /tmp/year
+    python benchmarks/tuning.py --trials 20 --timeout 2400 --trial-epochs 12 --name tuning_12 \
+        --data-root /tmp/year
 
 As an operator runs it, each step its own process through the CLIs, on one full-year data root
 (built here with the feature pipeline's backfill unless ``--data-root`` holds one):
@@ -11,7 +12,8 @@ As an operator runs it, each step its own process through the CLIs, on one full-
    window (Nov-Dec) is not read.
 2. ``python -m training_pipeline train --promote never`` with the default config, and
    ``train --config <tuned file> --promote never`` with the study's best: both with the same
-   epoch budget (``--epochs``, default the config's 12), judged on the same test window.
+   epoch budget (``--epochs``, default each file's: 12 for the default, the trials' own for the
+   tuned file, which is exactly the best trial's config), judged on the same test window.
 
 Prints a table (trials by state, wall time, best validation ROC AUC, test ROC AUC of both, with
 the load average) and writes ``benchmarks/results/tuning.json``. One study is one sample of a
@@ -85,6 +87,7 @@ def main() -> None:
     parser.add_argument(
         "--data-root", type=Path, default=None, help="a full-year backfill (built when empty)"
     )
+    parser.add_argument("--name", default=NAME, help="benchmarks/results/<name>.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fti-tuning-") as tmp:
         root = args.data_root or Path(tmp) / "data"
@@ -150,7 +153,7 @@ def main() -> None:
         ],
     )
     print(f"best trial {study['best']['trial']}: val ROC AUC {study['best']['val_roc_auc']:.4f}")
-    path = write_results(NAME, result)
+    path = write_results(args.name, result)
     print(f"wrote {path}")
 
 

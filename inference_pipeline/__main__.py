@@ -1,5 +1,6 @@
-"""``python -m inference_pipeline``: the online service (``serve``), the batch job (``batch``),
-monitoring (``monitor``) and a standalone Triton (``triton``).
+"""``python -m inference_pipeline``: the online service (``serve``), the prediction log's writer
+(``log-writer``), the batch job (``batch``), monitoring (``monitor``) and a standalone Triton
+(``triton``).
 
 Settings come from the environment (``FTI_*``, see :mod:`inference_pipeline.settings`) and these
 flags; they are built here, once.
@@ -7,6 +8,9 @@ flags; they are built here, once.
 
 from __future__ import annotations
 
+import json
+import signal
+import threading
 from typing import Annotated
 
 import typer
@@ -30,7 +34,8 @@ _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 app = CommandLine(
     no_args_is_help=True,
-    help="Inference: the online service, the nightly batch job, monitoring, a standalone Triton.",
+    help="Inference: the online service, its prediction log writer, the nightly batch job, "
+    "monitoring, a standalone Triton.",
 )
 app.command("batch")(batch_job.batch)
 app.add_typer(monitor_app, name="monitor")
@@ -153,6 +158,42 @@ def _worker_logging(level: str) -> dict[str, object]:
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
         "root": {"level": level, "handlers": ["stderr"]},
     }
+
+
+@app.command("log-writer")
+def log_writer(
+    drain: Annotated[
+        bool,
+        typer.Option("--drain", help="commit what the sink holds now (bounded commits), then exit"),
+    ] = False,
+    data_root: DataRootOption = None,
+    log_level: LogLevelOption = LogLevel.info,
+) -> None:
+    """Write the prediction log's sink (FTI_PREDICTION_LOG_SINK) into the predictions table:
+    bounded commits, acknowledged after they land, compaction. Runs until SIGTERM/SIGINT,
+    then commits what waits."""
+    from inference_pipeline.log_writer import LogWriter
+    from inference_pipeline.prediction_sink.configured import open_source
+    from shared.feature_store import open_feature_store
+
+    configure_logging(log_level, _LOG_FORMAT)
+    settings = build_settings(InferenceSettings, data_root=data_root, allow_unauthenticated=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        store = open_feature_store(settings.store_settings())
+        source = open_source(settings)
+    except FTIError as exc:
+        fail(f"log writer cannot start: {exc}")
+    try:
+        summary = LogWriter(store, source, settings).run(stop, drain=drain)
+    finally:
+        source.close()
+        store.close()
+    typer.echo(json.dumps(summary.as_dict()))
+    if summary.error:
+        fail(f"prediction log writer: {summary.error}")
 
 
 @app.command()

@@ -15,15 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import numpy as np
 import polars as pl
 import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
+import tritonclient.http.aio as httpaio
 from tritonclient.utils import InferenceServerException
 
 from inference_pipeline.model_artifact import ServingModel
-from inference_pipeline.triton_http import TritonHttpClient, TritonHttpError
 from shared.errors import ModelServerUnavailable
 from shared.feature_store import FeatureStore
 from shared.feature_view import OnlineFeatures, online_feature_columns
@@ -156,12 +157,10 @@ def input_reports(
 
 
 def _input_groups(model: ServingModel) -> list[tuple[str, list[str]]]:
-    """Each joined group with the model inputs it provides."""
+    """Each group the view reads (joined, or the fresh features' events) with the model inputs
+    it provides."""
     inputs = set(model.mdt.input_features)
-    return [
-        (join.group.name, [c for f in join.feature_list() if (c := join.prefix + f) in inputs])
-        for join in model.view.joins
-    ]
+    return [(name, [c for c in cols if c in inputs]) for name, cols in model.view.input_groups()]
 
 
 def transform(frame: pl.DataFrame, mdt: MDTState) -> FeatureMatrices:
@@ -193,44 +192,45 @@ _GRPC_CHANNEL_ARGS = [
 
 class AsyncTritonClient:
     """The service's one Triton client, with a deadline on every call and every failure turned
-    into `ModelServerUnavailable`.
+    into `ModelServerUnavailable`: ``tritonclient.http.aio`` (binary tensors), or with Triton's
+    gRPC address given explicitly (``FTI_TRITON_PROTOCOL=grpc``) ``tritonclient.grpc.aio``, for
+    deployments that route only gRPC to Triton.
 
-    Inference goes over HTTP with the lean `TritonHttpClient` (pooled keep-alive connections
-    on the event loop, binary tensors): per call it costs about a third of the Python work of
-    ``tritonclient``'s aio clients, which was most of a one-flight request. With Triton's gRPC
-    address given explicitly (``FTI_TRITON_GRPC_URL``), over gRPC (``tritonclient.grpc.aio``)
-    instead, for deployments that route only gRPC to Triton."""
+    (A hand-written asyncio client of the HTTP protocol served here until
+    `benchmarks/online_load.py` measured it beside ``tritonclient.http.aio`` in the same runs:
+    5-15% less service CPU per one-flight request at 16 connections, short of the 25% that
+    keeps a hand-written part, invariant 9; so it was deleted.)"""
 
     def __init__(self, http_url: str, timeout_s: float, grpc_url: str | None = None) -> None:
         self.url = grpc_url or http_url
         self.timeout_s = timeout_s
-        self._grpc: Any = None
-        self._http: TritonHttpClient | None = None
+        self._module: Any = grpcaio if grpc_url else httpaio  # its tensor classes
+        # aiohttp asks for gzip or deflate by default, and Triton then compresses every answer
+        # that tritonclient inflates again: CPU on both sides for bytes that cross loopback or
+        # a cluster network, found in benchmarks/request_profile.py's profile.
+        self._headers = None if grpc_url else {"Accept-Encoding": "identity"}
         if grpc_url:
-            self._grpc = grpcaio.InferenceServerClient(grpc_url, channel_args=_GRPC_CHANNEL_ARGS)
+            self._client: Any = grpcaio.InferenceServerClient(
+                grpc_url, channel_args=_GRPC_CHANNEL_ARGS
+            )
         else:
-            self._http = TritonHttpClient(http_url, connect_timeout_s=timeout_s)
+            self._client = httpaio.InferenceServerClient(http_url, conn_timeout=timeout_s)
 
     async def infer(self, model: str, version: str, matrices: FeatureMatrices) -> np.ndarray:
         """Probabilities for ``matrices`` (the service batches concurrent requests before
-        they get here: see `ServiceRuntime.score`)."""
+        they get here: see `ScoringPipeline`)."""
         what = f"inference on {model} v{version}"
-        if self._http is not None:
-            tensors = [(NUMERIC_INPUT, matrices.numeric), (CATEGORICAL_INPUT, matrices.categorical)]
-            call = self._http.infer(model, version, tensors, PROBABILITY_OUTPUT)
-            return np.asarray(await self._call(call, what), dtype=np.float32).reshape(-1)
-        inputs, outputs = triton_inputs(grpcaio, matrices)
+        inputs, outputs = triton_inputs(self._module, matrices)
         result = await self._call(
-            self._grpc.infer(model, inputs, model_version=version, outputs=outputs), what
+            self._client.infer(
+                model, inputs, model_version=version, outputs=outputs, headers=self._headers
+            ),
+            what,
         )
         return np.asarray(result.as_numpy(PROBABILITY_OUTPUT), dtype=np.float32).reshape(-1)
 
     async def model_ready(self, model: str, version: str) -> bool:
-        if self._http is not None:
-            call = self._http.model_ready(model, version)
-        else:
-            call = self._grpc.is_model_ready(model, version)
-        ready = await self._call(call, "model readiness")
+        ready = await self._call(self._client.is_model_ready(model, version), "model readiness")
         return bool(ready)
 
     async def _call(self, call: Any, what: str) -> Any:
@@ -242,9 +242,9 @@ class AsyncTritonClient:
                 f"Triton at {self.url}: {what} took longer than {self.timeout_s:g} s"
             ) from exc
         except (
-            TritonHttpError,
             InferenceServerException,
             grpc.RpcError,
+            aiohttp.ClientError,
             OSError,
             asyncio.IncompleteReadError,
             asyncio.LimitOverrunError,
@@ -253,7 +253,7 @@ class AsyncTritonClient:
             raise ModelServerUnavailable(f"Triton at {self.url}: {what} failed: {message}") from exc
 
     async def close(self) -> None:
-        await (self._http if self._http is not None else self._grpc).close()
+        await self._client.close()
 
 
 def score_with_triton(

@@ -19,13 +19,18 @@ from shared.settings import FeatureStoreSettings, PredictionTimeSettings
 
 
 class TritonProtocol(StrEnum):
-    http = "http"  # the lean asyncio client (inference_pipeline.triton_http): least cost per call
+    http = "http"  # tritonclient.http.aio, binary tensors
     grpc = "grpc"  # tritonclient.grpc.aio, for deployments that route only gRPC to Triton
 
 
 class TritonMode(StrEnum):
     managed = "managed"  # start the nvidia-pytriton wheel's tritonserver as a subprocess
     external = "external"  # use a running server at FTI_TRITON_URL (the official container)
+
+
+class PredictionLogSink(StrEnum):
+    spool = "spool"  # local append-only segment files, one writer per folder
+    redis = "redis"  # a Redis stream (the streaming feature pipeline's broker)
 
 
 class TritonFlavour(StrEnum):
@@ -117,6 +122,11 @@ class InferenceSettings(FeatureStoreSettings, RegistrySettings, PredictionTimeSe
         description="a request body not fully received this long after it began is answered "
         "408 and its connection closed",
     )
+    fast_predictions: bool = Field(
+        default=True,
+        description="answer POST /v1/predictions in front of FastAPI's routing and middleware "
+        "(less Python per request: see benchmarks/online_load.py); false: FastAPI's route",
+    )
     failure_log_interval_s: float = Field(
         default=10.0,
         gt=0,
@@ -127,11 +137,55 @@ class InferenceSettings(FeatureStoreSettings, RegistrySettings, PredictionTimeSe
         default=5.0, gt=0, description="deadline of a registry call (alias polls, readiness)"
     )
     prediction_log: bool = Field(default=True, description="log predictions for monitoring")
-    prediction_log_flush_rows: int = Field(
-        default=2000, ge=1, description="the prediction log is appended when this many rows wait"
+
+    # Prediction log: the service appends each answered batch to a sink; the log writer
+    # (`python -m inference_pipeline log-writer`) commits it to the predictions table.
+    prediction_log_sink: PredictionLogSink = Field(
+        default=PredictionLogSink.spool,
+        description="spool: an append-only file per service worker under "
+        "FTI_PREDICTION_LOG_SPOOL_DIR (one host, or a volume the writer shares); redis: a "
+        "Redis stream at FTI_REDIS_URL",
     )
-    prediction_log_flush_s: float = Field(
-        default=2.0, gt=0, description="... or when its oldest row waited this long"
+    prediction_log_spool_dir: Path | None = Field(
+        default=None, description="spool folder; default <data_root>/prediction_spool"
+    )
+    prediction_log_segment_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1,
+        description="a spool segment is handed to the writer once it holds this many bytes",
+    )
+    prediction_log_segment_s: float = Field(
+        default=1.0, gt=0, description="... or once its first record is this old"
+    )
+    prediction_log_fsync: bool = Field(
+        default=False,
+        description="fdatasync each spool append before the response: survives a host crash "
+        "(off: survives the service process's death, SIGKILL included)",
+    )
+    prediction_log_stream: str = Field(
+        default="fti:predictions", min_length=1, description="Redis stream of the redis sink"
+    )
+    prediction_log_commit_rows: int = Field(
+        default=50_000, ge=1, description="the log writer commits once this many rows wait"
+    )
+    prediction_log_commit_s: float = Field(
+        default=10.0, gt=0, description="... or once its oldest waiting record is this old"
+    )
+    prediction_log_compact_commits: int = Field(
+        default=60,
+        ge=0,
+        description="the log writer compacts the predictions table (OPTIMIZE) after this many "
+        "of its commits (0: never)",
+    )
+    prediction_log_alive_file: Path | None = Field(
+        default=None,
+        description="the log writer touches this file after every read of the sink (at most "
+        "a second apart while it works): a stale file means a stuck writer (liveness probe)",
+    )
+    prediction_log_vacuum_hours: int | None = Field(
+        default=168,
+        ge=168,
+        description="after compacting, delete files unreferenced this long (unset: no vacuum)",
     )
 
     # Rollouts: a challenger beside the champion, and alias moves followed without a restart
@@ -193,6 +247,10 @@ class InferenceSettings(FeatureStoreSettings, RegistrySettings, PredictionTimeSe
     @property
     def serves_challenger(self) -> bool:
         return self.canary_share > 0 or self.shadow
+
+    @property
+    def prediction_spool_dir(self) -> Path:
+        return self.prediction_log_spool_dir or self.data_root / "prediction_spool"
 
     @property
     def serving_dir(self) -> Path:

@@ -457,7 +457,7 @@ class TritonServer:
         """One shared synchronous HTTP client (connection reuse) for model control and simple
         requests, from one thread (the batch job scores with it). The online service calls
         Triton with its own asyncio client (:class:`inference_pipeline.scoring.AsyncTritonClient`:
-        the lean HTTP client of ``triton_http``, or ``tritonclient.grpc.aio``)."""
+        ``tritonclient.http.aio``, or ``tritonclient.grpc.aio``)."""
         if self._http is None:
             self._http = httpclient.InferenceServerClient(
                 self.endpoints.http,

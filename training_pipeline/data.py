@@ -432,17 +432,25 @@ def _build_splits(
     return _Built(splits, mdt, lineage, seconds)
 
 
+def training_view(view: FeatureView, config: TrainingConfig) -> FeatureView:
+    """The view ``config`` trains: every row as of departure - its lead, with or without the
+    fresh window features (``fresh_features``)."""
+    view = view.with_lead(config.lead_minutes)
+    return view if config.fresh_features else view.without_fresh()
+
+
 def read_training_data(
     settings: TrainingSettings, config: TrainingConfig, view: FeatureView = FLIGHT_DELAY_VIEW
 ) -> TrainingData:
-    """A run's training data as ``train`` reads it: ``view`` as of the scheduled departure minus
-    ``config.lead_minutes``, from the store of ``settings``, built ``training_chunk_days`` at a
-    time. Whatever trains or exports matrices reads them here, so they cannot drift apart."""
+    """A run's training data as ``train`` reads it: :func:`training_view` of ``view`` (as of the
+    scheduled departure minus ``config.lead_minutes``, fresh features as configured), from the
+    store of ``settings``, built ``training_chunk_days`` at a time. Whatever trains or exports
+    matrices reads them here, so they cannot drift apart."""
     store = open_feature_store(settings.store_settings())
     try:
         return load_training_data(
             store,
-            view.with_lead(config.lead_minutes),
+            training_view(view, config),
             config.windows,
             config.mdt,
             chunk_days=settings.training_chunk_days,

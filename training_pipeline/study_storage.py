@@ -30,9 +30,9 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-from shared.errors import ConfigurationError
+from shared.errors import ConfigurationError, FTIError
 
 if TYPE_CHECKING:
     from training_pipeline.config import TuningSettings
@@ -44,6 +44,10 @@ MLFLOW_RUN_ATTR = "mlflow_run_id"  # on the study: its run; on a trial: the tria
 PARENT_RUN_WAIT_S = 120.0  # how long a joining worker waits for the creator to record the run
 
 FailedTrialHook = Callable[[FrozenTrial], None]
+
+
+class StudyStorageUnavailable(FTIError):
+    """The study's storage cannot be reached or opened (after the retries): exit 1."""
 
 
 def masked(url: str) -> str:
@@ -78,14 +82,23 @@ def open_storage(settings: TuningSettings, on_failed_trial: FailedTrialHook) -> 
                     grace_period=settings.tuning_grace_s,
                     heartbeat_stale_trial_callback=failed_trial,
                 )
+        except (ArgumentError, NoSuchModuleError) as exc:  # a URL SQLAlchemy cannot use
+            raise ConfigurationError(
+                f"tuning storage {masked(url)} (FTI_TUNING_STORAGE / --storage): "
+                f"{str(exc).splitlines()[0]}; give an SQLAlchemy URL such as "
+                "sqlite:///optuna.db or postgresql://user@host/db"
+            ) from exc
         except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
-            if attempt == SCHEMA_ATTEMPTS:
-                raise ConfigurationError(
+            first_line = str(exc).splitlines()[0]
+            if attempt == SCHEMA_ATTEMPTS:  # unreachable, or broken: not a bad setting (exit 1)
+                raise StudyStorageUnavailable(
                     f"cannot open the tuning storage {masked(url)} (FTI_TUNING_STORAGE / "
-                    f"--storage): {str(exc).splitlines()[0]}"
+                    f"--storage) after {attempt} attempts: {first_line}"
                 ) from exc
             pause = random.uniform(0.2, 0.5) * 2**attempt  # another worker is creating it
-            log.warning("tuning storage not ready (%s); retry %d in %.1f s", exc, attempt, pause)
+            log.warning(
+                "tuning storage not ready (%s); retry %d in %.1f s", first_line, attempt, pause
+            )
             time.sleep(pause)
         except (ValueError, ImportError) as exc:  # a URL SQLAlchemy cannot use
             raise ConfigurationError(

@@ -45,7 +45,7 @@ from shared.feature_view import FLIGHT_DELAY_VIEW, FeatureView
 from shared.registry import ModelRegistry
 from training_pipeline.baseline import train_baseline
 from training_pipeline.config import TrainingConfig, TuningSettings
-from training_pipeline.data import SearchData, load_search_data
+from training_pipeline.data import SearchData, load_search_data, training_view
 from training_pipeline.distributed import DistContext, choose_device
 from training_pipeline.loop import EpochRecord, FitResult, Tensors, fit
 from training_pipeline.model import TabularNet
@@ -241,13 +241,19 @@ class Worker:
         probs = baseline.predict(data.validation.features)
         return float(roc_auc_score(data.validation.labels, probs))
 
-    def end_trial_run(self, trial: FrozenTrial) -> None:
-        """A dead worker's trial (failed by the heartbeat check): its MLflow run ends FAILED."""
+
+def end_dead_trial_run(registry: ModelRegistry) -> Callable[[FrozenTrial], None]:
+    """What happens to a dead worker's trial (failed by the heartbeat check): its MLflow run
+    ends FAILED."""
+
+    def end(trial: FrozenTrial) -> None:
         run_id = trial.user_attrs.get(MLFLOW_RUN_ATTR)
         log.warning("trial %d had no heartbeat for too long: marked failed", trial.number)
         if run_id:
-            self.registry.set_tags(run_id, {STATE_TAG: "FAIL", "optuna.fail_reason": "heartbeat"})
-            self.registry.client.set_terminated(run_id, status="FAILED")
+            registry.set_tags(run_id, {STATE_TAG: "FAIL", "optuna.fail_reason": "heartbeat"})
+            registry.client.set_terminated(run_id, status="FAILED")
+
+    return end
 
 
 @dataclass
@@ -327,11 +333,13 @@ def run_study(
     started = time.perf_counter()
     # Optuna's own per-trial lines follow the command's --log-level.
     optuna.logging.set_verbosity(logging.getLogger().getEffectiveLevel())
+    registry = ModelRegistry(settings.registry_settings())
+    storage = open_storage(settings, end_dead_trial_run(registry))  # before the data: fail fast
     store = open_feature_store(settings.store_settings())
     try:
         data = load_search_data(
             store,
-            view.with_lead(base.lead_minutes),
+            training_view(view, base),
             base.windows,
             base.mdt,
             chunk_days=settings.training_chunk_days,
@@ -345,10 +353,9 @@ def run_study(
         target,
         data,
         DistContext(0, 1, 0, choose_device(settings.device)),
-        ModelRegistry(settings.registry_settings()),
+        registry,
         commit=git_commit(settings),
     )
-    storage = open_storage(settings, worker.end_trial_run)
     joined = create_or_join(
         storage,
         settings.tuning_study,

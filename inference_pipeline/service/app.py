@@ -10,7 +10,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,13 +19,16 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from inference_pipeline.service.api_reference import API_DESCRIPTION
 from inference_pipeline.service.body import BodyDeadlines
 from inference_pipeline.service.dependencies import API_KEY_SCHEME
+from inference_pipeline.service.docs_pages import serve_docs_offline
 from inference_pipeline.service.errors import (
     ApiError,
     describe,
     error_answer,
     failure_log,
+    framework_error,
     invalid_request,
 )
 from inference_pipeline.service.failure_log import FailureLog
@@ -73,7 +75,12 @@ class PredictionService(FastAPI):
     (`prediction_requests.answer_predictions`), the same error bodies
     (`errors.error_answer`), request id and metrics. Everything else (docs, health, metrics,
     admin) goes through FastAPI, and so does a prediction whenever the fast path is off
-    (``fast_predictions``)."""
+    (``FTI_FAST_PREDICTIONS=false``).
+
+    Middleware added to the app (``add_middleware``, ``@app.middleware``) beyond the service's
+    own `RequestContext`, whose work the fast path does itself, would be skipped by the fast
+    path: when the middleware stack is built (at startup, before the first request), such a
+    middleware turns the fast path off, with a warning naming it."""
 
     def __init__(
         self,
@@ -91,11 +98,25 @@ class PredictionService(FastAPI):
         self._latency = metrics.request_seconds.labels(PREDICTIONS_PATH)
         self._answered: dict[int, Any] = {}  # status -> its request counter
 
+    def build_middleware_stack(self) -> ASGIApp:
+        foreign = [m.cls for m in self.user_middleware if m.cls is not RequestContext]
+        if foreign and self.fast_predictions:
+            names = ", ".join(getattr(c, "__name__", repr(c)) for c in foreign)
+            log.warning(
+                "middleware %s added to the app: POST %s is answered through FastAPI's route "
+                "so that it runs (prediction fast path off)",
+                names,
+                PREDICTIONS_PATH,
+            )
+            self.fast_predictions = False
+        return super().build_middleware_stack()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime = self.runtime
         if (
             runtime is not None
             and self.fast_predictions
+            and self.middleware_stack is not None  # built: foreign middleware checked
             and scope["type"] == "http"
             and scope["path"] == PREDICTIONS_PATH
             and scope["method"] == "POST"
@@ -249,13 +270,20 @@ def create_app(settings: InferenceSettings) -> PredictionService:
         body_deadlines,
         title="Flight delay predictions",
         summary="Will a scheduled departure from New York leave more than 15 minutes late?",
+        description=API_DESCRIPTION,
         version="1",
         lifespan=lifespan,
+        # FastAPI's pages load their assets from a CDN: serve_docs_offline serves them here.
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     service.state.metrics = metrics
+    service.fast_predictions = settings.fast_predictions
     service.include_router(predictions)
     service.include_router(health)
     service.include_router(admin)
+    serve_docs_offline(service)
 
     service.add_middleware(RequestContext, metrics=metrics, body_deadlines=body_deadlines)
     _document_request_bodies(service)
@@ -270,15 +298,7 @@ def create_app(settings: InferenceSettings) -> PredictionService:
     async def framework_refusal(request: Request, exc: HTTPException) -> JSONResponse:
         """Starlette's own refusals (404 no such route, 405 wrong method, ...) in `ErrorBody`
         form, like every other error of the API."""
-        try:
-            phrase = HTTPStatus(exc.status_code).phrase
-        except ValueError:
-            phrase = "HTTP error"
-        error = phrase.lower().replace(" ", "_").replace("-", "_")
-        return answer(
-            request,
-            ApiError(exc.status_code, error, str(exc.detail), headers=dict(exc.headers or {})),
-        )
+        return answer(request, framework_error(request.method, request.url.path, exc))
 
     @service.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -291,6 +311,17 @@ def create_app(settings: InferenceSettings) -> PredictionService:
     @service.exception_handler(FTIError)
     async def domain_error(request: Request, exc: FTIError) -> JSONResponse:
         return answer(request, exc)
+
+    @service.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        """Anything else: a 500 `ErrorBody` (logged with its traceback), as the prediction fast
+        path answers, rather than Starlette's plain-text 500. Starlette runs this outside the
+        middleware (and re-raises for the server's log), so the request id header is set here."""
+        response = answer(request, exc)
+        request_id = getattr(request.state, "request_id", None)
+        if request_id is not None:
+            response.headers[REQUEST_ID_HEADER] = request_id
+        return response
 
     return service
 

@@ -9,7 +9,10 @@ sees the same status and body whichever answered.
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
+
+from starlette.exceptions import HTTPException
 
 from inference_pipeline.service.failure_log import FailureLog
 from inference_pipeline.service.metrics import ServiceMetrics
@@ -57,6 +60,25 @@ class ApiError(Exception):
 def invalid_request(problems: list[str]) -> ApiError:
     """A 422 listing every problem found (``flights[0].sched_dep_time: 875 is not ...``)."""
     return ApiError(422, "invalid_request", "; ".join(problems), problems=problems)
+
+
+def framework_error(method: str, path: str, exc: HTTPException) -> ApiError:
+    """The framework's own refusals (404 no such path, 405 wrong method, ...) as an `ApiError`
+    whose code is the status' phrase (``not_found``) and whose message says what to do."""
+    try:
+        phrase = HTTPStatus(exc.status_code).phrase
+    except ValueError:
+        phrase = "HTTP error"
+    error = phrase.lower().replace(" ", "_").replace("-", "_")
+    headers = dict(exc.headers or {})
+    allowed = next((v for k, v in headers.items() if k.lower() == "allow"), None)
+    if exc.status_code == 404:
+        message = f"nothing at {method} {path}: see /docs for this API's paths"
+    elif exc.status_code == 405 and allowed:
+        message = f"{method} is not allowed on {path}: use {allowed}"
+    else:
+        message = str(exc.detail)
+    return ApiError(exc.status_code, error, message, headers=headers)
 
 
 def describe(error: Any) -> str:

@@ -10,6 +10,23 @@ from fastapi import APIRouter, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
+from inference_pipeline.service.api_reference import (
+    HEALTHZ_DESCRIPTION,
+    LIVENESS_EXAMPLES,
+    METRICS_DESCRIPTION,
+    PREDICT_DESCRIPTION,
+    PREDICTION_REFUSALS,
+    PREDICTION_REQUEST_EXAMPLES,
+    PREDICTION_RESPONSE_EXAMPLES,
+    READINESS_EXAMPLES,
+    READYZ_DESCRIPTION,
+    RELOAD_DESCRIPTION,
+    RELOAD_REFUSALS,
+    RELOAD_REQUEST_EXAMPLES,
+    RELOAD_RESPONSE_EXAMPLES,
+    error_responses,
+    media_examples,
+)
 from inference_pipeline.service.dependencies import (
     API_KEY_HEADER,
     API_KEY_SCHEME,
@@ -27,7 +44,6 @@ from inference_pipeline.service.prediction_requests import (
 from inference_pipeline.service.runtime import ServiceRuntime
 from inference_pipeline.service.schemas import (
     DependencyCheck,
-    ErrorBody,
     Liveness,
     PredictionResponse,
     Readiness,
@@ -39,40 +55,22 @@ predictions = APIRouter(prefix="/v1", tags=["predictions"])
 health = APIRouter(tags=["operations"])
 admin = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminKey])
 
-_UNAVAILABLE: dict[int | str, dict[str, Any]] = {
-    503: {"model": ErrorBody, "description": "a dependency is down or too slow"}
-}
-# What any route reading a JSON body may answer before looking at it.
-_BODY_REFUSALS: dict[int | str, dict[str, Any]] = {
-    408: {
-        "model": ErrorBody,
-        "description": "the body did not arrive within FTI_BODY_TIMEOUT_S; the connection "
-        "is closed",
-    },
-    415: {"model": ErrorBody, "description": "Content-Type is not application/json"},
-    422: {
-        "model": ErrorBody,
-        "description": "the body is not JSON of the schema, or breaks a limit (every problem "
-        "is listed)",
-    },
-}
-
 
 # The request body and the API key are checked by hand (below) rather than declared as a
 # parameter and a dependency: FastAPI's generic body handling and dependency solving cost a
 # sizeable share of a one-flight prediction. The documented schema and security stay the same.
-def _json_body(schema: str, *, required: bool = True) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": required,
-            "content": {JSON_MEDIA_TYPE: {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
-        }
-    }
+def _json_body(
+    schema: str, *, required: bool = True, examples: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    media: dict[str, Any] = {"schema": {"$ref": f"#/components/schemas/{schema}"}}
+    if examples:
+        media["examples"] = examples
+    return {"requestBody": {"required": required, "content": {JSON_MEDIA_TYPE: media}}}
 
 
 _HAND_CHECKED = {
     "security": [{scheme: [] for scheme in API_KEY_SCHEME}],
-    **_json_body("PredictionRequest"),
+    **_json_body("PredictionRequest", examples=PREDICTION_REQUEST_EXAMPLES),
     "parameters": [
         {
             "name": TEST_TRAFFIC_HEADER,
@@ -81,7 +79,8 @@ _HAND_CHECKED = {
             "schema": {"type": "boolean", "default": False},
             "description": "true: a test request (smoke tests, load tests, demos). Answered "
             "and logged like any other, marked test_traffic in the prediction log, and left "
-            "out of monitoring unless it is run with --include-test-traffic",
+            "out of monitoring unless it is run with --include-test-traffic. Anything but "
+            "true/false (or 1/0) is refused (422)",
         }
     ],
 }
@@ -91,13 +90,11 @@ _HAND_CHECKED = {
     PREDICTIONS_PATH.removeprefix("/v1"),
     response_model=PredictionResponse,
     responses={
-        401: {"model": ErrorBody, "description": "no API key"},
-        403: {"model": ErrorBody, "description": "wrong API key"},
-        **_BODY_REFUSALS,
-        413: {"model": ErrorBody, "description": "body larger than the flight limit allows"},
-        **_UNAVAILABLE,
+        200: {"content": media_examples(PREDICTION_RESPONSE_EXAMPLES)},
+        **error_responses(PREDICTION_REFUSALS),
     },
     summary="Probability that each scheduled departure leaves more than 15 minutes late",
+    description=PREDICT_DESCRIPTION,
     openapi_extra=_HAND_CHECKED,
 )
 async def predict(request: Request) -> Response:
@@ -119,8 +116,16 @@ async def predict(request: Request) -> Response:
 @health.get(
     "/healthz",
     response_model=Liveness,
-    responses={503: {"model": Liveness, "description": "restart this process"}},
+    responses={
+        200: {"content": media_examples({"ok": LIVENESS_EXAMPLES["ok"]})},
+        503: {
+            "model": Liveness,
+            "description": "restart this process",
+            "content": media_examples({"failing": LIVENESS_EXAMPLES["failing"]}),
+        },
+    },
     summary="Liveness: the process answers, and can recover by itself",
+    description=HEALTHZ_DESCRIPTION,
 )
 async def healthz(runtime: Runtime, response: Response) -> Liveness:
     """503 only when restarting the process is what it needs: a managed Triton that could not
@@ -136,8 +141,16 @@ async def healthz(runtime: Runtime, response: Response) -> Liveness:
 @health.get(
     "/readyz",
     response_model=Readiness,
-    responses={503: {"model": Readiness}},
+    responses={
+        200: {"content": media_examples({"ready": READINESS_EXAMPLES["ready"]})},
+        503: {
+            "model": Readiness,
+            "description": "not ready: a check failed",
+            "content": media_examples({"not_ready": READINESS_EXAMPLES["not_ready"]}),
+        },
+    },
     summary="Readiness: feature store, registry and Triton reachable, model loaded",
+    description=READYZ_DESCRIPTION,
 )
 async def readyz(runtime: Runtime, response: Response) -> Readiness:
     checks = {
@@ -153,7 +166,13 @@ async def readyz(runtime: Runtime, response: Response) -> Readiness:
     )
 
 
-@health.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@health.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    description=METRICS_DESCRIPTION,
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
 async def metrics(runtime: Runtime) -> Response:
     return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -162,15 +181,12 @@ async def metrics(runtime: Runtime) -> Response:
     "/reload",
     response_model=ReloadResponse,
     responses={
-        401: {"model": ErrorBody, "description": "no admin API key"},
-        403: {"model": ErrorBody, "description": "wrong key, or admin endpoints disabled"},
-        404: {"model": ErrorBody, "description": "the alias or version does not exist"},
-        409: {"model": ErrorBody, "description": "the version's artifact failed verification"},
-        **_BODY_REFUSALS,
-        **_UNAVAILABLE,
+        200: {"content": media_examples(RELOAD_RESPONSE_EXAMPLES)},
+        **error_responses(RELOAD_REFUSALS),
     },
     summary="Load the version an alias points to now, and serve it",
-    openapi_extra=_json_body("ReloadRequest", required=False),
+    description=RELOAD_DESCRIPTION,
+    openapi_extra=_json_body("ReloadRequest", required=False, examples=RELOAD_REQUEST_EXAMPLES),
 )
 async def reload(request: Request, runtime: Runtime) -> ReloadResponse:
     """Serve what the alias (default ``champion``) points to now, and follow that alias from

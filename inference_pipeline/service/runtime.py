@@ -10,7 +10,7 @@ It only assembles the parts, each a module of its own concern:
 - `pipeline.ScoringPipeline`: features -> MDT -> Triton, coalesced per version;
 - `traffic.Traffic`: which version answers which flight (canary, shadow);
 - `readiness.DependencyChecks`: ``/readyz``;
-- the prediction log's writer.
+- the prediction log's hand-off to its sink (the log writer is another process).
 
 A prediction request passes through each once: HTTP (`app`, `routes`) -> the endpoint
 (`prediction_requests`) -> `Traffic` -> `ScoringPipeline`.
@@ -21,13 +21,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from inference_pipeline.prediction_sink.configured import open_sink
 from inference_pipeline.service.background import BackgroundTasks
 from inference_pipeline.service.downloads import Downloads
 from inference_pipeline.service.errors import failure_log
 from inference_pipeline.service.failure_log import FailureLog
 from inference_pipeline.service.metrics import ServiceMetrics
 from inference_pipeline.service.pipeline import ScoringPipeline
-from inference_pipeline.service.prediction_writer import PredictionWriter
+from inference_pipeline.service.prediction_handoff import PredictionHandoff
 from inference_pipeline.service.readiness import DependencyChecks
 from inference_pipeline.service.served_models import ServedModels
 from inference_pipeline.service.store_access import StoreAccess
@@ -55,7 +56,7 @@ class ServiceRuntime:
         self.triton = TritonLink(settings, metrics, self.tasks, served=lambda: self.models.all())
         self.models = ServedModels(settings, metrics, self.triton, self.downloads, self.tasks)
         self.store: StoreAccess | None = None
-        self.writer: PredictionWriter | None = None
+        self.prediction_log: PredictionHandoff | None = None
         self._traffic: Traffic | None = None
         self._checks: DependencyChecks | None = None
 
@@ -69,16 +70,12 @@ class ServiceRuntime:
         await self.triton.start()
         await self.models.serve_first(champion)
         if s.prediction_log:
-            self.writer = PredictionWriter(
-                store,
-                self.metrics,
-                flush_rows=s.prediction_log_flush_rows,
-                flush_s=s.prediction_log_flush_s,
-            )
-            self.writer.start()
+            sink = await asyncio.to_thread(open_sink, s)
+            self.prediction_log = PredictionHandoff(sink, self.metrics, self.failures)
+            self.prediction_log.start(self.tasks)
         pipeline = ScoringPipeline(self.store, self.triton)
         self._traffic = Traffic(
-            s, self.metrics, self.failures, self.models, pipeline, self.tasks, self.writer
+            s, self.metrics, self.failures, self.models, pipeline, self.tasks, self.prediction_log
         )
         self._checks = DependencyChecks(self.store, self.models, self.triton, s.registry_timeout_s)
         if s.alias_poll_s > 0:
@@ -107,8 +104,8 @@ class ServiceRuntime:
         if self.triton.supervisor is not None:
             self.triton.supervisor.close()
         await self.tasks.close()
-        if self.writer is not None:
-            await self.writer.close()
+        if self.prediction_log is not None:
+            self.prediction_log.close()
         await self.triton.close()
         self.downloads.close()
         if self.store is not None:

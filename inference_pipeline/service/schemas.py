@@ -131,15 +131,60 @@ class Readiness(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """Every error answer: what went wrong, a readable message, the dependency at fault for a
-    503, the request id; a 422 also lists each problem found."""
+    """Every error answer of the API, whatever the route (an unknown path and a wrong method
+    included): a stable code to branch on, one readable line saying what to change, the
+    request id; a 422 also lists each invalid input, a 503 names the dependency at fault."""
 
-    error: str = Field(examples=["invalid_request"])
-    message: str
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "error": "invalid_request",
+                    "message": "flights[0].sched_dep_time: 875 is not an hhmm time: minutes "
+                    "must be below 60; flights[0].distance: Field required",
+                    "problems": [
+                        "flights[0].sched_dep_time: 875 is not an hhmm time: minutes must "
+                        "be below 60",
+                        "flights[0].distance: Field required",
+                    ],
+                    "request_id": "3f2a9c1e8b7d4e6f9a0b1c2d3e4f5a6b",
+                },
+                {
+                    "error": "not_found",
+                    "message": "nothing at GET /v1/prediction: see /docs for this API's paths",
+                    "request_id": "3f2a9c1e8b7d4e6f9a0b1c2d3e4f5a6b",
+                },
+                {
+                    "error": "method_not_allowed",
+                    "message": "GET is not allowed on /v1/predictions: use POST",
+                    "request_id": "3f2a9c1e8b7d4e6f9a0b1c2d3e4f5a6b",
+                },
+            ]
+        }
+    )
+
+    error: str = Field(
+        description="stable code: unauthorized, forbidden, not_found, method_not_allowed, "
+        "body_timeout, artifact_integrity, body_too_large, unsupported_media_type, "
+        "invalid_request, model_version_not_found, dependency_unavailable, internal_error",
+        examples=["invalid_request"],
+    )
+    message: str = Field(
+        description="one readable line: what was wrong and what to do (a 422's problems, "
+        "joined by '; ')"
+    )
     problems: list[str] | None = Field(
-        default=None, description="422: every problem found, one per invalid input"
+        default=None,
+        description="422 only: every invalid input found, one per item, as "
+        "'location: what is wrong'; the location is a path into the body "
+        "(flights[0].sched_dep_time), or a header's name",
+        examples=[["flights[0].sched_dep_time: 875 is not an hhmm time: minutes must be below 60"]],
     )
     dependency: str | None = Field(
-        default=None, description="503: feature_store, triton or registry"
+        default=None,
+        description="503 (and a reload's 404/409): the dependency at fault: feature_store, "
+        "triton or registry",
     )
-    request_id: str | None = None
+    request_id: str | None = Field(
+        default=None, description="the request's id, as in the X-Request-ID response header"
+    )

@@ -22,7 +22,7 @@ from inference_pipeline.service.background import BackgroundTasks
 from inference_pipeline.service.failure_log import FailureLog
 from inference_pipeline.service.metrics import ServiceMetrics
 from inference_pipeline.service.pipeline import OnlineScores, ScoringPipeline
-from inference_pipeline.service.prediction_writer import PredictionWriter
+from inference_pipeline.service.prediction_handoff import PredictionHandoff
 from inference_pipeline.service.served_models import ServedModels
 from inference_pipeline.settings import InferenceSettings
 from shared.errors import FTIError, ModelServerUnavailable
@@ -57,14 +57,14 @@ class Traffic:
         models: ServedModels,
         pipeline: ScoringPipeline,
         tasks: BackgroundTasks,
-        writer: PredictionWriter | None,
+        prediction_log: PredictionHandoff | None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.failures = failures
         self.models = models
         self.pipeline = pipeline
-        self.writer = writer
+        self.prediction_log = prediction_log
         self._tasks = tasks
 
     @property
@@ -83,10 +83,14 @@ class Traffic:
         """Score ``flights`` with the version(s) that answer them (and log them); in shadow,
         the challenger scores them too, after the response."""
         scored = await self._score_by_role(flights)
-        if self.writer is not None:
+        if self.prediction_log is not None:
             total_s = time.perf_counter() - began
-            for part in scored:
-                self.writer.submit(_log_entry(part, request_id, ONLINE_SOURCE, total_s, test))
+            entries = [
+                _log_entry(part, request_id, ONLINE_SOURCE, total_s, test) for part in scored
+            ]
+            appended = self.prediction_log.submit(entries)
+            if appended is not None:  # in the sink before the response: nothing answered is lost
+                await appended
         if self.settings.shadow and self.models.challenger is not None:
             self._tasks.spawn(self._shadow(flights, request_id, test), "shadow")
         return scored
@@ -145,17 +149,17 @@ class Traffic:
             self.failures.failed("shadow", f"shadow scoring failed: {exc}")
             return
         self.metrics.role_flights.labels(CHALLENGER, "shadow").inc(len(flights))
-        if self.writer is not None:
+        if self.prediction_log is not None:
             part = Scored(list(range(len(flights))), model, scores.inputs, scores.probabilities)
             elapsed = time.perf_counter() - began
-            self.writer.submit(_log_entry(part, request_id, SHADOW_SOURCE, elapsed, test))
+            self.prediction_log.submit([_log_entry(part, request_id, SHADOW_SOURCE, elapsed, test)])
 
 
 def _log_entry(
     part: Scored, request_id: str, source: str, total_s: float, test: bool
 ) -> LoggedPredictions:
-    """What the log needs of one scored part: references only; the writer's flush thread turns
-    them into rows (serialising ~90 features per flight is most of a logged row's cost)."""
+    """What the log needs of one scored part: references only; the hand-off serialises a
+    batch's raw values once, and the log writer, in its own process, turns them into rows."""
     inputs = part.inputs
     return LoggedPredictions(
         flight_ids=inputs.flight_ids,

@@ -95,7 +95,7 @@ class TritonLink:
     def _new_client(self) -> AsyncTritonClient:
         assert self.server is not None
         endpoints = self._client_endpoints = self.server.endpoints
-        # Inference over gRPC only when asked for: the HTTP client is cheaper per call.
+        # Inference over gRPC only when asked for (HTTP with binary tensors costs less).
         grpc = endpoints.grpc if self.settings.triton_protocol is TritonProtocol.grpc else None
         return AsyncTritonClient(endpoints.http, self.settings.triton_timeout_s, grpc)
 

@@ -154,6 +154,7 @@ def test_the_deployment_files_start_the_expected_programs() -> None:
         ("python -m", "feature_pipeline", "stream"),
         ("python -m", "training_pipeline", "train"),
         ("python -m", "inference_pipeline", "serve"),
+        ("python -m", "inference_pipeline", "log-writer"),
         ("python -m", "inference_pipeline", "triton"),
         ("python -m", "inference_pipeline.batch", "--date"),
         ("python -m", "inference_pipeline", "monitor"),
@@ -640,6 +641,59 @@ def test_registry_and_online_store_urls_name_real_services() -> None:
     assert (host, port) in _k8s_service_endpoints(port_of=mlflow)
     assert f"--port={port}" in mlflow.argv
     assert {p for _, _, p in mlflow.probes} == {port}
+
+
+def _env_with_config_maps(container: d.Container) -> dict[str, str]:
+    maps = d.config_maps() if container.kind == "k8s" else {}
+    env: dict[str, str] = {}
+    for kind, name, _ in container.config_refs:
+        if kind == "configMapRef":
+            env |= maps.get(name, {})
+    return env | container.effective_env
+
+
+def _runs(container: d.Container, command: str) -> bool:
+    return "inference_pipeline" in container.argv and command in container.argv
+
+
+@pytest.mark.parametrize("platform", ["compose", "k8s"])
+def test_the_prediction_log_writer_reads_what_the_services_append(platform: str) -> None:
+    """One writer per platform, on the same sink as every service container: the same stream
+    on the same Redis, or (the spool) the same volume at the spool folder."""
+    from inference_pipeline.settings import InferenceSettings, PredictionLogSink
+
+    containers = d.compose_containers() if platform == "compose" else d.k8s_containers()
+    services = [c for c in containers if _runs(c, "serve")]
+    writers = [c for c in containers if _runs(c, "log-writer")]
+    assert services and len(writers) == 1, [c.where for c in writers]
+    (writer,) = writers
+    defaults = InferenceSettings.model_fields
+
+    def sink(container: d.Container) -> tuple[str, ...]:
+        env = _env_with_config_maps(container)
+        kind = env.get("FTI_PREDICTION_LOG_SINK", defaults["prediction_log_sink"].default)
+        if kind == PredictionLogSink.redis:
+            stream = env.get("FTI_PREDICTION_LOG_STREAM", defaults["prediction_log_stream"].default)
+            return (kind, env["FTI_REDIS_URL"], stream)
+        root = env.get("FTI_DATA_ROOT", "")
+        folder = env.get("FTI_PREDICTION_LOG_SPOOL_DIR", f"{root}/prediction_spool")
+        volume = [v for path, v in container.mounts.items() if folder.startswith(path)]
+        return (str(kind), folder, *volume)
+
+    for service in services:
+        assert sink(service) == sink(writer), f"{service.where} and {writer.where}"
+    if platform == "k8s":
+        deployment = next(
+            doc
+            for _, doc in d.k8s_documents()
+            if doc.get("kind") == "Deployment" and _name_of(doc) == "prediction-log-writer"
+        )
+        assert deployment["spec"]["replicas"] == 1
+        assert deployment["spec"]["strategy"]["type"] == "Recreate"  # never two at once
+
+
+def _name_of(doc: dict[str, Any]) -> str:
+    return str(doc.get("metadata", {}).get("name", ""))
 
 
 def test_every_k8s_service_targets_a_declared_container_port() -> None:

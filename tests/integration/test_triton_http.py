@@ -1,6 +1,7 @@
-"""The online service's lean Triton HTTP client (`inference_pipeline.triton_http`) against the
-real server: the same answers as tritonclient and in-process PyTorch, readiness, clear errors,
-reconnection, and HTTP inference that keeps flowing while a model version loads."""
+"""The online service's Triton client (`inference_pipeline.scoring.AsyncTritonClient`, over
+HTTP: ``tritonclient.http.aio``) against the real server: the same answers as in-process
+PyTorch, readiness, clear errors for an unknown model, a bad input and an unreachable server,
+concurrent calls, and HTTP inference that keeps flowing while a model version loads."""
 
 from __future__ import annotations
 
@@ -18,15 +19,11 @@ pytest.importorskip("tritonclient", reason="needs the 'inference' extra")
 
 import torch
 
-from inference_pipeline.triton_http import TritonHttpClient, TritonHttpError
+from inference_pipeline.scoring import AsyncTritonClient
 from inference_pipeline.triton_server import TritonServer, find_tritonserver
-from shared.triton_repository import (
-    CATEGORICAL_INPUT,
-    NUMERIC_INPUT,
-    PROBABILITY_OUTPUT,
-    ModelSignature,
-    write_model_repository,
-)
+from shared.errors import ModelServerUnavailable
+from shared.transforms import FeatureMatrices
+from shared.triton_repository import ModelSignature, write_model_repository
 
 if find_tritonserver() is None:
     pytest.skip("tritonserver binary not found (the 'inference' extra)", allow_module_level=True)
@@ -37,7 +34,7 @@ pytestmark = [
 ]
 
 SIGNATURE = ModelSignature(n_numeric=4, n_categorical=2)
-MODEL = "lean_client"
+MODEL = "http_client"
 
 
 class Tiny(torch.nn.Module):
@@ -59,16 +56,20 @@ def torchscript(path: Path, seed: int) -> torch.jit.ScriptModule:
     return module
 
 
-def tensors(rows: int, seed: int = 0) -> list[tuple[str, np.ndarray]]:
+def tensors(rows: int, seed: int = 0) -> FeatureMatrices:
     rng = np.random.default_rng(seed)
     numeric = rng.normal(size=(rows, SIGNATURE.n_numeric)).astype(np.float32)
     categorical = rng.integers(0, 7, size=(rows, SIGNATURE.n_categorical)).astype(np.int64)
-    return [(NUMERIC_INPUT, numeric), (CATEGORICAL_INPUT, categorical)]
+    return FeatureMatrices(numeric=numeric, categorical=categorical)
 
 
-def expected(module: torch.jit.ScriptModule, inputs: list[tuple[str, np.ndarray]]) -> np.ndarray:
+def expected(module: torch.jit.ScriptModule, inputs: FeatureMatrices) -> np.ndarray:
     with torch.inference_mode():
-        return module(*(torch.from_numpy(a) for _, a in inputs)).numpy()
+        numeric, categorical = (
+            torch.from_numpy(inputs.numeric),
+            torch.from_numpy(inputs.categorical),
+        )
+        return module(numeric, categorical).numpy().reshape(-1)
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +91,12 @@ def test_answers_equal_in_process_torch_for_one_and_many_rows(served) -> None:  
     server, _, module = served
 
     async def scenario() -> list[tuple[np.ndarray, np.ndarray]]:
-        client = TritonHttpClient(server.endpoints.http)
+        client = AsyncTritonClient(server.endpoints.http, 10.0)
         try:
             out = []
             for rows in (1, 3, 257):
                 inputs = tensors(rows, seed=rows)
-                got = await client.infer(MODEL, "1", inputs, PROBABILITY_OUTPUT)
+                got = await client.infer(MODEL, "1", inputs)
                 out.append((got, expected(module, inputs)))
             return out
         finally:
@@ -110,54 +111,52 @@ def test_readiness_and_clear_errors(served) -> None:  # type: ignore[no-untyped-
     server, _, _ = served
 
     async def scenario() -> None:
-        client = TritonHttpClient(f"http://{server.endpoints.http}/")
+        client = AsyncTritonClient(server.endpoints.http, 10.0)
         try:
-            assert await client.server_live()
             assert await client.model_ready(MODEL, "1")
             assert not await client.model_ready(MODEL, "9")
             assert not await client.model_ready("nosuch", "1")
-            with pytest.raises(TritonHttpError, match="nosuch"):
-                await client.infer("nosuch", "1", tensors(1), PROBABILITY_OUTPUT)
-            wrong = [(NUMERIC_INPUT, np.zeros((1, 9), np.float32)), tensors(1)[1]]
-            with pytest.raises(TritonHttpError) as refused:
-                await client.infer(MODEL, "1", wrong, PROBABILITY_OUTPUT)
-            assert refused.value.status == 400
-            # The connection stays usable after a refused request.
-            assert (await client.infer(MODEL, "1", tensors(2), PROBABILITY_OUTPUT)).shape == (2, 1)
+            with pytest.raises(ModelServerUnavailable, match="nosuch"):
+                await client.infer("nosuch", "1", tensors(1))
+            wrong = FeatureMatrices(np.zeros((1, 9), np.float32), tensors(1).categorical)
+            with pytest.raises(ModelServerUnavailable, match="inference on http_client v1"):
+                await client.infer(MODEL, "1", wrong)
+            # The client stays usable after a refused request.
+            assert (await client.infer(MODEL, "1", tensors(2))).shape == (2,)
         finally:
             await client.close()
 
     run(scenario())
 
 
-def test_unreachable_server_and_bad_address_are_clear_errors() -> None:
-    with pytest.raises(ValueError, match="host:port"):
-        TritonHttpClient("no-port-here")
-
+def test_an_unreachable_server_is_model_server_unavailable() -> None:
     async def scenario() -> None:
-        client = TritonHttpClient("127.0.0.1:9", connect_timeout_s=1.0)  # discard port: closed
-        with pytest.raises(TritonHttpError, match="cannot connect"):
-            await client.infer(MODEL, "1", tensors(1), PROBABILITY_OUTPUT)
+        client = AsyncTritonClient("127.0.0.1:9", 1.0)  # the discard port: closed
+        try:
+            with pytest.raises(ModelServerUnavailable, match=r"Triton at 127\.0\.0\.1:9"):
+                await client.infer(MODEL, "1", tensors(1))
+            with pytest.raises(ModelServerUnavailable):
+                await client.model_ready(MODEL, "1")
+        finally:
+            await client.close()
 
     run(scenario())
 
 
-def test_concurrent_calls_share_a_bounded_pool_of_kept_alive_connections(served) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_calls_get_their_own_answers(served) -> None:  # type: ignore[no-untyped-def]
     server, _, module = served
 
-    async def scenario() -> tuple[list[np.ndarray], int]:
-        client = TritonHttpClient(server.endpoints.http, max_connections=4)
+    async def scenario() -> list[np.ndarray]:
+        client = AsyncTritonClient(server.endpoints.http, 10.0)
         try:
-            calls = [client.infer(MODEL, "1", tensors(2, s), PROBABILITY_OUTPUT) for s in range(32)]
-            results = await asyncio.gather(*calls)
-            return results, len(client._idle)
+            return await asyncio.gather(
+                *(client.infer(MODEL, "1", tensors(2, s)) for s in range(32))
+            )
         finally:
             await client.close()
 
-    results, idle = run(scenario())
-    for seed, got in enumerate(results):
+    for seed, got in enumerate(run(scenario())):
         np.testing.assert_allclose(got, expected(module, tensors(2, seed)), atol=1e-6)
-    assert 1 <= idle <= 4
 
 
 def test_http_inference_keeps_flowing_while_a_version_loads(served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -178,14 +177,14 @@ def test_http_inference_keeps_flowing_while_a_version_loads(served, tmp_path: Pa
             loads.append(time.monotonic() - began)
 
     async def scenario() -> float:
-        client = TritonHttpClient(server.endpoints.http)
+        client = AsyncTritonClient(server.endpoints.http, 30.0)
         loader = threading.Thread(target=load_new_versions)
         worst = 0.0
         try:
             loader.start()
             while loader.is_alive():
                 began = time.monotonic()
-                await client.infer(MODEL, "", tensors(1), PROBABILITY_OUTPUT)
+                await client.infer(MODEL, "", tensors(1))
                 worst = max(worst, time.monotonic() - began)
             return worst
         finally:

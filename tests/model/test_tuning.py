@@ -158,3 +158,21 @@ def test_a_trial_below_the_median_stops_unless_it_is_on_its_last_epoch() -> None
     on_its_last = PruningHook(study.ask(), last_epoch=2)
     assert not on_its_last(epoch(2, 0.6)) and on_its_last.pruned_at is None
     assert on_its_last.best == 0.6  # the best so far is what is reported, not the last epoch's
+
+
+@pytest.mark.unit
+def test_bad_tuning_settings_are_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from training_pipeline.__main__ import app
+
+    monkeypatch.setenv("FTI_DATA_ROOT", str(tmp_path))
+    result = CliRunner().invoke(app, ["tune", "--trials", "1", "--storage", "nonsense"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "--storage" in result.output and "sqlite:///" in result.output
+    monkeypatch.setenv("FTI_TUNING_GRACE_S", "5")
+    monkeypatch.setenv("FTI_TUNING_HEARTBEAT_S", "10")
+    result = CliRunner().invoke(app, ["tune", "--trials", "1"])
+    assert result.exit_code == 2 and "FTI_TUNING_GRACE_S" in result.output, result.output

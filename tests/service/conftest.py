@@ -176,6 +176,40 @@ class ServiceProcess:
                 self.process.wait()
 
 
+def drain_prediction_log(root: Path, **settings: object) -> int:
+    """What the log writer process does, here and once: commit the prediction log's sealed
+    spool segments under ``root`` to the predictions table. Returns the rows committed."""
+    import threading
+
+    from inference_pipeline.log_writer import LogWriter
+    from inference_pipeline.prediction_sink.configured import open_source
+    from inference_pipeline.settings import InferenceSettings
+
+    values: dict[str, object] = {"data_root": root, "model_name": MODEL_NAME, **settings}
+    config = InferenceSettings(_env_file=None, **values)  # type: ignore[arg-type, call-arg]
+    store = open_feature_store(config.store_settings())
+    source = open_source(config)
+    try:
+        summary = LogWriter(store, source, config).run(threading.Event(), drain=True)
+    finally:
+        source.close()
+        store.close()
+    assert summary.error is None, summary.error
+    return summary.rows
+
+
+def start_log_writer(root: Path, log_path: Path, **env: str) -> ServiceProcess:
+    """``python -m inference_pipeline log-writer`` (its url is unused)."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "inference_pipeline", "log-writer"],
+            env=service_env(root, **env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return ServiceProcess(process, "", log_path)
+
+
 def start_service(root: Path, log_path: Path, timeout_s: float = 120, **env: str) -> ServiceProcess:
     """``python -m inference_pipeline serve`` on a free loopback port; waits for /readyz."""
     port = free_port()
@@ -251,7 +285,7 @@ def inference_settings(root: Path, triton: SharedTriton, tmp: Path, **overrides:
         "triton_grpc_url": triton.grpc_url,
         "triton_model_repository": triton.repository,
         "triton_runtime_dir": tmp / "serving",
-        "prediction_log_flush_s": 0.2,
+        "prediction_log_segment_s": 0.1,
         **overrides,
     }
     return InferenceSettings(_env_file=None, **values)  # type: ignore[arg-type, call-arg]

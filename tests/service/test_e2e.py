@@ -11,7 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.conftest import API_KEY, RegisteredModel, service_env, start_service
+from tests.service.conftest import (
+    API_KEY,
+    RegisteredModel,
+    drain_prediction_log,
+    service_env,
+    start_service,
+)
 from tests.service.test_online_service import UA_1545
 
 pytestmark = pytest.mark.e2e
@@ -53,7 +59,10 @@ def test_service_process_with_managed_triton_answers_real_requests(
     assert service.process.returncode in (0, -15), service.log()
     log = service.log()
     assert "stopping tritonserver" in log and "Application shutdown complete" in log
-    assert "predictions_v1" in log  # the last predictions were flushed on the way out
+    # On the way out the last spool segment was sealed for the log writer (none left open).
+    spool = registered_model.root / "prediction_spool"
+    assert not list(spool.glob("*.open")), sorted(p.name for p in spool.iterdir())
+    assert drain_prediction_log(registered_model.root) >= 3 * len(flights) + 1
 
 
 def test_batch_cli_scores_a_day_and_fails_readably(

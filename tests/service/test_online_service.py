@@ -25,8 +25,10 @@ from shared.settings import FeatureStoreSettings
 from tests.service.conftest import (
     ADMIN_KEY,
     API_KEY,
+    MODEL_NAME,
     RegisteredModel,
     SharedTriton,
+    drain_prediction_log,
     inference_settings,
 )
 
@@ -48,8 +50,14 @@ UA_1545 = {
 KEY = {"X-API-Key": API_KEY}
 
 
-@pytest.fixture(scope="module")
+# Every test of this module runs against the hand-written prediction fast path and against
+# FastAPI's route it stands in front of (invariant 9: the library path stays tested).
+REQUEST_PATHS = {"fast path": {}, "FastAPI route": {"fast_predictions": False}}
+
+
+@pytest.fixture(scope="module", params=list(REQUEST_PATHS))
 def client(
+    request: pytest.FixtureRequest,
     registered_model: RegisteredModel,
     triton: SharedTriton,
     tmp_path_factory: pytest.TempPathFactory,
@@ -60,6 +68,7 @@ def client(
         tmp_path_factory.mktemp("online"),
         api_key=API_KEY,
         admin_api_key=ADMIN_KEY,
+        **REQUEST_PATHS[request.param],
     )
     with TestClient(create_app(settings)) as test_client:
         yield test_client
@@ -319,6 +328,7 @@ def test_the_fast_path_and_the_fastapi_route_answer_alike(client: TestClient) ->
     service = client.app
     assert isinstance(service, PredictionService)
     answers, stalled = {}, {}
+    configured = service.fast_predictions
     timeout_s = service.body_deadlines.timeout_s
     service.body_deadlines.timeout_s = 0.3
     try:
@@ -341,7 +351,7 @@ def test_the_fast_path_and_the_fastapi_route_answer_alike(client: TestClient) ->
                 ],
             )
     finally:
-        service.fast_predictions = True
+        service.fast_predictions = configured
         service.body_deadlines.timeout_s = timeout_s
     for name in requests:
         assert answers[True][name] == answers[False][name], name
@@ -379,6 +389,68 @@ def test_the_fast_path_and_the_fastapi_route_answer_alike(client: TestClient) ->
     text = client.get("/metrics").text
     for status in (200, 401, 403, 408, 413, 415, 422):
         assert f'fti_http_requests_total{{route="/v1/predictions",status="{status}"}}' in text
+
+
+def test_an_unexpected_failure_answers_alike_on_both_paths(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug while scoring: a 500 `ErrorBody` with the request id, whether the fast path or
+    FastAPI's route answers (the route's was Starlette's plain-text 500)."""
+    service = client.app
+    assert isinstance(service, PredictionService) and service.runtime is not None
+
+    async def fails(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(service.runtime.traffic, "answer", fails)
+    # Starlette re-raises after its error handler answered (for the server's log); the test
+    # client would raise it here instead of returning the answer a real client gets.
+    monkeypatch.setattr(client._transport, "raise_server_exceptions", False)
+    body = json.dumps({"flights": [UA_1545]}).encode()
+    answers = {}
+    configured = service.fast_predictions
+    try:
+        for fast in (True, False):
+            service.fast_predictions = fast
+            answers[fast] = _exchange(client, body, KEY | JSON | {"X-Request-ID": "bug-1"})
+    finally:
+        service.fast_predictions = configured
+    assert answers[True] == answers[False]
+    status, error, headers = answers[True]
+    assert status == 500 and headers["x-request-id"] == "bug-1"  # type: ignore[index]
+    assert error["error"] == "internal_error" and error["request_id"] == "bug-1"  # type: ignore[index]
+
+
+def test_middleware_added_later_turns_the_fast_path_off_loudly(
+    registered_model: RegisteredModel,
+    triton: SharedTriton,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A middleware the fast path would skip: the app answers predictions through FastAPI's
+    route instead (so it runs), and says so."""
+    settings = inference_settings(registered_model.root, triton, tmp_path, api_key=API_KEY)
+    app = create_app(settings)
+
+    class Stamp:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            async def stamped(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message["headers"], (b"x-stamp", b"yes")]
+                await send(message)
+
+            await self.app(scope, receive, stamped)
+
+    app.add_middleware(Stamp)
+    with caplog.at_level("WARNING"), TestClient(app) as later:
+        response = later.post("/v1/predictions", json={"flights": [UA_1545]}, headers=KEY)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-stamp"] == "yes"
+    assert app.fast_predictions is False
+    assert any("middleware Stamp" in r.getMessage() for r in caplog.records)
 
 
 def test_reload_needs_the_admin_key_and_serves_the_alias(
@@ -420,6 +492,106 @@ def test_unknown_routes_and_methods_answer_the_error_body(client: TestClient) ->
     assert wrong.headers["allow"] == "POST"
 
 
+def test_the_documented_examples_are_what_the_service_answers(
+    client: TestClient, registered_model: RegisteredModel
+) -> None:
+    """Each request example of the OpenAPI document, sent to the service, gets the answer its
+    same-named response example shows: the same flights, T, lead and missing or unknown inputs
+    (the probability, the ids and the version are this test model's own)."""
+    from inference_pipeline.service.api_reference import (
+        PREDICTION_REQUEST_EXAMPLES,
+        PREDICTION_RESPONSE_EXAMPLES,
+    )
+    from inference_pipeline.service.schemas import PredictionResponse
+
+    def what_is_shown(predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            {k: sorted(v) if isinstance(v, list) else v for k, v in p.items()}
+            | {"probability": None, "model_version": None}
+            for p in predictions
+        ]
+
+    assert set(PREDICTION_REQUEST_EXAMPLES) == set(PREDICTION_RESPONSE_EXAMPLES)
+    live, documented = {}, {}
+    for name, example in PREDICTION_REQUEST_EXAMPLES.items():
+        response = client.post("/v1/predictions", json=example["value"], headers=KEY)
+        assert response.status_code == 200, response.text
+        body = PredictionResponse.model_validate(response.json())
+        assert {p.model_version for p in body.predictions} == {registered_model.version}
+        live[name] = what_is_shown(response.json()["predictions"])
+        documented[name] = what_is_shown(PREDICTION_RESPONSE_EXAMPLES[name]["value"]["predictions"])
+    assert live == documented, json.dumps(live, indent=1)
+
+
+def test_the_documented_probe_and_reload_answers_are_the_live_ones(
+    client: TestClient, registered_model: RegisteredModel
+) -> None:
+    """The documented examples show version 3 of flight_delay; here the version is the test
+    model's."""
+    from inference_pipeline.service.api_reference import (
+        LIVENESS_EXAMPLES,
+        READINESS_EXAMPLES,
+        RELOAD_RESPONSE_EXAMPLES,
+    )
+
+    version = registered_model.version
+
+    def as_served(example: dict[str, Any]) -> Any:
+        text = json.dumps(example["value"]).replace("v3", f"v{version}")
+        return json.loads(text.replace('"3"', f'"{version}"'))
+
+    assert client.get("/healthz").json() == LIVENESS_EXAMPLES["ok"]["value"]
+    assert client.get("/readyz").json() == as_served(READINESS_EXAMPLES["ready"])
+    reloaded = client.post("/admin/reload", json={}, headers={"X-API-Key": ADMIN_KEY})
+    assert reloaded.status_code == 200, reloaded.text
+    assert set(reloaded.json()) == set(RELOAD_RESPONSE_EXAMPLES["moved"]["value"])
+
+
+def test_live_refusals_match_the_documented_examples(client: TestClient) -> None:
+    """For each refusal the tests can provoke here, the service answers the `error` code (and
+    the fields) of the status' documented example."""
+    from inference_pipeline.service.api_reference import PREDICTION_REFUSALS, RELOAD_REFUSALS
+
+    admin = {"X-API-Key": ADMIN_KEY}
+    flight = {"flights": [UA_1545]}
+    live = {
+        ("/v1/predictions", 401): client.post("/v1/predictions", json=flight),
+        ("/v1/predictions", 403): client.post(
+            "/v1/predictions", json=flight, headers={"X-API-Key": "wrong"}
+        ),
+        ("/v1/predictions", 413): client.post(
+            "/v1/predictions",
+            content=b" " * 2_000_000,
+            headers=KEY | {"Content-Type": "application/json"},
+        ),
+        ("/v1/predictions", 415): client.post("/v1/predictions", content=b"flights=1", headers=KEY),
+        ("/v1/predictions", 422): client.post(
+            "/v1/predictions",
+            json={"flights": [{**UA_1545, "sched_dep_time": 875}]},
+            headers=KEY,
+        ),
+        ("/admin/reload", 401): client.post("/admin/reload", json={}),
+        ("/admin/reload", 403): client.post("/admin/reload", json={}, headers=KEY),
+        ("/admin/reload", 404): client.post(
+            "/admin/reload", json={"alias": "nosuch"}, headers=admin
+        ),
+        ("/admin/reload", 415): client.post("/admin/reload", content=b"alias=x", headers=admin),
+        ("/admin/reload", 422): client.post(
+            "/admin/reload", json={"alias": "no/such"}, headers=admin
+        ),
+    }
+    for (path, status), response in live.items():
+        assert response.status_code == status, (path, response.text)
+        refusals = PREDICTION_REFUSALS if path == "/v1/predictions" else RELOAD_REFUSALS
+        examples = [body for _, body in refusals[status][1].values()]
+        body = response.json()
+        assert body["error"] in {e["error"] for e in examples}, (path, status, body)
+        assert body["request_id"] == response.headers["X-Request-ID"]
+        same_code = next(e for e in examples if e["error"] == body["error"])
+        assert set(body) - {"dependency"} == set(same_code) - {"dependency"}, (path, status)
+        assert body.get("dependency") == same_code.get("dependency"), (path, status)
+
+
 def test_readiness_names_every_dependency(client: TestClient) -> None:
     body = client.get("/readyz").json()
     assert body["ready"] is True
@@ -450,6 +622,7 @@ def test_every_prediction_is_logged_for_monitoring(
         deadline = time.monotonic() + 10
         rows = pl.DataFrame()
         while time.monotonic() < deadline:
+            drain_prediction_log(registered_model.root)  # as the log writer process does
             if store.table_version(PREDICTIONS) is not None:
                 rows = store.read(PREDICTIONS).filter(pl.col("request_id") == "log-me")
                 if rows.height:
@@ -627,3 +800,59 @@ def test_model_downloads_are_removed_when_no_longer_served(
             assert again.status_code == 200
             assert len([p for p in own.iterdir() if p.is_dir()]) == 1
         assert list(artifacts.iterdir()) == []
+
+
+def test_the_log_writer_builds_the_rows_the_service_would_have_from_real_inputs(
+    registered_model: RegisteredModel, tmp_path: Path
+) -> None:
+    """The real model's online inputs (stored features as the store returns them, on-demand
+    features as numpy arrays), in two requests of one coalesced batch: the rows the log writer
+    decodes from the appended record equal the rows built from the service's own objects, so
+    the predictions table (and what the monitor reads) is unchanged."""
+    from datetime import date
+
+    from inference_pipeline.model_artifact import load_serving_model
+    from inference_pipeline.prediction_sink.records import (
+        decode_batches,
+        encode_batch,
+        prediction_rows,
+    )
+    from inference_pipeline.scoring import online_inputs
+    from shared.prediction_log import ONLINE_SOURCE, LoggedPredictions
+    from shared.registry import ModelRegistry, RegistrySettings
+
+    registry = ModelRegistry(
+        RegistrySettings(data_root=registered_model.root, model_name=MODEL_NAME)
+    )
+    model = load_serving_model(registry, "champion", tmp_path / "artifact")
+    as_of = int(datetime(2013, 3, 10, 12, 30, tzinfo=UTC).timestamp() * 1_000_000)
+    flights = [
+        {**UA_1545, "flight_date": date(2013, 3, 10), "sched_dep_time": t, "prediction_time": as_of}
+        for t in (600, 1200, 1830)
+    ]
+    flights[2]["tailnum"] = "N-UNKNOWN"  # a plane the store does not know: missing features
+    store = open_feature_store(FeatureStoreSettings(data_root=registered_model.root))
+    try:
+        inputs = online_inputs(store, model, flights)
+    finally:
+        store.close()
+    entries = [
+        LoggedPredictions(
+            flight_ids=part.flight_ids,
+            columns=part.features.columns,
+            window=part.features.window,
+            features=model.input_features,
+            probabilities=[0.25] * len(part.flight_ids),
+            missing=[r.missing_features for r in part.reports],
+            model_version=model.version,
+            request_id=f"real-{i}",
+            scored_at=datetime(2026, 12, 5, tzinfo=UTC),
+            source=ONLINE_SOURCE,
+            latency_ms=2.0,
+        )
+        for i, part in enumerate(inputs.split([1, 2]))
+    ]
+    logged = prediction_rows(decode_batches(encode_batch(entries, "real")))
+    assert logged.height == 3
+    assert logged.equals(prediction_rows(entries))
+    assert '"route_delay_rate_7d"' in logged["features"][0]

@@ -27,7 +27,12 @@ from shared.feature_store import open_feature_store
 from shared.prediction_log import PREDICTIONS
 from shared.registry import ModelRegistry, RegistrySettings
 from shared.settings import FeatureStoreSettings
-from tests.service.conftest import MODEL_NAME, RegisteredModel, start_service
+from tests.service.conftest import (
+    MODEL_NAME,
+    RegisteredModel,
+    drain_prediction_log,
+    start_service,
+)
 from tests.service.test_online_service import UA_1545
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -61,7 +66,7 @@ def app_settings(root: Path, tmp: Path, **overrides: object) -> InferenceSetting
         "triton_runtime_dir": tmp / "serving",
         "triton_model_repository": tmp / "repository",
         "alias_poll_s": 0,
-        "prediction_log_flush_s": 0.2,
+        "prediction_log_segment_s": 0.1,
         **overrides,
     }
     return InferenceSettings(_env_file=None, **values)  # type: ignore[arg-type, call-arg]
@@ -141,6 +146,7 @@ def test_shadow_never_changes_a_response_and_both_versions_are_logged(
             raise AssertionError("the shadow challenger did not score the request")
     assert shadowed["model_version"] == plain["model_version"] == "1"
     assert shadowed["predictions"] == plain["predictions"]
+    drain_prediction_log(registered_model.root)  # the log writer's work: the service's is done
     store = open_feature_store(FeatureStoreSettings(data_root=registered_model.root))
     try:
         logged = store.read(PREDICTIONS).filter(pl.col("request_id") == "shadow-1")

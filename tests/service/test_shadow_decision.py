@@ -30,7 +30,7 @@ from shared.prediction_time import DEFAULT_LEAD_MINUTES
 from shared.promotion import PROMOTION_REASON_TAG, SHADOW_RESULT_TAG, Promotion
 from shared.registry import ModelRegistry, RegistrySettings
 from shared.settings import FeatureStoreSettings
-from tests.service.conftest import MODEL_NAME, start_service
+from tests.service.conftest import MODEL_NAME, start_log_writer, start_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
 
@@ -160,9 +160,8 @@ def test_a_shadowed_challenger_is_judged_on_arriving_labels_and_promoted(
 
     flights = scheduled_flights(SCORED_DAY)
     assert len(flights) > 800
-    service = start_service(
-        root, tmp_path / "service.log", FTI_SHADOW="true", FTI_PREDICTION_LOG_FLUSH_S="0.5"
-    )
+    writer = start_log_writer(root, tmp_path / "writer.log", FTI_PREDICTION_LOG_COMMIT_S="0.5")
+    service = start_service(root, tmp_path / "service.log", FTI_SHADOW="true")
     try:
         with httpx.Client(base_url=service.url, timeout=30) as client:
             for start in range(0, len(flights), 100):
@@ -178,9 +177,12 @@ def test_a_shadowed_challenger_is_judged_on_arriving_labels_and_promoted(
                 break
             time.sleep(0.5)
         else:
-            raise AssertionError(f"not every prediction was logged: {counts}\n{service.log()}")
+            raise AssertionError(
+                f"not every prediction was logged: {counts}\n{service.log()}\n{writer.log()}"
+            )
     finally:
         service.stop()
+        writer.stop()
 
     # Before the outcomes arrive: nothing to judge yet.
     before = shadow_step(root, FTI_SHADOW_PROMOTE="true")

@@ -23,7 +23,12 @@ from shared.feature_store import open_feature_store
 from shared.feature_store.offline_delta import DeltaOfflineStore
 from shared.prediction_log import PREDICTIONS
 from shared.settings import FeatureStoreSettings
-from tests.service.conftest import MODEL_NAME, SharedTriton, inference_settings
+from tests.service.conftest import (
+    MODEL_NAME,
+    SharedTriton,
+    drain_prediction_log,
+    inference_settings,
+)
 from tests.service.test_online_service import UA_1545
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -48,6 +53,7 @@ def _logged(root: Path, request_ids: set[str]) -> pl.DataFrame:
     try:
         deadline = time.monotonic() + 20
         while True:
+            drain_prediction_log(root)  # as the log writer process does
             rows = store.read(PREDICTIONS).filter(pl.col("request_id").is_in(request_ids))
             if set(rows["request_id"]) == request_ids or time.monotonic() > deadline:
                 return rows
@@ -78,7 +84,7 @@ def test_test_traffic_is_logged_with_its_mark_and_left_out_of_monitoring(
     _logged(copy_root, before)
     assert _as_before_the_column(copy_root) >= len(FLIGHTS)  # other tests' rows too
 
-    with TestClient(create_app(settings)) as client:  # evolves the table on its start
+    with TestClient(create_app(settings)) as client:  # the writer evolves the table
         production = {_send(client, FLIGHTS[0], {"X-FTI-Test-Traffic": "false"})}
         tests = {_send(client, flight, TEST) for flight in FLIGHTS[:2]}
         tests |= {_send(client, FLIGHTS[2], {"X-FTI-Test-Traffic": "1"})}
