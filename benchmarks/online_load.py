@@ -20,15 +20,15 @@ the shared machine hits all of them alike), each for ``--duration`` s after a ``
 Triton is started here (``TritonServer.start_local`` on the copied data root's model
 repository) and shared by every service, and so is the prediction log's writer process
 (``python -m inference_pipeline log-writer``), as deployed. The headline figure of the
-keep-or-delete rule is one-flight requests/s at 16 connections (the service is bound by its
-one core: what a hand-written part saves is Python per request); the gain is taken per round against the
-library variant, and ``--rounds`` rounds give its range and median. Beside it, each service's
-CPU milliseconds per request (from ``/proc``), which the machine's other work disturbs less
-than requests/s. The load average is recorded around every wrk run. (A hand-written Triton
-HTTP client was measured the same way against ``tritonclient.http.aio`` and deleted:
-``results/online_load_triton_client.json``.) Issue 17's goals: p50 <= 2 ms and
-p99 <= 5 ms at 1 connection, >= 60% of bare FastAPI's requests/s at 16 connections, p99 <=
-15 ms for 100 flights at 1 connection.
+keep-or-delete rule is one-flight requests/s at 16 connections (the service is bound by its one
+core: what a hand-written part saves is Python per request); the gain is taken per round
+against the library variant, and ``--rounds`` rounds give its range and median. Beside it, each
+service's CPU milliseconds per request (from ``/proc``), which the machine's other work
+disturbs less than requests/s. The load average is recorded around every wrk run. (A
+hand-written Triton HTTP client was measured the same way against ``tritonclient.http.aio`` and
+deleted: ``results/online_load_triton_client.json``.) Issue 17's goals: p50 <= 2 ms and p99 <=
+5 ms at 1 connection, >= 60% of bare FastAPI's requests/s at 16 connections, p99 <= 15 ms for
+100 flights at 1 connection.
 
     nice -n -10 python benchmarks/online_load.py --data-root /tmp/main1 --rounds 3
 """
