@@ -27,6 +27,7 @@ from shared.errors import ArtifactIntegrityError
 from shared.feature_definitions import FEATURE_GROUPS
 from shared.feature_store import JoinRequest
 from shared.feature_view import FeatureView
+from shared.fresh_features import FreshFeatures
 from shared.registry import LoadedVersion, ModelRegistry
 from shared.transforms import FORMAT as MDT_FORMAT
 from shared.transforms import MDTState
@@ -143,6 +144,13 @@ def feature_view_from_description(data: dict[str, Any], mdt: MDTState) -> Featur
         )
     spine = FEATURE_GROUPS[data["spine"]["group"]]
     joined = {j.prefix + f for j in joins for f in j.feature_list()}
+    fresh = None
+    if "fresh" in data:  # absent: a version trained before the fresh window features
+        try:
+            fresh = FreshFeatures.from_description(data["fresh"])
+        except ValueError as exc:
+            raise ArtifactIntegrityError(f"the model's fresh features: {exc}") from exc
+        joined |= set(fresh.features)
     view = FeatureView(
         name=data["name"],
         version=int(data["version"]),
@@ -160,6 +168,7 @@ def feature_view_from_description(data: dict[str, Any], mdt: MDTState) -> Featur
         categorical=tuple(data["categorical"]),
         # Versions registered before the lead was recorded were joined at the departure.
         lead=timedelta(minutes=int(data.get("lead_minutes", 0))),
+        fresh=fresh,
     )
     missing = [f for f in mdt.input_features if f not in view.features]
     if missing:

@@ -157,12 +157,10 @@ def input_reports(
 
 
 def _input_groups(model: ServingModel) -> list[tuple[str, list[str]]]:
-    """Each joined group with the model inputs it provides."""
+    """Each group the view reads (joined, or the fresh features' events) with the model inputs
+    it provides."""
     inputs = set(model.mdt.input_features)
-    return [
-        (join.group.name, [c for f in join.feature_list() if (c := join.prefix + f) in inputs])
-        for join in model.view.joins
-    ]
+    return [(name, [c for c in cols if c in inputs]) for name, cols in model.view.input_groups()]
 
 
 def transform(frame: pl.DataFrame, mdt: MDTState) -> FeatureMatrices:

@@ -13,11 +13,12 @@ included), so batch and online inference ask the model which features to read, a
 The same functions build the labeled training frame and the scoring frame of the batch job, and
 :func:`online_feature_columns` builds the online one, so the three paths cannot drift apart.
 
-Adding a group computed *as of T* rather than joined (window aggregates over the last minutes
-before T, from tiles): offline, :func:`feature_frame` holds the spine with its
-:data:`~shared.prediction_time.PREDICTION_TIME` column right after the as-of join, and online,
-:func:`online_feature_columns` holds each row's T (``times``, epoch microseconds) beside the
-rows read; both call the one shared function there. See docs/operations.md ("One clock").
+The fresh window features (``FeatureView.fresh``: what left the origin airport, and the
+aircraft, in the minutes before T) are computed rather than joined: offline by
+:func:`feature_frame` right after the as-of join, from the departure events of the spine's span,
+and online by :func:`online_feature_columns` from the events read in the same round trip; both
+call the one function of :mod:`shared.recent_departures` (see :mod:`shared.fresh_features`).
+A view records whether it has them, so versions trained without them serve without them.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import polars as pl
@@ -37,13 +37,20 @@ from shared.feature_definitions import (
     AIRPORT_WEATHER,
     CARRIER_STATS,
     FLIGHTS,
-    NYC_TZ,
     PLANES,
     ROUTE_STATS,
 )
 from shared.feature_group import UTC_TIMESTAMP, FeatureGroup
 from shared.feature_store import FeatureStore, JoinRequest, OnlineLookup
 from shared.feature_store.online_as_of import tolerance_us
+from shared.flight_identity import local_day_start_utc
+from shared.fresh_features import (
+    FRESH_GROUP_NAME,
+    FreshFeatures,
+    offline_fresh_frame,
+    online_fresh_columns,
+    online_fresh_reads,
+)
 from shared.on_demand import (
     FLIGHT_DATE,
     PLANE_YEAR_BUILT,
@@ -78,9 +85,13 @@ class FeatureView:
     # Training and batch rows are read as of T = spine event time - lead (see the module doc).
     # Zero for versions registered before the lead was recorded: they were joined at departure.
     lead: timedelta = timedelta(0)
+    # Fresh window features computed as of T from the departure events (shared.fresh_features);
+    # None for versions registered before they existed, which read none of it.
+    fresh: FreshFeatures | None = None
 
     def __post_init__(self) -> None:
         available = {*self.spine_features, *self.on_demand, *self.joined_columns}
+        available |= set(self.fresh_columns)
         unknown = [f for f in (*self.numeric, *self.categorical) if f not in available]
         if unknown:
             raise ValueError(f"feature view {self.name}: unknown features {unknown}")
@@ -98,9 +109,18 @@ class FeatureView:
         """This view, reading training and batch rows ``minutes`` before departure."""
         return replace(self, lead=lead_of(minutes))
 
+    def without_fresh(self) -> FeatureView:
+        """This view without its fresh window features (as versions registered before them)."""
+        fresh = set(self.fresh_columns)
+        return replace(self, fresh=None, numeric=tuple(n for n in self.numeric if n not in fresh))
+
     @property
     def joined_columns(self) -> list[str]:
         return [r.prefix + f for r in self.joins for f in r.feature_list()]
+
+    @property
+    def fresh_columns(self) -> tuple[str, ...]:
+        return () if self.fresh is None else self.fresh.features
 
     @property
     def features(self) -> list[str]:
@@ -108,7 +128,16 @@ class FeatureView:
 
     @property
     def groups(self) -> list[FeatureGroup]:
-        return [self.spine, *(r.group for r in self.joins)]
+        fresh = [] if self.fresh is None else list(self.fresh.groups)
+        return [self.spine, *(r.group for r in self.joins), *fresh]
+
+    def input_groups(self) -> list[tuple[str, list[str]]]:
+        """Each group the view reads for a row, with the columns it provides (the joins', and
+        the fresh features under the departure events' name): what ``missing_groups`` names."""
+        groups = [(r.group.name, [r.prefix + f for f in r.feature_list()]) for r in self.joins]
+        if self.fresh is not None:
+            groups.append((FRESH_GROUP_NAME, list(self.fresh.features)))
+        return groups
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable description, stored with every model version trained on the view."""
@@ -132,6 +161,7 @@ class FeatureView:
                 }
                 for r in self.joins
             ],
+            **({} if self.fresh is None else {"fresh": self.fresh.describe()}),
             "on_demand": list(self.on_demand),
             "numeric": list(self.numeric),
             "categorical": list(self.categorical),
@@ -144,9 +174,12 @@ _WEATHER = (
     "temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip", "pressure", "visib"
 )  # fmt: skip
 
+_FRESH = FreshFeatures()
+
 FLIGHT_DELAY_VIEW = FeatureView(
     name="flight_delay",
-    version=1,
+    # v2: the fresh window features (v1 versions are rebuilt from their own description).
+    version=2,
     spine=FLIGHTS,
     label="is_delayed",
     entity_columns=(
@@ -202,6 +235,7 @@ FLIGHT_DELAY_VIEW = FeatureView(
         "time_of_day_cos",
         "season_sin",
         "season_cos",
+        *_FRESH.features,
     ),
     categorical=(
         "carrier",
@@ -214,12 +248,8 @@ FLIGHT_DELAY_VIEW = FeatureView(
         "plane_engine",
     ),
     lead=lead_of(DEFAULT_LEAD_MINUTES),
+    fresh=_FRESH,
 )
-
-
-def local_day_start_utc(day: date) -> datetime:
-    """The UTC instant of local (New York) midnight starting ``day``."""
-    return datetime.combine(day, time(0), tzinfo=ZoneInfo(NYC_TZ)).astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -287,6 +317,9 @@ def feature_frame(
     joined = store.point_in_time_join(
         spine, PREDICTION_TIME, list(view.joins), versions=dict(versions or {})
     )
+    if view.fresh is not None:  # computed as of each row's T from the events strictly before
+        fresh = offline_fresh_frame(store, view.fresh, joined, versions=dict(versions or {}))
+        joined = pl.concat([joined.drop(fresh.columns, strict=False), fresh], how="horizontal")
     joined = with_on_demand_features(joined)
     return joined.select(
         _unique([*view.entity_columns, PREDICTION_TIME, *view.features, *extra_columns])
@@ -417,13 +450,22 @@ def online_feature_columns(
     if len(times) != rows:
         raise ValueError(f"{len(times)} prediction times for {rows} requests")
     lookups = [_online_keys(join, requests, times) for join in view.joins]
-    found = store.get_online_rows(lookups) if rows else [[] for _ in lookups]
+    fresh = None
+    if view.fresh is not None and rows:
+        # The fresh groups in the same read: the watermark row and the events' ranges.
+        reads = online_fresh_reads(requests, times)
+        found, ranges = store.get_online_rows_and_ranges([*lookups, reads.progress], reads.ranges)
+        fresh = online_fresh_columns(view.fresh, reads, found.pop(), ranges)
+    else:
+        found = store.get_online_rows(lookups) if rows else [[] for _ in lookups]
     fields = requests[0].keys() if requests else ()
     columns: dict[str, Any] = {name: [r.get(name) for r in requests] for name in fields}
     columns[PREDICTION_TIME] = times
     for join, group_rows in zip(view.joins, found, strict=True):
         for feature in join.feature_list():
             columns[join.prefix + feature] = [None if r is None else r[feature] for r in group_rows]
+    if view.fresh is not None:
+        columns |= fresh or {name: np.empty(0) for name in view.fresh.features}
     columns |= on_demand_columns(
         np.array(columns[FLIGHT_DATE], dtype="datetime64[D]"),
         np.array(columns[SCHED_DEP_TIME], dtype=np.int64),

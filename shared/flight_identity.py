@@ -73,3 +73,8 @@ def as_of_before_departure(flight_date: date, sched_dep_time: int, lead_minutes:
     if departure is None:
         raise ValueError(f"{flight_date} {sched_dep_time:04d} does not exist in New York")
     return departure - timedelta(minutes=lead_minutes)
+
+
+def local_day_start_utc(day: date) -> datetime:
+    """The UTC instant of local (New York) midnight starting ``day``."""
+    return datetime.combine(day, time(0), tzinfo=ZoneInfo(NYC_TZ)).astimezone(UTC)

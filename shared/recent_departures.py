@@ -100,11 +100,11 @@ class DepartureLog:
         """From ``departure_events`` rows (offline); a flight's latest event stands for it."""
         frame = frame.sort("event_at").unique("flight_id", keep="last", maintain_order=True)
         return cls(
-            flight_id=_objects(frame["flight_id"]),
-            origin=_objects(frame["origin"]),
-            carrier=_objects(frame["carrier"]),
-            tailnum=_objects(frame["tailnum"]),
-            event_at=_micros(frame["event_at"]),
+            flight_id=objects(frame["flight_id"]),
+            origin=objects(frame["origin"]),
+            carrier=objects(frame["carrier"]),
+            tailnum=objects(frame["tailnum"]),
+            event_at=micros(frame["event_at"]),
             dep_delay=frame["dep_delay"].cast(pl.Float64).fill_null(np.nan).to_numpy(),
             cancelled=frame["is_cancelled"].fill_null(False).to_numpy().astype(bool),
         )
@@ -115,10 +115,10 @@ class DepartureLog:
         indexes counts once, and a flight's latest event stands for it (as offline)."""
         unique = list(_latest_per_flight(rows, "event_at"))
         return cls(
-            flight_id=_object_array([r["flight_id"] for r in unique]),
-            origin=_object_array([r["origin"] for r in unique]),
-            carrier=_object_array([r["carrier"] for r in unique]),
-            tailnum=_object_array([r["tailnum"] for r in unique]),
+            flight_id=object_array([r["flight_id"] for r in unique]),
+            origin=object_array([r["origin"] for r in unique]),
+            carrier=object_array([r["carrier"] for r in unique]),
+            tailnum=object_array([r["tailnum"] for r in unique]),
             event_at=np.array([r["event_at"] for r in unique], dtype=np.int64),
             dep_delay=np.array([r["dep_delay"] for r in unique], dtype=np.float64),
             cancelled=np.array([bool(r["is_cancelled"]) for r in unique], dtype=bool),
@@ -139,19 +139,19 @@ class Schedule:
         """From ``departure_schedule`` rows; a flight's latest schedule stands for it."""
         frame = frame.sort("sched_dep_utc").unique("flight_id", keep="last", maintain_order=True)
         return cls(
-            flight_id=_objects(frame["flight_id"]),
-            origin=_objects(frame["origin"]),
-            carrier=_objects(frame["carrier"]),
-            sched_at=_micros(frame["sched_dep_utc"]),
+            flight_id=objects(frame["flight_id"]),
+            origin=objects(frame["origin"]),
+            carrier=objects(frame["carrier"]),
+            sched_at=micros(frame["sched_dep_utc"]),
         )
 
     @classmethod
     def from_rows(cls, rows: Iterable[Mapping[str, Any]]) -> Schedule:
         unique = list(_latest_per_flight(rows, "sched_dep_utc"))
         return cls(
-            flight_id=_object_array([r["flight_id"] for r in unique]),
-            origin=_object_array([r["origin"] for r in unique]),
-            carrier=_object_array([r["carrier"] for r in unique]),
+            flight_id=object_array([r["flight_id"] for r in unique]),
+            origin=object_array([r["origin"] for r in unique]),
+            carrier=object_array([r["carrier"] for r in unique]),
             sched_at=np.array([r["sched_dep_utc"] for r in unique], dtype=np.int64),
         )
 
@@ -390,17 +390,17 @@ def _latest_per_flight(rows: Iterable[Mapping[str, Any]], time: str) -> Iterable
     return latest.values()
 
 
-def _objects(column: pl.Series) -> np.ndarray:
-    return _object_array(column.to_list())
+def objects(column: pl.Series) -> np.ndarray:
+    return object_array(column.to_list())
 
 
-def _object_array(values: Sequence[Any]) -> np.ndarray:
+def object_array(values: Sequence[Any]) -> np.ndarray:
     out = np.empty(len(values), dtype=object)
     out[:] = values
     return out
 
 
-def _micros(column: pl.Series) -> np.ndarray:
+def micros(column: pl.Series) -> np.ndarray:
     return column.dt.epoch("us").to_numpy().astype(np.int64)
 
 

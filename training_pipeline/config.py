@@ -171,6 +171,10 @@ class TrainingConfig(BaseModel):
     # model learns from what is known this long before departure (stored with the version; the
     # batch job scores at it).
     lead_minutes: int = Field(default=DEFAULT_LEAD_MINUTES, ge=0, le=MAX_LEAD_MINUTES)
+    # The fresh window features (what left the origin, and the aircraft, in the minutes before
+    # T: shared.recent_departures). false trains the view without them (the comparison of
+    # benchmarks/lead_quality.py); the version records which it has.
+    fresh_features: bool = True
     windows: Windows = Windows()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()

@@ -175,6 +175,13 @@ def segment_scores(
     ]
 
 
+def training_view(view: FeatureView, config: TrainingConfig) -> FeatureView:
+    """The view ``config`` trains: every row as of departure - its lead, with or without the
+    fresh window features (``fresh_features``)."""
+    view = view.with_lead(config.lead_minutes)
+    return view if config.fresh_features else view.without_fresh()
+
+
 def run_training(
     settings: TrainingSettings,
     config: TrainingConfig,
@@ -192,7 +199,7 @@ def run_training(
     version is only an *eligible* challenger and a later step decides. See ``outcome.decision``
     (:func:`raise_if_refused` for callers that want an error).
     """
-    view = view.with_lead(config.lead_minutes)  # every row as of departure - lead
+    view = training_view(view, config)
     with distributed_context(settings.device) as ctx:
         started = time.perf_counter()
         store = open_feature_store(settings.store_settings())

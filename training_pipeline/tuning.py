@@ -49,7 +49,7 @@ from training_pipeline.data import SearchData, load_search_data
 from training_pipeline.distributed import DistContext, choose_device
 from training_pipeline.loop import EpochRecord, FitResult, Tensors, fit
 from training_pipeline.model import TabularNet
-from training_pipeline.pipeline import git_commit, seed_everything
+from training_pipeline.pipeline import git_commit, seed_everything, training_view
 from training_pipeline.study_storage import (
     MLFLOW_RUN_ATTR,
     create_or_join,
@@ -339,7 +339,7 @@ def run_study(
     try:
         data = load_search_data(
             store,
-            view.with_lead(base.lead_minutes),
+            training_view(view, base),
             base.windows,
             base.mdt,
             chunk_days=settings.training_chunk_days,

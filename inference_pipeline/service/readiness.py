@@ -45,7 +45,7 @@ class DependencyChecks:
         here, not only in a fresh process) with the served view's tables, and a read."""
         access = self._store
         probe = pl.DataFrame({"carrier": ["__readiness__"]})
-        groups = {j.group.table_name: j.group for m in self._models.all() for j in m.view.joins}
+        groups = {g.table_name: g for m in self._models.all() for g in m.view.groups if g.online}
         try:
             await access.call(access.store.check_online, list(groups.values()))
             await access.call(access.store.get_online_features, CARRIER_STATS, probe)

@@ -108,6 +108,7 @@ class LocalFeatureStore:
         if not group.online:
             raise ValueError(f"feature group {group.name} is offline-only")
         return self.online.write(group, rows)
+
     def check_online(self, groups: Sequence[FeatureGroup]) -> None:
         self.online.check(groups)
 

@@ -236,6 +236,7 @@ class FeatureStore(Protocol):
     def write_online(self, group: FeatureGroup, rows: pl.DataFrame) -> int:
         """Upsert ``rows`` straight into the online store (a streaming writer, which inserts the
         same rows offline itself); returns the rows written."""
+
     def check_online(self, groups: Sequence[FeatureGroup]) -> None:
         """Readiness of the online store for ``groups`` (see `OnlineStore.check`)."""
         ...

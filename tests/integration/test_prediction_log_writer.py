@@ -212,3 +212,22 @@ def test_commits_are_bounded_by_rows_and_the_table_is_compacted(tmp_path: Path) 
         .sort("request_id", "flight_id")
         .equals(rows.sort("request_id", "flight_id"))
     )
+
+
+def test_every_worker_process_has_its_own_spool_file_and_the_writer_reads_them_all(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(tmp_path)
+    workers = [open_sink(settings) for _ in range(3)]  # as `serve --workers 3` opens them
+    ids = []
+    for round_ in range(4):
+        for number, sink in enumerate(workers):
+            request_id = f"w{number}-{round_}"
+            sink.append(encode_batch(_batch(request_id), request_id))
+            ids.append(request_id)
+    segments = {p.name for p in settings.prediction_spool_dir.glob(f"*{OPEN}")}
+    assert len(segments) == 3  # one open segment per worker, never shared
+    for sink in workers:
+        sink.close()
+    _drain(settings)
+    _assert_once_each(tmp_path, ids)

@@ -29,6 +29,7 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from inference_pipeline.monitor.__main__ import app
+from shared.recent_departures import FEATURES as FRESH_FEATURES
 from shared.registry import ModelRegistry, RegistrySettings
 from tests.training_fixtures import small_config
 
@@ -149,6 +150,25 @@ def test_a_july_window_against_a_january_model_is_drift(july_run, monitored: Mon
     assert any(r.startswith("data drift") for r in result["retrain"]["reasons"])
 
 
+def test_the_fresh_window_features_are_monitored_like_the_others(july_run) -> None:  # type: ignore[no-untyped-def]
+    """The fresh window features (computed as of T from the departure events) are in the
+    version's reference and in the window's drift report, each tested with its missing rate
+    against the training split's; the batch job computed them from the events, so July's
+    counts are there (not all missing)."""
+    done, _, _ = july_run
+    result = json.loads(Path(stdout_json(done.stdout)["outputs"]["json"]).read_text())
+    rows = {r["feature"]: r for r in result["drift"]["features"]}
+    for name in FRESH_FEATURES:
+        row = rows[name]
+        assert row["kind"] == "numeric" and row["status"] not in {"ABSENT", "NO_REFERENCE"}, row
+        assert row["null_fraction_reference"] is not None and row["missing_p_value"] is not None
+        assert row["null_fraction_current"] is not None
+    assert rows["origin_departures_60m"]["null_fraction_current"] == 0
+    assert rows["origin_departures_60m"]["current_mean"] > 3
+    # (an aircraft's first departure of the day has no earlier one: missing, and imputed)
+    assert rows["tail_last_dep_delay"]["null_fraction_current"] > 0
+
+
 def test_the_window_counts_each_flight_once_and_reports_each_version(
     july_run, monitored: Monitored
 ) -> None:  # type: ignore[no-untyped-def]
@@ -214,8 +234,10 @@ def test_quality_and_drift_per_segment_against_the_versions_test_metrics(
         & (pl.col("model_version") == monitored.champion)
     )
     flights = read_table(monitored.root, "flights").select("flight_id", "is_delayed", "origin")
-    jfk = predictions.join(flights, on="flight_id").drop_nulls("is_delayed").filter(
-        pl.col("origin") == "JFK"
+    jfk = (
+        predictions.join(flights, on="flight_id")
+        .drop_nulls("is_delayed")
+        .filter(pl.col("origin") == "JFK")
     )
     row = next(r for r in rows if r["name"] == "origin=JFK")
     assert row["labelled"] == jfk.height

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -14,13 +15,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
+from feature_pipeline.features.departures import (
+    departure_event_rows,
+    departure_schedule,
+    events_from_flights,
+)
 from shared.feature_definitions import (
     AIRPORT_WEATHER,
     CARRIER_STATS,
+    DEPARTURE_EVENTS,
+    DEPARTURE_SCHEDULE,
+    DEPARTURES_STREAM,
     FLIGHTS,
     PLANES,
     PLANES_VALID_FROM,
     ROUTE_STATS,
+    STREAM_PROGRESS,
 )
 from shared.feature_group import FeatureGroup
 from shared.feature_store import FeatureStore, open_feature_store
@@ -31,8 +41,11 @@ from shared.feature_view import (
     build_training_frame,
     local_day_start_utc,
 )
-from shared.prediction_time import PREDICTION_TIME
+from shared.prediction_time import PREDICTION_TIME, epoch_us
+from shared.recent_departures import FEATURES as FRESH_FEATURES
 from shared.settings import FeatureStoreSettings
+from tests.unit.test_recent_departures import Event, Query, Scheduled
+from tests.unit.test_recent_departures import oracle as fresh_oracle
 
 DAYS = [date(2013, 3, 4) + timedelta(days=i) for i in range(3)]
 ROUTES = [("EWR", "ORD"), ("JFK", "LAX"), ("EWR", "LAX")]
@@ -128,14 +141,31 @@ def synthetic_groups(
         (AIRPORT_WEATHER, weather),
         (PLANES, planes),
     ]
+    groups = [
+        (g, pl.DataFrame(rows, infer_schema_length=None).pipe(g.conform)) for g, rows in frames
+    ]
+    groups += departure_groups(groups[0][1])
+    return [(g, frame.sample(fraction=1.0, shuffle=True, seed=seed)) for g, frame in groups]
+
+
+def departure_groups(flights: pl.DataFrame) -> list[tuple[FeatureGroup, pl.DataFrame]]:
+    """The flights' departure events (as the feature pipeline derives them), their schedule and
+    the watermark a batch run writes: complete up to the end of the last day."""
+    events, broken = departure_event_rows(events_from_flights(flights))
+    assert broken.is_empty()
+    complete_until = local_day_start_utc(DAYS[-1] + timedelta(days=1))
+    progress = pl.DataFrame(
+        {
+            "stream": [DEPARTURES_STREAM],
+            "watermark": [complete_until],
+            "committed_at": [complete_until],
+            "events": [events.height],
+        }
+    )
     return [
-        (
-            g,
-            pl.DataFrame(rows, infer_schema_length=None)
-            .pipe(g.conform)
-            .sample(fraction=1.0, shuffle=True, seed=seed),
-        )
-        for g, rows in frames
+        (DEPARTURE_EVENTS, events),
+        (DEPARTURE_SCHEDULE, departure_schedule(flights)),
+        (STREAM_PROGRESS, STREAM_PROGRESS.conform(progress)),
     ]
 
 
@@ -146,7 +176,23 @@ def perturb_after(
     rng = np.random.default_rng(seed + 1)
     out = []
     for group, frame in groups:
-        if group is FLIGHTS or group is PLANES:  # the spine itself; planes are static
+        if group is DEPARTURE_EVENTS:  # events at or after the cutoff: other delays
+            at_or_after = pl.Series(frame["event_at"] >= cutoff)
+            noise = pl.Series(rng.integers(-100, 300, frame.height)).cast(pl.Float32)
+            out.append(
+                (
+                    group,
+                    frame.with_columns(
+                        pl.when(at_or_after & ~pl.col("is_cancelled"))
+                        .then(noise)
+                        .otherwise(pl.col("dep_delay"))
+                        .alias("dep_delay")
+                    ),
+                )
+            )
+            continue
+        if group.name in {FLIGHTS.name, PLANES.name, DEPARTURE_SCHEDULE.name, STREAM_PROGRESS.name}:
+            # the spine itself; planes are static; the schedule is known ahead
             out.append((group, frame))
             continue
         later = frame[group.event_time] > cutoff
@@ -227,6 +273,44 @@ def as_of_oracle(
     return expected
 
 
+def fresh_expected(
+    groups: list[tuple[FeatureGroup, pl.DataFrame]], row: dict[str, Any]
+) -> dict[str, Any]:
+    """The fresh window features of one training row by the brute-force oracle of
+    ``test_recent_departures`` (events strictly before T), as the frame holds them (null when
+    none, float32-rounded)."""
+    frames = {group.name: frame for group, frame in groups}
+    events = [
+        Event(
+            e["flight_id"],
+            e["origin"],
+            e["carrier"],
+            e["tailnum"],
+            epoch_us(e["event_at"]),
+            None if e["is_cancelled"] else e["dep_delay"],
+        )
+        for e in frames[DEPARTURE_EVENTS.name].iter_rows(named=True)
+    ]
+    schedule = [
+        Scheduled(s["flight_id"], s["origin"], s["carrier"], epoch_us(s["sched_dep_utc"]))
+        for s in frames[DEPARTURE_SCHEDULE.name].iter_rows(named=True)
+    ]
+    query = Query(
+        row["origin"],
+        row["carrier"],
+        row["tailnum"],
+        epoch_us(row[PREDICTION_TIME]),
+        epoch_us(local_day_start_utc(row["flight_date"])),
+    )
+    values = fresh_oracle(events, schedule, query)
+    return {
+        name: None
+        if math.isnan(v)
+        else (v if "_departures_" in name or "_pending_" in name else float(np.float32(v)))
+        for name, v in values.items()
+    }
+
+
 @pytest.mark.unit
 @settings(
     max_examples=8,
@@ -253,6 +337,10 @@ def test_every_joined_value_is_the_one_valid_at_t_within_its_tolerance(
         assert row[PREDICTION_TIME] == row["sched_dep_utc"] - timedelta(minutes=lead)
         expected = as_of_oracle(groups, view, row)
         assert {name: row[name] for name in expected} == expected, row["flight_id"]
+        fresh = fresh_expected(groups, row)
+        assert {name: row[name] for name in FRESH_FEATURES} == fresh, row["flight_id"]
+    # (the windows see departures: the oracle check above is not about empty windows only)
+    assert frame["origin_departures_120m"].sum() + frame["tail_last_dep_delay"].count() > 0
     on_demand = [*view.on_demand]
     assert_frame_equal(
         frame.sort("flight_id").select(on_demand), at_departure.sort("flight_id").select(on_demand)

@@ -1,0 +1,250 @@
+"""The fresh window features of a feature view: read the departure events, compute as of T.
+
+:mod:`shared.recent_departures` computes the features from events, a schedule and query rows;
+this module is its two edges, so that training, the batch job and the online service hand it
+the same events for the same T:
+
+- offline (:func:`offline_fresh_frame`): the ``departure_events`` and ``departure_schedule``
+  rows of the whole span the spine's T values need (pinned to the view's table versions), and
+  the events' coverage, the newest watermark in ``stream_progress``;
+- online (:func:`online_fresh_reads` then :func:`online_fresh_columns`): per request, the
+  origin's events of ``[T - EVENT_LOOKBACK, T)``, the aircraft's events of ``[local midnight,
+  T)``, the origin's schedule of ``[T - 120 min, T)`` and the stream's watermark, read in the
+  same single round trip per store as the view's other groups.
+
+A view without fresh features (``FeatureView.fresh is None``: every version registered before
+they existed) reads none of this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from shared.feature_definitions import (
+    DEPARTURE_EVENTS,
+    DEPARTURE_SCHEDULE,
+    DEPARTURES_STREAM,
+    NYC_TZ,
+    STREAM_PROGRESS,
+)
+from shared.feature_group import FeatureGroup
+from shared.feature_store import FeatureStore, OnlineLookup, OnlineRangeLookup
+from shared.feature_store.protocol import OnlineRange, OnlineRow
+from shared.flight_identity import local_day_start_utc
+from shared.prediction_time import PREDICTION_TIME, epoch_us, instant_of
+from shared.recent_departures import (
+    EVENT_LOOKBACK,
+    FEATURES,
+    LONGEST_WINDOW,
+    DepartureLog,
+    Queries,
+    Schedule,
+    feature_frame,
+    micros,
+    object_array,
+    objects,
+    online_known_since,
+    recent_departure_features,
+)
+
+# The events must be known up to T - this (the stream's watermark) for the features of T to be
+# computed; else they are all missing. Replays and the stream move the watermark at least every
+# 5 minutes of event time (a heartbeat in a quiet night), so a working stream is within it.
+FRESH_TOLERANCE = timedelta(minutes=10)
+FRESH_GROUPS: tuple[FeatureGroup, ...] = (DEPARTURE_EVENTS, DEPARTURE_SCHEDULE, STREAM_PROGRESS)
+# The name ``missing_groups`` reports when every fresh feature of a flight is missing.
+FRESH_GROUP_NAME = DEPARTURE_EVENTS.name
+
+_US = timedelta(microseconds=1)
+_LOOKBACK_US = EVENT_LOOKBACK // _US
+_LONGEST_US = LONGEST_WINDOW // _US
+
+
+@dataclass(frozen=True)
+class FreshFeatures:
+    """The fresh window features a view uses, and the coverage tolerance they are read with."""
+
+    features: tuple[str, ...] = FEATURES
+    tolerance: timedelta = FRESH_TOLERANCE
+    groups: tuple[FeatureGroup, ...] = field(default=FRESH_GROUPS)
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.features if f not in FEATURES]
+        if unknown:
+            raise ValueError(f"unknown fresh window features {unknown}")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "function": "shared.recent_departures.recent_departure_features",
+            "groups": [{"group": g.name, "group_version": g.version} for g in self.groups],
+            "features": list(self.features),
+            "tolerance_s": self.tolerance.total_seconds(),
+        }
+
+    @classmethod
+    def from_description(cls, data: Mapping[str, Any]) -> FreshFeatures:
+        """From :meth:`describe`; a group version this code does not define is refused."""
+        stored = {g["group"]: g["group_version"] for g in data["groups"]}
+        known = {g.name: g.version for g in FRESH_GROUPS}
+        if stored != known:
+            raise ValueError(f"fresh window features read groups {stored}; this code has {known}")
+        return cls(
+            features=tuple(data["features"]), tolerance=timedelta(seconds=data["tolerance_s"])
+        )
+
+
+# -- offline: training and the batch job ------------------------------------------------------
+
+
+def day_starts(flight_date: pl.Expr) -> pl.Expr:
+    """Local (New York) midnight of each flight date, as a UTC instant."""
+    return (
+        flight_date.cast(pl.Datetime("us"))
+        .dt.replace_time_zone(NYC_TZ, ambiguous="earliest", non_existent="null")
+        .dt.convert_time_zone("UTC")
+    )
+
+
+def offline_fresh_frame(
+    store: FeatureStore,
+    fresh: FreshFeatures,
+    spine: pl.DataFrame,
+    *,
+    versions: Mapping[str, int],
+) -> pl.DataFrame:
+    """The fresh features of each spine row (columns origin, carrier, tailnum, flight_date and
+    :data:`PREDICTION_TIME`), in spine order, as of the row's T, from the offline tables at
+    ``versions`` (a group missing from it: its current version)."""
+    at = micros(spine[PREDICTION_TIME])
+    day_start = micros(spine.select(day_starts(pl.col("flight_date"))).to_series())
+    queries = Queries(
+        origin=objects(spine["origin"]),
+        carrier=objects(spine["carrier"]),
+        tailnum=objects(spine["tailnum"]),
+        at=at,
+        day_start=day_start,
+    )
+    if not len(queries):
+        return feature_frame({name: np.empty(0) for name in FEATURES}).select(fresh.features)
+    first = int(min(at.min() - _LOOKBACK_US, day_start.min()))
+    last = int(at.max())  # events and departures at or after every T never count
+    events = store.read(
+        DEPARTURE_EVENTS,
+        instant_of(first),
+        instant_of(last),
+        version=versions.get(DEPARTURE_EVENTS.name),
+    )
+    schedule = store.read(
+        DEPARTURE_SCHEDULE,
+        instant_of(int(at.min()) - _LONGEST_US),
+        instant_of(last),
+        version=versions.get(DEPARTURE_SCHEDULE.name),
+    )
+    values = recent_departure_features(
+        DepartureLog.from_frame(events),
+        Schedule.from_frame(schedule),
+        queries,
+        covered_until=offline_watermark(store, versions.get(STREAM_PROGRESS.name)),
+        tolerance=fresh.tolerance,
+    )
+    return feature_frame(values).select(fresh.features)
+
+
+def offline_watermark(store: FeatureStore, version: int | None) -> int | None:
+    """The newest watermark of the departure events in the offline table (epoch us; None:
+    none): a batch run writes "complete up to the end of my window", the stream its
+    position."""
+    progress = store.read(STREAM_PROGRESS, version=version)
+    marks = progress.filter(pl.col("stream") == DEPARTURES_STREAM)["watermark"]
+    return None if marks.is_empty() else int(micros(marks).max())
+
+
+# -- online: the request path -----------------------------------------------------------------
+
+
+@lru_cache(maxsize=4096)
+def _day_start_us(flight_date: date) -> int:
+    return epoch_us(local_day_start_utc(flight_date))
+
+
+@dataclass(frozen=True)
+class FreshReads:
+    """What the online path asks the store for one batch of requests: the watermark lookup
+    and three range lookups (origin events, aircraft events, origin schedule), one range per
+    distinct (key, start, end); ``queries`` are the request rows."""
+
+    progress: OnlineLookup
+    ranges: tuple[OnlineRangeLookup, ...]
+    queries: Queries
+
+
+def online_fresh_reads(requests: Sequence[Mapping[str, Any]], times: Sequence[int]) -> FreshReads:
+    """The reads the fresh features of ``requests`` (fields origin, carrier, tailnum,
+    flight_date as a date) as of ``times`` (epoch microseconds) need."""
+    at = np.asarray(times, dtype=np.int64)
+    day_start = np.array([_day_start_us(r["flight_date"]) for r in requests], dtype=np.int64)
+    queries = Queries(
+        origin=object_array([r.get("origin") for r in requests]),
+        carrier=object_array([r.get("carrier") for r in requests]),
+        tailnum=object_array([r.get("tailnum") for r in requests]),
+        at=at,
+        day_start=day_start,
+    )
+    origin_events: dict[tuple[Any, int, int], None] = {}
+    tail_events: dict[tuple[Any, int, int], None] = {}
+    origin_schedule: dict[tuple[Any, int, int], None] = {}
+    for origin, tail, t, start in zip(
+        queries.origin.tolist(), queries.tailnum.tolist(), at.tolist(), day_start.tolist(),
+        strict=True,
+    ):  # fmt: skip
+        origin_events[(origin, t - _LOOKBACK_US, t)] = None
+        if tail is not None:
+            tail_events[(tail, min(start, t), t)] = None
+        origin_schedule[(origin, t - _LONGEST_US, t)] = None
+    ranges = tuple(
+        OnlineRangeLookup(
+            group,
+            index,
+            [(k,) for k, _, _ in spans],
+            [s for _, s, _ in spans],
+            [e for _, _, e in spans],
+        )
+        for group, index, spans in (
+            (DEPARTURE_EVENTS, ("origin",), list(origin_events)),
+            (DEPARTURE_EVENTS, ("tailnum",), list(tail_events)),
+            (DEPARTURE_SCHEDULE, ("origin",), list(origin_schedule)),
+        )
+    )
+    return FreshReads(OnlineLookup(STREAM_PROGRESS, [(DEPARTURES_STREAM,)]), ranges, queries)
+
+
+def online_fresh_columns(
+    fresh: FreshFeatures,
+    reads: FreshReads,
+    progress: Sequence[OnlineRow],
+    found: Sequence[Sequence[OnlineRange]],
+) -> dict[str, np.ndarray]:
+    """The fresh features of the requests, from what the store answered to ``reads``."""
+    origin_events, tail_events, schedule = found
+    watermark = progress[0]["watermark"] if progress and progress[0] is not None else None
+    events = [row for rows in (*origin_events, *tail_events) for row in rows]
+    values = recent_departure_features(
+        DepartureLog.from_rows(events),
+        Schedule.from_rows(row for rows in schedule for row in rows),
+        reads.queries,
+        covered_until=watermark,
+        tolerance=fresh.tolerance,
+        known_since=(
+            None
+            if watermark is None
+            else online_known_since(watermark, DEPARTURE_EVENTS.online_horizon)
+        ),
+    )
+    return {name: values[name] for name in fresh.features}
