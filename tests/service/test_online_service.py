@@ -107,15 +107,21 @@ def test_each_prediction_names_its_t_and_the_models_lead(client: TestClient) -> 
 def test_without_as_of_t_is_the_arrival_and_2013_features_are_too_old(
     client: TestClient,
 ) -> None:
-    """The online tolerances, as of now: daily stats older than 28 days and weather older than
-    3 hours are missing (imputed and reported), as the offline join would have them; the
-    static plane is not time-varying."""
+    """The online tolerances, as of now: daily stats older than 28 days, weather older than 3
+    hours and the fresh window features (the stream's coverage ends in 2013) are missing
+    (imputed and reported), as the offline join would have them; the static plane is not
+    time-varying."""
     now = datetime.now(UTC)
     flight = {k: v for k, v in UA_1545.items() if k != "as_of"}
     (prediction,) = predict(client, flight)["predictions"]
     t = datetime.fromisoformat(prediction["prediction_time"])
     assert abs(t - now) < timedelta(minutes=5)
-    assert set(prediction["missing_groups"]) == {"route_stats", "carrier_stats", "airport_weather"}
+    assert set(prediction["missing_groups"]) == {
+        "route_stats",
+        "carrier_stats",
+        "airport_weather",
+        "departure_events",
+    }
     assert {"route_delay_rate_7d", "carrier_flights_28d", "wx_temp"} <= set(
         prediction["missing_features"]
     )
@@ -131,7 +137,12 @@ def test_as_of_of_a_flight_wins_over_the_requests(client: TestClient) -> None:
     own, shared = response.json()["predictions"]
     assert own["prediction_time"] == "2013-03-10T12:30:00+00:00" and own["missing_groups"] == []
     assert shared["prediction_time"] == "2014-06-01T00:00:00+00:00"
-    assert set(shared["missing_groups"]) == {"route_stats", "carrier_stats", "airport_weather"}
+    assert set(shared["missing_groups"]) == {
+        "route_stats",
+        "carrier_stats",
+        "airport_weather",
+        "departure_events",
+    }
     alone = predict(client, UA_1545)["predictions"][0]["probability"]
     assert own["probability"] == pytest.approx(alone, abs=1e-6)
 
@@ -744,18 +755,28 @@ def test_concurrent_requests_share_one_batch_and_get_their_own_rows(
             assert client is not None and store is not None
             model, pipeline = runtime.models.champion, runtime.traffic.pipeline
             alone = [await pipeline.score(model, part) for part in parts]
-            infer, read = client.infer, store.store.get_online_rows
+            infer = client.infer
+            # One store round trip per batch: the view's groups alone, or with the fresh
+            # features' ranges (a view that has them).
+            reads = {
+                name: getattr(store.store, name)
+                for name in ("get_online_rows", "get_online_rows_and_ranges")
+            }
 
             async def counted_infer(*args: Any) -> Any:
                 calls["triton"] += 1
                 return await infer(*args)
 
-            def counted_read(*args: Any) -> Any:
-                calls["store"] += 1
-                return read(*args)
+            def counted(read: Any) -> Any:
+                def counted_read(*args: Any) -> Any:
+                    calls["store"] += 1
+                    return read(*args)
+
+                return counted_read
 
             client.infer = counted_infer  # type: ignore[method-assign]
-            store.store.get_online_rows = counted_read  # type: ignore[method-assign]
+            for name, read in reads.items():
+                setattr(store.store, name, counted(read))
             together = await asyncio.gather(*(pipeline.score(model, part) for part in parts))
         finally:
             await runtime.close()
