@@ -150,6 +150,15 @@ _CARRIER_FEATURES = [
     for statistic in ("flights", "delay_rate", "mean_dep_delay", "cancel_rate")
 ]
 
+# The fresh window features of an aircraft's first departure of the day: no earlier one.
+_FIRST_OF_THE_DAY = ["tail_last_dep_delay", "tail_minutes_since_last_dep"]
+# A carrier with no departure at the origin in a window has no mean delay or late share there.
+_CARRIER_NOT_SEEN = [
+    f"origin_carrier_{statistic}_{minutes}m"
+    for minutes in (30, 60, 120)
+    for statistic in ("mean_dep_delay", "delayed_share")
+]
+
 
 # Calm air at EWR and JFK that morning: no gust was recorded, so the gust is imputed.
 _NO_GUST = ["wx_wind_gust"]
@@ -174,7 +183,9 @@ PREDICTION_RESPONSE_EXAMPLES: dict[str, dict[str, Any]] = {
         "value": {
             "request_id": "3f2a9c1e8b7d4e6f9a0b1c2d3e4f5a6b",
             "model_version": "3",
-            "predictions": [_prediction("20130310-UA1545-EWR-0830", 0.1873)],
+            "predictions": [
+                _prediction("20130310-UA1545-EWR-0830", 0.1873, missing_features=_FIRST_OF_THE_DAY)
+            ],
         },
     },
     "several_flights": {
@@ -183,17 +194,17 @@ PREDICTION_RESPONSE_EXAMPLES: dict[str, dict[str, Any]] = {
             "request_id": "checkout-7d1e",
             "model_version": "3",
             "predictions": [
-                _prediction("20130310-UA1545-EWR-0830", 0.1873),
+                _prediction("20130310-UA1545-EWR-0830", 0.1873, missing_features=_FIRST_OF_THE_DAY),
                 _prediction(
                     "20130310-B6611-JFK-0829",
                     0.2411,
-                    missing_features=_PLANE_FEATURES,
+                    missing_features=[*_PLANE_FEATURES, *_FIRST_OF_THE_DAY],
                     missing_groups=["planes"],
                 ),
                 _prediction(
                     "20130310-ZZ2170-JFK-0835",
                     0.3125,
-                    missing_features=_CARRIER_FEATURES,
+                    missing_features=[*_CARRIER_FEATURES, *_CARRIER_NOT_SEEN],
                     unknown_categories=["carrier"],
                     missing_groups=["carrier_stats"],
                 ),

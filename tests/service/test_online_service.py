@@ -115,8 +115,14 @@ def test_without_as_of_t_is_the_arrival_and_2013_features_are_too_old(
     (prediction,) = predict(client, flight)["predictions"]
     t = datetime.fromisoformat(prediction["prediction_time"])
     assert abs(t - now) < timedelta(minutes=5)
-    assert set(prediction["missing_groups"]) == {"route_stats", "carrier_stats", "airport_weather"}
-    assert {"route_delay_rate_7d", "carrier_flights_28d", "wx_temp"} <= set(
+    # (and the fresh window features: the departure events stop in 2013, far before T)
+    assert set(prediction["missing_groups"]) == {
+        "route_stats",
+        "carrier_stats",
+        "airport_weather",
+        "departure_events",
+    }
+    assert {"route_delay_rate_7d", "carrier_flights_28d", "wx_temp", "origin_pending_60m"} <= set(
         prediction["missing_features"]
     )
 
@@ -131,7 +137,12 @@ def test_as_of_of_a_flight_wins_over_the_requests(client: TestClient) -> None:
     own, shared = response.json()["predictions"]
     assert own["prediction_time"] == "2013-03-10T12:30:00+00:00" and own["missing_groups"] == []
     assert shared["prediction_time"] == "2014-06-01T00:00:00+00:00"
-    assert set(shared["missing_groups"]) == {"route_stats", "carrier_stats", "airport_weather"}
+    assert set(shared["missing_groups"]) == {
+        "route_stats",
+        "carrier_stats",
+        "airport_weather",
+        "departure_events",
+    }
     alone = predict(client, UA_1545)["predictions"][0]["probability"]
     assert own["probability"] == pytest.approx(alone, abs=1e-6)
 
@@ -744,7 +755,9 @@ def test_concurrent_requests_share_one_batch_and_get_their_own_rows(
             assert client is not None and store is not None
             model, pipeline = runtime.models.champion, runtime.traffic.pipeline
             alone = [await pipeline.score(model, part) for part in parts]
+            # (a view with fresh window features reads with get_online_rows_and_ranges)
             infer, read = client.infer, store.store.get_online_rows
+            read_ranges = store.store.get_online_rows_and_ranges
 
             async def counted_infer(*args: Any) -> Any:
                 calls["triton"] += 1
@@ -754,8 +767,13 @@ def test_concurrent_requests_share_one_batch_and_get_their_own_rows(
                 calls["store"] += 1
                 return read(*args)
 
+            def counted_read_ranges(*args: Any) -> Any:
+                calls["store"] += 1
+                return read_ranges(*args)
+
             client.infer = counted_infer  # type: ignore[method-assign]
             store.store.get_online_rows = counted_read  # type: ignore[method-assign]
+            store.store.get_online_rows_and_ranges = counted_read_ranges  # type: ignore[method-assign]
             together = await asyncio.gather(*(pipeline.score(model, part) for part in parts))
         finally:
             await runtime.close()
