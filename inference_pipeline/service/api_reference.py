@@ -150,18 +150,17 @@ _CARRIER_FEATURES = [
     for statistic in ("flights", "delay_rate", "mean_dep_delay", "cancel_rate")
 ]
 
-# The fresh window features of an aircraft's first departure of the day: no earlier one.
-_FIRST_OF_THE_DAY = ["tail_last_dep_delay", "tail_minutes_since_last_dep"]
-# A carrier with no departure at the origin in a window has no mean delay or late share there.
-_CARRIER_NOT_SEEN = [
-    f"origin_carrier_{statistic}_{minutes}m"
-    for minutes in (30, 60, 120)
-    for statistic in ("mean_dep_delay", "delayed_share")
-]
-
 
 # Calm air at EWR and JFK that morning: no gust was recorded, so the gust is imputed.
 _NO_GUST = ["wx_wind_gust"]
+# The aircraft's first departure of the day: no earlier one to take its delay from.
+_FIRST_OF_THE_DAY = ["tail_last_dep_delay", "tail_minutes_since_last_dep"]
+# A carrier with no departures from the origin in the last two hours (here: one never seen).
+_NO_RECENT_CARRIER_DEPARTURES = [
+    f"origin_carrier_{statistic}_{minutes}m"
+    for minutes in (30, 60, 120)
+    for statistic in ("delayed_share", "mean_dep_delay")
+]
 
 
 def _prediction(flight_id: str, probability: float, **reported: list[str]) -> dict[str, Any]:
@@ -204,7 +203,7 @@ PREDICTION_RESPONSE_EXAMPLES: dict[str, dict[str, Any]] = {
                 _prediction(
                     "20130310-ZZ2170-JFK-0835",
                     0.3125,
-                    missing_features=[*_CARRIER_FEATURES, *_CARRIER_NOT_SEEN],
+                    missing_features=[*_CARRIER_FEATURES, *_NO_RECENT_CARRIER_DEPARTURES],
                     unknown_categories=["carrier"],
                     missing_groups=["carrier_stats"],
                 ),
