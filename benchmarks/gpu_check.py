@@ -12,6 +12,10 @@ full-year backfill; about 25 MB, so they travel with the copy):
 
     FTI_DATA_ROOT=data python benchmarks/gpu_check.py --export year.npz
 
+(read exactly as ``python -m training_pipeline train`` reads them: the same feature view at the
+same lead, ``--lead-minutes`` / ``FTI_LEAD_MINUTES`` / the config's 60, through
+``training_pipeline.data.read_training_data``; the lead travels in the file's config).
+
 What it runs, all with the real ``training_pipeline.loop`` and the default config:
 
 1. throughput of whole training epochs at global batch 2048 and 8192: the previous loop, the
@@ -238,6 +242,12 @@ def main() -> None:
         help="write the store's full-year matrices here and exit",
     )
     parser.add_argument("--data-root", type=Path, default=None, help="for --export")
+    parser.add_argument(
+        "--lead-minutes",
+        type=int,
+        default=None,
+        help="for --export: as train's (default: FTI_LEAD_MINUTES, else the config's 60)",
+    )
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     parser.add_argument("--scale", type=float, default=1.0, help="synthetic rows x this")
     parser.add_argument("--rounds", type=int, default=3)
@@ -247,7 +257,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.export:
-        path = export_matrices(store_matrices(args.data_root), args.export)
+        path = export_matrices(store_matrices(args.data_root, args.lead_minutes), args.export)
         print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
         return
     cuda = torch.cuda.is_available() and args.device != "cpu"

@@ -17,8 +17,10 @@ Whole epochs are timed (shuffle and the end-of-epoch wait for the device include
 runs them: after one untimed epoch each (capture included), ``--rounds`` rounds alternate the
 implementations (a, b, a, b, ...), each timing at least ``--min-window-s`` of epochs, so noise from
 other work hits them alike; the table gives the median, range and the median paired ratio to
-``previous``. On CUDA ``nvidia-smi`` (or ``torch.cuda.utilization``) is sampled during each
-window. Writes ``benchmarks/results/train_throughput_<device>.json`` (load average per round).
+``previous``, of wall-clock rows/s and of rows per CPU-second of the process (on a shared CPU the
+steadier figure: it leaves out the time other processes held the cores). On CUDA
+``nvidia-smi`` (or ``torch.cuda.utilization``) is sampled during each window. Writes
+``benchmarks/results/train_throughput_<device>.json`` (load average per round).
 
 Imports no polars, pydantic or mlflow unless ``--data store``: ``gpu_check.py`` (same folder) uses
 it on bare GPU boxes.
@@ -142,21 +144,18 @@ def load_npz(path: Path) -> Matrices:
     return Matrices(splits, meta["cardinalities"], meta["config"], f"{path.name} ({meta['about']})")
 
 
-def store_matrices(data_root: Path | None) -> Matrices:
-    """The real matrices of the default config, read from the feature store (needs polars & co)."""
-    from shared.feature_store import open_feature_store
-    from shared.feature_view import FLIGHT_DELAY_VIEW
+def store_matrices(data_root: Path | None, lead_minutes: int | None = None) -> Matrices:
+    """The real matrices of the default config, read from the feature store (needs polars & co)
+    exactly as ``python -m training_pipeline train`` reads them: the same feature view at the
+    same lead (``lead_minutes``, else ``FTI_LEAD_MINUTES``, else the config's: the precedence of
+    ``train --lead-minutes``), through the same function."""
     from training_pipeline.config import TrainingConfig, TrainingSettings
-    from training_pipeline.data import load_training_data
+    from training_pipeline.data import read_training_data
 
-    config = TrainingConfig()
     settings = TrainingSettings(**({"data_root": data_root} if data_root else {}))
-    store = open_feature_store(settings.store_settings())
-    try:
-        view = FLIGHT_DELAY_VIEW.with_lead(config.lead_minutes)  # as `train` reads it
-        data = load_training_data(store, view, config.windows, config.mdt)
-    finally:
-        store.close()
+    lead = lead_minutes if lead_minutes is not None else settings.lead_minutes
+    config = TrainingConfig().with_overrides({"lead_minutes": "--lead-minutes"}, lead_minutes=lead)
+    data = read_training_data(settings, config)
     splits = {
         s.name: SplitMatrices(s.features.numeric, s.features.categorical, s.labels)
         for s in data.splits()
@@ -324,12 +323,14 @@ class GpuSampler:
 
 def timed_window(
     loop: PreviousLoop | DeviceLoop, first_epoch: int, min_seconds: float, device: torch.device
-) -> tuple[float, int, dict[str, float | None]]:
-    """(seconds, epochs) of whole epochs run until at least ``min_seconds`` have passed."""
+) -> tuple[float, float, int, dict[str, float | None]]:
+    """(wall seconds, CPU seconds of this process, epochs) of whole epochs run until at least
+    ``min_seconds`` have passed. On a shared CPU the CPU seconds are the steadier figure: wall
+    time also counts the time other processes held the cores."""
     sampler = GpuSampler(device) if device.type == "cuda" else None
     epochs = 0
     with sampler if sampler else _nothing():
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         while True:
             loop.epoch(first_epoch + epochs)
             epochs += 1
@@ -337,7 +338,8 @@ def timed_window(
             elapsed = time.perf_counter() - started
             if elapsed >= min_seconds:
                 break
-    return elapsed, epochs, sampler.summary() if sampler else {}
+        cpu = time.process_time() - cpu_started
+    return elapsed, cpu, epochs, sampler.summary() if sampler else {}
 
 
 class _nothing:
@@ -392,17 +394,23 @@ def measure(
     for r in range(rounds):
         entry: dict[str, Any] = {"round": r + 1, "load_average_1m": os.getloadavg()[0]}
         for name, loop in loops.items():
-            seconds, epochs, gpu = timed_window(loop, 1 + r * 1000, min_window_s, device)
+            seconds, cpu, epochs, gpu = timed_window(loop, 1 + r * 1000, min_window_s, device)
             entry[name] = {
                 "rows_per_s": epochs * rows_per_epoch / seconds,
+                "rows_per_cpu_s": epochs * rows_per_epoch / max(cpu, 1e-9),
                 "epochs": epochs,
                 "seconds": seconds,
+                "cpu_seconds": cpu,
                 **gpu,
             }
         per_round.append(entry)
         on_round(
             f"  batch {batch} round {r + 1}/{rounds} (load {entry['load_average_1m']:.1f}): "
-            + ", ".join(f"{n} {entry[n]['rows_per_s']:,.0f} rows/s" for n in loops)
+            + ", ".join(
+                f"{n} {entry[n]['rows_per_s']:,.0f} rows/s ({entry[n]['rows_per_cpu_s']:,.0f} per "
+                "CPU-s)"
+                for n in loops
+            )
         )
     summary: dict[str, Any] = {
         "batch_size": batch,
@@ -410,16 +418,21 @@ def measure(
         "rounds": per_round,
     }
     for name in loops:
-        rates = [e[name]["rows_per_s"] for e in per_round]
-        summary[name] = {
-            "rows_per_s_median": statistics.median(rates),
-            "rows_per_s_min": min(rates),
-            "rows_per_s_max": max(rates),
-            "ratio_to_previous_median": statistics.median(
-                e[name]["rows_per_s"] / e["previous"]["rows_per_s"] for e in per_round
+        summary[name] = {}
+        for key in ("rows_per_s", "rows_per_cpu_s"):
+            rates = [e[name][key] for e in per_round]
+            summary[name] |= {
+                f"{key}_median": statistics.median(rates),
+                f"{key}_min": min(rates),
+                f"{key}_max": max(rates),
+            }
+        summary[name] |= {
+            f"{prefix}ratio_to_previous_median": statistics.median(
+                e[name][key] / e["previous"][key] for e in per_round
             )
             if "previous" in loops
-            else None,
+            else None
+            for prefix, key in (("", "rows_per_s"), ("cpu_", "rows_per_cpu_s"))
         }
         utils = [e[name].get("gpu_util_mean_pct") for e in per_round]
         if device.type == "cuda":
@@ -488,10 +501,14 @@ def main() -> None:
             s = r[name]
             ratio = s["ratio_to_previous_median"]
             util = s.get("gpu_util_mean_pct")
+            cpu_ratio = s["cpu_ratio_to_previous_median"]
             print(
                 f"  batch {r['batch_size']:>6}  {name:<13} {s['rows_per_s_median']:>12,.0f} "
                 f"[{s['rows_per_s_min']:,.0f}-{s['rows_per_s_max']:,.0f}]"
                 + (f"  x{ratio:.2f} vs previous" if ratio else "")
+                + f"  per CPU-s {s['rows_per_cpu_s_median']:,.0f} "
+                f"[{s['rows_per_cpu_s_min']:,.0f}-{s['rows_per_cpu_s_max']:,.0f}]"
+                + (f" x{cpu_ratio:.2f}" if cpu_ratio else "")
                 + (f"  GPU {util:.0f}%" if util is not None else "")
             )
     suffix = f"_{args.threads}threads" if args.threads else ""

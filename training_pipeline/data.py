@@ -30,10 +30,21 @@ import numpy as np
 import polars as pl
 
 from shared.errors import ConfigurationError
-from shared.feature_store import FeatureStore
-from shared.feature_view import FeatureView, build_training_frame, pinned_versions
+from shared.feature_store import FeatureStore, open_feature_store
+from shared.feature_view import (
+    FLIGHT_DELAY_VIEW,
+    FeatureView,
+    build_training_frame,
+    pinned_versions,
+)
 from shared.transforms import FeatureMatrices, MDTState, apply_mdt, fit_mdt
-from training_pipeline.config import MDTConfig, Window, Windows
+from training_pipeline.config import (
+    MDTConfig,
+    TrainingConfig,
+    TrainingSettings,
+    Window,
+    Windows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -419,3 +430,30 @@ def _build_splits(
         windows={name: str(getattr(windows, name)) for name in names},
     )
     return _Built(splits, mdt, lineage, seconds)
+
+
+def training_view(view: FeatureView, config: TrainingConfig) -> FeatureView:
+    """The view ``config`` trains: every row as of departure - its lead, with or without the
+    fresh window features (``fresh_features``)."""
+    view = view.with_lead(config.lead_minutes)
+    return view if config.fresh_features else view.without_fresh()
+
+
+def read_training_data(
+    settings: TrainingSettings, config: TrainingConfig, view: FeatureView = FLIGHT_DELAY_VIEW
+) -> TrainingData:
+    """A run's training data as ``train`` reads it: :func:`training_view` of ``view`` (as of the
+    scheduled departure minus ``config.lead_minutes``, fresh features as configured), from the
+    store of ``settings``, built ``training_chunk_days`` at a time. Whatever trains or exports
+    matrices reads them here, so they cannot drift apart."""
+    store = open_feature_store(settings.store_settings())
+    try:
+        return load_training_data(
+            store,
+            training_view(view, config),
+            config.windows,
+            config.mdt,
+            chunk_days=settings.training_chunk_days,
+        )
+    finally:
+        store.close()

@@ -20,7 +20,6 @@ import polars as pl
 import torch
 
 from shared.errors import ConfigurationError, GateFailed
-from shared.feature_store import open_feature_store
 from shared.feature_view import FLIGHT_DELAY_VIEW, FeatureView
 from shared.promotion import Promotion, gate_tags, promote_if_eligible
 from shared.registry import CHAMPION, ModelRegistry, RegisteredVersion
@@ -29,7 +28,7 @@ from shared.segments import segment_columns, segment_name
 from training_pipeline.baseline import train_baseline
 from training_pipeline.champion import score_exported, score_version
 from training_pipeline.config import TrainingConfig, TrainingSettings
-from training_pipeline.data import Split, TrainingData, load_training_data
+from training_pipeline.data import Split, TrainingData, read_training_data
 from training_pipeline.distributed import DistContext, distributed_context
 from training_pipeline.evaluation import (
     classification_metrics,
@@ -175,13 +174,6 @@ def segment_scores(
     ]
 
 
-def training_view(view: FeatureView, config: TrainingConfig) -> FeatureView:
-    """The view ``config`` trains: every row as of departure - its lead, with or without the
-    fresh window features (``fresh_features``)."""
-    view = view.with_lead(config.lead_minutes)
-    return view if config.fresh_features else view.without_fresh()
-
-
 def run_training(
     settings: TrainingSettings,
     config: TrainingConfig,
@@ -199,20 +191,9 @@ def run_training(
     version is only an *eligible* challenger and a later step decides. See ``outcome.decision``
     (:func:`raise_if_refused` for callers that want an error).
     """
-    view = training_view(view, config)
     with distributed_context(settings.device) as ctx:
         started = time.perf_counter()
-        store = open_feature_store(settings.store_settings())
-        try:
-            data = load_training_data(
-                store,
-                view,
-                config.windows,
-                config.mdt,
-                chunk_days=settings.training_chunk_days,
-            )
-        finally:
-            store.close()
+        data = read_training_data(settings, config, view)  # every row as of departure - lead
         seconds = {f"data.{k}": v for k, v in data.seconds.items()}
         seconds["data"] = time.perf_counter() - started
         registry = ModelRegistry(settings.registry_settings()) if ctx.is_main else None

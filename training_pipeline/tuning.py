@@ -45,11 +45,11 @@ from shared.feature_view import FLIGHT_DELAY_VIEW, FeatureView
 from shared.registry import ModelRegistry
 from training_pipeline.baseline import train_baseline
 from training_pipeline.config import TrainingConfig, TuningSettings
-from training_pipeline.data import SearchData, load_search_data
+from training_pipeline.data import SearchData, load_search_data, training_view
 from training_pipeline.distributed import DistContext, choose_device
 from training_pipeline.loop import EpochRecord, FitResult, Tensors, fit
 from training_pipeline.model import TabularNet
-from training_pipeline.pipeline import git_commit, seed_everything, training_view
+from training_pipeline.pipeline import git_commit, seed_everything
 from training_pipeline.study_storage import (
     MLFLOW_RUN_ATTR,
     create_or_join,

@@ -62,7 +62,7 @@ def test_gpu_check_runs_the_real_loop_without_the_store_packages(tmp_path: Path)
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,  # a loaded 2-core machine: minutes
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -91,22 +91,33 @@ def test_the_gpu_checks_default_config_is_the_training_default() -> None:
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_exported_matrices_load_back_exactly(year_root: Path, tmp_path: Path) -> None:
+def test_exported_matrices_load_back_exactly(
+    year_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``gpu_check.py --export`` writes the store's full-year matrices compactly; loaded on the
-    GPU box they are the training matrices, value for value."""
+    GPU box they are the training matrices, value for value. It reads them at the lead ``train``
+    would use (``FTI_LEAD_MINUTES`` when set), and the file says which."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
         import train_throughput
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
+    monkeypatch.delenv("FTI_LEAD_MINUTES", raising=False)
     store = train_throughput.store_matrices(year_root)
     path = train_throughput.export_matrices(store, tmp_path / "year.npz")
     loaded = train_throughput.load_npz(path)
     assert path.stat().st_size < 40 * 2**20
     assert loaded.cardinalities == store.cardinalities and loaded.config == store.config
+    assert loaded.config["lead_minutes"] == TrainingConfig().lead_minutes  # as `train` reads
     for name, split in store.splits.items():
         again = loaded.splits[name]
         for field in ("numeric", "categorical", "labels"):
             expected, actual = getattr(split, field), getattr(again, field)
             assert actual.dtype == expected.dtype
             np.testing.assert_array_equal(actual, expected)
+    monkeypatch.setenv("FTI_LEAD_MINUTES", "0")
+    at_departure = train_throughput.store_matrices(year_root)
+    assert at_departure.config["lead_minutes"] == 0
+    before, now = store.splits["test"], at_departure.splits["test"]
+    np.testing.assert_array_equal(now.labels, before.labels)  # the same flights ...
+    assert not np.array_equal(now.numeric, before.numeric)  # ... their features read earlier

@@ -396,7 +396,7 @@ def test_online_store_down_gives_503_then_recovers(
             "carrier_stats",
             "airport_weather",
             "planes",
-            "departure_events",
+            "departure_events",  # the fresh window features: no watermark, no events
         }
 
 
