@@ -36,6 +36,7 @@ from inference_pipeline.triton_server import (
 from shared.errors import ArtifactIntegrityError
 from shared.feature_definitions import AIRPORT_WEATHER, CARRIER_STATS, PLANES, ROUTE_STATS
 from shared.feature_store import open_feature_store
+from shared.fresh_features import FRESH_GROUPS
 from shared.registry import ModelRegistry, RegistrySettings
 from shared.settings import FeatureStoreSettings
 from tests.service.conftest import (
@@ -348,7 +349,7 @@ def test_online_store_down_gives_503_then_recovers(
         FeatureStoreSettings(data_root=registered_model.root, **store_settings)  # type: ignore[arg-type]
     )
     try:
-        for group in (ROUTE_STATS, CARRIER_STATS, AIRPORT_WEATHER, PLANES):
+        for group in (ROUTE_STATS, CARRIER_STATS, AIRPORT_WEATHER, PLANES, *FRESH_GROUPS):
             store.materialize(group)
     finally:
         store.close()
@@ -395,6 +396,7 @@ def test_online_store_down_gives_503_then_recovers(
             "carrier_stats",
             "airport_weather",
             "planes",
+            "departure_events",  # the fresh window features: no watermark, no events
         }
 
 
@@ -416,7 +418,7 @@ def test_a_hung_store_answers_503_within_one_timeout_per_request(
         )
     )
     try:
-        for group in (ROUTE_STATS, CARRIER_STATS, AIRPORT_WEATHER, PLANES):
+        for group in (ROUTE_STATS, CARRIER_STATS, AIRPORT_WEATHER, PLANES, *FRESH_GROUPS):
             store.materialize(group)
     finally:
         store.close()
