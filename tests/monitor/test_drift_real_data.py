@@ -22,6 +22,7 @@ from inference_pipeline.monitor.drift import (
 )
 from shared.feature_store import FeatureStore
 from shared.feature_view import FLIGHT_DELAY_VIEW, build_training_frame
+from shared.recent_departures import FEATURES as FRESH_FEATURES
 from training_pipeline.reference_stats import reference_stats
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]
@@ -88,9 +89,15 @@ def test_summer_weeks_are_flagged_with_the_training_baseline(
     training, ref = winter
     baseline = baseline_psi(ref, training, 7, quantile=0.99)
     starts = [date(2013, 6, 3) + timedelta(days=7 * i) for i in range(12)]
+    # The share is taken over the seasonal features: the 26 fresh window features describe the
+    # last hours at the airport, not the season, and left in they dilute the share (8 of these
+    # 12 weeks flagged instead of 12: README Status). Operators leave them out the same way,
+    # with FTI_DRIFT_IGNORE_FEATURES.
     flagged = [
         summarize_drift(
-            drift_report(ref, between(year, s, s + timedelta(days=7)), RULE, baseline), SHARE
+            drift_report(ref, between(year, s, s + timedelta(days=7)), RULE, baseline),
+            SHARE,
+            ignore=FRESH_FEATURES,
         ).detected
         for s in starts
     ]
