@@ -63,6 +63,8 @@ console = Console(stderr=True)
 SourceOpt = Annotated[str | None, setting_option(FeaturePipelineSettings, "source")]
 MaxBad = Annotated[float | None, setting_option(FeaturePipelineSettings, "max_bad_share")]
 ChunkDays = Annotated[int | None, setting_option(FeaturePipelineSettings, "chunk_days")]
+FirstDay = Annotated[str, typer.Option("--start", help="first local day, YYYY-MM-DD")]
+LastDay = Annotated[str, typer.Option("--end", help="last local day (inclusive), YYYY-MM-DD")]
 # The groups this code defines, for the catalog's descriptions.
 KNOWN_GROUPS: dict[tuple[str, int], FeatureGroup] = {
     (g.name, g.version): g for g in (*FEATURE_GROUPS.values(), QUARANTINE, PREDICTIONS)
@@ -103,8 +105,8 @@ def _run(command: str, start: date, end: date, settings: FeaturePipelineSettings
 
 @app.command()
 def backfill(
-    start: Annotated[str, typer.Option("--start", help="first local day, YYYY-MM-DD")],
-    end: Annotated[str, typer.Option("--end", help="last local day, YYYY-MM-DD (inclusive)")],
+    start: FirstDay,
+    end: LastDay,
     source: SourceOpt = None,
     max_bad_share: MaxBad = None,
     chunk_days: ChunkDays = None,
@@ -275,8 +277,8 @@ def _quarantine_table(listing: QuarantineListing, root: str) -> Table:
 
 @app.command()
 def schedule(
-    start: Annotated[str, typer.Option("--start", help="first local day, YYYY-MM-DD")],
-    end: Annotated[str, typer.Option("--end", help="last local day (inclusive), YYYY-MM-DD")],
+    start: FirstDay,
+    end: LastDay,
     source: SourceOpt = None,
     data_root: DataRootOption = None,
     log_level: LogLevelOption = LogLevel.warning,
@@ -349,8 +351,8 @@ def _stop_on_signals() -> threading.Event:
 
 @app.command("replay-events")
 def replay_events_command(
-    start: Annotated[str, typer.Option("--start", help="first local day, YYYY-MM-DD")],
-    end: Annotated[str, typer.Option("--end", help="last local day (inclusive), YYYY-MM-DD")],
+    start: FirstDay,
+    end: LastDay,
     speed: Speed = "max",
     heartbeat_s: Heartbeat = 300.0,
     max_events: MaxEvents = None,
