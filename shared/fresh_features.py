@@ -178,7 +178,7 @@ def _day_start_us(flight_date: date) -> int:
 class FreshReads:
     """What the online path asks the store for one batch of requests: the watermark lookup
     and three range lookups (origin events, aircraft events, origin schedule), one range per
-    distinct (key, start, end); ``queries`` are the request rows."""
+    key and run of overlapping request spans; ``queries`` are the request rows."""
 
     progress: OnlineLookup
     ranges: tuple[OnlineRangeLookup, ...]
@@ -197,32 +197,49 @@ def online_fresh_reads(requests: Sequence[Mapping[str, Any]], times: Sequence[in
         at=at,
         day_start=day_start,
     )
-    origin_events: dict[tuple[Any, int, int], None] = {}
-    tail_events: dict[tuple[Any, int, int], None] = {}
-    origin_schedule: dict[tuple[Any, int, int], None] = {}
+    origin_events: dict[Any, list[tuple[int, int]]] = {}
+    tail_events: dict[Any, list[tuple[int, int]]] = {}
+    origin_schedule: dict[Any, list[tuple[int, int]]] = {}
     for origin, tail, t, start in zip(
         queries.origin.tolist(), queries.tailnum.tolist(), at.tolist(), day_start.tolist(),
         strict=True,
     ):  # fmt: skip
-        origin_events[(origin, t - _LOOKBACK_US, t)] = None
+        origin_events.setdefault(origin, []).append((t - _LOOKBACK_US, t))
         if tail is not None:
-            tail_events[(tail, min(start, t), t)] = None
-        origin_schedule[(origin, t - _LONGEST_US, t)] = None
+            tail_events.setdefault(tail, []).append((min(start, t), t))
+        origin_schedule.setdefault(origin, []).append((t - _LONGEST_US, t))
     ranges = tuple(
-        OnlineRangeLookup(
-            group,
-            index,
-            [(k,) for k, _, _ in spans],
-            [s for _, s, _ in spans],
-            [e for _, _, e in spans],
-        )
+        _range_lookup(group, index, spans)
         for group, index, spans in (
-            (DEPARTURE_EVENTS, ("origin",), list(origin_events)),
-            (DEPARTURE_EVENTS, ("tailnum",), list(tail_events)),
-            (DEPARTURE_SCHEDULE, ("origin",), list(origin_schedule)),
+            (DEPARTURE_EVENTS, ("origin",), origin_events),
+            (DEPARTURE_EVENTS, ("tailnum",), tail_events),
+            (DEPARTURE_SCHEDULE, ("origin",), origin_schedule),
         )
     )
     return FreshReads(OnlineLookup(STREAM_PROGRESS, [(DEPARTURES_STREAM,)]), ranges, queries)
+
+
+def _range_lookup(
+    group: FeatureGroup, index: tuple[str, ...], spans: Mapping[Any, list[tuple[int, int]]]
+) -> OnlineRangeLookup:
+    """One range read per key and run of overlapping spans: a batch of requests at one airport
+    over an hour reads its events once, not once per request (reading more than a request's
+    own span changes none of its values: the features count only what lies in its windows,
+    and a flight's latest event stands for it, as in the offline read of a whole spine)."""
+    merged: list[tuple[Any, int, int]] = []  # (key, start, end)
+    for key, key_spans in spans.items():
+        key_spans.sort()
+        start, end = key_spans[0]
+        for next_start, next_end in key_spans[1:]:
+            if next_start > end:
+                merged.append((key, start, end))
+                start = next_start
+            end = max(end, next_end)
+        merged.append((key, start, end))
+    keys = [(key,) for key, _, _ in merged]
+    starts = [start for _, start, _ in merged]
+    ends = [end for _, _, end in merged]
+    return OnlineRangeLookup(group, index, keys, starts, ends)
 
 
 def online_fresh_columns(

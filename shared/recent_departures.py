@@ -188,19 +188,36 @@ def recent_departure_features(
     so does one that needs events before ``known_since`` (None: all history is there; online,
     the start of the store's horizon, see :func:`online_known_since`)."""
     n = len(queries)
-    out: dict[str, np.ndarray] = {}
-    resolved_at = _resolution_times(schedule.flight_id, events)
     departed = ~events.cancelled
-    for level, event_key, sched_key, query_key in (
-        ("origin", _origin_key, _origin_key, _origin_key),
-        ("origin_carrier", _carrier_key, _carrier_key, _carrier_key),
-    ):
-        codes = _Codes()
-        e_codes = codes.of(event_key(events.origin, events.carrier))
-        s_codes = codes.of(sched_key(schedule.origin, schedule.carrier))
-        q_codes = codes.of(query_key(queries.origin, queries.carrier), add=False)
-        out |= _departure_windows(level, e_codes, events, departed, q_codes, queries.at)
-        out |= _pending_windows(level, s_codes, schedule.sched_at, resolved_at, q_codes, queries.at)
+    # Both levels at once: a row per (event, level), keyed by the origin or (origin, carrier).
+    # Keys coded from the queries: rows of any other key (code -1) are dropped at once.
+    codes = _Codes()
+    q_codes = codes.of(_level_keys(queries.origin, queries.carrier))
+    e_codes = codes.of(_level_keys(events.origin, events.carrier), add=False)
+    s_codes = codes.of(_level_keys(schedule.origin, schedule.carrier), add=False)
+    count, mean, share = _departure_windows(
+        e_codes,
+        _per_level(events.event_at),
+        _per_level(events.dep_delay),
+        _per_level(departed),
+        q_codes,
+        _per_level(queries.at),
+    )
+    pending = _pending_windows(
+        s_codes,
+        _per_level(schedule.sched_at),
+        _per_level(_resolution_times(schedule.flight_id, events)),
+        q_codes,
+        _per_level(queries.at),
+    )
+    out: dict[str, np.ndarray] = {}
+    for j, level in enumerate(LEVELS):
+        mine = slice(j * n, (j + 1) * n)
+        for i, w in enumerate(WINDOWS_MIN):
+            out[f"{level}_departures_{w}m"] = count[mine, i]
+            out[f"{level}_mean_dep_delay_{w}m"] = mean[mine, i]
+            out[f"{level}_delayed_share_{w}m"] = share[mine, i]
+            out[f"{level}_pending_{w}m"] = pending[mine, i]
     out |= _tail_features(events, departed, queries)
     if n:
         limit = _NEVER if covered_until is None else covered_until
@@ -221,79 +238,99 @@ def recent_departure_features(
 # -- the windows -----------------------------------------------------------------------------
 
 
+class _KeyedTimeline:
+    """Rows sorted by (key code, time), and where an instant falls in a key's rows.
+
+    Every key's rows are one run of the sorted order, so a window of one key is a slice of it,
+    found for all queries and windows at once by one binary search over a combined (code, time
+    rank) sort key, without a loop over keys: the time rank of an instant is the number of rows
+    before it, which compares with the rows' own ranks as the instants do with their times.
+    Rows with an unknown key (code -1) are left out. ``ties`` breaks equal times (in its
+    order)."""
+
+    def __init__(self, codes: np.ndarray, times: np.ndarray, ties: np.ndarray | None = None):
+        known = np.flatnonzero(codes >= 0)
+        # lexsort's last key is the primary one.
+        sort_keys = [times[known], codes[known]]
+        if ties is not None:
+            sort_keys.insert(0, ties[known])
+        self.rows = known[np.lexsort(sort_keys)]  # indexes into the inputs, in key-time order
+        self.times = times[self.rows]
+        self._by_time = np.sort(self.times)
+        self._span = len(self.rows) + 1
+        ranks = np.searchsorted(self._by_time, self.times, side="left")
+        self._sorted = codes[self.rows] * self._span + ranks
+
+    def before(self, codes: np.ndarray, instants: np.ndarray) -> np.ndarray:
+        """Per query (``codes`` broadcast against ``instants``), the position in the sorted
+        rows after the last row of its key strictly before its instant (an unknown key: 0)."""
+        ranks = np.searchsorted(self._by_time, instants, side="left")
+        found = np.searchsorted(self._sorted, np.maximum(codes, 0) * self._span + ranks)
+        return np.where(codes >= 0, found, 0)
+
+
+_WINDOWS_US = np.array(WINDOWS_MIN, dtype=np.int64) * _US_PER_MIN
+
+
+def _window_edges(at: np.ndarray) -> np.ndarray:
+    """Per query (a row), the start of each window in :data:`WINDOWS_MIN` order, then T."""
+    return np.column_stack([at[:, None] - _WINDOWS_US[None, :], at])
+
+
 def _departure_windows(
-    level: str,
     e_codes: np.ndarray,
-    events: DepartureLog,
+    event_at: np.ndarray,
+    dep_delay: np.ndarray,
     departed: np.ndarray,
     q_codes: np.ndarray,
     at: np.ndarray,
-) -> dict[str, np.ndarray]:
-    """Departures, mean delay and delayed share per window, by prefix sums over each key's
-    departures in event-time order (integer counts; delays summed in float64, exact for the
-    whole-minute delays of the data and identical on both paths for the same events)."""
-    n = len(at)
-    count = {w: np.zeros(n) for w in WINDOWS_MIN}
-    total = {w: np.zeros(n) for w in WINDOWS_MIN}
-    late = {w: np.zeros(n) for w in WINDOWS_MIN}
-    keep = departed & (e_codes >= 0)
-    for code, rows in _by_code(q_codes):
-        mine = keep & (e_codes == code)
-        times = events.event_at[mine]
-        order = np.argsort(times, kind="stable")
-        times = times[order]
-        delays = events.dep_delay[mine][order]
-        cum_delay = np.concatenate(([0.0], np.cumsum(delays)))
-        cum_late = np.concatenate(([0], np.cumsum(delays > DELAY_THRESHOLD_MIN)))
-        hi = np.searchsorted(times, at[rows], side="left")  # events strictly before T
-        for w in WINDOWS_MIN:
-            lo = np.searchsorted(times, at[rows] - w * _US_PER_MIN, side="left")
-            count[w][rows] = hi - lo
-            total[w][rows] = cum_delay[hi] - cum_delay[lo]
-            late[w][rows] = cum_late[hi] - cum_late[lo]
-    out = {}
-    for w in WINDOWS_MIN:
-        some = count[w] > 0
-        out[f"{level}_departures_{w}m"] = count[w]
-        out[f"{level}_mean_dep_delay_{w}m"] = _ratio(total[w], count[w], some)
-        out[f"{level}_delayed_share_{w}m"] = _ratio(late[w], count[w], some)
-    return out
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per query and window (columns in :data:`WINDOWS_MIN` order): departures, mean delay and
+    delayed share, by prefix sums over the departures in (key, event time) order (integer
+    counts; delays summed in float64, exact for the whole-minute delays of the data and
+    identical on both paths for the same events)."""
+    line = _KeyedTimeline(np.where(departed, e_codes, -1), event_at)
+    delays = dep_delay[line.rows]
+    cum_delay = np.concatenate(([0.0], np.cumsum(delays)))
+    cum_late = np.concatenate(([0.0], np.cumsum(delays > DELAY_THRESHOLD_MIN)))
+    edges = line.before(q_codes[:, None], _window_edges(at))
+    lo, hi = edges[:, :-1], edges[:, -1:]  # events strictly before T, from each window's start
+    count = (hi - lo).astype(np.float64)
+    mean = _ratio(cum_delay[hi] - cum_delay[lo], count)
+    share = _ratio(cum_late[hi] - cum_late[lo], count)
+    return count, mean, share
 
 
 def _pending_windows(
-    level: str,
     s_codes: np.ndarray,
     sched_at: np.ndarray,
     resolved_at: np.ndarray,
     q_codes: np.ndarray,
     at: np.ndarray,
-) -> dict[str, np.ndarray]:
-    """Departures scheduled in [T - w, T) and not resolved (departed or cancelled) before T.
+) -> np.ndarray:
+    """Per query and window: departures scheduled in [T - w, T) and not resolved (departed or
+    cancelled) before T.
 
     Each query looks at the scheduled departures of its key in its longest window (a few dozen
     at the busiest NYC hour), checked all at once as (query, departure) pairs."""
-    n = len(at)
-    pending = {w: np.zeros(n) for w in WINDOWS_MIN}
-    longest = max(WINDOWS_MIN) * _US_PER_MIN
-    for code, rows in _by_code(q_codes):
-        mine = s_codes == code
-        order = np.argsort(sched_at[mine], kind="stable")
-        sched = sched_at[mine][order]
-        resolved = resolved_at[mine][order]
-        t = at[rows]
-        lo = np.searchsorted(sched, t - longest, side="left")
-        hi = np.searchsorted(sched, t, side="left")
-        for block in _pair_blocks(hi - lo, MAX_PAIRS):
-            b_lo, b_t, sizes = lo[block], t[block], (hi - lo)[block]
-            if not sizes.sum():
-                continue
-            owner = np.repeat(np.arange(len(b_t)), sizes)
-            position = np.repeat(b_lo - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
-            open_at_t = resolved[position] >= b_t[owner]
-            for w in WINDOWS_MIN:
-                inside = open_at_t & (sched[position] >= b_t[owner] - w * _US_PER_MIN)
-                pending[w][rows[block]] = np.bincount(owner, weights=inside, minlength=len(b_t))
-    return {f"{level}_pending_{w}m": pending[w] for w in WINDOWS_MIN}
+    pending = np.zeros((len(at), len(WINDOWS_MIN)))
+    line = _KeyedTimeline(s_codes, sched_at)
+    sched, resolved = line.times, resolved_at[line.rows]
+    lo = line.before(q_codes, at - int(_WINDOWS_US.max()))
+    sizes = line.before(q_codes, at) - lo
+    for block in _pair_blocks(sizes, MAX_PAIRS):
+        b_lo, b_t, b_sizes = lo[block], at[block], sizes[block]
+        pairs = int(b_sizes.sum())
+        if not pairs:
+            continue
+        owner = np.repeat(np.arange(len(b_t)), b_sizes)
+        position = np.repeat(b_lo - np.cumsum(b_sizes) + b_sizes, b_sizes) + np.arange(pairs)
+        t = b_t[owner]
+        open_at_t = resolved[position] >= t
+        for i, w_us in enumerate(_WINDOWS_US.tolist()):
+            inside = open_at_t & (sched[position] >= t - w_us)
+            pending[block, i] = np.bincount(owner, weights=inside, minlength=len(b_t))
+    return pending
 
 
 # (query, departure) pairs checked at once: bounds memory (~20 bytes a pair) when a key has many
@@ -305,6 +342,8 @@ MAX_PAIRS = 1 << 22
 def _pair_blocks(sizes: np.ndarray, max_pairs: int) -> list[slice]:
     """Consecutive slices of the queries whose pairs add up to at most ``max_pairs`` each (a
     single query with more still gets a slice of its own)."""
+    if int(sizes.sum()) <= max_pairs:  # the usual case, online always: one block
+        return [slice(0, len(sizes))]
     blocks, start, total = [], 0, 0
     for i, size in enumerate(sizes.tolist()):
         if total and total + size > max_pairs:
@@ -323,22 +362,17 @@ def _tail_features(
     delay = np.full(n, np.nan)
     since = np.full(n, np.nan)
     codes = _Codes()
-    e_codes = codes.of(events.tailnum)
-    q_codes = codes.of(queries.tailnum, add=False)
-    keep = departed & (e_codes >= 0)
-    for code, rows in _by_code(q_codes):
-        mine = keep & (e_codes == code)
-        # Ties in time broken by flight id, so both paths pick the same departure whatever
-        # order their stores return rows in.
-        order = np.lexsort((events.flight_id[mine], events.event_at[mine]))
-        times = events.event_at[mine][order]
-        delays = events.dep_delay[mine][order]
-        last = np.searchsorted(times, queries.at[rows], side="left") - 1
-        found = last >= 0
-        found[found] &= times[last[found]] >= queries.day_start[rows][found]
-        hit = rows[found]
-        delay[hit] = delays[last[found]]
-        since[hit] = (queries.at[hit] - times[last[found]]) / _US_PER_MIN
+    q_codes = codes.of(queries.tailnum)
+    e_codes = codes.of(events.tailnum, add=False)
+    # Ties in time broken by flight id, so both paths pick the same departure whatever order
+    # their stores return rows in.
+    line = _KeyedTimeline(np.where(departed, e_codes, -1), events.event_at, events.flight_id)
+    last = line.before(q_codes, queries.at) - 1
+    first = line.before(q_codes, np.full(n, np.iinfo(np.int64).min))  # the key's first row
+    found = (q_codes >= 0) & (last >= first)
+    found[found] &= line.times[last[found]] >= queries.day_start[found]
+    delay[found] = events.dep_delay[line.rows[last[found]]]
+    since[found] = (queries.at[found] - line.times[last[found]]) / _US_PER_MIN
     return {"tail_last_dep_delay": delay, "tail_minutes_since_last_dep": since}
 
 
@@ -370,32 +404,26 @@ class _Codes:
         return np.array(codes, dtype=np.int64)
 
 
-def _origin_key(origin: np.ndarray, carrier: np.ndarray) -> list[Hashable]:
-    return list(origin.tolist())
+def _per_level(values: np.ndarray) -> np.ndarray:
+    """``values`` once per level, as :func:`_level_keys` lists the rows' keys."""
+    return np.concatenate([values] * len(LEVELS))
 
 
-def _carrier_key(origin: np.ndarray, carrier: np.ndarray) -> list[Hashable]:
-    return [
+def _level_keys(origin: np.ndarray, carrier: np.ndarray) -> list[Hashable]:
+    """Each row's key at every level of :data:`LEVELS`, level after level: its origin, then
+    its (origin, carrier) pair (None where a part is unknown)."""
+    origins = origin.tolist()
+    pairs = [
         None if o is None or c is None else (o, c)
-        for o, c in zip(origin.tolist(), carrier.tolist(), strict=True)
+        for o, c in zip(origins, carrier.tolist(), strict=True)
     ]
+    return [*origins, *pairs]
 
 
-def _by_code(codes: np.ndarray) -> Iterable[tuple[int, np.ndarray]]:
-    """(code, the rows holding it) for each known code (-1, unknown, is skipped)."""
-    order = np.argsort(codes, kind="stable")
-    ordered = codes[order]
-    starts = np.flatnonzero(np.diff(ordered, prepend=ordered[:1] - 1))
-    for start, stop in zip(starts, [*starts[1:], len(ordered)], strict=True):
-        code = int(ordered[start])
-        if code >= 0:
-            yield code, order[start:stop]
-
-
-def _ratio(numerator: np.ndarray, denominator: np.ndarray, some: np.ndarray) -> np.ndarray:
-    out = np.full(len(numerator), np.nan)
-    out[some] = numerator[some] / denominator[some]
-    return out
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator where the denominator is positive, else NaN."""
+    out = np.full(numerator.shape, np.nan)
+    return np.divide(numerator, denominator, out=out, where=denominator > 0)
 
 
 # -- conversions -----------------------------------------------------------------------------

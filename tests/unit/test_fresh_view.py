@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +16,16 @@ import pytest
 from inference_pipeline.model_artifact import feature_view_from_description
 from shared.errors import ArtifactIntegrityError
 from shared.feature_store import FeatureStore
+from shared.feature_store.protocol import OnlineRangeLookup
 from shared.feature_view import (
     FLIGHT_DELAY_VIEW,
     FeatureView,
     build_training_frame,
     online_feature_columns,
 )
-from shared.fresh_features import FRESH_GROUP_NAME
+from shared.fresh_features import FRESH_GROUP_NAME, online_fresh_reads
 from shared.prediction_time import PREDICTION_TIME, epoch_us
-from shared.recent_departures import FEATURES
+from shared.recent_departures import EVENT_LOOKBACK, FEATURES
 from shared.transforms import MDTState, fit_mdt
 from tests.unit.test_feature_view import DAYS, open_store, synthetic_groups
 
@@ -145,3 +146,40 @@ class RefusingRanges:
 
     def get_online_rows_and_ranges(self, lookups: Any, ranges: Any) -> Any:
         raise AssertionError("a view without fresh features read event ranges")
+
+
+def test_overlapping_request_spans_are_read_once_per_key_and_run() -> None:
+    """A batch at one airport within an hour reads its events in one range per key: what a
+    100-flight request costs the store grows with its airports and aircraft, not its flights
+    (the values are those of one request at a time: see the test above)."""
+    minute = 60_000_000
+    day = date(2013, 12, 31)
+    t0 = epoch_us(datetime(2013, 12, 31, 15, tzinfo=UTC))
+    requests = [
+        {"origin": "EWR", "carrier": "UA", "tailnum": "N1", "flight_date": day},
+        {"origin": "EWR", "carrier": "UA", "tailnum": "N2", "flight_date": day},
+        {"origin": "EWR", "carrier": "AA", "tailnum": "N1", "flight_date": day},
+        {"origin": "JFK", "carrier": "B6", "tailnum": None, "flight_date": day},
+        {"origin": "EWR", "carrier": "UA", "tailnum": "N3", "flight_date": day},
+    ]
+    # the last EWR request is 8 hours later: beyond every window of the others
+    times = [t0, t0 + 10 * minute, t0 + 40 * minute, t0, t0 + 480 * minute]
+    reads = online_fresh_reads(requests, times)
+    origin_events, tail_events, schedule = reads.ranges
+    lookback = EVENT_LOOKBACK // timedelta(microseconds=1)
+    assert spans(origin_events) == [
+        (("EWR",), t0 - lookback, t0 + 40 * minute),
+        (("EWR",), t0 + 480 * minute - lookback, t0 + 480 * minute),
+        (("JFK",), t0 - lookback, t0),
+    ]
+    midnight = epoch_us(datetime(2013, 12, 31, 5, tzinfo=UTC))  # New York midnight in UTC
+    assert spans(tail_events) == [
+        (("N1",), midnight, t0 + 40 * minute),
+        (("N2",), midnight, t0 + 10 * minute),
+        (("N3",), midnight, t0 + 480 * minute),
+    ]
+    assert [k for (k,) in schedule.keys] == ["EWR", "EWR", "JFK"]
+
+
+def spans(lookup: OnlineRangeLookup) -> list[tuple[tuple[Any, ...], int, int]]:
+    return list(zip(lookup.keys, lookup.start_us, lookup.end_us, strict=True))
