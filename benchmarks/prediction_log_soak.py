@@ -1,16 +1,23 @@
-"""The prediction log under sustained load, as deployed: ``serve`` (managed Triton) and
-``log-writer`` as separate processes on a data root with a champion (``scripts/main.sh`` makes
-one), client threads sending one-flight requests for ``--seconds``. Reports requests answered,
-errors, whether every answered prediction is in the ``predictions`` table once, and the Delta
-commits the run added (the writer's policy bounds them: about one per ``FTI_PREDICTION_LOG_
-COMMIT_S``, plus a compaction per ``FTI_PREDICTION_LOG_COMPACT_COMMITS``), with the load average.
+"""The serving process and the prediction log under sustained load, as deployed (issue 17's
+soak): ``serve`` (managed Triton) and ``log-writer`` as separate processes on a data root with
+a champion (``scripts/main.sh`` makes one), ``--clients`` keep-alive connections sending
+one-flight requests for ``--seconds``, each a different real flight of 2013-12-31 in turn (as
+of its departure minus the model's lead), as ``online_load.py`` sends them. Reports requests
+answered, errors, whether every answered prediction is in the ``predictions`` table once, the
+Delta commits the run added against the writer's policy (at most one per
+``FTI_PREDICTION_LOG_COMMIT_S`` once rows wait, plus one compaction per
+``FTI_PREDICTION_LOG_COMPACT_COMMITS``), and the resident memory of the serving processes
+(the service and its workers, Triton apart) and of the writer, every 10 s: growth is measured
+from the end of a one-minute warm-up (caches, arenas and the first compaction settle) to the
+end of the run. Goals: 0 errors, commits within the policy, RSS growth < 10%.
 
-    python benchmarks/prediction_log_soak.py --data-root data [--seconds 150] [--clients 4]
+    python benchmarks/prediction_log_soak.py --data-root data [--seconds 300] [--clients 8]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -25,33 +32,31 @@ from deltalake import DeltaTable
 
 use_repo_packages()
 
+from online_load import real_flights, request_bodies  # noqa: E402
+
+from inference_pipeline.settings import InferenceSettings  # noqa: E402
 from inference_pipeline.triton_server import free_loopback_port  # noqa: E402
 
 NAME = "prediction_log_soak"
-FLIGHT = {
-    "flight_date": "2013-12-31",
-    "sched_dep_time": 830,
-    "carrier": "UA",
-    "flight": 1545,
-    "origin": "EWR",
-    "dest": "IAH",
-    "tailnum": "N14228",
-    "distance": 1400,
-    "as_of": "2013-12-31T07:30:00-05:00",
-}
+WARMUP_S = 60.0  # RSS growth is measured from here
+SAMPLE_S = 10.0
+GOAL_RSS_GROWTH = 0.10
 
 
 class Clients:
-    def __init__(self, url: str, count: int) -> None:
+    def __init__(self, url: str, count: int, bodies: list[dict]) -> None:
         self.url, self.answered, self.errors = url, [], 0
+        self._bodies, self._next = bodies, 0
         self._stop, self._lock = threading.Event(), threading.Lock()
         self._threads = [threading.Thread(target=self._run, args=(n,)) for n in range(count)]
 
-    def run_for(self, seconds: float) -> float:
+    def run_for(self, seconds: float, memory: Memory) -> float:
         began = time.monotonic()
         for thread in self._threads:
             thread.start()
-        time.sleep(seconds)
+        while (left := began + seconds - time.monotonic()) > 0:
+            time.sleep(min(SAMPLE_S, left))
+            memory.sample(time.monotonic() - began)
         self._stop.set()
         for thread in self._threads:
             thread.join()
@@ -63,16 +68,78 @@ class Clients:
             while not self._stop.is_set():
                 request_id = f"soak-{number}-{sent}-{time.time_ns()}"
                 sent += 1
+                with self._lock:
+                    body = self._bodies[self._next % len(self._bodies)]
+                    self._next += 1
                 response = client.post(
-                    "/v1/predictions",
-                    json={"flights": [FLIGHT]},
-                    headers={"X-Request-ID": request_id},
+                    "/v1/predictions", json=body, headers={"X-Request-ID": request_id}
                 )
                 with self._lock:
                     if response.status_code == 200:
                         self.answered.append(request_id)
                     else:
                         self.errors += 1
+
+
+def _rss_mib(pid: int) -> float:
+    """Resident memory of one process (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+class Memory:
+    """RSS samples of the serving processes (the service and its descendants, tritonserver
+    apart: a separate server with its own memory policy) and of the log writer."""
+
+    def __init__(self, service: int, writer: int) -> None:
+        self._service, self._writer = service, writer
+        self.samples: list[dict[str, float]] = []
+
+    def _serving(self) -> list[int]:
+        found, todo = [], [self._service]
+        while todo:
+            pid = todo.pop()
+            if "tritonserver" in _command(pid):
+                continue
+            found.append(pid)
+            todo.extend(_children(pid))
+        return found
+
+    def sample(self, at_s: float) -> None:
+        self.samples.append(
+            {
+                "at_s": round(at_s, 1),
+                "service_mib": round(sum(_rss_mib(p) for p in self._serving()), 1),
+                "writer_mib": round(_rss_mib(self._writer), 1),
+            }
+        )
+
+    def growth(self, name: str) -> float | None:
+        """Growth of ``name`` from the first sample after the warm-up to the last."""
+        settled = [s for s in self.samples if s["at_s"] >= WARMUP_S]
+        if len(settled) < 2 or not settled[0][name]:
+            return None
+        return round(settled[-1][name] / settled[0][name] - 1, 4)
 
 
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -98,8 +165,8 @@ def _wait_ready(url: str, service: subprocess.Popen[bytes], timeout_s: float = 3
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", type=Path, required=True)
-    parser.add_argument("--seconds", type=float, default=150.0)
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=300.0)
+    parser.add_argument("--clients", type=int, default=8)
     args = parser.parse_args()
     root = args.data_root.resolve()
     table_uri = str(root / "offline" / "predictions_v1")
@@ -118,19 +185,24 @@ def main() -> None:
     )
     try:
         _wait_ready(url, service)
-        clients = Clients(url, args.clients)
+        lead = int(httpx.get(f"{url}/readyz", timeout=10).json()["lead_minutes"])
+        bodies = request_bodies(real_flights(root), 1, lead)
+        clients = Clients(url, args.clients, bodies)
+        memory = Memory(service.pid, writer.pid)
         load_before = list(os.getloadavg())
-        elapsed = clients.run_for(args.seconds)
+        elapsed = clients.run_for(args.seconds, memory)
         load_after = list(os.getloadavg())
         service.terminate()
         service.wait(timeout=60)
         answered = set(clients.answered)
-        deadline = time.monotonic() + 180
+        drain_began = time.monotonic()
+        deadline = drain_began + 180
         while True:  # the running writer commits the service's last records
             logged = pl.read_delta(table_uri).filter(pl.col("request_id").is_in(answered))
             if logged.height >= len(answered) or time.monotonic() > deadline:
                 break
             time.sleep(2)
+        drained = time.monotonic() - drain_began
     finally:
         for process in (service, writer):
             if process.poll() is None:
@@ -141,6 +213,16 @@ def main() -> None:
     for entry in table.history():
         if entry["version"] > first_version:
             commits[entry["operation"]] = commits.get(entry["operation"], 0) + 1
+    # The writer's policy: a commit at most every COMMIT_S while rows wait (the run, and the
+    # drain after it), and a compaction after every COMPACT_COMMITS of them.
+    settings = InferenceSettings(data_root=root)
+    appends = math.ceil((elapsed + drained) / settings.prediction_log_commit_s) + 1
+    compactions = (
+        appends // settings.prediction_log_compact_commits
+        if settings.prediction_log_compact_commits
+        else 0
+    )
+    bound = appends + compactions
     result = {
         "seconds": round(elapsed, 1),
         "clients": args.clients,
@@ -151,14 +233,29 @@ def main() -> None:
         "logged_twice": logged.height - logged["request_id"].n_unique(),
         "commits": commits,
         "commits_per_minute": round(sum(commits.values()) / elapsed * 60, 1),
+        "commit_bound": bound,
+        "commits_within_policy": sum(commits.values()) <= bound,
+        "service_rss_mib": [memory.samples[0]["service_mib"], memory.samples[-1]["service_mib"]],
+        "service_rss_growth_after_warmup": memory.growth("service_mib"),
+        "writer_rss_growth_after_warmup": memory.growth("writer_mib"),
+        "rss_samples": memory.samples,
         "writer_exit": writer.returncode,
         "load_average": [load_before, load_after],
     }
     print_table(
         f"prediction log soak ({result['seconds']} s, {args.clients} clients)",
         ["measure", "value"],
-        [[k, str(v)] for k, v in result.items()],
+        [[k, str(v)] for k, v in result.items() if k != "rss_samples"],
     )
+    growth = result["service_rss_growth_after_warmup"]
+    met = (
+        not result["errors"]
+        and result["commits_within_policy"]
+        and growth is not None
+        and growth < GOAL_RSS_GROWTH
+    )
+    verdict = "met" if met else "NOT met"
+    print(f"soak goals (0 errors, commits within policy, RSS growth < 10%): {verdict}")
     path = write_results(NAME, result)
     print(f"wrote {path.relative_to(path.parents[2])}")
 
