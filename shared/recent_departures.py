@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -113,15 +114,18 @@ class DepartureLog:
     def from_rows(cls, rows: Iterable[Mapping[str, Any]]) -> DepartureLog:
         """From online rows as plain values (event times in microseconds); a row read under two
         indexes counts once, and a flight's latest event stands for it (as offline)."""
-        unique = list(_latest_per_flight(rows, "event_at"))
+        flight, origin, carrier, tail, at, delay, cancelled = _columns(
+            _latest_per_flight(rows, "event_at"),
+            ("flight_id", "origin", "carrier", "tailnum", "event_at", "dep_delay", "is_cancelled"),
+        )
         return cls(
-            flight_id=object_array([r["flight_id"] for r in unique]),
-            origin=object_array([r["origin"] for r in unique]),
-            carrier=object_array([r["carrier"] for r in unique]),
-            tailnum=object_array([r["tailnum"] for r in unique]),
-            event_at=np.array([r["event_at"] for r in unique], dtype=np.int64),
-            dep_delay=np.array([r["dep_delay"] for r in unique], dtype=np.float64),
-            cancelled=np.array([bool(r["is_cancelled"]) for r in unique], dtype=bool),
+            flight_id=object_array(flight),
+            origin=object_array(origin),
+            carrier=object_array(carrier),
+            tailnum=object_array(tail),
+            event_at=np.array(at, dtype=np.int64),
+            dep_delay=np.array(delay, dtype=np.float64),  # None (a cancellation) -> NaN
+            cancelled=np.array(cancelled, dtype=bool),  # None -> False
         )
 
 
@@ -147,12 +151,15 @@ class Schedule:
 
     @classmethod
     def from_rows(cls, rows: Iterable[Mapping[str, Any]]) -> Schedule:
-        unique = list(_latest_per_flight(rows, "sched_dep_utc"))
+        flight, origin, carrier, sched = _columns(
+            _latest_per_flight(rows, "sched_dep_utc"),
+            ("flight_id", "origin", "carrier", "sched_dep_utc"),
+        )
         return cls(
-            flight_id=object_array([r["flight_id"] for r in unique]),
-            origin=object_array([r["origin"] for r in unique]),
-            carrier=object_array([r["carrier"] for r in unique]),
-            sched_at=np.array([r["sched_dep_utc"] for r in unique], dtype=np.int64),
+            flight_id=object_array(flight),
+            origin=object_array(origin),
+            carrier=object_array(carrier),
+            sched_at=np.array(sched, dtype=np.int64),
         )
 
 
@@ -436,6 +443,12 @@ def _latest_per_flight(rows: Iterable[Mapping[str, Any]], time: str) -> Iterable
         if held is None or held[time] < row[time]:
             latest[row["flight_id"]] = row
     return latest.values()
+
+
+def _columns(rows: Iterable[Mapping[str, Any]], names: tuple[str, ...]) -> list[tuple[Any, ...]]:
+    """The ``names`` fields of ``rows`` as one sequence per field, in one pass."""
+    columns = list(zip(*map(itemgetter(*names), rows), strict=True))
+    return columns or [() for _ in names]
 
 
 def objects(column: pl.Series) -> np.ndarray:

@@ -2,9 +2,12 @@
 
 One table per group, keyed by primary key + event time: a key's newest row and the rows within
 the group's ``online_history`` of it (older ones are deleted on write), so a read as of T picks
-the row valid at T (``online_as_of``). A file written by the older layout (the primary key
-alone: the newest row only) is converted on first use, and its materialized version cleared so
-that the next materialization writes the history too.
+the row valid at T: per distinct (key, T), SQL seeks the key's newest row at or before T on the
+primary key's index and returns that row alone (the tolerance is then checked as
+``online_as_of`` does for the other stores), rather than every kept row of the key. A file
+written by the older layout (the primary key alone: the newest row only) is converted on first
+use, and its materialized version cleared so that the next materialization writes the history
+too.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import polars as pl
 
 from shared.errors import StoreUnavailable
 from shared.feature_group import FeatureGroup
-from shared.feature_store.online_as_of import row_as_of, served_window
 from shared.feature_store.online_codec import align_to_keys, from_storable, storable
 from shared.feature_store.online_sqlite_events import SQLiteEventTables
 from shared.feature_store.protocol import OnlineLookup, OnlineRange, OnlineRangeLookup, OnlineRow
@@ -44,6 +46,7 @@ _SQL_TYPES = {
 # SQLite caps bound parameters per statement (32,766 since 3.32): read big key sets in chunks.
 _MAX_PARAMS = 30_000
 _KEPT_QUERY_KEYS = 64  # queries for up to this many keys are kept, per group and size
+_LATEST = 2**63 - 1  # the T of a lookup without one: a key's newest row
 # How long opening waits for another process that is setting up the same file.
 _SETUP_WAIT_S = 10.0
 # How often reads look whether another file now stands at the store's path (one stat).
@@ -110,7 +113,7 @@ class SQLiteOnlineStore:
         self._lock = threading.Lock()
         self._ready: set[str] = set()
         # (table, keys, oldest bounded, newest bounded) -> SELECT
-        self._queries: dict[tuple[str, int, bool, bool], str] = {}
+        self._queries: dict[tuple[Any, ...], str] = {}
         self._events = SQLiteEventTables(_sql_type)  # event groups' tables
 
     def _connect(self) -> tuple[sqlite3.Connection, tuple[int, int]]:
@@ -276,16 +279,16 @@ class SQLiteOnlineStore:
                 self._follow_replacement()
             for lookup in lookups:
                 group = lookup.group
-                wanted = [k for k in dict.fromkeys(lookup.keys) if None not in k]
-                by_key = self._rows_by_key(group, wanted, served_window(lookup))
                 columns = group.columns
                 event_at = columns.index(group.event_time)
                 times: Sequence[int | None] = lookup.as_of or [None] * len(lookup.keys)
                 tolerance = lookup.tolerance_us
+                newest = self._newest_as_of(group, lookup.keys, times)
                 results.append(
                     [
                         dict(zip(columns, row, strict=True))
-                        if (row := row_as_of(by_key.get(key), event_at, t, tolerance)) is not None
+                        if (row := newest.get((key, t))) is not None
+                        and (tolerance is None or t is None or row[event_at] >= t - tolerance)
                         else None
                         for key, t in zip(lookup.keys, times, strict=True)
                     ]
@@ -327,6 +330,58 @@ class SQLiteOnlineStore:
             for row in found:
                 by_key.setdefault(tuple(row[i] for i in positions), []).append(row)
         return by_key
+
+    def _newest_as_of(
+        self,
+        group: FeatureGroup,
+        keys: Sequence[tuple[Any, ...]],
+        times: Sequence[int | None],
+    ) -> dict[tuple[tuple[Any, ...], int | None], tuple[Any, ...]]:
+        """Per distinct (key, T): the key's newest stored row at or before T (T None: its
+        newest), found by one index seek each in SQL (caller holds the lock). A key's kept
+        history (28 daily rows of a stats group) is never fetched just to be discarded."""
+        self._ensure_table(group)
+        wanted = list(
+            dict.fromkeys((k, t) for k, t in zip(keys, times, strict=True) if None not in k)
+        )
+        per_pair = len(group.primary_key) + 1
+        chunk = max(1, _MAX_PARAMS // per_pair)
+        found: dict[tuple[tuple[Any, ...], int | None], tuple[Any, ...]] = {}
+        for i in range(0, len(wanted), chunk):
+            part = wanted[i : i + chunk]
+            params = [v for key, t in part for v in (*key, _LATEST if t is None else t)]
+            try:
+                rows = self._conn.execute(self._as_of_query(group, len(part)), params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"online read of {group.table_name} failed: {exc}") from exc
+            for row in rows:  # (pair number, the row's columns...)
+                found[part[row[0]]] = row[1:]
+        return found
+
+    def _as_of_query(self, group: FeatureGroup, pairs: int) -> str:
+        """The SELECT of :meth:`_newest_as_of` for ``pairs`` (key, T) pairs: each pair's row
+        is the one whose event time is the key's newest at or before T (a reverse seek on the
+        primary key's index, then the row)."""
+        sql = self._queries.get((group.table_name, pairs, "as_of"))
+        if sql is None:
+            table = _ident(group.table_name)
+            event = _ident(group.event_time)
+            keys = group.primary_key
+            marks = ", ".join(
+                f"({n}, " + ", ".join("?" * (len(keys) + 1)) + ")" for n in range(pairs)
+            )
+            match = " AND ".join(f"s.{_ident(k)} = q.column{i + 2}" for i, k in enumerate(keys))
+            same = " AND ".join(f"t.{_ident(k)} = q.column{i + 2}" for i, k in enumerate(keys))
+            t_col = f"q.column{len(keys) + 2}"
+            names = ", ".join(f"t.{_ident(c)}" for c in group.columns)
+            sql = (
+                f"SELECT q.column1, {names} FROM (VALUES {marks}) AS q JOIN {table} AS t "
+                f"ON {same} AND t.{event} = (SELECT s.{event} FROM {table} AS s "
+                f"WHERE {match} AND s.{event} <= {t_col} ORDER BY s.{event} DESC LIMIT 1)"
+            )
+            if pairs <= _KEPT_QUERY_KEYS:
+                self._queries[(group.table_name, pairs, "as_of")] = sql
+        return sql
 
     def _query(self, group: FeatureGroup, keys: int, oldest: bool, newest: bool) -> str:
         """The SELECT of ``keys`` keys of ``group`` (event times bounded below and/or above),
