@@ -295,20 +295,20 @@ def new_quarantine_rows(store: FeatureStore, rows: pl.DataFrame) -> pl.DataFrame
 
 def write_chunk(store: FeatureStore, chunk: ChunkResult, summary: RunSummary) -> None:
     for v in chunk.validated:
-        counts = summary.source(v.source)
-        counts.rows_read += v.rows_read
-        counts.quarantined += v.quarantine.height
-        counts.deduplicated += v.deduplicated
+        source = summary.source(v.source)
+        source.rows_read += v.rows_read
+        source.quarantined += v.quarantine.height
+        source.deduplicated += v.deduplicated
     for group in WRITE_ORDER:
         rows = chunk.features.get(group.name)
         if rows is None:
             continue
         result = store.insert(group, compress(group, rows))
-        counts = summary.group(group.name)
-        counts.rows_written += result.rows_in
-        counts.inserted += result.inserted
-        counts.updated += result.updated
-        counts.table_version = result.table_version
+        written = summary.group(group.name)
+        written.rows_written += result.rows_in
+        written.inserted += result.inserted
+        written.updated += result.updated
+        written.table_version = result.table_version
     quarantined = stamp_quarantine(
         [v.quarantine for v in chunk.validated if v.quarantine.height],
         summary.run_id,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+from collections.abc import Mapping
 from typing import Annotated
 
 import typer
@@ -110,7 +111,7 @@ def serve(
 
 
 def _serve_workers(
-    settings: InferenceSettings, overrides: dict[str, object], log_level: str
+    settings: InferenceSettings, overrides: Mapping[str, object], log_level: str
 ) -> None:
     """Several uvicorn worker processes on one socket, sharing the external Triton.
 

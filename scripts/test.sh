@@ -5,6 +5,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . "${FTI_VENV:-.venv}/bin/activate"
 echo "== ruff" && ruff check .
-echo "== mypy shared" && mypy shared
+echo "== mypy" && mypy shared feature_pipeline training_pipeline inference_pipeline orchestration
 echo "== import contract" && lint-imports
 echo "== pytest" && python -m pytest "$@"

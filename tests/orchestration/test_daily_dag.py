@@ -104,6 +104,7 @@ def test_one_day_runs_every_task_over_the_real_clis(
         assert "shadow_result" not in registry.get(new).tags
     assert registry.version_for("champion") == root_champion
 
+
 def test_a_failed_feature_run_stops_the_days_downstream_tasks(
     pipeline_env: OperatingRoot, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
