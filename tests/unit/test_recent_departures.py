@@ -12,15 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared import recent_departures
 from shared.feature_group import UTC_TIMESTAMP
 from shared.recent_departures import (
+    COUNT_FEATURES,
     FEATURES,
     WINDOWS_MIN,
     DepartureLog,
     Queries,
     Schedule,
-    _pair_blocks,
     epoch_us,
     feature_frame,
     online_known_since,
@@ -205,29 +204,31 @@ def test_windows_equal_the_brute_force_oracle(
 
 
 @settings(max_examples=100, deadline=None)
-@given(scenarios())
-def test_pairs_checked_in_small_blocks_give_the_same_windows(
-    scenario: tuple[list[Event], list[Scheduled], list[Query]],
+@given(scenarios(), st.integers(2, 30))
+def test_replicated_departures_multiply_the_counts_and_keep_the_rest(
+    scenario: tuple[list[Event], list[Scheduled], list[Query]], copies: int
 ) -> None:
-    """Memory is bounded by checking (query, departure) pairs a block at a time (100x the
-    flights made 3.4 billion pairs in one chunk): any block size gives the same values."""
+    """The scale benchmarks' data (every flight k times, under new ids): the counts are k
+    times the real ones, means, shares and the aircraft's last departure unchanged (the
+    pending count is two prefix counts per key, not a check per departure in the window)."""
     events, schedule, queries = scenario
-    whole = compute(events, schedule, queries)
-    saved = recent_departures.MAX_PAIRS
-    recent_departures.MAX_PAIRS = 1  # a block per query
-    try:
-        blocked = compute(events, schedule, queries)
-    finally:
-        recent_departures.MAX_PAIRS = saved
+    real = compute(events, schedule, queries)
+    many_events = [
+        Event(f"{e.flight_id}-{k}", e.origin, e.carrier, e.tailnum, e.event_at, e.dep_delay)
+        for e in events
+        for k in range(copies)
+    ]
+    many_schedule = [
+        Scheduled(f"{s.flight_id}-{k}", s.origin, s.carrier, s.sched_at)
+        for s in schedule
+        for k in range(copies)
+    ]
+    scaled = compute(many_events, many_schedule, queries)
     for name in FEATURES:
-        np.testing.assert_array_equal(blocked[name], whole[name], err_msg=name)
-
-
-def test_pair_blocks_cover_every_query_once_within_the_bound() -> None:
-    sizes = np.array([3, 0, 5, 1, 9, 2, 2])
-    blocks = _pair_blocks(sizes, 5)
-    assert [(b.start, b.stop) for b in blocks] == [(0, 2), (2, 3), (3, 4), (4, 5), (5, 7)]
-    assert all(sizes[b].sum() <= 5 or b.stop - b.start == 1 for b in blocks)
+        factor = copies if name in COUNT_FEATURES else 1
+        np.testing.assert_allclose(
+            scaled[name], real[name] * factor, rtol=1e-6, equal_nan=True, err_msg=name
+        )
 
 
 @settings(max_examples=100, deadline=None)
