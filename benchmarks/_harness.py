@@ -58,7 +58,8 @@ class ChildAborted(RuntimeError):
         self.sampled_peak_rss_mib = sampled_peak_rss_mib
 
 
-def _rss_mib(pid: int) -> float:
+def rss_mib(pid: int) -> float:
+    """Resident memory of one process, MiB (0 once it is gone)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -94,7 +95,7 @@ def run_process(
             if pid:
                 break
             time.sleep(0.5)
-            sampled_peak = max(sampled_peak, _rss_mib(child.pid))
+            sampled_peak = max(sampled_peak, rss_mib(child.pid))
             reason = None
             if rss_cap_mib is not None and sampled_peak > rss_cap_mib:
                 reason = f"RSS {sampled_peak:,.0f} MiB above the cap of {rss_cap_mib:,.0f} MiB"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 import polars as pl
-from _harness import REPO_ROOT, print_table, use_repo_packages, write_results
+from _harness import REPO_ROOT, print_table, rss_mib, use_repo_packages, write_results
 from deltalake import DeltaTable
 
 use_repo_packages()
@@ -81,17 +81,6 @@ class Clients:
                         self.errors += 1
 
 
-def _rss_mib(pid: int) -> float:
-    """Resident memory of one process (0 once it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def _children(pid: int) -> list[int]:
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
@@ -129,8 +118,8 @@ class Memory:
         self.samples.append(
             {
                 "at_s": round(at_s, 1),
-                "service_mib": round(sum(_rss_mib(p) for p in self._serving()), 1),
-                "writer_mib": round(_rss_mib(self._writer), 1),
+                "service_mib": round(sum(rss_mib(p) for p in self._serving()), 1),
+                "writer_mib": round(rss_mib(self._writer), 1),
             }
         )
 

@@ -275,6 +275,10 @@ class _KeyedTimeline:
         found = np.searchsorted(self._sorted, np.maximum(codes, 0) * self._span + ranks)
         return np.where(codes >= 0, found, 0)
 
+    def first(self, codes: np.ndarray) -> np.ndarray:
+        """Per query, the position of its key's first row (an unknown key: 0)."""
+        return self.before(codes, np.full(codes.shape, np.iinfo(np.int64).min))
+
 
 _WINDOWS_US = np.array(WINDOWS_MIN, dtype=np.int64) * _US_PER_MIN
 
@@ -341,7 +345,7 @@ def _pending_windows(
     query_codes = np.where(q_codes >= 0, q_codes[None, :] + shift, -1).ravel()
     times = np.tile(at, windows)
     before_t = line.before(query_codes, times)  # opens and closes strictly before T
-    first = line.before(query_codes, np.full(len(times), np.iinfo(np.int64).min))
+    first = line.first(query_codes)
     return (open_count[before_t] - open_count[first]).reshape(windows, len(at)).T.astype(float)
 
 
@@ -359,7 +363,7 @@ def _tail_features(
     # their stores return rows in.
     line = _KeyedTimeline(np.where(departed, e_codes, -1), events.event_at, events.flight_id)
     last = line.before(q_codes, queries.at) - 1
-    first = line.before(q_codes, np.full(n, np.iinfo(np.int64).min))  # the key's first row
+    first = line.first(q_codes)
     found = (q_codes >= 0) & (last >= first)
     found[found] &= line.times[last[found]] >= queries.day_start[found]
     delay[found] = events.dep_delay[line.rows[last[found]]]

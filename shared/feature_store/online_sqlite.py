@@ -26,6 +26,7 @@ import polars as pl
 
 from shared.errors import StoreUnavailable
 from shared.feature_group import FeatureGroup
+from shared.feature_store.online_as_of import row_as_of
 from shared.feature_store.online_codec import align_to_keys, from_storable, storable
 from shared.feature_store.online_sqlite_events import SQLiteEventTables
 from shared.feature_store.protocol import OnlineLookup, OnlineRange, OnlineRangeLookup, OnlineRow
@@ -112,7 +113,7 @@ class SQLiteOnlineStore:
         self._next_identity_check = time.monotonic() + _IDENTITY_CHECK_S
         self._lock = threading.Lock()
         self._ready: set[str] = set()
-        # (table, keys, oldest bounded, newest bounded) -> SELECT
+        # (table, keys, oldest bounded, newest bounded) or (table, pairs, "as_of") -> SELECT
         self._queries: dict[tuple[Any, ...], str] = {}
         self._events = SQLiteEventTables(_sql_type)  # event groups' tables
 
@@ -287,8 +288,8 @@ class SQLiteOnlineStore:
                 results.append(
                     [
                         dict(zip(columns, row, strict=True))
-                        if (row := newest.get((key, t))) is not None
-                        and (tolerance is None or t is None or row[event_at] >= t - tolerance)
+                        if (row := row_as_of(newest.get((key, t)), event_at, t, tolerance))
+                        is not None
                         else None
                         for key, t in zip(lookup.keys, times, strict=True)
                     ]
@@ -336,17 +337,18 @@ class SQLiteOnlineStore:
         group: FeatureGroup,
         keys: Sequence[tuple[Any, ...]],
         times: Sequence[int | None],
-    ) -> dict[tuple[tuple[Any, ...], int | None], tuple[Any, ...]]:
+    ) -> dict[tuple[tuple[Any, ...], int | None], list[tuple[Any, ...]]]:
         """Per distinct (key, T): the key's newest stored row at or before T (T None: its
-        newest), found by one index seek each in SQL (caller holds the lock). A key's kept
-        history (28 daily rows of a stats group) is never fetched just to be discarded."""
+        newest), found by one index seek each in SQL (caller holds the lock), as a one-row
+        list for ``row_as_of``. A key's kept history (28 daily rows of a stats group) is never
+        fetched just to be discarded."""
         self._ensure_table(group)
         wanted = list(
             dict.fromkeys((k, t) for k, t in zip(keys, times, strict=True) if None not in k)
         )
         per_pair = len(group.primary_key) + 1
         chunk = max(1, _MAX_PARAMS // per_pair)
-        found: dict[tuple[tuple[Any, ...], int | None], tuple[Any, ...]] = {}
+        found: dict[tuple[tuple[Any, ...], int | None], list[tuple[Any, ...]]] = {}
         for i in range(0, len(wanted), chunk):
             part = wanted[i : i + chunk]
             params = [v for key, t in part for v in (*key, _LATEST if t is None else t)]
@@ -355,7 +357,7 @@ class SQLiteOnlineStore:
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"online read of {group.table_name} failed: {exc}") from exc
             for row in rows:  # (pair number, the row's columns...)
-                found[part[row[0]]] = row[1:]
+                found[part[row[0]]] = [row[1:]]
         return found
 
     def _as_of_query(self, group: FeatureGroup, pairs: int) -> str:
