@@ -53,10 +53,8 @@ def warm_in_process(torchscript: Path, matrices: Any, batch_size: int, repeats: 
     def run() -> None:
         with torch.inference_mode():
             for start in range(0, len(matrices), batch_size):
-                module(
-                    torch.from_numpy(matrices.numeric[start : start + batch_size]),
-                    torch.from_numpy(matrices.categorical[start : start + batch_size]),
-                ).numpy()
+                part = matrices.rows(start, start + batch_size)
+                module(torch.from_numpy(part.numeric), torch.from_numpy(part.categorical)).numpy()
 
     for _ in range(3):
         run()

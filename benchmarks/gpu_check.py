@@ -86,7 +86,8 @@ def served_probabilities(net: torch.nn.Module, features: Tensors, workdir: Path)
         warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated")
         module = torch.jit.load(str(path), map_location="cpu").eval()
     with torch.inference_mode():
-        out = module(features.numeric.cpu(), features.categorical.cpu())
+        batch = features.slice(0, len(features))
+        out = module(batch.numeric.cpu(), batch.categorical.cpu())
     return out.squeeze(1).numpy()
 
 

@@ -128,10 +128,7 @@ def build_matrices(root: Path) -> dict[str, Any]:
         "seconds": seconds,
         "stage_s": {f"data.{k}": v for k, v in data.seconds.items()},
         "rows": {s.name: s.rows for s in splits},
-        "matrix_mib": sum(
-            (s.features.numeric.nbytes + s.features.categorical.nbytes + s.labels.nbytes) / 2**20
-            for s in splits
-        ),
+        "matrix_mib": sum((s.features.nbytes + s.labels.nbytes) / 2**20 for s in splits),
         "rows_read": data.lineage.rows_read,
     }
 

@@ -65,14 +65,18 @@ DEFAULT_CONFIG = Path(__file__).with_name("default_training_config.json")
 # The full-year default split (2013: train Jan-Sep, validate Oct, test Nov-Dec).
 YEAR_ROWS = {"train": 245_723, "validation": 28_653, "test": 54_145}
 YEAR_CARDINALITIES = [17, 4, 97, 20, 8, 4, 28, 7]
-YEAR_NUMERIC_FEATURES = 35  # the numeric matrix has one missing indicator per feature too
+# The default view's numeric features (the fresh window features included); the model's numeric
+# input has one missing indicator per feature too.
+YEAR_NUMERIC_FEATURES = 61
 
 
 @dataclass(frozen=True)
 class SplitMatrices:
-    """One split's MDT matrices (numeric float32, categorical int64) and float32 labels."""
+    """One split's MDT matrices as ``shared.transforms.FeatureMatrices`` holds them (values
+    float32, missing bool, categorical int64) and float32 labels."""
 
-    numeric: np.ndarray
+    values: np.ndarray
+    missing: np.ndarray
     categorical: np.ndarray
     labels: np.ndarray
 
@@ -81,7 +85,8 @@ class SplitMatrices:
 
     def tensors(self, device: torch.device) -> Tensors:
         return Tensors(
-            torch.from_numpy(self.numeric).to(device),
+            torch.from_numpy(self.values).to(device),
+            torch.from_numpy(self.missing).to(device),
             torch.from_numpy(self.categorical).to(device),
             torch.from_numpy(self.labels).to(device),
         )
@@ -96,7 +101,7 @@ class Matrices:
 
     @property
     def n_numeric(self) -> int:
-        return int(self.splits["train"].numeric.shape[1])
+        return 2 * int(self.splits["train"].values.shape[1])
 
 
 def default_config() -> dict[str, Any]:
@@ -123,8 +128,9 @@ def synthetic_matrices(scale: float = 1.0, seed: int = 0) -> Matrices:
         logit = -1.6 + values @ weights * 0.5
         logit += sum(e[categorical[:, j]] for j, e in enumerate(effects))
         labels = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
-        numeric = np.hstack([values, missing]).astype(np.float32)
-        splits[name] = SplitMatrices(numeric, categorical.astype(np.int64), labels)
+        splits[name] = SplitMatrices(
+            values.astype(np.float32), missing, categorical.astype(np.int64), labels
+        )
     return Matrices(splits, list(YEAR_CARDINALITIES), default_config(), f"synthetic x{scale:g}")
 
 
@@ -133,10 +139,9 @@ def load_npz(path: Path) -> Matrices:
     with np.load(path, allow_pickle=False) as data:
         splits = {}
         for name in YEAR_ROWS:
-            values = data[f"{name}_values"]
-            missing = data[f"{name}_missing"].astype(np.float32)
             splits[name] = SplitMatrices(
-                np.ascontiguousarray(np.hstack([values, missing]), dtype=np.float32),
+                np.ascontiguousarray(data[f"{name}_values"], dtype=np.float32),
+                data[f"{name}_missing"].astype(bool),
                 data[f"{name}_categorical"].astype(np.int64),
                 data[f"{name}_labels"].astype(np.float32),
             )
@@ -157,7 +162,9 @@ def store_matrices(data_root: Path | None, lead_minutes: int | None = None) -> M
     config = TrainingConfig().with_overrides({"lead_minutes": "--lead-minutes"}, lead_minutes=lead)
     data = read_training_data(settings, config)
     splits = {
-        s.name: SplitMatrices(s.features.numeric, s.features.categorical, s.labels)
+        s.name: SplitMatrices(
+            s.features.values, s.features.missing, s.features.categorical, s.labels
+        )
         for s in data.splits()
     }
     root = settings.data_root
@@ -169,9 +176,8 @@ def export_matrices(matrices: Matrices, path: Path) -> Path:
     integers (the full year: about 25 MB), plus the cardinalities and the config."""
     arrays: dict[str, np.ndarray] = {}
     for name, split in matrices.splits.items():
-        half = split.numeric.shape[1] // 2
-        arrays[f"{name}_values"] = split.numeric[:, :half]
-        arrays[f"{name}_missing"] = split.numeric[:, half:].astype(np.uint8)
+        arrays[f"{name}_values"] = split.values
+        arrays[f"{name}_missing"] = split.missing.astype(np.uint8)
         arrays[f"{name}_categorical"] = split.categorical.astype(np.int16)
         arrays[f"{name}_labels"] = split.labels.astype(np.uint8)
     meta = {
@@ -209,10 +215,12 @@ def synchronize(device: torch.device) -> None:
 
 
 class PreviousLoop:
-    """The training loop before the device-resident one (the reference of this benchmark)."""
+    """The training loop before the device-resident one (the reference of this benchmark), on
+    the matrices as they were then: one float32 numeric matrix, the indicators as 0/1 floats."""
 
     def __init__(self, net: TabularNet, train: Tensors, optim: SimpleNamespace) -> None:
         self.net, self.train, self.optim = net, train, optim
+        self.numeric = torch.cat([train.values, train.missing.to(train.values.dtype)], dim=1)
         self.optimizer = torch.optim.AdamW(
             net.parameters(), lr=optim.lr, weight_decay=optim.weight_decay
         )
@@ -223,7 +231,7 @@ class PreviousLoop:
         batches = epoch_batches(len(self.train), self.optim.batch_size, seed=0, epoch=epoch)
         for step, index in enumerate(batches):
             index = index.to(self.device)
-            numeric, categorical = self.train.numeric[index], self.train.categorical[index]
+            numeric, categorical = self.numeric[index], self.train.categorical[index]
             labels = self.train.labels[index]
             for group in self.optimizer.param_groups:
                 group["lr"] = lr_at(

@@ -134,7 +134,7 @@ def input_reports(
     mdt = model.mdt
     numeric = mdt.numeric_names
     categorical = mdt.categorical_names
-    imputed = matrices.numeric[:, len(numeric) :] > 0.5
+    imputed = matrices.missing
     oov = matrices.categorical == OOV_INDEX
     null = [[v is None for v in columns[c]] for c in categorical]  # per feature, per row
     groups = _input_groups(model)
@@ -172,8 +172,9 @@ def triton_inputs(module: Any, matrices: FeatureMatrices) -> tuple[list[Any], li
 
     HTTP sends tensors as binary data (the JSON form is slower); gRPC always does."""
     binary = {"binary_data": True} if module.__name__.startswith("tritonclient.http") else {}
-    numeric = module.InferInput(NUMERIC_INPUT, list(matrices.numeric.shape), "FP32")
-    numeric.set_data_from_numpy(matrices.numeric, **binary)
+    values = matrices.numeric  # built on access: once
+    numeric = module.InferInput(NUMERIC_INPUT, list(values.shape), "FP32")
+    numeric.set_data_from_numpy(values, **binary)
     categorical = module.InferInput(CATEGORICAL_INPUT, list(matrices.categorical.shape), "INT64")
     categorical.set_data_from_numpy(matrices.categorical, **binary)
     outputs = [module.InferRequestedOutput(PROBABILITY_OUTPUT, **binary)]
@@ -266,10 +267,7 @@ def score_with_triton(
     """Synchronous scoring in batches of ``batch_size`` rows (the batch job)."""
     parts = []
     for start in range(0, len(matrices), batch_size):
-        part = FeatureMatrices(
-            numeric=matrices.numeric[start : start + batch_size],
-            categorical=matrices.categorical[start : start + batch_size],
-        )
+        part = matrices.rows(start, start + batch_size)
         inputs, outputs = triton_inputs(httpclient, part)
         try:
             result = client.infer(model, inputs, model_version=version, outputs=outputs)
@@ -289,8 +287,9 @@ def score_in_process(torchscript: Path, matrices: FeatureMatrices, batch_size: i
     parts = []
     with torch.inference_mode():
         for start in range(0, len(matrices), batch_size):
-            numeric = torch.from_numpy(matrices.numeric[start : start + batch_size])
-            categorical = torch.from_numpy(matrices.categorical[start : start + batch_size])
+            part = matrices.rows(start, start + batch_size)
+            numeric = torch.from_numpy(part.numeric)
+            categorical = torch.from_numpy(part.categorical)
             parts.append(module(numeric, categorical).numpy().astype(np.float32))
     if not parts:
         return np.zeros(0, dtype=np.float32)

@@ -29,8 +29,13 @@ class Baseline:
     model: HistGradientBoostingClassifier
     fit_seconds: float
 
-    def predict(self, features: FeatureMatrices) -> np.ndarray:
-        return np.asarray(self.model.predict_proba(design_matrix(features))[:, 1], np.float32)
+    def predict(self, features: FeatureMatrices, block_rows: int = 262_144) -> np.ndarray:
+        """Probabilities in row order; the float32 design matrix is built a block at a time."""
+        out = np.empty(len(features), dtype=np.float32)
+        for start in range(0, len(features), block_rows):
+            block = design_matrix(features.rows(start, start + block_rows))
+            out[start : start + len(block)] = self.model.predict_proba(block)[:, 1]
+        return out
 
 
 def sample(
@@ -56,7 +61,7 @@ def train_baseline(
     train, train_labels = sample(train, train_labels, config.max_rows, seed)
     validation, validation_labels = sample(validation, validation_labels, config.max_rows, seed)
     categorical = np.r_[
-        np.zeros(train.numeric.shape[1], dtype=bool), np.ones(train.categorical.shape[1], bool)
+        np.zeros(2 * train.values.shape[1], dtype=bool), np.ones(train.categorical.shape[1], bool)
     ]
     model = HistGradientBoostingClassifier(
         max_iter=config.max_iter,

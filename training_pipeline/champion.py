@@ -37,8 +37,9 @@ def score_exported(
     out = []
     with torch.inference_mode():
         for start in range(0, len(features), batch_size):
-            numeric = torch.from_numpy(features.numeric[start : start + batch_size])
-            categorical = torch.from_numpy(features.categorical[start : start + batch_size])
+            part = features.rows(start, start + batch_size)
+            numeric = torch.from_numpy(part.numeric)
+            categorical = torch.from_numpy(part.categorical)
             out.append(module(numeric, categorical).squeeze(1).numpy())
     return np.concatenate(out) if out else np.empty(0, np.float32)
 

@@ -81,8 +81,21 @@ class Optimisation(Protocol):
 
 
 @dataclass(frozen=True)
+class Batch:
+    """Rows as the model takes them."""
+
+    numeric: torch.Tensor  # float32 (rows, 2 x numeric features): values, then indicators
+    categorical: torch.Tensor
+    labels: torch.Tensor
+
+
+@dataclass(frozen=True)
 class Tensors:
-    numeric: torch.Tensor
+    """A split's matrices on the training device, the indicators kept as bool (see
+    ``shared.transforms.FeatureMatrices``); :meth:`rows` and :meth:`slice` build model batches."""
+
+    values: torch.Tensor
+    missing: torch.Tensor
     categorical: torch.Tensor
     labels: torch.Tensor
 
@@ -92,7 +105,8 @@ class Tensors:
     ) -> Tensors:
         """The whole split on ``device``, once (no copy on CPU)."""
         return cls(
-            numeric=torch.from_numpy(features.numeric).to(device),
+            values=torch.from_numpy(features.values).to(device),
+            missing=torch.from_numpy(features.missing).to(device),
             categorical=torch.from_numpy(features.categorical).to(device),
             labels=torch.tensor(labels, dtype=torch.float32, device=device),
         )
@@ -100,13 +114,29 @@ class Tensors:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def rows(self, index: torch.Tensor) -> Tensors:
+    def rows(self, index: torch.Tensor) -> Batch:
         """The rows at ``index`` (a tensor on the data's device), gathered on the device."""
-        return Tensors(
-            self.numeric.index_select(0, index),
+        return self._batch(
+            self.values.index_select(0, index),
+            self.missing.index_select(0, index),
             self.categorical.index_select(0, index),
             self.labels.index_select(0, index),
         )
+
+    def slice(self, start: int, stop: int) -> Batch:
+        return self._batch(
+            self.values[start:stop],
+            self.missing[start:stop],
+            self.categorical[start:stop],
+            self.labels[start:stop],
+        )
+
+    @staticmethod
+    def _batch(
+        values: torch.Tensor, missing: torch.Tensor, categorical: torch.Tensor, labels: torch.Tensor
+    ) -> Batch:
+        numeric = torch.cat([values, missing.to(values.dtype)], dim=1)
+        return Batch(numeric, categorical, labels)
 
 
 def lr_at(step: int, *, total_steps: int, base_lr: float, warmup: int, min_ratio: float) -> float:
@@ -353,11 +383,9 @@ def predict(model: nn.Module, data: Tensors, batch_size: int) -> torch.Tensor:
     model.eval()
     out = []
     for start in range(0, len(data), batch_size):
+        batch = data.slice(start, start + batch_size)
         with autocast(data.labels.device):
-            logits = model(
-                data.numeric[start : start + batch_size],
-                data.categorical[start : start + batch_size],
-            )
+            logits = model(batch.numeric, batch.categorical)
         out.append(torch.sigmoid(logits.float().squeeze(1)))
     return torch.cat(out) if out else torch.empty(0, device=data.labels.device)
 

@@ -58,9 +58,10 @@ def torchscript(path: Path, seed: int) -> torch.jit.ScriptModule:
 
 def tensors(rows: int, seed: int = 0) -> FeatureMatrices:
     rng = np.random.default_rng(seed)
-    numeric = rng.normal(size=(rows, SIGNATURE.n_numeric)).astype(np.float32)
+    values = rng.normal(size=(rows, SIGNATURE.n_numeric // 2)).astype(np.float32)
+    missing = rng.random((rows, SIGNATURE.n_numeric // 2)) < 0.2
     categorical = rng.integers(0, 7, size=(rows, SIGNATURE.n_categorical)).astype(np.int64)
-    return FeatureMatrices(numeric=numeric, categorical=categorical)
+    return FeatureMatrices(values, missing, categorical)
 
 
 def expected(module: torch.jit.ScriptModule, inputs: FeatureMatrices) -> np.ndarray:
@@ -118,7 +119,8 @@ def test_readiness_and_clear_errors(served) -> None:  # type: ignore[no-untyped-
             assert not await client.model_ready("nosuch", "1")
             with pytest.raises(ModelServerUnavailable, match="nosuch"):
                 await client.infer("nosuch", "1", tensors(1))
-            wrong = FeatureMatrices(np.zeros((1, 9), np.float32), tensors(1).categorical)
+            six = np.zeros((1, 3), np.float32), np.zeros((1, 3), bool)  # 6 numeric inputs, not 4
+            wrong = FeatureMatrices(*six, tensors(1).categorical)
             with pytest.raises(ModelServerUnavailable, match="inference on http_client v1"):
                 await client.infer(MODEL, "1", wrong)
             # The client stays usable after a refused request.

@@ -72,7 +72,11 @@ def test_gpu_check_runs_the_real_loop_without_the_store_packages(tmp_path: Path)
         assert row["previous"]["rows_per_s_median"] > 0 and row["device"]["rows_per_s_median"] > 0
     for fit in result["fits"]:
         assert fit["epochs"] == 2 and not fit["cuda_graph"]
-        assert 0.5 < fit["test_roc_auc_served"] <= 1
+        # Two steps on 1% of the rows learn little; what must hold is that the exported model
+        # scores as the network did (on CPU both run in float32).
+        assert 0 < fit["test_roc_auc_served"] <= 1
+        assert fit["test_roc_auc_served"] == pytest.approx(fit["test_roc_auc_network"], abs=1e-3)
+        assert fit["max_abs_diff_network_vs_served"] < 1e-4
         assert fit["max_abs_diff_network_vs_served"] < 1e-5  # float32 on CPU both ways
     assert "default fit" in proc.stdout and "goal >= 20 M" in proc.stdout
 
@@ -111,7 +115,7 @@ def test_exported_matrices_load_back_exactly(
     assert loaded.config["lead_minutes"] == TrainingConfig().lead_minutes  # as `train` reads
     for name, split in store.splits.items():
         again = loaded.splits[name]
-        for field in ("numeric", "categorical", "labels"):
+        for field in ("values", "missing", "categorical", "labels"):
             expected, actual = getattr(split, field), getattr(again, field)
             assert actual.dtype == expected.dtype
             np.testing.assert_array_equal(actual, expected)
@@ -120,4 +124,4 @@ def test_exported_matrices_load_back_exactly(
     assert at_departure.config["lead_minutes"] == 0
     before, now = store.splits["test"], at_departure.splits["test"]
     np.testing.assert_array_equal(now.labels, before.labels)  # the same flights ...
-    assert not np.array_equal(now.numeric, before.numeric)  # ... their features read earlier
+    assert not np.array_equal(now.values, before.values)  # ... their features read earlier

@@ -25,6 +25,7 @@ from training_pipeline.data import load_training_data
 from training_pipeline.distributed import DistContext
 from training_pipeline.loop import (
     CHECKPOINT_FILE,
+    Batch,
     BatchPlan,
     EpochRecord,
     Tensors,
@@ -83,11 +84,13 @@ class Optim:
 def synthetic(rows: int, seed: int = 0) -> Tensors:
     """A learnable problem: the label depends on two numeric columns and one category."""
     rng = np.random.default_rng(seed)
-    numeric = rng.normal(size=(rows, 6)).astype(np.float32)
+    values = rng.normal(size=(rows, 3)).astype(np.float32)
+    missing = rng.random((rows, 3)) < 0.1
     categorical = np.stack([rng.integers(0, c, rows) for c in CARDS], axis=1)
-    logit = numeric[:, 0] - numeric[:, 1] + (categorical[:, 2] % 3 == 0)
+    logit = values[:, 0] - values[:, 1] + (categorical[:, 2] % 3 == 0)
     labels = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.float32)
-    return Tensors.from_split(FeatureMatrices(numeric, categorical), labels, torch.device("cpu"))
+    features = FeatureMatrices(values, missing, categorical)
+    return Tensors.from_split(features, labels, torch.device("cpu"))
 
 
 def new_net(dropout: float = 0.2) -> TabularNet:
@@ -98,7 +101,7 @@ def new_net(dropout: float = 0.2) -> TabularNet:
 class RecordingTensors(Tensors):
     """Tensors that remember which rows each step gathered."""
 
-    def rows(self, index: torch.Tensor) -> Tensors:
+    def rows(self, index: torch.Tensor) -> Batch:
         self.__dict__.setdefault("seen", []).append(index.tolist())
         return super().rows(index)
 
@@ -112,7 +115,7 @@ def test_device_steps_gather_exactly_the_rows_of_epoch_batches(
 ) -> None:
     data = synthetic(rows)
     for rank in range(world):
-        train = RecordingTensors(data.numeric, data.categorical, data.labels)
+        train = RecordingTensors(data.values, data.missing, data.categorical, data.labels)
         plan = BatchPlan.of(rows, batch, rank=rank, world_size=world)
         net = new_net()
         TrainSteps(net, net, train, Optim(), plan).run_epoch(seed=4, epoch=2, first_step=0)
@@ -236,7 +239,8 @@ def test_captured_cuda_steps_learn_as_the_eager_ones(tmp_path: Path) -> None:
     cuda = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cuda", 0))
 
     def on_gpu(data: Tensors) -> Tensors:
-        return Tensors(*(t.to(cuda.device) for t in (data.numeric, data.categorical, data.labels)))
+        parts = (data.values, data.missing, data.categorical, data.labels)
+        return Tensors(*(t.to(cuda.device) for t in parts))
 
     train, validation = on_gpu(synthetic(20_000)), on_gpu(synthetic(4000, seed=1))
     aucs = {}

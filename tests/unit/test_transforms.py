@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.transforms import OOV_INDEX, MDTState, apply_mdt, fit_mdt
+from shared.transforms import OOV_INDEX, FeatureMatrices, MDTState, apply_mdt, fit_mdt
 
 pytestmark = pytest.mark.unit
 
@@ -48,6 +48,29 @@ def test_apply_imputes_scales_flags_missing_and_maps_unknown_to_oov(train: pl.Da
     np.testing.assert_allclose(m.numeric[:, 0], [(200 - s.mean) / s.std] * 2, rtol=1e-6)
     np.testing.assert_array_equal(m.numeric[:, 1], [1.0, 0.0])  # missing indicator
     np.testing.assert_array_equal(m.categorical[:, 0], [OOV_INDEX, 1])
+
+
+def test_matrices_keep_indicators_as_bytes_and_build_the_model_input_per_rows(
+    train: pl.DataFrame,
+) -> None:
+    state = fit_mdt(train, ["distance", "seats"], ["carrier"])
+    serving = pl.DataFrame(
+        {"distance": [None, 200.0, 50.0], "seats": [3.0, None, None], "carrier": ["AA"] * 3}
+    )
+    m = apply_mdt(serving, state)
+    assert m.values.dtype == np.float32 and m.missing.dtype == np.bool_
+    assert m.missing.tolist() == [[True, False], [False, True], [False, True]]
+    # The model's input: the values, then the indicators as 0/1, for any rows taken first.
+    np.testing.assert_array_equal(m.numeric, np.hstack([m.values, m.missing]).astype(np.float32))
+    np.testing.assert_array_equal(m.rows(1, 3).numeric, m.numeric[1:3])
+    np.testing.assert_array_equal(m.take(np.array([2, 0])).numeric, m.numeric[[2, 0]])
+    again = FeatureMatrices.from_numeric(m.numeric, m.categorical)
+    np.testing.assert_array_equal(again.numeric, m.numeric)
+    assert again.missing.dtype == np.bool_
+    # 4 + 1 bytes per numeric feature and row instead of 4 + 4.
+    assert m.nbytes == 3 * (2 * 5 + 1 * 8)
+    with pytest.raises(ValueError, match="same shape"):
+        FeatureMatrices(m.values, m.missing[:, :1], m.categorical)
 
 
 def test_rare_categories_map_to_oov_so_the_model_learns_it(train: pl.DataFrame) -> None:
