@@ -64,7 +64,13 @@ MANY = 100  # flights per request of the many-flights case
 # (case name, flights per request, connections)
 CASES = (("1 flight", 1, 1), ("1 flight", 1, 16), (f"{MANY} flights", MANY, 1))
 # Each service variant: the environment that selects it (see InferenceSettings).
-SERVICES = {"service": {}, "service-route": {"FTI_FAST_PREDICTIONS": "false"}}
+SERVICES = {
+    "service": {},
+    "service-route": {"FTI_FAST_PREDICTIONS": "false"},
+    # Opt-in (--service): two uvicorn worker processes sharing the benchmark's Triton.
+    "service-2-workers": {"FTI_WORKERS": "2"},
+}
+DEFAULT_SERVICES = ["service", "service-route"]
 # Hand-written part -> (its variant, the library variant it replaces).
 HAND_WRITTEN = {"prediction fast path": ("service", "service-route")}
 KEEP_GAIN = 0.25  # invariant 9: a hand-written path stays only with >= 25% on the headline
@@ -342,15 +348,28 @@ def stage_means_ms(
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (its threads included)."""
+    """User + system CPU seconds of process ``pid`` and its live descendants so far (threads
+    included): a service with several workers is a supervisor and its worker processes."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(child) for child in _children(pid))
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        listed = task / "children"
+        if listed.exists():
+            children += [int(c) for c in listed.read_text().split()]
+    return children
 
 
 def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
     """py-spy sampling the threads that hold ``pid``'s GIL for ``seconds``, without pausing
     it, as collapsed stacks."""
-    command = ["py-spy", "record", "--pid", str(pid), "--duration", str(max(1, round(seconds)))]
+    beside = Path(sys.executable).with_name("py-spy")  # the venv's, when it is not on PATH
+    binary = shutil.which("py-spy") or str(beside)
+    command = [binary, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds)))]
     command += ["--rate", "500", "--gil", "--threads", "--nonblocking", "--format", "raw"]
     return subprocess.Popen(
         [*command, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -517,7 +536,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     spied = (
                         args.py_spy
                         and target == "service"
-                        and (case, connections) == ("1 flight", 1)
+                        and (case, connections) == ("1 flight", args.py_spy_connections)
                         and round_ == args.rounds - 1
                     )
                     spy = py_spy(pids[target], args.duration, work / "spy.txt") if spied else None
@@ -548,7 +567,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "wrk": "wrk -t1 -cN, Lua request() cycling one body per flight, done() percentiles",
             "results": results,
             "service_stage_mean_ms": stages,
-            "gil_holders_1_flight_1_conn": gil,
+            f"gil_holders_1_flight_{args.py_spy_connections}_conn": gil,
             "summary": summary,
             "hand_written": decisions(results),
             "goals": goals(summary),
@@ -706,21 +725,28 @@ def main() -> None:
         dest="services",
         action="append",
         choices=list(SERVICES),
-        help="service variants to run (repeat; default all)",
+        help=f"service variants to run (repeat; default {', '.join(DEFAULT_SERVICES)})",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
     parser.add_argument(
         "--py-spy",
         action="store_true",
-        help="sample who holds the service's GIL (py-spy) during the last round's 1-flight, "
-        "1-connection run",
+        help="sample who holds the service's GIL (py-spy) during the last round's 1-flight run "
+        "at --py-spy-connections",
+    )
+    parser.add_argument(
+        "--py-spy-connections",
+        type=int,
+        choices=sorted({c for _, _, c in CASES}),
+        default=1,
+        help="the 1-flight case --py-spy samples (default 1 connection)",
     )
     parser.add_argument("--bare-app", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_app is not None:
         serve_bare_app(args.bare_app)
         return
-    args.services = args.services or list(SERVICES)
+    args.services = args.services or DEFAULT_SERVICES
     payload = run(args)
     rows = [
         [
@@ -767,10 +793,11 @@ def main() -> None:
             f"{goal}: median {verdict['median']:.2f}, worst round {verdict['worst']:.2f} "
             f"(goal {verdict['goal']}): {met} on the median"
         )
-    gil = payload["gil_holders_1_flight_1_conn"]
+    conns = args.py_spy_connections
+    gil = payload[f"gil_holders_1_flight_{conns}_conn"]
     if gil:
         shares = ", ".join(f"{k} {v:.0%}" for k, v in gil["share_by_work"].items())
-        print(f"GIL held at 1 connection ({gil['samples']} samples): {shares}")
+        print(f"GIL held at {conns} connection(s) ({gil['samples']} samples): {shares}")
     path = write_results(NAME, payload)
     print(f"wrote {path.relative_to(REPO_ROOT)}")
 
