@@ -69,6 +69,18 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def child_pids(pid: int) -> list[int]:
+    """The child processes of ``pid``, whichever of its threads started them (none once it is
+    gone)."""
+    children: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            children += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    return children
+
+
 def run_process(
     command: Sequence[str],
     *,

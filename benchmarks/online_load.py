@@ -52,7 +52,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from _harness import REPO_ROOT, print_table, use_repo_packages, write_results
+from _harness import REPO_ROOT, child_pids, print_table, use_repo_packages, write_results
 
 use_repo_packages()
 
@@ -352,16 +352,7 @@ def cpu_seconds(pid: int) -> float:
     included): a service with several workers is a supervisor and its worker processes."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return own + sum(cpu_seconds(child) for child in _children(pid))
-
-
-def _children(pid: int) -> list[int]:
-    children = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        listed = task / "children"
-        if listed.exists():
-            children += [int(c) for c in listed.read_text().split()]
-    return children
+    return own + sum(cpu_seconds(child) for child in child_pids(pid))
 
 
 def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:

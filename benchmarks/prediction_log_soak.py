@@ -27,7 +27,14 @@ from pathlib import Path
 
 import httpx
 import polars as pl
-from _harness import REPO_ROOT, print_table, rss_mib, use_repo_packages, write_results
+from _harness import (
+    REPO_ROOT,
+    child_pids,
+    print_table,
+    rss_mib,
+    use_repo_packages,
+    write_results,
+)
 from deltalake import DeltaTable
 
 use_repo_packages()
@@ -81,14 +88,6 @@ class Clients:
                         self.errors += 1
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
-
-
 def _command(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -111,7 +110,7 @@ class Memory:
             if "tritonserver" in _command(pid):
                 continue
             found.append(pid)
-            todo.extend(_children(pid))
+            todo.extend(child_pids(pid))
         return found
 
     def sample(self, at_s: float) -> None:

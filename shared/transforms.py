@@ -167,16 +167,6 @@ class FeatureMatrices:
                 "must have the same shape: one indicator per numeric feature and row"
             )
 
-    @classmethod
-    def from_numeric(cls, numeric: np.ndarray, categorical: np.ndarray) -> FeatureMatrices:
-        """From the model's input form: ``numeric`` float32 (rows, 2 x numeric features)."""
-        half = numeric.shape[1] // 2
-        return cls(
-            np.ascontiguousarray(numeric[:, :half], dtype=np.float32),
-            numeric[:, half:] > 0.5,
-            categorical,
-        )
-
     @property
     def numeric(self) -> np.ndarray:
         """The model's numeric input, float32 (rows, 2 x numeric features): the values, then the

@@ -76,7 +76,6 @@ def test_gpu_check_runs_the_real_loop_without_the_store_packages(tmp_path: Path)
         # scores as the network did (on CPU both run in float32).
         assert 0 < fit["test_roc_auc_served"] <= 1
         assert fit["test_roc_auc_served"] == pytest.approx(fit["test_roc_auc_network"], abs=1e-3)
-        assert fit["max_abs_diff_network_vs_served"] < 1e-4
         assert fit["max_abs_diff_network_vs_served"] < 1e-5  # float32 on CPU both ways
     assert "default fit" in proc.stdout and "goal >= 20 M" in proc.stdout
 

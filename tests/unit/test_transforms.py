@@ -64,9 +64,6 @@ def test_matrices_keep_indicators_as_bytes_and_build_the_model_input_per_rows(
     np.testing.assert_array_equal(m.numeric, np.hstack([m.values, m.missing]).astype(np.float32))
     np.testing.assert_array_equal(m.rows(1, 3).numeric, m.numeric[1:3])
     np.testing.assert_array_equal(m.take(np.array([2, 0])).numeric, m.numeric[[2, 0]])
-    again = FeatureMatrices.from_numeric(m.numeric, m.categorical)
-    np.testing.assert_array_equal(again.numeric, m.numeric)
-    assert again.missing.dtype == np.bool_
     # 4 + 1 bytes per numeric feature and row instead of 4 + 4.
     assert m.nbytes == 3 * (2 * 5 + 1 * 8)
     with pytest.raises(ValueError, match="same shape"):
