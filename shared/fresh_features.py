@@ -39,6 +39,8 @@ from shared.feature_store import FeatureStore, OnlineLookup, OnlineRangeLookup
 from shared.feature_store.protocol import OnlineRange, OnlineRow
 from shared.flight_identity import local_day_start_utc
 from shared.prediction_time import PREDICTION_TIME, epoch_us, instant_of
+from shared.recent_departure_rows import MAX_QUERIES as ROW_PATH_MAX_QUERIES
+from shared.recent_departure_rows import recent_departure_rows
 from shared.recent_departures import (
     EVENT_LOOKBACK,
     FEATURES,
@@ -252,16 +254,29 @@ def online_fresh_columns(
     origin_events, tail_events, schedule = found
     watermark = progress[0]["watermark"] if progress and progress[0] is not None else None
     events = [row for rows in (*origin_events, *tail_events) for row in rows]
-    values = recent_departure_features(
-        DepartureLog.from_rows(events),
-        Schedule.from_rows(row for rows in schedule for row in rows),
-        reads.queries,
-        covered_until=watermark,
-        tolerance=fresh.tolerance,
-        known_since=(
-            None
-            if watermark is None
-            else online_known_since(watermark, DEPARTURE_EVENTS.online_horizon)
-        ),
+    schedule_rows = [row for rows in schedule for row in rows]
+    known_since = (
+        None
+        if watermark is None
+        else online_known_since(watermark, DEPARTURE_EVENTS.online_horizon)
     )
+    values = None
+    if len(reads.queries) <= ROW_PATH_MAX_QUERIES:  # a request's few flights: no numpy setup
+        values = recent_departure_rows(
+            events,
+            schedule_rows,
+            reads.queries,
+            covered_until=watermark,
+            tolerance_us=fresh.tolerance // _US,
+            known_since=known_since,
+        )
+    if values is None:
+        values = recent_departure_features(
+            DepartureLog.from_rows(events),
+            Schedule.from_rows(schedule_rows),
+            reads.queries,
+            covered_until=watermark,
+            tolerance=fresh.tolerance,
+            known_since=known_since,
+        )
     return {name: values[name] for name in fresh.features}

@@ -1,8 +1,11 @@
 """Fresh window features: what happened at the origin airport, and to the aircraft, just before T.
 
-The ONE implementation, run on the few rows of an online request (events read from the online
-store) and on a whole spine for training and batch scoring (events read from the offline
-tables): the same numpy code over the same kind of arrays, so online at T = offline at T.
+The implementation of record, run on a whole spine for training and batch scoring (events read
+from the offline tables) and on an online batch of more than a few flights (events read from the
+online store): the same numpy code over the same kind of arrays, so online at T = offline at T.
+An online batch of up to ``recent_departure_rows.MAX_QUERIES`` flights (most requests) takes
+:mod:`shared.recent_departure_rows`, the same definitions in plain Python without this code's
+fixed numpy cost, held equal to this one bit for bit by a property test.
 
 Inputs are the ``departure_events`` group (one event per flight: its actual departure, at the
 actual departure instant, or its cancellation, at the scheduled instant) and the
@@ -115,7 +118,7 @@ class DepartureLog:
         """From online rows as plain values (event times in microseconds); a row read under two
         indexes counts once, and a flight's latest event stands for it (as offline)."""
         flight, origin, carrier, tail, at, delay, cancelled = _columns(
-            _latest_per_flight(rows, "event_at"),
+            latest_per_flight(rows, "event_at"),
             ("flight_id", "origin", "carrier", "tailnum", "event_at", "dep_delay", "is_cancelled"),
         )
         return cls(
@@ -152,7 +155,7 @@ class Schedule:
     @classmethod
     def from_rows(cls, rows: Iterable[Mapping[str, Any]]) -> Schedule:
         flight, origin, carrier, sched = _columns(
-            _latest_per_flight(rows, "sched_dep_utc"),
+            latest_per_flight(rows, "sched_dep_utc"),
             ("flight_id", "origin", "carrier", "sched_dep_utc"),
         )
         return cls(
@@ -424,7 +427,8 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 # -- conversions -----------------------------------------------------------------------------
 
 
-def _latest_per_flight(rows: Iterable[Mapping[str, Any]], time: str) -> Iterable[Mapping[str, Any]]:
+def latest_per_flight(rows: Iterable[Mapping[str, Any]], time: str) -> Iterable[Mapping[str, Any]]:
+    """One row per flight: its latest by ``time`` (the first of equal ones)."""
     latest: dict[Any, Mapping[str, Any]] = {}
     for row in rows:
         held = latest.get(row["flight_id"])

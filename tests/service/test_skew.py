@@ -48,6 +48,7 @@ from shared.flight_identity import flight_id, sched_dep_utc
 from shared.fresh_features import FRESH_GROUP_NAME, offline_watermark
 from shared.prediction_log import PREDICTIONS
 from shared.prediction_time import PREDICTION_TIME, epoch_us
+from shared.recent_departure_rows import MAX_QUERIES as ROW_PATH_MAX_QUERIES
 from shared.recent_departures import FEATURES as FRESH_FEATURES
 from shared.registry import ModelRegistry, RegistrySettings
 from shared.settings import FeatureStoreSettings
@@ -97,22 +98,32 @@ def requests_at_t(frame: pl.DataFrame) -> list[dict[str, Any]]:
     )
 
 
-def online_frame(store: FeatureStore, model: ServingModel, batch: pl.DataFrame) -> pl.DataFrame:
-    """The online path's raw features (frame-free read, as the service does), as a frame."""
+def online_frame(
+    store: FeatureStore, model: ServingModel, batch: pl.DataFrame, *, per_request: int | None = None
+) -> pl.DataFrame:
+    """The online path's raw features (frame-free read, as the service does), as a frame: all
+    flights in one batch (the vectorised fresh-feature path), or ``per_request`` at a time
+    (a few: the row path, ``shared.recent_departure_rows``)."""
     flights = [
         {**row, PREDICTION_TIME: epoch_us(row[PREDICTION_TIME])}
         for row in batch.select(*REQUEST_FIELDS, PREDICTION_TIME).to_dicts()
     ]
-    inputs = online_inputs(store, model, flights)
-    assert inputs.flight_ids == batch["flight_id"].to_list()
+    step = per_request or len(flights)
+    parts = [
+        online_inputs(store, model, flights[i : i + step]) for i in range(0, len(flights), step)
+    ]
+    assert [f for part in parts for f in part.flight_ids] == batch["flight_id"].to_list()
     # The online path's own matrices (frame-free) equal the batch job's, row for row.
     batch_matrices = transform(batch, model.mdt)
-    np.testing.assert_array_equal(inputs.matrices.categorical, batch_matrices.categorical)
-    np.testing.assert_allclose(inputs.matrices.numeric, batch_matrices.numeric, rtol=0, atol=1e-6)
+    categorical = np.concatenate([part.matrices.categorical for part in parts])
+    numeric = np.concatenate([part.matrices.numeric for part in parts])
+    np.testing.assert_array_equal(categorical, batch_matrices.categorical)
+    np.testing.assert_allclose(numeric, batch_matrices.numeric, rtol=0, atol=1e-6)
     return pl.DataFrame(
         [
-            {"flight_id": fid} | inputs.features.row(i, model.mdt.input_features)
-            for i, fid in enumerate(inputs.flight_ids)
+            {"flight_id": fid} | part.features.row(i, model.mdt.input_features)
+            for part in parts
+            for i, fid in enumerate(part.flight_ids)
         ],
         infer_schema_length=None,
     )
@@ -216,11 +227,13 @@ def test_online_at_t_batch_and_training_features_are_identical(  # type: ignore[
                 if group.online:
                     store.materialize(group)
         online = online_frame(store, model, batch)
+        few_at_a_time = online_frame(store, model, batch, per_request=ROW_PATH_MAX_QUERIES // 2)
     finally:
         store.close()
         if backend == "redis":
             drop_namespace(settings.redis_namespace)
     assert_same_features(model, batch, online)
+    assert_same_features(model, batch, few_at_a_time)
     assert_same_features(model, batch, training)
     assert online["wx_temp"].null_count() < 0.05 * online.height  # fresh: the values are there
     assert online["route_flights_28d"].null_count() < 0.05 * online.height

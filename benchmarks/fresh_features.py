@@ -1,0 +1,146 @@
+"""The fresh window features of an online batch: the row path beside the vectorised path.
+
+``shared.fresh_features.online_fresh_columns`` computes a batch of up to
+``shared.recent_departure_rows.MAX_QUERIES`` flights with the plain-Python row path and larger
+batches with ``shared.recent_departures.recent_departure_features`` (numpy, the implementation
+training and the batch job run). This measures both on what the online store really answers:
+the flights of 2013-12-31 in departure order, each as of its departure minus the champion's
+lead, in batches of consecutive flights (as coalesced requests arrive), their rows read once
+from the online store of ``--data-root``. Both paths are timed on the same batches, alternating,
+over ``--rounds`` rounds; the values are checked equal (bit for bit) on every batch. The table
+gives the median microseconds per batch of each path, its range over rounds, and their ratio:
+where the ratio crosses 1 is where ``MAX_QUERIES`` belongs.
+
+    python benchmarks/fresh_features.py --data-root /tmp/main1
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from _harness import print_table, use_repo_packages, write_results
+
+use_repo_packages()
+
+from online_load import real_flights, request_bodies  # noqa: E402
+
+NAME = "fresh_features"
+SIZES = (1, 2, 4, 8, 12, 16, 32, 100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", type=Path, required=True, help="a root with a champion")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batches", type=int, default=300, help="batches per size and round")
+    args = parser.parse_args()
+
+    import numpy as np
+
+    from inference_pipeline.model_artifact import load_serving_model
+    from inference_pipeline.settings import InferenceSettings
+    from shared.feature_store import open_feature_store
+    from shared.fresh_features import FreshFeatures, online_fresh_reads
+    from shared.prediction_time import epoch_us
+    from shared.recent_departure_rows import MAX_QUERIES, recent_departure_rows
+    from shared.recent_departures import DepartureLog, Schedule, recent_departure_features
+    from shared.registry import ModelRegistry
+
+    settings = InferenceSettings(data_root=args.data_root)
+    with tempfile.TemporaryDirectory(prefix="fti-fresh-bench-") as work:
+        model = load_serving_model(
+            ModelRegistry(settings.registry_settings()), "champion", Path(work) / "artifact"
+        )
+    fresh = model.view.fresh or FreshFeatures()
+    tolerance_us = fresh.tolerance.total_seconds() * 1e6
+    store = open_feature_store(settings.store_settings())
+    flights = real_flights(args.data_root)
+
+    def batch_inputs(body: dict[str, Any]) -> tuple[list[Any], list[Any], Any, int | None]:
+        requests = [
+            f | {"flight_date": date.fromisoformat(f["flight_date"])} for f in body["flights"]
+        ]
+        times = [epoch_us(datetime.fromisoformat(f["as_of"])) for f in body["flights"]]
+        reads = online_fresh_reads(requests, times)
+        found, ranges = store.get_online_rows_and_ranges([reads.progress], reads.ranges)
+        progress = found[0]
+        watermark = progress[0]["watermark"] if progress and progress[0] else None
+        origin_events, tail_events, schedule = ranges
+        events = [row for rows in (*origin_events, *tail_events) for row in rows]
+        return events, [row for rows in schedule for row in rows], reads.queries, watermark
+
+    def rows_path(events: Any, schedule: Any, queries: Any, watermark: int | None) -> Any:
+        return recent_departure_rows(
+            events, schedule, queries, covered_until=watermark, tolerance_us=int(tolerance_us)
+        )
+
+    def vectorised_path(events: Any, schedule: Any, queries: Any, watermark: int | None) -> Any:
+        return recent_departure_features(
+            DepartureLog.from_rows(events),
+            Schedule.from_rows(schedule),
+            queries,
+            covered_until=watermark,
+            tolerance=fresh.tolerance,
+        )
+
+    paths = {"rows": rows_path, "vectorised": vectorised_path}
+    per_size: dict[int, dict[str, list[float]]] = {s: {p: [] for p in paths} for s in SIZES}
+    events_read: dict[int, float] = {}
+    for size in SIZES:
+        step = max(1, len(flights) // args.batches)
+        bodies = request_bodies(flights, size, model.lead_minutes)[::step]
+        inputs = [batch_inputs(body) for body in bodies]
+        events_read[size] = statistics.median(len(i[0]) + len(i[1]) for i in inputs)
+        for one in inputs:  # the same numbers, every batch
+            a, b = rows_path(*one), vectorised_path(*one)
+            assert a is not None, "the 2013 data's delays are whole minutes"
+            for name in fresh.features:
+                np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+        for _ in range(args.rounds):
+            for name, path in paths.items():
+                began = time.perf_counter()
+                for one in inputs:
+                    path(*one)
+                per_size[size][name].append((time.perf_counter() - began) / len(inputs) * 1e6)
+    store.close()
+
+    rows = []
+    results = []
+    for size in SIZES:
+        r, v = per_size[size]["rows"], per_size[size]["vectorised"]
+        ratio = [b / a for a, b in zip(r, v, strict=True)]
+        results.append(
+            {
+                "flights_per_batch": size,
+                "rows_read_median": events_read[size],
+                "rows_us": r,
+                "vectorised_us": v,
+                "vectorised_over_rows": ratio,
+            }
+        )
+        rows.append(
+            [
+                str(size),
+                f"{events_read[size]:.0f}",
+                f"{statistics.median(r):.0f} ({min(r):.0f}-{max(r):.0f})",
+                f"{statistics.median(v):.0f} ({min(v):.0f}-{max(v):.0f})",
+                f"x{statistics.median(ratio):.2f} ({min(ratio):.2f}-{max(ratio):.2f})",
+            ]
+        )
+    print_table(
+        f"Fresh window features per batch, us (median, range over {args.rounds} rounds); "
+        f"row path used up to {MAX_QUERIES} flights",
+        ["flights", "rows read", "row path", "vectorised", "vectorised / rows"],
+        rows,
+    )
+    write_results(NAME, {"max_queries": MAX_QUERIES, "rounds": args.rounds, "sizes": results})
+
+
+if __name__ == "__main__":
+    main()
