@@ -71,6 +71,9 @@ SERVICES = {
     "service-2-workers": {"FTI_WORKERS": "2"},
 }
 DEFAULT_SERVICES = ["service", "service-route"]
+# --baseline REF adds the variant "service@REF": the default service of the commit REF (its
+# tree exported beside this one), measured in the same rounds as this one's.
+BASELINE_PREFIX = "service@"
 # Hand-written part -> (its variant, the library variant it replaces).
 HAND_WRITTEN = {"prediction fast path": ("service", "service-route")}
 KEEP_GAIN = 0.25  # invariant 9: a hand-written path stays only with >= 25% on the headline
@@ -169,7 +172,9 @@ def stop(process: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
         process.wait()
 
 
-def spawn(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def spawn(
+    command: list[str], log: Path, env: dict[str, str], cwd: Path = REPO_ROOT
+) -> subprocess.Popen[bytes]:
     with log.open("wb") as handle:
         return subprocess.Popen(
             command,
@@ -177,7 +182,7 @@ def spawn(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Pope
             stdout=handle,
             stderr=subprocess.STDOUT,
             env=env,
-            cwd=REPO_ROOT,
+            cwd=cwd,
             start_new_session=True,
         )
 
@@ -415,6 +420,10 @@ def start_services(
     for name in names:
         port = free_port()
         logs[name] = work / f"{name}.log"
+        variant, cwd = SERVICES.get(name, {}), REPO_ROOT
+        if name.startswith(BASELINE_PREFIX):  # the default service of an earlier commit
+            cwd = export_tree(name.removeprefix(BASELINE_PREFIX), work / "baseline")
+            variant = {"PYTHONPATH": str(cwd)}
         processes.append(
             spawn(
                 [
@@ -432,7 +441,8 @@ def start_services(
                     "WARNING",
                 ],
                 logs[name],
-                env | SERVICES[name],
+                env | variant,
+                cwd,
             )
         )
         bases[name] = f"http://127.0.0.1:{port}"
@@ -456,6 +466,19 @@ def start_services(
         ready = "/healthz" if name == "bare-fastapi" else "/readyz"
         wait_for(f"{base}{ready}", _READY_TIMEOUT_S, process, logs[name])
     return bases, processes
+
+
+def export_tree(ref: str, into: Path) -> Path:
+    """The checkout's tree at ``ref`` (git archive: no worktree to clean up), once."""
+    if not into.exists():
+        into.mkdir(parents=True)
+        archive = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "archive", "--format=tar", ref],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
 
 
 def missing_groups(url: str, bodies: list[dict[str, Any]]) -> dict[str, float]:
@@ -561,6 +584,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"gil_holders_1_flight_{args.py_spy_connections}_conn": gil,
             "summary": summary,
             "hand_written": decisions(results),
+            "against_baseline": against_baseline(results, args.services),
             "goals": goals(summary),
         }
     finally:
@@ -668,6 +692,25 @@ def decisions(results: list[dict[str, Any]]) -> dict[str, Any]:
     return verdicts
 
 
+def against_baseline(results: list[dict[str, Any]], services: list[str]) -> dict[str, Any]:
+    """Per case, round by round, this checkout's service against ``--baseline``'s: the ratio
+    of p50, p99, requests/s and CPU per request (< 1 for latency and CPU: this one is better)."""
+    baseline = next((s for s in services if s.startswith(BASELINE_PREFIX)), None)
+    if baseline is None:
+        return {}
+    out: dict[str, Any] = {"baseline": baseline.removeprefix(BASELINE_PREFIX)}
+    for case, _, conns in CASES:
+        ours = {r["round"]: r for r in _pick(results, "service", case, conns)}
+        theirs = {r["round"]: r for r in _pick(results, baseline, case, conns)}
+        rounds = sorted(ours.keys() & theirs.keys())
+        out[f"{case} x{conns}"] = {
+            key: [round(ours[n][key] / theirs[n][key], 3) for n in rounds]
+            for key in ("p50_ms", "p99_ms", "requests_per_s", "cpu_ms_per_request")
+            if all(key in ours[n] and key in theirs[n] for n in rounds)
+        }
+    return out
+
+
 def goals(summary: list[dict[str, Any]]) -> dict[str, Any]:
     """Issue 17's goals for the default service, on the median and the worst round."""
     at = {(r["case"], r["connections"]): r for r in summary if r["target"] == "service"}
@@ -718,6 +761,12 @@ def main() -> None:
         choices=list(SERVICES),
         help=f"service variants to run (repeat; default {', '.join(DEFAULT_SERVICES)})",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also run the default service of git commit REF (its tree exported), in the same "
+        "rounds, and report this one's ratios to it",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
     parser.add_argument(
         "--py-spy",
@@ -738,6 +787,9 @@ def main() -> None:
         serve_bare_app(args.bare_app)
         return
     args.services = args.services or DEFAULT_SERVICES
+    if args.baseline:
+        args.services = [*dict.fromkeys(["service", *args.services])]
+        args.services.append(BASELINE_PREFIX + args.baseline)
     payload = run(args)
     rows = [
         [
@@ -778,6 +830,16 @@ def main() -> None:
             f"{part}: {verdict['headline']} {gains} over {verdict['library_variant']} "
             f"(median {verdict['gain_median']:+.0%}): {decision}; CPU per request lower by {cpu}"
         )
+    compared = payload["against_baseline"]
+    for case, ratios in compared.items():
+        if case == "baseline":
+            continue
+        text = ", ".join(
+            f"{key} x{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+            for key, values in ratios.items()
+            if values
+        )
+        print(f"{case} against {compared['baseline']} (median, range over rounds): {text}")
     for goal, verdict in payload["goals"].items():
         met = "met" if verdict["met_median"] else "NOT met"
         print(
