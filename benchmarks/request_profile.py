@@ -6,9 +6,10 @@ call) is called for the real flights of 2013-12-31, each as of its departure min
 one request at a time: the work of a request without HTTP. Each stage is timed by wrapping the
 function that does it (perf_counter, no profiler), so the figures are the stage's own wall
 time: parse (the body against the schema, each flight's T), store read (one
-``get_online_rows`` for every group), on-demand features, MDT, input reports, Triton, the
-answer's JSON; "other" is the rest of the request (the answer's dicts, traffic and pipeline
-bookkeeping, the prediction log's hand-off); the garbage collector's time (``gc.callbacks``)
+``get_online_rows`` or ``get_online_rows_and_ranges`` for every group), the fresh window
+features (their reads planned, then computed), on-demand features, MDT, input reports, Triton,
+the answer's JSON, the prediction log's hand-off; "other" is the rest of the request (the
+answer's dicts, traffic and pipeline bookkeeping); the garbage collector's time (``gc.callbacks``)
 is shown beside them (it falls within them). The same split for the slowest 1% of requests
 says what the tail spends its time on. Then one cProfile run of the 100-flight requests
 lists the functions that cost most inside the stages.
@@ -90,11 +91,17 @@ def instrument(runtime: Any) -> StageClock:
     clock.wrap(requests, "_parse", "parse")
     clock.wrap(requests, "flights_as_of", "parse")
     clock.wrap(runtime.store.store, "get_online_rows", "store read")
+    clock.wrap(runtime.store.store, "get_online_rows_and_ranges", "store read")
+    clock.wrap(feature_view, "online_fresh_reads", "fresh features")
+    clock.wrap(feature_view, "online_fresh_columns", "fresh features")
     clock.wrap(feature_view, "on_demand_columns", "on-demand")
     clock.wrap(scoring, "apply_mdt_columns", "MDT")
     clock.wrap(scoring, "input_reports", "input reports")
     clock.wrap(runtime.triton.client, "infer", "Triton")
     clock.wrap(requests, "json_bytes", "JSON")
+    if runtime.traffic.prediction_log is not None:
+        clock.wrap(runtime.traffic.prediction_log, "submit", "log hand-off")
+        clock.wrap(runtime.traffic.prediction_log, "_append_group", "log hand-off")
     return clock
 
 

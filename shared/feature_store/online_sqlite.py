@@ -28,7 +28,7 @@ from shared.errors import StoreUnavailable
 from shared.feature_group import FeatureGroup
 from shared.feature_store.online_as_of import row_as_of
 from shared.feature_store.online_codec import align_to_keys, from_storable, storable
-from shared.feature_store.online_sqlite_events import SQLiteEventTables
+from shared.feature_store.online_sqlite_events import SQLiteEventTables, keep
 from shared.feature_store.protocol import OnlineLookup, OnlineRange, OnlineRangeLookup, OnlineRow
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,9 @@ _SQL_TYPES = {
 }
 # SQLite caps bound parameters per statement (32,766 since 3.32): read big key sets in chunks.
 _MAX_PARAMS = 30_000
-_KEPT_QUERY_KEYS = 64  # queries for up to this many keys are kept, per group and size
+# Statements kept (by group, size and kind; the oldest dropped first): a 100-flight request
+# that built its statements anew spent a tenth of its store read quoting column names.
+_KEPT_QUERIES = 512
 _LATEST = 2**63 - 1  # the T of a lookup without one: a key's newest row
 # How long opening waits for another process that is setting up the same file.
 _SETUP_WAIT_S = 10.0
@@ -381,8 +383,7 @@ class SQLiteOnlineStore:
                 f"ON {same} AND t.{event} = (SELECT s.{event} FROM {table} AS s "
                 f"WHERE {match} AND s.{event} <= {t_col} ORDER BY s.{event} DESC LIMIT 1)"
             )
-            if pairs <= _KEPT_QUERY_KEYS:
-                self._queries[(group.table_name, pairs, "as_of")] = sql
+            keep(self._queries, (group.table_name, pairs, "as_of"), sql, _KEPT_QUERIES)
         return sql
 
     def _query(self, group: FeatureGroup, keys: int, oldest: bool, newest: bool) -> str:
@@ -403,8 +404,7 @@ class SQLiteOnlineStore:
                 f"SELECT {names} FROM {_ident(group.table_name)} "
                 f"WHERE ({key_cols}) IN (VALUES {row_marks}){bounds} ORDER BY {event} DESC"
             )
-            if keys <= _KEPT_QUERY_KEYS:
-                self._queries[(group.table_name, keys, oldest, newest)] = sql
+            keep(self._queries, (group.table_name, keys, oldest, newest), sql, _KEPT_QUERIES)
         return sql
 
     def materialized_version(self, table_name: str) -> int | None:
