@@ -20,7 +20,7 @@ import argparse
 import statistics
 import tempfile
 import time
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ def main() -> None:
     from inference_pipeline.model_artifact import load_serving_model
     from inference_pipeline.settings import InferenceSettings
     from shared.feature_store import open_feature_store
-    from shared.fresh_features import FreshFeatures, online_fresh_reads
+    from shared.fresh_features import FreshFeatures, online_fresh_reads, online_fresh_rows
     from shared.prediction_time import epoch_us
     from shared.recent_departure_rows import MAX_QUERIES, recent_departure_rows
     from shared.recent_departures import DepartureLog, Schedule, recent_departure_features
@@ -58,7 +58,7 @@ def main() -> None:
             ModelRegistry(settings.registry_settings()), "champion", Path(work) / "artifact"
         )
     fresh = model.view.fresh or FreshFeatures()
-    tolerance_us = fresh.tolerance.total_seconds() * 1e6
+    tolerance_us = fresh.tolerance // timedelta(microseconds=1)
     store = open_feature_store(settings.store_settings())
     flights = real_flights(args.data_root)
 
@@ -69,15 +69,12 @@ def main() -> None:
         times = [epoch_us(datetime.fromisoformat(f["as_of"])) for f in body["flights"]]
         reads = online_fresh_reads(requests, times)
         found, ranges = store.get_online_rows_and_ranges([reads.progress], reads.ranges)
-        progress = found[0]
-        watermark = progress[0]["watermark"] if progress and progress[0] else None
-        origin_events, tail_events, schedule = ranges
-        events = [row for rows in (*origin_events, *tail_events) for row in rows]
-        return events, [row for rows in schedule for row in rows], reads.queries, watermark
+        events, schedule, watermark = online_fresh_rows(found[0], ranges)
+        return events, schedule, reads.queries, watermark
 
     def rows_path(events: Any, schedule: Any, queries: Any, watermark: int | None) -> Any:
         return recent_departure_rows(
-            events, schedule, queries, covered_until=watermark, tolerance_us=int(tolerance_us)
+            events, schedule, queries, covered_until=watermark, tolerance_us=tolerance_us
         )
 
     def vectorised_path(events: Any, schedule: Any, queries: Any, watermark: int | None) -> Any:

@@ -244,6 +244,17 @@ def _range_lookup(
     return OnlineRangeLookup(group, index, keys, starts, ends)
 
 
+def online_fresh_rows(
+    progress: Sequence[OnlineRow], found: Sequence[Sequence[OnlineRange]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int | None]:
+    """What the store answered to a batch's fresh reads as (event rows, schedule rows, the
+    stream's watermark or None): the origins' and the aircraft's events together."""
+    origin_events, tail_events, schedule = found
+    watermark = progress[0]["watermark"] if progress and progress[0] is not None else None
+    events = [row for rows in (*origin_events, *tail_events) for row in rows]
+    return events, [row for rows in schedule for row in rows], watermark
+
+
 def online_fresh_columns(
     fresh: FreshFeatures,
     reads: FreshReads,
@@ -251,10 +262,7 @@ def online_fresh_columns(
     found: Sequence[Sequence[OnlineRange]],
 ) -> dict[str, np.ndarray]:
     """The fresh features of the requests, from what the store answered to ``reads``."""
-    origin_events, tail_events, schedule = found
-    watermark = progress[0]["watermark"] if progress and progress[0] is not None else None
-    events = [row for rows in (*origin_events, *tail_events) for row in rows]
-    schedule_rows = [row for rows in schedule for row in rows]
+    events, schedule_rows, watermark = online_fresh_rows(progress, found)
     known_since = (
         None
         if watermark is None

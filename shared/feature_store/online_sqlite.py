@@ -28,7 +28,7 @@ from shared.errors import StoreUnavailable
 from shared.feature_group import FeatureGroup
 from shared.feature_store.online_as_of import row_as_of
 from shared.feature_store.online_codec import align_to_keys, from_storable, storable
-from shared.feature_store.online_sqlite_events import SQLiteEventTables, keep
+from shared.feature_store.online_sqlite_events import MAX_PARAMS, SQLiteEventTables, keep
 from shared.feature_store.protocol import OnlineLookup, OnlineRange, OnlineRangeLookup, OnlineRow
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,6 @@ _SQL_TYPES = {
     pl.String: "TEXT",
     pl.Date: "INTEGER",
 }
-# SQLite caps bound parameters per statement (32,766 since 3.32): read big key sets in chunks.
-_MAX_PARAMS = 30_000
 # Statements kept (by group, size and kind; the oldest dropped first): a 100-flight request
 # that built its statements anew spent a tenth of its store read quoting column names.
 _KEPT_QUERIES = 512
@@ -319,7 +317,7 @@ class SQLiteOnlineStore:
         unbounded), newest first (caller holds the lock), in chunks of parameters."""
         self._ensure_table(group)
         bounds = [b for b in window if b is not None]
-        chunk = max(1, (_MAX_PARAMS - 2) // len(group.primary_key))
+        chunk = max(1, (MAX_PARAMS - 2) // len(group.primary_key))
         positions = [group.columns.index(k) for k in group.primary_key]
         by_key: dict[tuple[Any, ...], list[Any]] = {}
         for i in range(0, len(keys), chunk):
@@ -349,7 +347,7 @@ class SQLiteOnlineStore:
             dict.fromkeys((k, t) for k, t in zip(keys, times, strict=True) if None not in k)
         )
         per_pair = len(group.primary_key) + 1
-        chunk = max(1, _MAX_PARAMS // per_pair)
+        chunk = max(1, MAX_PARAMS // per_pair)
         found: dict[tuple[tuple[Any, ...], int | None], list[tuple[Any, ...]]] = {}
         for i in range(0, len(wanted), chunk):
             part = wanted[i : i + chunk]

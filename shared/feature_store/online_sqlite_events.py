@@ -31,8 +31,8 @@ from shared.feature_store.online_codec import storable
 from shared.feature_store.protocol import OnlineRange, OnlineRangeLookup
 
 _CHUNK = 2_000  # rows per write transaction: other writers wait at most for one
-# Bound parameters per read statement (SQLite's cap is 32,766 since 3.32).
-_MAX_PARAMS = 30_000
+# SQLite caps bound parameters per statement (32,766 since 3.32): read big key sets in chunks.
+MAX_PARAMS = 30_000
 _KEPT_SELECTS = 256  # statements kept, by index and number of scans (the oldest dropped first)
 _DAY = "__day"  # UTC day of the event time: the first part of every key
 _US_PER_DAY = 86_400_000_000
@@ -204,7 +204,7 @@ class SQLiteEventTables:
             for day in range(start // _US_PER_DAY, (end - 1) // _US_PER_DAY + 1)
         ]
         found: list[OnlineRange] = [[] for _ in lookup.keys]
-        chunk = _MAX_PARAMS // (len(lookup.index) + 4)
+        chunk = MAX_PARAMS // (len(lookup.index) + 4)
         try:
             for first in range(0, len(scans), chunk):
                 part = scans[first : first + chunk]

@@ -15,7 +15,6 @@ from shared.recent_departures import (
     FEATURES,
     WINDOWS_MIN,
     DepartureLog,
-    Queries,
     Schedule,
     recent_departure_features,
 )
@@ -25,49 +24,14 @@ from tests.unit.test_recent_departures import (
     Event,
     Query,
     Scheduled,
+    as_queries,
+    event_rows,
     scenarios,
+    schedule_rows,
     times,
 )
 
 pytestmark = pytest.mark.unit
-
-
-def event_rows(events: list[Event]) -> list[dict[str, Any]]:
-    return [
-        {
-            "flight_id": e.flight_id,
-            "origin": e.origin,
-            "carrier": e.carrier,
-            "tailnum": e.tailnum,
-            "event_at": e.event_at,
-            "dep_delay": e.dep_delay,
-            "is_cancelled": e.dep_delay is None,
-        }
-        for e in events
-    ]
-
-
-def schedule_rows(schedule: list[Scheduled]) -> list[dict[str, Any]]:
-    return [
-        {
-            "flight_id": s.flight_id,
-            "origin": s.origin,
-            "carrier": s.carrier,
-            "sched_dep_utc": s.sched_at,
-        }
-        for s in schedule
-    ]
-
-
-def as_queries(queries: list[Query]) -> Queries:
-    objects = lambda values: np.array([*values, 0], dtype=object)[:-1]  # noqa: E731
-    return Queries(
-        origin=objects([q.origin for q in queries]),
-        carrier=objects([q.carrier for q in queries]),
-        tailnum=objects([q.tailnum for q in queries]),
-        at=np.array([q.at for q in queries], dtype=np.int64),
-        day_start=np.array([q.day_start for q in queries], dtype=np.int64),
-    )
 
 
 @st.composite

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -141,10 +142,9 @@ def oracle(events: list[Event], schedule: list[Scheduled], q: Query) -> dict[str
     return out
 
 
-def as_arrays(
-    events: list[Event], schedule: list[Scheduled], queries: list[Query]
-) -> tuple[DepartureLog, Schedule, Queries]:
-    rows = [
+def event_rows(events: list[Event]) -> list[dict[str, Any]]:
+    """The events as the online store returns them (plain values)."""
+    return [
         {
             "flight_id": e.flight_id,
             "origin": e.origin,
@@ -156,7 +156,10 @@ def as_arrays(
         }
         for e in events
     ]
-    sched_rows = [
+
+
+def schedule_rows(schedule: list[Scheduled]) -> list[dict[str, Any]]:
+    return [
         {
             "flight_id": s.flight_id,
             "origin": s.origin,
@@ -165,17 +168,26 @@ def as_arrays(
         }
         for s in schedule
     ]
+
+
+def as_queries(queries: list[Query]) -> Queries:
     obj = lambda values: np.array([*values, 0], dtype=object)[:-1]  # noqa: E731
+    return Queries(
+        origin=obj([q.origin for q in queries]),
+        carrier=obj([q.carrier for q in queries]),
+        tailnum=obj([q.tailnum for q in queries]),
+        at=np.array([q.at for q in queries], dtype=np.int64),
+        day_start=np.array([q.day_start for q in queries], dtype=np.int64),
+    )
+
+
+def as_arrays(
+    events: list[Event], schedule: list[Scheduled], queries: list[Query]
+) -> tuple[DepartureLog, Schedule, Queries]:
     return (
-        DepartureLog.from_rows(rows),
-        Schedule.from_rows(sched_rows),
-        Queries(
-            origin=obj([q.origin for q in queries]),
-            carrier=obj([q.carrier for q in queries]),
-            tailnum=obj([q.tailnum for q in queries]),
-            at=np.array([q.at for q in queries], dtype=np.int64),
-            day_start=np.array([q.day_start for q in queries], dtype=np.int64),
-        ),
+        DepartureLog.from_rows(event_rows(events)),
+        Schedule.from_rows(schedule_rows(schedule)),
+        as_queries(queries),
     )
 
 
