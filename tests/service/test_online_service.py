@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -624,8 +625,11 @@ def test_metrics_expose_stage_latencies_counts_and_model(
 def test_every_prediction_is_logged_for_monitoring(
     client: TestClient, registered_model: RegisteredModel
 ) -> None:
+    # Both request paths log to the same data root: an id of its own per run, or the second
+    # run reads the first one's row as well.
+    request_id = f"log-me-{uuid.uuid4().hex}"
     response = client.post(
-        "/v1/predictions", json={"flights": [UA_1545]}, headers={**KEY, "X-Request-ID": "log-me"}
+        "/v1/predictions", json={"flights": [UA_1545]}, headers={**KEY, "X-Request-ID": request_id}
     )
     assert response.status_code == 200
     store = open_feature_store(FeatureStoreSettings(data_root=registered_model.root))
@@ -635,7 +639,7 @@ def test_every_prediction_is_logged_for_monitoring(
         while time.monotonic() < deadline:
             drain_prediction_log(registered_model.root)  # as the log writer process does
             if store.table_version(PREDICTIONS) is not None:
-                rows = store.read(PREDICTIONS).filter(pl.col("request_id") == "log-me")
+                rows = store.read(PREDICTIONS).filter(pl.col("request_id") == request_id)
                 if rows.height:
                     break
             time.sleep(0.2)
