@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import compress
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import tritonclient.http.aio as httpaio
 from tritonclient.utils import InferenceServerException
 
 from inference_pipeline.model_artifact import ServingModel
-from shared.errors import ModelServerUnavailable
+from shared.errors import ModelOutputInvalid, ModelServerUnavailable
 from shared.feature_store import FeatureStore
 from shared.feature_view import OnlineFeatures, online_feature_columns
 from shared.flight_identity import flight_id_of
@@ -141,7 +142,7 @@ def input_reports(
     groups = _input_groups(model)
     reports = []
     for row in range(len(matrices)):
-        missing = [n for n, m in zip(numeric, imputed[row], strict=True) if m]
+        missing = list(compress(numeric, imputed[row]))  # C speed: 122 flags a row
         unknown: list[str] = []
         for j, name in enumerate(categorical):
             if oov[row][j]:
@@ -192,6 +193,17 @@ _GRPC_CHANNEL_ARGS = [
 ]
 
 
+def finite_probabilities(values: np.ndarray, model: str) -> np.ndarray:
+    """``values``, checked: a NaN or infinite answer is refused here, by name, instead of
+    reaching a client as JSON ``null`` where the schema promises a number."""
+    if not np.isfinite(values).all():
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        raise ModelOutputInvalid(
+            f"{model} answered {bad} non-finite probabilities of {len(values)}"
+        )
+    return values
+
+
 class AsyncTritonClient:
     """The service's one Triton client, with a deadline on every call and every failure turned
     into `ModelServerUnavailable`: ``tritonclient.http.aio`` (binary tensors), or with Triton's
@@ -229,7 +241,8 @@ class AsyncTritonClient:
             ),
             what,
         )
-        return np.asarray(result.as_numpy(PROBABILITY_OUTPUT), dtype=np.float32).reshape(-1)
+        probabilities = np.asarray(result.as_numpy(PROBABILITY_OUTPUT), dtype=np.float32)
+        return finite_probabilities(probabilities.reshape(-1), f"{model} v{version}")
 
     async def model_ready(self, model: str, version: str) -> bool:
         ready = await self._call(self._client.is_model_ready(model, version), "model readiness")

@@ -94,6 +94,11 @@ class ModelServerUnavailable(FTIError):
     """The model server (Triton) cannot be reached in time, or does not serve the model."""
 
 
+class ModelOutputInvalid(FTIError):
+    """The model answered something that is not a probability (NaN, infinite): a defect of
+    the model version, not of the request."""
+
+
 class NothingToScore(FTIError):
     """A batch scoring run found no scheduled flights for its date."""
 

@@ -54,6 +54,7 @@ class ServiceMetrics:
             ["feature"],
             registry=r,
         )
+        self._imputed: dict[str, Counter] = {}
         self.prediction_log_rows = Counter(
             "fti_prediction_log_rows", "Prediction log rows by outcome", ["outcome"], registry=r
         )
@@ -88,6 +89,14 @@ class ServiceMetrics:
         self.shadow_failures = Counter(
             "fti_shadow_failures", "Shadow scorings that failed (never seen by clients)", registry=r
         )
+
+    def imputed_feature(self, feature: str) -> Counter:
+        """The imputed-features counter of ``feature``, its child looked up once (a request
+        with a dozen features missing paid a dozen ``labels()`` calls)."""
+        child = self._imputed.get(feature)
+        if child is None:
+            child = self._imputed[feature] = self.imputed.labels(feature)
+        return child
 
     def set_model(self, version: str, alias: str, triton_name: str) -> None:
         self.model_version.set(float(version))
