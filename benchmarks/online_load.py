@@ -5,8 +5,11 @@ Every request carries different real flights: the scheduled departures of 2013-1
 predicted as of its departure minus the model's lead (so the day's features are read), cycled
 by a wrk Lua script (one body per request, in turn). Cases: one flight per request at 1 and at
 16 connections, and 100 flights per request at 1 connection. Targets, each its own process,
-all started once and measured in turn (the order reversed every round, so that a slow phase of
-the shared machine hits all of them alike), each for ``--duration`` s after a ``--warmup``:
+all started once and measured in turn (the order rotated by one every round, so that a slow
+phase of the shared machine hits all of them alike; reversing it, as before, put the same target
+first in every odd round, and the first run of a case after the 16-connection one came out up
+to 20% slower: each result records its position), each for ``--duration`` s after a
+``--warmup``:
 
 - ``service``: ``python -m inference_pipeline serve`` as configured by default, with the
   prediction fast path in front of FastAPI (``FTI_FAST_PREDICTIONS=true``);
@@ -536,9 +539,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stages: dict[str, list[dict[str, float]]] = {}
         gil: dict[str, Any] | None = None
         for round_ in range(args.rounds):
-            order = targets if round_ % 2 == 0 else targets[::-1]
+            shift = round_ % len(targets)
+            order = targets[shift:] + targets[:shift]
             for case, size, connections in CASES:
-                for target in order:
+                for position, target in enumerate(order, start=1):
                     if target == "triton":
                         url, sent = triton_url, [triton_body(config, size)]
                     else:
@@ -558,7 +562,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     if spy is not None:
                         spy.wait(timeout=60)
                         gil = gil_holders(work / "spy.txt")
-                    result |= {"round": round_ + 1, "case": case, "target": target}
+                    result |= {
+                        "round": round_ + 1,
+                        "case": case,
+                        "target": target,
+                        "position": position,
+                    }
                     if cpu is not None and result["requests"]:
                         used = cpu_seconds(pids[target]) - cpu
                         result["cpu_ms_per_request"] = 1e3 * used / result["requests"]
@@ -597,7 +606,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _row_text(r: dict[str, Any]) -> str:
     return (
-        f"round {r['round']} {r['case']} x{r['connections']} {r['target']}: "
+        f"round {r['round']} {r['case']} x{r['connections']} {r['target']} "
+        f"(#{r['position']}): "
         f"{r['requests_per_s']:,.0f} req/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
         f"{r.get('cpu_ms_per_request', 0):.2f} CPU ms/request, {r['errors']} errors, "
         f"load {r['load_average'][0]:.1f}"
