@@ -205,6 +205,29 @@ def test_unknown_carrier_airport_and_plane_are_imputed_and_flagged(client: TestC
     )
 
 
+def _imputed_counts(client: TestClient) -> dict[str, float]:
+    counts = {}
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("fti_imputed_features_total{"):
+            name, value = line.split(" ")
+            counts[name.split('feature="')[1].rstrip('"}')] = float(value)
+    return counts
+
+
+def test_imputed_features_are_counted_per_feature_in_the_metrics(client: TestClient) -> None:
+    before = _imputed_counts(client)
+    unknown = {**UA_1545, "carrier": "ZZ", "dest": "QQQ", "tailnum": "N00000"}
+    answered = predict(client, unknown, UA_1545, unknown)["predictions"]
+    after = _imputed_counts(client)
+    expected: dict[str, int] = {}
+    for prediction in answered:
+        for feature in prediction["missing_features"]:
+            expected[feature] = expected.get(feature, 0) + 1
+    assert expected["plane_seats"] >= 2
+    grown = {f: after[f] - before.get(f, 0.0) for f in after if after[f] != before.get(f, 0.0)}
+    assert grown == expected
+
+
 def test_malformed_requests_get_a_readable_422(client: TestClient) -> None:
     cases = {
         "flights[0].sched_dep_time: 875 is not an hhmm time": {**UA_1545, "sched_dep_time": 875},
