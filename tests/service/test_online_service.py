@@ -17,6 +17,7 @@ from typing import Any
 import polars as pl
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from inference_pipeline.service import create_app
 from inference_pipeline.service.app import PredictionService
@@ -206,12 +207,13 @@ def test_unknown_carrier_airport_and_plane_are_imputed_and_flagged(client: TestC
 
 
 def _imputed_counts(client: TestClient) -> dict[str, float]:
-    counts = {}
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith("fti_imputed_features_total{"):
-            name, value = line.split(" ")
-            counts[name.split('feature="')[1].rstrip('"}')] = float(value)
-    return counts
+    return {
+        sample.labels["feature"]: sample.value
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        if family.name == "fti_imputed_features"
+        for sample in family.samples
+        if sample.name == "fti_imputed_features_total"
+    }
 
 
 def test_imputed_features_are_counted_per_feature_in_the_metrics(client: TestClient) -> None:
