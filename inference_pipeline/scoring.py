@@ -90,6 +90,18 @@ class OnlineInputs:
         return parts
 
 
+@dataclass(frozen=True)
+class ModelInputs:
+    """What the model call needs (and what the reports are read from): the requests' fields,
+    their features and the MDT's matrices."""
+
+    requests: list[dict[str, Any]]
+    features: OnlineFeatures
+    matrices: FeatureMatrices
+    features_s: float
+    transform_s: float
+
+
 def online_inputs(
     store: FeatureStore, model: ServingModel, flights: Sequence[Mapping[str, Any]]
 ) -> OnlineInputs:
@@ -99,6 +111,13 @@ def online_inputs(
 
     Frame-free on purpose (a Polars frame per request costs more than the model call); the
     functions are the shared ones the batch job and training run on frames."""
+    return reported_inputs(model_inputs(store, model, flights), model)
+
+
+def model_inputs(
+    store: FeatureStore, model: ServingModel, flights: Sequence[Mapping[str, Any]]
+) -> ModelInputs:
+    """The part of :func:`online_inputs` the model call waits for: features and MDT."""
     began = time.perf_counter()
     requests = [{k: f.get(k) for k in REQUEST_FIELDS} for f in flights]
     try:
@@ -108,10 +127,20 @@ def online_inputs(
     features = online_feature_columns(store, model.view, requests, times)
     read = time.perf_counter()
     matrices = apply_mdt_columns(features.columns, features.rows, model.mdt)
-    reports = input_reports(features.columns, model, matrices)
-    ids = [request_flight_id(r) for r in requests]
     done = time.perf_counter()
-    return OnlineInputs(ids, features, matrices, reports, read - began, done - read)
+    return ModelInputs(requests, features, matrices, read - began, done - read)
+
+
+def reported_inputs(inputs: ModelInputs, model: ServingModel) -> OnlineInputs:
+    """The rest of :func:`online_inputs`, which the model call does not wait for: each flight's
+    input report and id (the service builds them while Triton computes)."""
+    began = time.perf_counter()
+    reports = input_reports(inputs.features.columns, model, inputs.matrices)
+    ids = [request_flight_id(r) for r in inputs.requests]
+    transform_s = inputs.transform_s + time.perf_counter() - began
+    return OnlineInputs(
+        ids, inputs.features, inputs.matrices, reports, inputs.features_s, transform_s
+    )
 
 
 def request_flight_id(flight: Mapping[str, Any]) -> str:

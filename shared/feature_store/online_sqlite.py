@@ -27,7 +27,7 @@ import polars as pl
 from shared.errors import StoreUnavailable
 from shared.feature_group import FeatureGroup
 from shared.feature_store.online_as_of import row_as_of
-from shared.feature_store.online_codec import align_to_keys, from_storable, storable
+from shared.feature_store.online_codec import align_to_keys, from_storable, row_to_dict, storable
 from shared.feature_store.online_sqlite_events import MAX_PARAMS, SQLiteEventTables, keep
 from shared.feature_store.protocol import OnlineLookup, OnlineRange, OnlineRangeLookup, OnlineRow
 
@@ -281,13 +281,14 @@ class SQLiteOnlineStore:
             for lookup in lookups:
                 group = lookup.group
                 columns = group.columns
+                as_dict = row_to_dict(tuple(columns))
                 event_at = columns.index(group.event_time)
                 times: Sequence[int | None] = lookup.as_of or [None] * len(lookup.keys)
                 tolerance = lookup.tolerance_us
                 newest = self._newest_as_of(group, lookup.keys, times)
                 results.append(
                     [
-                        dict(zip(columns, row, strict=True))
+                        as_dict(row)
                         if (row := row_as_of(newest.get((key, t)), event_at, t, tolerance))
                         is not None
                         else None

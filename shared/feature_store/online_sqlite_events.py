@@ -27,7 +27,7 @@ import polars as pl
 
 from shared.errors import StoreUnavailable
 from shared.feature_group import FeatureGroup
-from shared.feature_store.online_codec import storable
+from shared.feature_store.online_codec import row_to_dict, storable
 from shared.feature_store.protocol import OnlineRange, OnlineRangeLookup
 
 _CHUNK = 2_000  # rows per write transaction: other writers wait at most for one
@@ -194,7 +194,7 @@ class SQLiteEventTables:
         self._use(conn)
         group = lookup.group
         self._ensure(group)
-        columns = group.columns
+        as_dict = row_to_dict(tuple(group.columns), skip=1)  # after the lookup number
         scans = [
             (number, day, *values, start, end)
             for number, (values, start, end) in enumerate(
@@ -211,7 +211,7 @@ class SQLiteEventTables:
                 select = self._select(group, lookup.index, len(part))
                 params = [value for scan in part for value in scan]
                 for row in self._db.execute(select, params).fetchall():
-                    found[row[0]].append(dict(zip(columns, row[1:], strict=True)))
+                    found[row[0]].append(as_dict(row))
         except sqlite3.Error as exc:
             raise StoreUnavailable(
                 f"online range read of {group.table_name} failed: {exc}"
