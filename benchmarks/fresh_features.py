@@ -31,7 +31,7 @@ use_repo_packages()
 from online_load import real_flights, request_bodies  # noqa: E402
 
 NAME = "fresh_features"
-SIZES = (1, 2, 4, 8, 12, 16, 32, 100)
+SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 100)
 
 
 def main() -> None:
