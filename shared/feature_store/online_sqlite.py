@@ -28,6 +28,13 @@ from shared.errors import StoreUnavailable
 from shared.feature_group import FeatureGroup
 from shared.feature_store.online_as_of import row_as_of
 from shared.feature_store.online_codec import align_to_keys, from_storable, row_to_dict, storable
+from shared.feature_store.online_sqlite_cache import (
+    MAX_ROWS_PER_TABLE,
+    AsOfCache,
+    AsOfRows,
+    bump_generation,
+    create_generations,
+)
 from shared.feature_store.online_sqlite_events import MAX_PARAMS, SQLiteEventTables, keep
 from shared.feature_store.protocol import OnlineLookup, OnlineRange, OnlineRangeLookup, OnlineRow
 
@@ -86,6 +93,7 @@ def _set_up(conn: sqlite3.Connection, deadline: float) -> None:
                 "CREATE TABLE IF NOT EXISTS _materialization "
                 "(table_name TEXT PRIMARY KEY, offline_version INTEGER NOT NULL)"
             )
+            create_generations(conn)
             return
         except sqlite3.OperationalError as exc:
             busy = "locked" in str(exc) or "busy" in str(exc)
@@ -104,7 +112,11 @@ class SQLiteOnlineStore:
     # busy timeout) bounds the rare wait for a lock: safe on an event loop's thread.
     reads_in_process = True
 
-    def __init__(self, path: Path, timeout_s: float = 1.0) -> None:
+    def __init__(
+        self, path: Path, timeout_s: float = 1.0, cache_rows: int = MAX_ROWS_PER_TABLE
+    ) -> None:
+        """``cache_rows``: rows of each stateful group's table held in memory for as-of reads
+        (`online_sqlite_cache`); 0 reads every row with SQL."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._timeout_s = timeout_s
@@ -116,6 +128,7 @@ class SQLiteOnlineStore:
         # (table, keys, oldest bounded, newest bounded) or (table, pairs, "as_of") -> SELECT
         self._queries: dict[tuple[Any, ...], str] = {}
         self._events = SQLiteEventTables(_sql_type)  # event groups' tables
+        self._cache = AsOfCache(cache_rows) if cache_rows > 0 else None
 
     def _connect(self) -> tuple[sqlite3.Connection, tuple[int, int]]:
         """A connection to the file at ``path`` now, and that file's identity."""
@@ -150,6 +163,8 @@ class SQLiteOnlineStore:
             self._ready.clear()
             self._drop_old_sidecars()
             self._conn, self._identity = self._connect()
+            if self._cache is not None:
+                self._cache.clear()
             log.warning("online store %s was replaced: reopened it", self.path)
 
     def _drop_old_sidecars(self) -> None:
@@ -257,6 +272,7 @@ class SQLiteOnlineStore:
                     f"INSERT OR REPLACE INTO {table} ({names}) VALUES ({marks})", values
                 )
                 self._conn.executemany(prune, written)
+                bump_generation(self._conn, group.table_name)  # as-of caches drop the table
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._conn.execute("ROLLBACK")
@@ -278,6 +294,11 @@ class SQLiteOnlineStore:
             if time.monotonic() >= self._next_identity_check:  # a stat per second at most
                 self._next_identity_check = time.monotonic() + _IDENTITY_CHECK_S
                 self._follow_replacement()
+            if self._cache is not None:
+                try:
+                    self._cache.refresh(self._conn)
+                except sqlite3.Error as exc:
+                    raise StoreUnavailable(f"online read of {self.path} failed: {exc}") from exc
             for lookup in lookups:
                 group = lookup.group
                 columns = group.columns
@@ -285,7 +306,7 @@ class SQLiteOnlineStore:
                 event_at = columns.index(group.event_time)
                 times: Sequence[int | None] = lookup.as_of or [None] * len(lookup.keys)
                 tolerance = lookup.tolerance_us
-                newest = self._newest_as_of(group, lookup.keys, times)
+                newest = self._as_of(group, lookup.keys, times, event_at)
                 results.append(
                     [
                         as_dict(row)
@@ -332,6 +353,26 @@ class SQLiteOnlineStore:
             for row in found:
                 by_key.setdefault(tuple(row[i] for i in positions), []).append(row)
         return by_key
+
+    def _as_of(
+        self,
+        group: FeatureGroup,
+        keys: Sequence[tuple[Any, ...]],
+        times: Sequence[int | None],
+        event_at: int,
+    ) -> AsOfRows:
+        """`_newest_as_of`, from memory where the table is cached (caller holds the lock)."""
+        if self._cache is not None:
+            found = self._cache.newest_as_of(
+                group.table_name,
+                event_at,
+                keys,
+                times,
+                lambda missing: self._rows_by_key(group, missing, (None, None)),
+            )
+            if found is not None:
+                return found
+        return self._newest_as_of(group, keys, times)
 
     def _newest_as_of(
         self,

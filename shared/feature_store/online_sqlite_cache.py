@@ -1,0 +1,143 @@
+"""The SQLite online store's as-of reads from memory, exact to the last commit.
+
+A prediction reads, per stateful group (route and carrier stats, weather, planes, the stream's
+watermark), each key's newest row at or before T: one SQL statement per group and batch, about
+a fifth of a one-flight request's store read. Those tables change only when something writes
+them (the nightly run materializing, the stream's watermark), so the store keeps every kept row
+of the keys it has read (a key's history: 28 daily rows at most), oldest first, and answers "as
+of T" by bisection.
+
+Exactness comes from a generation per table: every write through `SQLiteOnlineStore.write`
+bumps the table's row in ``_generations`` in the transaction that writes the rows, in whatever
+process. Each read first reads all generations and the schema version in one statement; a table
+whose generation moved (or any table, when the schema changed: a table renamed, dropped or
+rebuilt) is forgotten and read from the file again. A read that races a write sees the data as of
+some instant between its two statements, as an uncached read would; rows cached under a
+generation that has moved since are dropped by the next read. A table with no generation
+(written by an older version of this code, or by hand) is never cached. Rows written into the
+file by anything other than the store's ``write`` are not seen until the next write of the table:
+write through the store.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+GENERATIONS_TABLE = "_generations"
+# Bounds the memory: past this many rows, a table's cache starts over (the stats groups of the
+# 2013 data hold about 10,000 rows in all).
+MAX_ROWS_PER_TABLE = 200_000
+
+_CREATE = (
+    f"CREATE TABLE IF NOT EXISTS {GENERATIONS_TABLE} "
+    "(table_name TEXT PRIMARY KEY, generation INTEGER NOT NULL)"
+)
+_BUMP = (
+    f"INSERT INTO {GENERATIONS_TABLE} (table_name, generation) VALUES (?, 1) "
+    "ON CONFLICT (table_name) DO UPDATE SET generation = generation + 1"
+)
+# One statement: every table's generation, and the schema version under the empty name.
+_STATE = (
+    f"SELECT table_name, generation FROM {GENERATIONS_TABLE} "
+    "UNION ALL SELECT '', schema_version FROM pragma_schema_version"
+)
+_SCHEMA = ""
+
+# (key, T) -> the key's newest row at or before T, as a one-row list (see `row_as_of`)
+AsOfRows = dict[tuple[tuple[Any, ...], int | None], list[tuple[Any, ...]]]
+# keys -> {key: its stored rows, newest first}
+ReadKeys = Callable[[Sequence[tuple[Any, ...]]], dict[tuple[Any, ...], list[Any]]]
+
+
+def create_generations(conn: sqlite3.Connection) -> None:
+    conn.execute(_CREATE)
+
+
+def bump_generation(conn: sqlite3.Connection, table: str) -> None:
+    """Inside the transaction that writes ``table``'s rows."""
+    conn.execute(_BUMP, (table,))
+
+
+@dataclass
+class _Table:
+    generation: int
+    keys: dict[tuple[Any, ...], tuple[list[int], list[tuple[Any, ...]]]] = field(
+        default_factory=dict
+    )
+    rows: int = 0
+
+
+class AsOfCache:
+    def __init__(self, max_rows_per_table: int = MAX_ROWS_PER_TABLE) -> None:
+        self._max_rows = max_rows_per_table
+        self._tables: dict[str, _Table] = {}
+        self._generations: dict[str, int] = {}
+        self._schema: int | None = None
+
+    def refresh(self, conn: sqlite3.Connection) -> None:
+        """Forget what moved since the last read (call first in every read, under the lock)."""
+        state = dict(conn.execute(_STATE).fetchall())
+        schema = state.pop(_SCHEMA)
+        if schema != self._schema:
+            self._tables.clear()
+            self._schema = schema
+        for name, table in list(self._tables.items()):
+            if state.get(name) != table.generation:
+                del self._tables[name]
+        self._generations = state
+
+    def clear(self) -> None:
+        """Forget everything (another file now stands at the store's path)."""
+        self._tables.clear()
+        self._schema = None
+
+    def newest_as_of(
+        self,
+        table_name: str,
+        event_at: int,
+        keys: Sequence[tuple[Any, ...]],
+        times: Sequence[int | None],
+        read_keys: ReadKeys,
+    ) -> AsOfRows | None:
+        """Per distinct (key, T) (T None: the newest), the key's newest row at or before T,
+        like the SQL read; ``read_keys`` fetches the keys not held yet. None: the table is not
+        cached (no generation), read it with SQL."""
+        generation = self._generations.get(table_name)
+        if generation is None:
+            return None
+        table = self._tables.get(table_name)
+        if table is None:
+            table = self._tables[table_name] = _Table(generation)
+        held = table.keys
+        missing = [k for k in dict.fromkeys(keys) if k not in held and None not in k]
+        if missing:
+            self._hold(table, missing, read_keys(missing), event_at)
+        found: AsOfRows = {}
+        for key, t in zip(keys, times, strict=True):
+            entry = held.get(key)
+            if entry is None:  # a key with a null part: never stored, never found
+                continue
+            instants, rows = entry
+            at = bisect_right(instants, t) - 1 if t is not None else len(rows) - 1
+            if at >= 0:
+                found[(key, t)] = [rows[at]]
+        return found
+
+    def _hold(
+        self,
+        table: _Table,
+        keys: list[tuple[Any, ...]],
+        stored: dict[tuple[Any, ...], list[Any]],
+        event_at: int,
+    ) -> None:
+        if table.rows + sum(len(stored.get(k, ())) for k in keys) > self._max_rows:
+            table.keys.clear()
+            table.rows = 0
+        for key in keys:
+            rows = [tuple(row) for row in reversed(stored.get(key, []))]  # oldest first
+            table.keys[key] = ([row[event_at] for row in rows], rows)
+            table.rows += len(rows)
