@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from mlflow.exceptions import MlflowException
 from optuna.trial import BaseTrial, FrozenTrial, TrialState
 from sklearn.metrics import roc_auc_score
 
@@ -443,14 +444,38 @@ def _end_study_run(
     metrics = {f"trials_{k.lower()}": float(v) for k, v in states.items()}
     if best is not None:
         metrics |= {"best_val_roc_auc": float(best.value or math.nan)}
-        registry.set_tags(run_id, {"best_trial": str(best.number)})
-    registry.log_metrics(run_id, metrics)
+        on_shared_run(lambda: registry.set_tags(run_id, {"best_trial": str(best.number)}))
+    on_shared_run(lambda: registry.log_metrics(run_id, metrics))
     if path is not None:
         with tempfile.TemporaryDirectory(prefix="fti-tuned-") as tmp:
             copy = Path(tmp) / "tuned_config.json"
             copy.write_text(path.read_text())
             registry.log_artifacts(run_id, Path(tmp), "tuning")
-    registry.client.set_terminated(run_id, status="FINISHED")
+    on_shared_run(lambda: registry.client.set_terminated(run_id, status="FINISHED"))
+
+
+# Every worker ends the study's one MLflow run when it finishes. Two that finish together race
+# in MLflow's SQL store (a tag or a latest metric is a SELECT, then an INSERT), and the second
+# INSERT fails on the unique key (seen in CI: "UNIQUE constraint failed: tags.key,
+# tags.run_uuid"). These writes are idempotent, so the loser writes again.
+_SHARED_RUN_ATTEMPTS = 4
+_UNIQUE_KEY_CLASH = ("unique constraint", "duplicate entry", "duplicate key")
+
+
+def on_shared_run(write: Callable[[], object]) -> None:
+    """``write`` to the study's shared run, again after a clash with another worker's write."""
+    for attempt in range(1, _SHARED_RUN_ATTEMPTS + 1):
+        try:
+            write()
+            return
+        except MlflowException as exc:
+            clash = any(marker in str(exc).lower() for marker in _UNIQUE_KEY_CLASH)
+            if not clash or attempt == _SHARED_RUN_ATTEMPTS:
+                raise
+            log.info(
+                "a write to the study run clashed with another worker's (try %d): again", attempt
+            )
+            time.sleep(0.05 * attempt)
 
 
 def _states(study: optuna.Study) -> dict[str, int]:
