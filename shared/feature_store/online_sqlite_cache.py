@@ -112,10 +112,11 @@ class AsOfCache:
         table = self._tables.get(table_name)
         if table is None:
             table = self._tables[table_name] = _Table(generation)
-        held = table.keys
-        missing = [k for k in dict.fromkeys(keys) if k not in held and None not in k]
+        wanted = [k for k in dict.fromkeys(keys) if None not in k]
+        missing = [k for k in wanted if k not in table.keys]
         if missing:
-            self._hold(table, missing, read_keys(missing), event_at)
+            self._hold(table, wanted, missing, read_keys(missing), event_at)
+        held = table.keys
         found: AsOfRows = {}
         for key, t in zip(keys, times, strict=True):
             entry = held.get(key)
@@ -130,14 +131,17 @@ class AsOfCache:
     def _hold(
         self,
         table: _Table,
-        keys: list[tuple[Any, ...]],
+        wanted: list[tuple[Any, ...]],
+        missing: list[tuple[Any, ...]],
         stored: dict[tuple[Any, ...], list[Any]],
         event_at: int,
     ) -> None:
-        if table.rows + sum(len(stored.get(k, ())) for k in keys) > self._max_rows:
-            table.keys.clear()
-            table.rows = 0
-        for key in keys:
-            rows = [tuple(row) for row in reversed(stored.get(key, []))]  # oldest first
+        """Hold ``missing``'s ``stored`` rows; past the bound, start over with the keys of this
+        read (``wanted``) only, so that every key it asks for is held."""
+        if table.rows + sum(len(stored.get(k, ())) for k in missing) > self._max_rows:
+            table.keys = {k: table.keys[k] for k in wanted if k in table.keys}
+            table.rows = sum(len(rows) for _, rows in table.keys.values())
+        for key in missing:
+            rows = stored.get(key, [])[::-1]  # oldest first
             table.keys[key] = ([row[event_at] for row in rows], rows)
             table.rows += len(rows)

@@ -128,3 +128,16 @@ def test_a_second_read_of_the_same_keys_reads_no_row_from_the_file(
     statements.clear()
     assert _temps(cached, ["EWR", "JFK"], [as_of(2.5), as_of(0.5)]) == [("EWR", 2.0), None]
     assert statements and not any(HOURLY.table_name in s for s in statements), statements
+
+
+def test_a_read_that_fills_the_bound_still_answers_the_keys_it_held(path: Path) -> None:
+    """The bound starts a table's cache over; the keys of the read that crossed it, held
+    before or fetched now, are all answered."""
+    with (
+        closing(SQLiteOnlineStore(path, cache_rows=2)) as cached,
+        closing(SQLiteOnlineStore(path, cache_rows=0)) as plain,
+    ):
+        cached.write(HOURLY, hourly_rows([0, 1], "EWR").vstack(hourly_rows([0, 1], "JFK")))
+        assert _temps(cached, ["EWR"], [as_of(5)]) == [("EWR", 1.0)]  # EWR's 2 rows held
+        both = [as_of(5), as_of(0.5)]
+        assert _temps(cached, ["EWR", "JFK"], both) == _temps(plain, ["EWR", "JFK"], both)
