@@ -188,7 +188,8 @@ def log_writer(
     except FTIError as exc:
         fail(f"log writer cannot start: {exc}")
     try:
-        summary = LogWriter(store, source, settings).run(stop, drain=drain)
+        # Its own process: garbage collection once per commit (see LogWriter.run).
+        summary = LogWriter(store, source, settings).run(stop, drain=drain, collect_per_commit=True)
     finally:
         source.close()
         store.close()

@@ -19,10 +19,12 @@ week keeps working) are vacuumed. The local Delta store only: Hopsworks compacts
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import polars as pl
@@ -111,10 +113,26 @@ class LogWriter:
         *,
         drain: bool = False,
         on_commit: Callable[[WriterSummary], None] | None = None,
+        collect_per_commit: bool = False,
     ) -> WriterSummary:
         """Commit what the sink holds until ``stop`` is set (then commit what waits and
         return), or with ``drain``, until the sink holds nothing more ready. In drain mode a
-        failure ends the run (``summary.error``); otherwise it is logged and retried."""
+        failure ends the run (``summary.error``); otherwise it is logged and retried.
+
+        ``collect_per_commit`` (the ``log-writer`` process, which runs nothing else): Python's
+        garbage collector runs once after each commit instead of whenever allocations pile up
+        (see `_collect_per_commit`)."""
+        if not collect_per_commit:
+            return self._run(stop, drain, on_commit)
+        with _collect_per_commit() as collect:
+            return self._run(stop, drain, _collect_then(on_commit, collect))
+
+    def _run(
+        self,
+        stop: threading.Event,
+        drain: bool,
+        on_commit: Callable[[WriterSummary], None] | None,
+    ) -> WriterSummary:
         began = time.monotonic()
         self._store.register(PREDICTIONS)
         backoff = 0.5
@@ -218,3 +236,37 @@ class LogWriter:
         )
         self.summary.compactions += 1
         log.info("compacted the predictions table: %s", result)
+
+
+@contextmanager
+def _collect_per_commit() -> Iterator[Callable[[], object]]:
+    """Automatic garbage collection off, and a collection to run after each commit.
+
+    The records read since the last commit wait decoded in memory (tens of container objects
+    per record, thousands of records): every automatic collection walked them all again, which
+    doubled the decoding's CPU (`benchmarks/prediction_log_writer.py`), CPU the writer takes
+    from the serving processes on a shared host. Decoded records hold no reference cycles and
+    are freed by reference counting once committed; a collection after each commit (the
+    start-up objects frozen out of its reach) finds what cycles there are, so memory stays
+    bounded by the commit policy."""
+    gc.collect()
+    gc.freeze()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield gc.collect
+    finally:
+        if was_enabled:
+            gc.enable()
+        gc.unfreeze()
+
+
+def _collect_then(
+    on_commit: Callable[[WriterSummary], None] | None, collect: Callable[[], object]
+) -> Callable[[WriterSummary], None]:
+    def after_commit(summary: WriterSummary) -> None:
+        collect()
+        if on_commit is not None:
+            on_commit(summary)
+
+    return after_commit

@@ -5,6 +5,8 @@ with the reason when none is reachable; each test uses a stream of its own)."""
 
 from __future__ import annotations
 
+import gc
+import itertools
 import os
 import threading
 import uuid
@@ -212,6 +214,32 @@ def test_commits_are_bounded_by_rows_and_the_table_is_compacted(tmp_path: Path) 
         .sort("request_id", "flight_id")
         .equals(rows.sort("request_id", "flight_id"))
     )
+
+
+def test_one_collection_per_commit_writes_the_same_rows_and_restores_the_collector(
+    tmp_path: Path,
+) -> None:
+    """The ``log-writer`` process's mode: automatic collection off while it runs, one full
+    collection after each commit, and the collector as it was afterwards."""
+    settings = _settings(tmp_path, prediction_log_commit_rows=10)
+    sink = open_sink(settings)
+    ids = [f"req-{i}" for i in range(30)]
+    for request_id in ids:
+        sink.append(encode_batch(_batch(request_id), request_id))
+    sink.close()
+    seen: list[tuple[bool, int]] = []
+
+    def on_commit(_: object) -> None:  # called after the commit's collection
+        seen.append((gc.isenabled(), gc.get_stats()[2]["collections"]))
+
+    full_before = gc.get_stats()[2]["collections"]
+    writer = _drain(settings, on_commit=on_commit, collect_per_commit=True)
+    assert writer.summary.commits == 6
+    assert [enabled for enabled, _ in seen] == [False] * 6
+    collections = [full_before, *(n for _, n in seen)]
+    assert all(b > a for a, b in itertools.pairwise(collections))  # one (or more) per commit
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    _assert_once_each(tmp_path, ids)
 
 
 def test_every_worker_process_has_its_own_spool_file_and_the_writer_reads_them_all(
