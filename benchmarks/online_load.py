@@ -27,7 +27,9 @@ keep-or-delete rule is one-flight requests/s at 16 connections (the service is b
 core: what a hand-written part saves is Python per request); the gain is taken per round
 against the library variant, and ``--rounds`` rounds give its range and median. Beside it, each
 service's CPU milliseconds per request (from ``/proc``), which the machine's other work
-disturbs less than requests/s. The load average is recorded around every wrk run. (A
+disturbs less than requests/s, and the log writer's CPU over the same run per request (it
+commits what the service answered, on the same cores). The load average is recorded around
+every wrk run. (A
 hand-written Triton HTTP client was measured the same way against ``tritonclient.http.aio`` and
 deleted: ``results/online_load_triton_client.json``.) Issue 17's goals: p50 <= 2 ms and p99 <=
 5 ms at 1 connection, >= 60% of bare FastAPI's requests/s at 16 connections, p99 <= 15 ms for
@@ -519,6 +521,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bases, processes = start_services(work, triton, env, args.services)
         servers = [p for p in processes if "log-writer" not in p.args]
         pids = {name: p.pid for name, p in zip(bases, servers, strict=True)}
+        writer = next(p for p in processes if "log-writer" in p.args)
         first = bases[args.services[0]]
         lead = int(read_json(f"{first}/readyz")["lead_minutes"])
         flights = real_flights(root)
@@ -551,6 +554,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     metrics = f"{bases[target]}/metrics" if target.startswith("service") else None
                     before = stage_totals(metrics) if metrics else None
                     cpu = cpu_seconds(pids[target]) if target in pids else None
+                    # The log writer commits what the services answered: on this one host its
+                    # CPU is taken from them, so it is part of what a request costs the machine.
+                    writer_cpu = cpu_seconds(writer.pid) if target in args.services else None
                     spied = (
                         args.py_spy
                         and target == "service"
@@ -571,6 +577,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     if cpu is not None and result["requests"]:
                         used = cpu_seconds(pids[target]) - cpu
                         result["cpu_ms_per_request"] = 1e3 * used / result["requests"]
+                    if writer_cpu is not None and result["requests"]:
+                        used = cpu_seconds(writer.pid) - writer_cpu
+                        result["log_writer_cpu_ms_per_request"] = 1e3 * used / result["requests"]
                     results.append(result)
                     print(_row_text(result), flush=True)
                     if metrics and before is not None and target == "service":
@@ -609,7 +618,13 @@ def _row_text(r: dict[str, Any]) -> str:
         f"round {r['round']} {r['case']} x{r['connections']} {r['target']} "
         f"(#{r['position']}): "
         f"{r['requests_per_s']:,.0f} req/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
-        f"{r.get('cpu_ms_per_request', 0):.2f} CPU ms/request, {r['errors']} errors, "
+        f"{r.get('cpu_ms_per_request', 0):.2f} CPU ms/request"
+        + (
+            f" (+{r['log_writer_cpu_ms_per_request']:.2f} log writer)"
+            if "log_writer_cpu_ms_per_request" in r
+            else ""
+        )
+        + f", {r['errors']} errors, "
         f"load {r['load_average'][0]:.1f}"
     )
 
@@ -633,7 +648,13 @@ def summarise(results: list[dict[str, Any]], services: list[str]) -> list[dict[s
             if not runs:
                 continue
             row: dict[str, Any] = {"case": case, "connections": conns, "target": target}
-            for key in ("requests_per_s", "p50_ms", "p99_ms", "cpu_ms_per_request"):
+            for key in (
+                "requests_per_s",
+                "p50_ms",
+                "p99_ms",
+                "cpu_ms_per_request",
+                "log_writer_cpu_ms_per_request",
+            ):
                 values = [r[key] for r in runs if key in r]
                 if not values:
                     continue
