@@ -4,11 +4,11 @@ commit (`LogWriter.run(collect_per_commit=True)`, what the ``log-writer`` proces
 
 On a host shared with the online service, the writer's CPU is taken from the serving
 processes: with the writer stopped (SIGSTOP) during one-connection wrk runs, the service's p99
-was 0.6-1.1 ms lower. Each run is its own process: it fills a spool with ``--records``
-one-flight records (shaped like the served model's, as `prediction_log_append.py` builds them),
-then drains it into a fresh Delta ``predictions`` table in commits of ``--commit-rows`` rows
-(5,500: ten seconds of one-connection traffic), and reports the drain's CPU per record. The
-two modes alternate, ``--rounds`` times.
+was about 1 ms lower (-0.3 to +1.6 ms over 15 pairs of runs, benchmarks/README.md). Each run is
+its own process: it fills a spool with ``--records`` one-flight records (shaped like the served
+model's, as `prediction_log_append.py` builds them), then drains it into a fresh Delta
+``predictions`` table in commits of ``--commit-rows`` rows (5,500: ten seconds of one-connection
+traffic), and reports the drain's CPU per record. The two modes alternate, ``--rounds`` times.
 
     python benchmarks/prediction_log_writer.py [--rounds 3] [--records 22000]
 """
