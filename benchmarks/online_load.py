@@ -28,8 +28,12 @@ core: what a hand-written part saves is Python per request); the gain is taken p
 against the library variant, and ``--rounds`` rounds give its range and median. Beside it, each
 service's CPU milliseconds per request (from ``/proc``), which the machine's other work
 disturbs less than requests/s, and the log writer's CPU over the same run per request (it
-commits what the service answered, on the same cores). The load average is recorded around
-every wrk run. (A
+commits what the service answered, on the same cores). The whole machine's cost of a request is
+accounted too: Triton's CPU (server and Python-backend stubs), wrk's own (its rusage), their sum
+with the target's and the writer's (``machine_cpu_ms_per_request``) and the cores busy over the
+run (/proc/stat); from them, per round, the one-flight requests/s at 16 connections that this
+work per request could reach with every core busy, beside 60% of bare FastAPI's
+(``floor_share_budget``). The load average is recorded around every wrk run. (A
 hand-written Triton HTTP client was measured the same way against ``tritonclient.http.aio`` and
 deleted: ``results/online_load_triton_client.json``.) Issue 17's goals: p50 <= 2 ms and p99 <=
 5 ms at 1 connection, >= 60% of bare FastAPI's requests/s at 16 connections, p99 <= 15 ms for
@@ -44,6 +48,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -274,6 +279,8 @@ def wrk(
     script.write_text(_WRK_SCRIPT)
     body_file.write_text("".join(json.dumps(b, separators=(",", ":")) + "\n" for b in bodies))
     load_before = os.getloadavg()[0]
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy_before = machine_busy_seconds()
     out = subprocess.run(
         [
             "wrk",
@@ -291,6 +298,11 @@ def wrk(
         check=True,
         env=os.environ | {"WRK_BODY_FILE": str(body_file)},
     ).stdout
+    busy = machine_busy_seconds() - busy_before
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wrk_cpu_s = (children.ru_utime - children_before.ru_utime) + (
+        children.ru_stime - children_before.ru_stime
+    )
     line = next(ln for ln in out.splitlines() if ln.startswith("WRK_JSON "))
     raw = json.loads(line.removeprefix("WRK_JSON "))
     errors = sum(v for k, v in raw.items() if k.startswith("errors_"))
@@ -305,7 +317,19 @@ def wrk(
         "mean_ms": raw["mean_us"] / 1e3,
         "max_ms": raw["max_us"] / 1e3,
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        # The load generator's own CPU (wrk is the only child waited for meanwhile), and every
+        # core's busy time over the run (whatever ran on the machine: /proc/stat).
+        "wrk_cpu_ms_per_request": 1e3 * wrk_cpu_s / max(1, raw["requests"]),
+        "machine_busy_cores": busy / (raw["duration_us"] / 1e6),
     }
+
+
+def machine_busy_seconds() -> float:
+    """Seconds every core of this machine spent busy so far (/proc/stat: user, nice, system,
+    irq, softirq; not idle, I/O wait or time stolen by the hypervisor)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def read_json(url: str) -> dict[str, Any]:
@@ -363,6 +387,20 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return own + sum(cpu_seconds(child) for child in child_pids(pid))
+
+
+_REQUEST_CPU_PARTS = (
+    "cpu_ms_per_request",  # the target (a service, bare FastAPI)
+    "triton_cpu_ms_per_request",
+    "log_writer_cpu_ms_per_request",
+    "wrk_cpu_ms_per_request",
+)
+
+
+def machine_cpu_ms(result: dict[str, Any]) -> float:
+    """CPU milliseconds one request cost this machine: the target, Triton (server and
+    stubs), the log writer and wrk, each measured over the same run (whichever took part)."""
+    return sum(result.get(part, 0.0) for part in _REQUEST_CPU_PARTS)
 
 
 def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
@@ -557,6 +595,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     # The log writer commits what the services answered: on this one host its
                     # CPU is taken from them, so it is part of what a request costs the machine.
                     writer_cpu = cpu_seconds(writer.pid) if target in args.services else None
+                    uses_triton = target == "triton" or target in args.services
+                    triton_cpu = cpu_seconds(triton.pid) if uses_triton and triton.pid else None
                     spied = (
                         args.py_spy
                         and target == "service"
@@ -580,6 +620,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     if writer_cpu is not None and result["requests"]:
                         used = cpu_seconds(writer.pid) - writer_cpu
                         result["log_writer_cpu_ms_per_request"] = 1e3 * used / result["requests"]
+                    if triton_cpu is not None and triton.pid and result["requests"]:
+                        used = cpu_seconds(triton.pid) - triton_cpu
+                        result["triton_cpu_ms_per_request"] = 1e3 * used / result["requests"]
+                    result["machine_cpu_ms_per_request"] = machine_cpu_ms(result)
                     results.append(result)
                     print(_row_text(result), flush=True)
                     if metrics and before is not None and target == "service":
@@ -604,6 +648,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "hand_written": decisions(results),
             "against_baseline": against_baseline(results, args.services),
             "goals": goals(summary),
+            "floor_share_budget": floor_share_budget(results),
         }
     finally:
         for process in reversed(processes):
@@ -654,6 +699,10 @@ def summarise(results: list[dict[str, Any]], services: list[str]) -> list[dict[s
                 "p99_ms",
                 "cpu_ms_per_request",
                 "log_writer_cpu_ms_per_request",
+                "triton_cpu_ms_per_request",
+                "wrk_cpu_ms_per_request",
+                "machine_cpu_ms_per_request",
+                "machine_busy_cores",
             ):
                 values = [r[key] for r in runs if key in r]
                 if not values:
@@ -740,6 +789,35 @@ def against_baseline(results: list[dict[str, Any]], services: list[str]) -> dict
             if all(key in ours[n] and key in theirs[n] for n in rounds)
         }
     return out
+
+
+def floor_share_budget(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Whether this machine's cores could carry the floor-share goal at all, round by round:
+    the one-flight requests/s at 16 connections that the service's whole cost per request
+    (the service, Triton, the log writer and wrk: ``machine_cpu_ms_per_request``) would reach
+    with every core busy, against 60% of bare FastAPI's requests/s in the same round. A
+    ceiling below the goal means that no scheduling of this work reaches it: the work per
+    request has to shrink (or the machine to grow). Bigger coalesced batches at a higher rate
+    would cost a little less per request, so the ceiling is an estimate, not a bound."""
+    cores = os.cpu_count() or 1
+    bare = {r["round"]: r for r in _pick(results, "bare-fastapi", "1 flight", 16)}
+    rounds = []
+    for r in _pick(results, "service", "1 flight", 16):
+        floor = bare.get(r["round"])
+        if floor is None or not r.get("machine_cpu_ms_per_request"):
+            continue
+        rounds.append(
+            {
+                "round": r["round"],
+                "service_machine_cpu_ms_per_request": r["machine_cpu_ms_per_request"],
+                "bare_machine_cpu_ms_per_request": floor.get("machine_cpu_ms_per_request"),
+                "ceiling_requests_per_s": 1e3 * cores / r["machine_cpu_ms_per_request"],
+                "goal_requests_per_s": GOAL_FLOOR_SHARE_AT_16 * floor["requests_per_s"],
+                "measured_requests_per_s": r["requests_per_s"],
+                "busy_cores": r.get("machine_busy_cores"),
+            }
+        )
+    return {"cores": cores, "rounds": rounds}
 
 
 def goals(summary: list[dict[str, Any]]) -> dict[str, Any]:
@@ -832,6 +910,7 @@ def main() -> None:
             _range(r["p99_ms"], ".2f"),
             _range(r["floor_share"], ".0%") if "floor_share" in r else "",
             _range(r["cpu_ms_per_request"], ".2f") if "cpu_ms_per_request" in r else "",
+            _range(r["machine_cpu_ms_per_request"], ".2f"),
             f"{r['load_average'][0]:.1f}–{r['load_average'][1]:.1f}",
             str(r["errors"]),
         ]
@@ -848,6 +927,7 @@ def main() -> None:
             "p99 ms",
             "of floor",
             "CPU ms/req",
+            "machine CPU ms/req",
             "load",
             "errors",
         ],
@@ -876,6 +956,16 @@ def main() -> None:
         print(
             f"{goal}: median {verdict['median']:.2f}, worst round {verdict['worst']:.2f} "
             f"(goal {verdict['goal']}): {met} on the median"
+        )
+    budget = payload["floor_share_budget"]
+    for r in budget["rounds"]:
+        print(
+            f"round {r['round']}, 1 flight x16: the machine spent "
+            f"{r['service_machine_cpu_ms_per_request']:.2f} CPU ms per service request "
+            f"(bare FastAPI {r['bare_machine_cpu_ms_per_request'] or 0:.2f}); with all "
+            f"{budget['cores']} cores busy that is at most ~{r['ceiling_requests_per_s']:,.0f} "
+            f"req/s, against {r['goal_requests_per_s']:,.0f} for 60% of the floor "
+            f"(measured {r['measured_requests_per_s']:,.0f}, {r['busy_cores'] or 0:.2f} cores busy)"
         )
     conns = args.py_spy_connections
     gil = payload[f"gil_holders_1_flight_{conns}_conn"]

@@ -8,8 +8,11 @@ departure minus the lead, in batches of 1 flight (a lone request), 8 (about what
 batch holds at 16 connections) and 100. Then the service's own client class
 (`inference_pipeline.scoring.AsyncTritonClient`) calls Triton with them one call at a time (the
 service has one batch in flight per model version), cycling through the captured inputs, for
-each protocol in turn (the order alternated every round): the call's p50 and p99, and the CPU
-this process spent per call (the client's work: encoding, the transport, decoding).
+each protocol in turn (the order alternated every round): the call's p50 and p99, the CPU
+this process spent per call (the client's work: encoding, the transport, decoding) and the CPU
+Triton spent (the server and its Python-backend stub). The one-flight calls are also made
+``--gap-ms`` apart (2 ms: about a one-connection client's pace against this service), the
+machine idle in between, as a lone client's requests find it.
 
     nice -n -10 python benchmarks/triton_protocol.py --data-root /tmp/main1 --rounds 3
 """
@@ -17,6 +20,7 @@ this process spent per call (the client's work: encoding, the transport, decodin
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shutil
 import statistics
@@ -29,10 +33,16 @@ from _harness import REPO_ROOT, print_table, use_repo_packages, write_results
 
 use_repo_packages()
 
-from online_load import _serving_leftovers, real_flights, request_bodies  # noqa: E402
+from online_load import (  # noqa: E402
+    _serving_leftovers,
+    cpu_seconds,
+    real_flights,
+    request_bodies,
+)
 
 NAME = "triton_protocol"
 SIZES = (1, 8, 100)  # flights per call
+SPACED = "1, spaced"  # the one-flight case with --gap-ms of idle between calls
 PROTOCOLS = ("http", "grpc")
 _DISTINCT = {1: 200, 8: 50, 100: 8}  # different captured inputs per size, called in turn
 
@@ -62,27 +72,33 @@ async def captured_inputs(runtime: Any, root: Path) -> dict[int, list[tuple[str,
     return captured
 
 
-async def timed_calls(client: Any, inputs: list[tuple[str, str, Any]], calls: int) -> dict:
+async def timed_calls(
+    client: Any, inputs: list[tuple[str, str, Any]], calls: int, triton_pid: int, gap_s: float
+) -> dict:
     for model, version, matrices in inputs[:20]:  # warm-up
         await client.infer(model, version, matrices)
     seconds = []
-    cpu = time.process_time()
+    cpu, triton_cpu = time.process_time(), cpu_seconds(triton_pid)
     for n in range(calls):
         model, version, matrices = inputs[n % len(inputs)]
         began = time.perf_counter()
         await client.infer(model, version, matrices)
         seconds.append(time.perf_counter() - began)
+        if gap_s:
+            await asyncio.sleep(gap_s)  # the loop idles in epoll, as the service's does
     cpu_ms = 1e3 * (time.process_time() - cpu) / calls
+    triton_ms = 1e3 * (cpu_seconds(triton_pid) - triton_cpu) / calls
     seconds.sort()
     return {
         "calls": calls,
         "p50_ms": 1e3 * seconds[len(seconds) // 2],
         "p99_ms": 1e3 * seconds[int(0.99 * (len(seconds) - 1))],
         "cpu_ms_per_call": cpu_ms,
+        "triton_cpu_ms_per_call": triton_ms,
     }
 
 
-async def measure(root: Path, rounds: int, calls: int) -> list[dict[str, Any]]:
+async def measure(root: Path, rounds: int, calls: int, gap_s: float) -> list[dict[str, Any]]:
     from inference_pipeline.scoring import AsyncTritonClient
     from inference_pipeline.service.metrics import ServiceMetrics
     from inference_pipeline.service.runtime import ServiceRuntime
@@ -99,18 +115,25 @@ async def measure(root: Path, rounds: int, calls: int) -> list[dict[str, Any]]:
             "http": AsyncTritonClient(endpoints.http, settings.triton_timeout_s),
             "grpc": AsyncTritonClient(endpoints.http, settings.triton_timeout_s, endpoints.grpc),
         }
+        triton_pid = runtime.triton.server.pid
+        assert triton_pid is not None  # a managed Triton
+        cases = [(size, str(size), 0.0) for size in SIZES] + [(1, SPACED, gap_s)]
         results = []
         for round_ in range(rounds):
             order = PROTOCOLS if round_ % 2 == 0 else PROTOCOLS[::-1]
-            for size in SIZES:
+            for size, case, gap in cases:
+                # Fewer spaced calls: each one waits out its gap.
+                count = calls if not gap else max(100, calls // 3)
                 for protocol in order:
-                    result = await timed_calls(clients[protocol], inputs[size], calls)
-                    result |= {"round": round_ + 1, "protocol": protocol, "flights": size}
+                    client = clients[protocol]
+                    result = await timed_calls(client, inputs[size], count, triton_pid, gap)
+                    result |= {"round": round_ + 1, "protocol": protocol, "flights": case}
                     results.append(result)
                     print(
-                        f"round {round_ + 1} {protocol:4s} {size:3d} flights: "
+                        f"round {round_ + 1} {protocol:4s} {case:>9s} flights: "
                         f"p50 {result['p50_ms']:.3f} ms, p99 {result['p99_ms']:.3f} ms, "
-                        f"CPU {result['cpu_ms_per_call']:.3f} ms per call",
+                        f"CPU {result['cpu_ms_per_call']:.3f} ms per call "
+                        f"(Triton {result['triton_cpu_ms_per_call']:.3f})",
                         flush=True,
                     )
         return results
@@ -123,14 +146,14 @@ async def measure(root: Path, rounds: int, calls: int) -> list[dict[str, Any]]:
 def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per size: each protocol's ranges and medians, and gRPC / HTTP per round (median)."""
     rows = []
-    for size in SIZES:
+    for case in [*(str(size) for size in SIZES), SPACED]:
         by = {
-            p: [r for r in results if r["flights"] == size and r["protocol"] == p]
+            p: [r for r in results if r["flights"] == case and r["protocol"] == p]
             for p in PROTOCOLS
         }
-        row: dict[str, Any] = {"flights": size}
+        row: dict[str, Any] = {"flights": case}
         for protocol, runs in by.items():
-            for field in ("p50_ms", "p99_ms", "cpu_ms_per_call"):
+            for field in ("p50_ms", "p99_ms", "cpu_ms_per_call", "triton_cpu_ms_per_call"):
                 values = [r[field] for r in runs]
                 row[f"{protocol}_{field}"] = {
                     "min": min(values), "median": statistics.median(values), "max": max(values)
@@ -151,13 +174,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         root = work / "data"
         shutil.copytree(args.data_root, root, ignore=_serving_leftovers)
-        results = uvloop.run(measure(root, args.rounds, args.calls))
+        results = uvloop.run(measure(root, args.rounds, args.calls, args.gap_ms / 1e3))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {
         "flight_date": "2013-12-31",
         "rounds": args.rounds,
         "calls_per_run": args.calls,
+        "gap_ms_of_spaced_calls": args.gap_ms,
         "distinct_inputs": _DISTINCT,
         "results": results,
         "summary": summarise(results),
@@ -175,6 +199,9 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds (protocol order alternated)")
     parser.add_argument("--calls", type=int, default=2000, help="calls per protocol, size, round")
+    parser.add_argument(
+        "--gap-ms", type=float, default=2.0, help="idle between the spaced one-flight calls"
+    )
     args = parser.parse_args()
     payload = run(args)
     rows = []
@@ -187,6 +214,7 @@ def main() -> None:
                     _cell(row[f"{protocol}_p50_ms"]),
                     _cell(row[f"{protocol}_p99_ms"]),
                     _cell(row[f"{protocol}_cpu_ms_per_call"]),
+                    _cell(row[f"{protocol}_triton_cpu_ms_per_call"]),
                 ]
             )
         rows.append(
@@ -196,11 +224,12 @@ def main() -> None:
                 _cell(row["grpc_over_http_p50_ms"], ".2f"),
                 "",
                 _cell(row["grpc_over_http_cpu_ms_per_call"], ".2f"),
+                "",
             ]
         )
     print_table(
         f"Triton call by protocol ({args.rounds} rounds: min-max (median))",
-        ["case", "protocol", "p50 ms", "p99 ms", "CPU ms per call"],
+        ["case", "protocol", "p50 ms", "p99 ms", "client CPU ms per call", "Triton CPU ms"],
         rows,
     )
     path = write_results(NAME, payload)
