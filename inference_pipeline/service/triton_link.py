@@ -96,7 +96,7 @@ class TritonLink:
         assert self.server is not None
         endpoints = self._client_endpoints = self.server.endpoints
         # Inference over gRPC only when asked for: over HTTP with binary tensors the call's
-        # p50 and client CPU were 3-27% lower (benchmarks/triton_protocol.py).
+        # p50 was 3-22% and its client CPU 0-27% lower (benchmarks/triton_protocol.py).
         grpc = endpoints.grpc if self.settings.triton_protocol is TritonProtocol.grpc else None
         return AsyncTritonClient(endpoints.http, self.settings.triton_timeout_s, grpc)
 
