@@ -591,12 +591,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     wrk(url, sent, connections, args.warmup, work)
                     metrics = f"{bases[target]}/metrics" if target.startswith("service") else None
                     before = stage_totals(metrics) if metrics else None
-                    cpu = cpu_seconds(pids[target]) if target in pids else None
-                    # The log writer commits what the services answered: on this one host its
-                    # CPU is taken from them, so it is part of what a request costs the machine.
-                    writer_cpu = cpu_seconds(writer.pid) if target in args.services else None
-                    uses_triton = target == "triton" or target in args.services
-                    triton_cpu = cpu_seconds(triton.pid) if uses_triton and triton.pid else None
+                    # Each process the run goes through -> its CPU so far. The log writer
+                    # commits what the services answered: on this one host its CPU is taken
+                    # from them, so it is part of what a request costs the machine.
+                    measured = {"cpu_ms_per_request": pids.get(target)}
+                    if target in args.services:
+                        measured["log_writer_cpu_ms_per_request"] = writer.pid
+                    if target == "triton" or target in args.services:
+                        measured["triton_cpu_ms_per_request"] = triton.pid
+                    cpu = {key: (pid, cpu_seconds(pid)) for key, pid in measured.items() if pid}
                     spied = (
                         args.py_spy
                         and target == "service"
@@ -614,15 +617,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "target": target,
                         "position": position,
                     }
-                    if cpu is not None and result["requests"]:
-                        used = cpu_seconds(pids[target]) - cpu
-                        result["cpu_ms_per_request"] = 1e3 * used / result["requests"]
-                    if writer_cpu is not None and result["requests"]:
-                        used = cpu_seconds(writer.pid) - writer_cpu
-                        result["log_writer_cpu_ms_per_request"] = 1e3 * used / result["requests"]
-                    if triton_cpu is not None and triton.pid and result["requests"]:
-                        used = cpu_seconds(triton.pid) - triton_cpu
-                        result["triton_cpu_ms_per_request"] = 1e3 * used / result["requests"]
+                    if result["requests"]:
+                        for key, (pid, before_s) in cpu.items():
+                            used = cpu_seconds(pid) - before_s
+                            result[key] = 1e3 * used / result["requests"]
                     result["machine_cpu_ms_per_request"] = machine_cpu_ms(result)
                     results.append(result)
                     print(_row_text(result), flush=True)

@@ -34,6 +34,7 @@ from _harness import REPO_ROOT, print_table, use_repo_packages, write_results
 use_repo_packages()
 
 from online_load import (  # noqa: E402
+    _range,
     _serving_leftovers,
     cpu_seconds,
     real_flights,
@@ -188,10 +189,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _cell(stats: dict[str, float], fmt: str = ".3f") -> str:
-    return f"{stats['min']:{fmt}}-{stats['max']:{fmt}} ({stats['median']:{fmt}})"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -211,24 +208,24 @@ def main() -> None:
                 [
                     f"{row['flights']} flight(s)",
                     protocol,
-                    _cell(row[f"{protocol}_p50_ms"]),
-                    _cell(row[f"{protocol}_p99_ms"]),
-                    _cell(row[f"{protocol}_cpu_ms_per_call"]),
-                    _cell(row[f"{protocol}_triton_cpu_ms_per_call"]),
+                    _range(row[f"{protocol}_p50_ms"], ".3f"),
+                    _range(row[f"{protocol}_p99_ms"], ".3f"),
+                    _range(row[f"{protocol}_cpu_ms_per_call"], ".3f"),
+                    _range(row[f"{protocol}_triton_cpu_ms_per_call"], ".3f"),
                 ]
             )
         rows.append(
             [
                 "",
                 "gRPC / HTTP",
-                _cell(row["grpc_over_http_p50_ms"], ".2f"),
+                _range(row["grpc_over_http_p50_ms"], ".2f"),
                 "",
-                _cell(row["grpc_over_http_cpu_ms_per_call"], ".2f"),
+                _range(row["grpc_over_http_cpu_ms_per_call"], ".2f"),
                 "",
             ]
         )
     print_table(
-        f"Triton call by protocol ({args.rounds} rounds: min-max (median))",
+        f"Triton call by protocol ({args.rounds} rounds: min–max (median))",
         ["case", "protocol", "p50 ms", "p99 ms", "client CPU ms per call", "Triton CPU ms"],
         rows,
     )
