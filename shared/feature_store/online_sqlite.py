@@ -34,8 +34,11 @@ from shared.feature_store.online_sqlite_cache import (
     AsOfRows,
     bump_generation,
     create_generations,
+    read_generations,
 )
 from shared.feature_store.online_sqlite_events import MAX_PARAMS, SQLiteEventTables, keep
+from shared.feature_store.online_sqlite_range_cache import MAX_ROWS_PER_TABLE as RANGE_CACHE_ROWS
+from shared.feature_store.online_sqlite_range_cache import RangeCache
 from shared.feature_store.protocol import OnlineLookup, OnlineRange, OnlineRangeLookup, OnlineRow
 
 log = logging.getLogger(__name__)
@@ -113,10 +116,15 @@ class SQLiteOnlineStore:
     reads_in_process = True
 
     def __init__(
-        self, path: Path, timeout_s: float = 1.0, cache_rows: int = MAX_ROWS_PER_TABLE
+        self,
+        path: Path,
+        timeout_s: float = 1.0,
+        cache_rows: int = MAX_ROWS_PER_TABLE,
+        range_cache_rows: int = RANGE_CACHE_ROWS,
     ) -> None:
         """``cache_rows``: rows of each stateful group's table held in memory for as-of reads
-        (`online_sqlite_cache`); 0 reads every row with SQL."""
+        (`online_sqlite_cache`), ``range_cache_rows``: of each event table for range reads
+        (`online_sqlite_range_cache`); 0 reads every row with SQL."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._timeout_s = timeout_s
@@ -129,6 +137,7 @@ class SQLiteOnlineStore:
         self._queries: dict[tuple[Any, ...], str] = {}
         self._events = SQLiteEventTables(_sql_type)  # event groups' tables
         self._cache = AsOfCache(cache_rows) if cache_rows > 0 else None
+        self._range_cache = RangeCache(range_cache_rows) if range_cache_rows > 0 else None
 
     def _connect(self) -> tuple[sqlite3.Connection, tuple[int, int]]:
         """A connection to the file at ``path`` now, and that file's identity."""
@@ -163,8 +172,9 @@ class SQLiteOnlineStore:
             self._ready.clear()
             self._drop_old_sidecars()
             self._conn, self._identity = self._connect()
-            if self._cache is not None:
-                self._cache.clear()
+            for cache in (self._cache, self._range_cache):
+                if cache is not None:
+                    cache.clear()
             log.warning("online store %s was replaced: reopened it", self.path)
 
     def _drop_old_sidecars(self) -> None:
@@ -289,45 +299,63 @@ class SQLiteOnlineStore:
 
     def read_rows(self, lookups: Sequence[OnlineLookup]) -> list[list[OnlineRow]]:
         """Plain rows per lookup and key, as of each key's T; one lock and one query per group."""
-        results: list[list[OnlineRow]] = []
         with self._lock:
-            if time.monotonic() >= self._next_identity_check:  # a stat per second at most
-                self._next_identity_check = time.monotonic() + _IDENTITY_CHECK_S
-                self._follow_replacement()
-            if self._cache is not None:
-                try:
-                    self._cache.refresh(self._conn)
-                except sqlite3.Error as exc:
-                    raise StoreUnavailable(f"online read of {self.path} failed: {exc}") from exc
-            for lookup in lookups:
-                group = lookup.group
-                columns = group.columns
-                as_dict = row_to_dict(tuple(columns))
-                event_at = columns.index(group.event_time)
-                times: Sequence[int | None] = lookup.as_of or [None] * len(lookup.keys)
-                tolerance = lookup.tolerance_us
-                newest = self._as_of(group, lookup.keys, times, event_at)
-                results.append(
-                    [
-                        as_dict(row)
-                        if (row := row_as_of(newest.get((key, t)), event_at, t, tolerance))
-                        is not None
-                        else None
-                        for key, t in zip(lookup.keys, times, strict=True)
-                    ]
-                )
-        return results
+            self._begin_read()
+            return self._read_rows(lookups)
 
     def read_ranges(self, lookups: Sequence[OnlineRangeLookup]) -> list[list[OnlineRange]]:
         with self._lock:
-            return [self._events.ranges(self._conn, lookup) for lookup in lookups]
+            self._begin_read()
+            return self._read_ranges(lookups)
 
     def read_rows_and_ranges(
         self, lookups: Sequence[OnlineLookup], ranges: Sequence[OnlineRangeLookup]
     ) -> tuple[list[list[OnlineRow]], list[list[OnlineRange]]]:
-        """Both reads on the local file (no round trip to save: two lock acquisitions)."""
-        rows = self.read_rows(lookups) if lookups else []
-        return rows, self.read_ranges(ranges) if ranges else []
+        """Both reads on the local file, under one lock and one look at the generations."""
+        with self._lock:
+            self._begin_read()
+            return self._read_rows(lookups), self._read_ranges(ranges)
+
+    def _begin_read(self) -> None:
+        """Follow a replaced file, then let the caches forget what was written since the last
+        read (caller holds the lock)."""
+        if time.monotonic() >= self._next_identity_check:  # a stat per second at most
+            self._next_identity_check = time.monotonic() + _IDENTITY_CHECK_S
+            self._follow_replacement()
+        if self._cache is None and self._range_cache is None:
+            return
+        try:
+            schema, generations = read_generations(self._conn)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"online read of {self.path} failed: {exc}") from exc
+        if self._cache is not None:
+            self._cache.sync(schema, generations)
+        if self._range_cache is not None:
+            self._range_cache.sync(schema, generations)
+
+    def _read_rows(self, lookups: Sequence[OnlineLookup]) -> list[list[OnlineRow]]:
+        results: list[list[OnlineRow]] = []
+        for lookup in lookups:
+            group = lookup.group
+            columns = group.columns
+            as_dict = row_to_dict(tuple(columns))
+            event_at = columns.index(group.event_time)
+            times: Sequence[int | None] = lookup.as_of or [None] * len(lookup.keys)
+            tolerance = lookup.tolerance_us
+            newest = self._as_of(group, lookup.keys, times, event_at)
+            results.append(
+                [
+                    as_dict(row)
+                    if (row := row_as_of(newest.get((key, t)), event_at, t, tolerance))
+                    is not None
+                    else None
+                    for key, t in zip(lookup.keys, times, strict=True)
+                ]
+            )
+        return results
+
+    def _read_ranges(self, lookups: Sequence[OnlineRangeLookup]) -> list[list[OnlineRange]]:
+        return [self._events.ranges(self._conn, lookup, self._range_cache) for lookup in lookups]
 
     def _rows_by_key(
         self,

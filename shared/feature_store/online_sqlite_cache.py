@@ -57,6 +57,12 @@ def create_generations(conn: sqlite3.Connection) -> None:
     conn.execute(_CREATE)
 
 
+def read_generations(conn: sqlite3.Connection) -> tuple[int, dict[str, int]]:
+    """The schema version and every table's generation, in one statement."""
+    state = dict(conn.execute(_STATE).fetchall())
+    return state.pop(_SCHEMA), state
+
+
 def bump_generation(conn: sqlite3.Connection, table: str) -> None:
     """Inside the transaction that writes ``table``'s rows."""
     conn.execute(_BUMP, (table,))
@@ -80,8 +86,10 @@ class AsOfCache:
 
     def refresh(self, conn: sqlite3.Connection) -> None:
         """Forget what moved since the last read (call first in every read, under the lock)."""
-        state = dict(conn.execute(_STATE).fetchall())
-        schema = state.pop(_SCHEMA)
+        self.sync(*read_generations(conn))
+
+    def sync(self, schema: int, state: dict[str, int]) -> None:
+        """`refresh` from a state already read (`read_generations`)."""
         if schema != self._schema:
             self._tables.clear()
             self._schema = schema

@@ -28,6 +28,8 @@ import polars as pl
 from shared.errors import StoreUnavailable
 from shared.feature_group import FeatureGroup
 from shared.feature_store.online_codec import row_to_dict, storable
+from shared.feature_store.online_sqlite_cache import bump_generation
+from shared.feature_store.online_sqlite_range_cache import RangeCache
 from shared.feature_store.protocol import OnlineRange, OnlineRangeLookup
 
 _CHUNK = 2_000  # rows per write transaction: other writers wait at most for one
@@ -114,12 +116,14 @@ class SQLiteEventTables:
             marks = ", ".join("(" + ", ".join("?" * width) + ")" for _ in range(scans))
             keys = " AND ".join(f"t.{_ident(c)} = q.column{i + 3}" for i, c in enumerate(index))
             event = f"t.{_ident(group.event_time)}"
+            pk = ", ".join(f"t.{_ident(c)}" for c in group.primary_key)
             sql = (
                 f"SELECT q.column1, {names} FROM (VALUES {marks}) AS q "
                 f"JOIN {_ident(index_table(group, index))} AS t "
                 f"ON t.{_ident(_DAY)} = q.column2 AND {keys} "
                 f"AND {event} >= q.column{width - 1} AND {event} < q.column{width} "
-                f"ORDER BY q.column1, {event}"
+                # the primary key breaks ties: the range cache's slices equal these reads
+                f"ORDER BY q.column1, {event}, {pk}"
             )
             keep(self._selects, (group.table_name, index, scans), sql, _KEPT_SELECTS)
         return sql
@@ -182,33 +186,77 @@ class SQLiteEventTables:
         try:
             for sql, values in statements:
                 self._db.executemany(sql, values)
+            for table in self.tables(group):  # range caches drop the tables (all: one prunes)
+                bump_generation(self._db, table)
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise StoreUnavailable(f"online write to {group.table_name} failed: {exc}") from exc
 
-    def ranges(self, conn: sqlite3.Connection, lookup: OnlineRangeLookup) -> list[OnlineRange]:
-        """One ordered scan per key and UTC day of its range, all in one statement (or one
-        per chunk of bound parameters)."""
+    def ranges(
+        self,
+        conn: sqlite3.Connection,
+        lookup: OnlineRangeLookup,
+        cache: RangeCache | None = None,
+    ) -> list[OnlineRange]:
+        """Each key's rows in its range, oldest first: from ``cache`` where it holds the table
+        (`online_sqlite_range_cache`), else one ordered scan per key and UTC day of its range,
+        all in one statement (or one per chunk of bound parameters)."""
         self._use(conn)
         group = lookup.group
         self._ensure(group)
+        if cache is not None:
+            found = cache.ranges(
+                index_table(group, lookup.index),
+                group.event_time,
+                lookup.keys,
+                lookup.start_us,
+                lookup.end_us,
+                lambda missing: self._since(group, lookup.index, missing),
+            )
+            if found is not None:
+                return found
+        return self._scan(group, lookup.index, lookup.keys, lookup.start_us, lookup.end_us)
+
+    def _since(
+        self, group: FeatureGroup, index: tuple[str, ...], missing: list[tuple[Any, int]]
+    ) -> dict[Any, OnlineRange]:
+        """Each key's rows from its instant to the newest stored one (the range cache's fill)."""
+        table = _ident(index_table(group, index))
+        try:
+            newest = self._db.execute(f"SELECT max({_ident(_DAY)}) FROM {table}").fetchone()[0]
+        except sqlite3.Error as exc:
+            failed = f"online range read of {group.table_name} failed: {exc}"
+            raise StoreUnavailable(failed) from exc
+        if newest is None:
+            return {}
+        ends = [(newest + 1) * _US_PER_DAY] * len(missing)
+        keys = [key for key, _ in missing]
+        scanned = self._scan(group, index, keys, [since for _, since in missing], ends)
+        return dict(zip(keys, scanned, strict=True))
+
+    def _scan(
+        self,
+        group: FeatureGroup,
+        index: tuple[str, ...],
+        keys: Sequence[tuple[Any, ...]],
+        starts: Sequence[int],
+        ends: Sequence[int],
+    ) -> list[OnlineRange]:
         as_dict = row_to_dict(tuple(group.columns), skip=1)  # after the lookup number
         scans = [
             (number, day, *values, start, end)
-            for number, (values, start, end) in enumerate(
-                zip(lookup.keys, lookup.start_us, lookup.end_us, strict=True)
-            )
+            for number, (values, start, end) in enumerate(zip(keys, starts, ends, strict=True))
             if None not in values and start < end
             for day in range(start // _US_PER_DAY, (end - 1) // _US_PER_DAY + 1)
         ]
-        found: list[OnlineRange] = [[] for _ in lookup.keys]
-        chunk = MAX_PARAMS // (len(lookup.index) + 4)
+        found: list[OnlineRange] = [[] for _ in keys]
+        chunk = MAX_PARAMS // (len(index) + 4)
         try:
             for first in range(0, len(scans), chunk):
                 part = scans[first : first + chunk]
-                select = self._select(group, lookup.index, len(part))
+                select = self._select(group, index, len(part))
                 params = [value for scan in part for value in scan]
                 for row in self._db.execute(select, params).fetchall():
                     found[row[0]].append(as_dict(row))

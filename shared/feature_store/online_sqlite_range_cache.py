@@ -1,0 +1,135 @@
+"""The SQLite online store's event-range reads from memory, exact to the last commit.
+
+A prediction with the fresh window features reads three event ranges (its origin's departures
+of the last hours, its aircraft's of the day, its origin's schedule): one SQL scan each, the
+largest part of a one-flight request's store read. Between two writes of an event table every
+request at an airport reads nearly the same rows again, so the store keeps, per index key, the
+rows from the earliest instant a read asked for onwards (``since``, to the newest stored row),
+in time order, and answers a range inside that span by bisection.
+
+Exactness is the as-of cache's (`online_sqlite_cache`): every write of an event group bumps the
+generation of its index tables in the transaction that writes or prunes them, and each read
+starts from the generations read in one statement; a table whose generation moved is forgotten.
+With the stream writing, a generation holds for one micro-batch: the first read of a key after
+a write reads it again (what every read cost without this cache), the reads after it until the
+next write are served from memory. A table with no generation (written by an older version of
+this code, or by hand) is never cached.
+
+The rows handed out are the cache's own dicts, shared between reads: callers read them only.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# Bounds the memory (a departure event is a dict of 8 values, about 1 KiB): past this many rows,
+# a table's cache starts over. A day of 2013 departures is about 1,000 rows per index table.
+MAX_ROWS_PER_TABLE = 50_000
+
+Key = tuple[Any, ...]
+# [(key, since)] -> {key: its rows at or after since, oldest first}
+ReadSince = Callable[[list[tuple[Key, int]]], dict[Key, list[dict[str, Any]]]]
+
+
+@dataclass(slots=True)
+class _Span:
+    since: int  # every stored row of the key at or after this instant is held
+    instants: list[int]
+    rows: list[dict[str, Any]]
+
+
+@dataclass
+class _Table:
+    generation: int
+    keys: dict[Key, _Span] = field(default_factory=dict)
+    rows: int = 0
+
+
+class RangeCache:
+    def __init__(self, max_rows_per_table: int = MAX_ROWS_PER_TABLE) -> None:
+        self._max_rows = max_rows_per_table
+        self._tables: dict[str, _Table] = {}
+        self._generations: dict[str, int] = {}
+        self._schema: int | None = None
+
+    def sync(self, schema: int, generations: dict[str, int]) -> None:
+        """Forget what moved since the last read, from the state just read
+        (`online_sqlite_cache.read_generations`): any table whose generation moved, and every
+        table when the schema changed (a table renamed, dropped or rebuilt)."""
+        if schema != self._schema:
+            self._tables.clear()
+            self._schema = schema
+        for name, table in list(self._tables.items()):
+            if generations.get(name) != table.generation:
+                del self._tables[name]
+        self._generations = generations
+
+    def clear(self) -> None:
+        """Forget everything (another file now stands at the store's path)."""
+        self._tables.clear()
+        self._generations = {}
+        self._schema = None
+
+    def ranges(
+        self,
+        table_name: str,
+        event_at: str,
+        keys: Sequence[Key],
+        starts: Sequence[int],
+        ends: Sequence[int],
+        read_since: ReadSince,
+    ) -> list[list[dict[str, Any]]] | None:
+        """Per lookup, the key's rows with ``start <= event_at < end``, oldest first, like the
+        SQL read; ``read_since`` fetches what is not held yet. None: the table is not cached
+        (no generation), read it with SQL."""
+        generation = self._generations.get(table_name)
+        if generation is None:
+            return None
+        table = self._tables.get(table_name)
+        if table is None:
+            table = self._tables[table_name] = _Table(generation)
+        wanted = [
+            (key, start, end)
+            for key, start, end in zip(keys, starts, ends, strict=True)
+            if None not in key and start < end
+        ]
+        missing: dict[Key, int] = {}
+        for key, start, _ in wanted:
+            span = table.keys.get(key)
+            if span is None or span.since > start:
+                missing[key] = min(start, missing.get(key, start))
+        if missing:
+            self._hold(table, {key for key, _, _ in wanted}, missing, read_since, event_at)
+        found: list[list[dict[str, Any]]] = []
+        for key, start, end in zip(keys, starts, ends, strict=True):
+            span = table.keys.get(key) if None not in key and start < end else None
+            if span is None:
+                found.append([])
+                continue
+            instants = span.instants
+            found.append(span.rows[bisect_left(instants, start) : bisect_left(instants, end)])
+        return found
+
+    def _hold(
+        self,
+        table: _Table,
+        wanted: set[Key],
+        missing: dict[Key, int],
+        read_since: ReadSince,
+        event_at: str,
+    ) -> None:
+        """Hold the ``missing`` keys' rows from their ``since`` on; past the bound, start over
+        with the keys of this read (``wanted``) only, so that every key it asks for is held."""
+        stored = read_since(list(missing.items()))
+        added = sum(len(rows) for rows in stored.values())
+        if table.rows + added > self._max_rows:
+            table.keys = {k: span for k, span in table.keys.items() if k in wanted}
+            table.rows = sum(len(span.rows) for span in table.keys.values())
+        for key, since in missing.items():
+            old = table.keys.get(key)
+            rows = stored.get(key, [])
+            table.keys[key] = _Span(since, [row[event_at] for row in rows], rows)
+            table.rows += len(rows) - (len(old.rows) if old is not None else 0)
