@@ -346,8 +346,7 @@ class SQLiteOnlineStore:
             results.append(
                 [
                     as_dict(row)
-                    if (row := row_as_of(newest.get((key, t)), event_at, t, tolerance))
-                    is not None
+                    if (row := row_as_of(newest.get((key, t)), event_at, t, tolerance)) is not None
                     else None
                     for key, t in zip(lookup.keys, times, strict=True)
                 ]

@@ -222,19 +222,26 @@ class SQLiteEventTables:
     def _since(
         self, group: FeatureGroup, index: tuple[str, ...], missing: list[tuple[Any, int]]
     ) -> dict[Any, OnlineRange]:
-        """Each key's rows from its instant to the newest stored one (the range cache's fill)."""
+        """Each key's rows from its instant to the newest stored one (the range cache's fill),
+        scanning only the days the table holds: an ``as_of`` months back would otherwise scan
+        every empty day since (a seek each, per key)."""
         table = _ident(index_table(group, index))
+        day = _ident(_DAY)
         try:
-            newest = self._db.execute(f"SELECT max({_ident(_DAY)}) FROM {table}").fetchone()[0]
+            oldest, newest = self._db.execute(
+                # two subqueries: SQLite answers a lone min() or max() from the key's ends
+                f"SELECT (SELECT min({day}) FROM {table}), (SELECT max({day}) FROM {table})"
+            ).fetchone()
         except sqlite3.Error as exc:
             failed = f"online range read of {group.table_name} failed: {exc}"
             raise StoreUnavailable(failed) from exc
         if newest is None:
             return {}
-        ends = [(newest + 1) * _US_PER_DAY] * len(missing)
+        first = oldest * _US_PER_DAY
         keys = [key for key, _ in missing]
-        scanned = self._scan(group, index, keys, [since for _, since in missing], ends)
-        return dict(zip(keys, scanned, strict=True))
+        starts = [max(since, first) for _, since in missing]
+        ends = [(newest + 1) * _US_PER_DAY] * len(missing)
+        return dict(zip(keys, self._scan(group, index, keys, starts, ends), strict=True))
 
     def _scan(
         self,

@@ -184,3 +184,26 @@ def test_every_write_of_an_event_group_moves_each_index_tables_generation(
     cached.write(DEPARTURE_EVENTS, events(("b", "JFK", None, 0, 1.0)))  # no aircraft row
     after = generations()
     assert all(after[table] > before[table] for table in tables)
+
+
+def test_a_read_far_before_the_held_days_scans_only_those_days(
+    cached: SQLiteOnlineStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backtest's ``as_of`` months back fills the key from its instant on, but scans only the
+    days the table holds, not a seek for every empty day since."""
+    cached.write(DEPARTURE_EVENTS, events(("a", "EWR", "N1", 0, 10.0), ("b", "EWR", "N1", 60, 1.0)))
+    spans: list[tuple[int, int]] = []
+    scan = cached._events._scan
+
+    def recorded(group: Any, index: Any, keys: Any, starts: Any, ends: Any) -> Any:
+        spans.extend(zip(starts, ends, strict=True))
+        return scan(group, index, keys, starts, ends)
+
+    monkeypatch.setattr(cached._events, "_scan", recorded)
+    months = 200 * 24 * 60
+    assert _read(cached, [by_origin("EWR", -months, 30)]) == [[[("a", _minutes(0), 10.0)]]]
+    day_us = 86_400_000_000
+    assert spans and all(end - start <= day_us for start, end in spans), spans
+    assert _read(cached, [by_origin("EWR", -months, 90)]) == [
+        [[("a", _minutes(0), 10.0), ("b", _minutes(60), 1.0)]]
+    ]
