@@ -153,7 +153,9 @@ class OnlineStore(Protocol):
         ...
 
     def read_ranges(self, lookups: Sequence[OnlineRangeLookup]) -> list[list[OnlineRange]]:
-        """Per lookup, per key: the event group's rows in the key's time range."""
+        """Per lookup, per key: the event group's rows in the key's time range, oldest first.
+        Read them only: a store may hand the same row objects to later reads (SQLite's range
+        cache)."""
         ...
 
     def read_rows_and_ranges(
