@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import sqlite3
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 GENERATIONS_TABLE = "_generations"
 # Bounds the memory: past this many rows, a table's cache starts over (the stats groups of the
@@ -68,40 +68,78 @@ def bump_generation(conn: sqlite3.Connection, table: str) -> None:
     conn.execute(_BUMP, (table,))
 
 
+V = TypeVar("V")
+
+
 @dataclass
-class _Table:
+class CachedTable(Generic[V]):
+    """What a cache holds of one table, under the generation it was read at."""
+
     generation: int
-    keys: dict[tuple[Any, ...], tuple[list[int], list[tuple[Any, ...]]]] = field(
-        default_factory=dict
-    )
+    keys: dict[tuple[Any, ...], V] = field(default_factory=dict)
     rows: int = 0
 
 
-class AsOfCache:
-    def __init__(self, max_rows_per_table: int = MAX_ROWS_PER_TABLE) -> None:
+class GenerationCache(Generic[V]):
+    """Tables held in memory per generation: the state every read starts from (`sync`), the
+    table a read may use (`_table`) and the memory bound (`_make_room`). Subclasses say what
+    they hold per key and how many rows that is (`_size`)."""
+
+    def __init__(self, max_rows_per_table: int) -> None:
         self._max_rows = max_rows_per_table
-        self._tables: dict[str, _Table] = {}
+        self._tables: dict[str, CachedTable[V]] = {}
         self._generations: dict[str, int] = {}
         self._schema: int | None = None
 
-    def refresh(self, conn: sqlite3.Connection) -> None:
-        """Forget what moved since the last read (call first in every read, under the lock)."""
-        self.sync(*read_generations(conn))
-
-    def sync(self, schema: int, state: dict[str, int]) -> None:
-        """`refresh` from a state already read (`read_generations`)."""
+    def sync(self, schema: int, generations: dict[str, int]) -> None:
+        """Forget what moved since the last read, from the state just read
+        (`read_generations`, first in every read, under the store's lock): any table whose
+        generation moved, and every table when the schema changed (a table renamed, dropped or
+        rebuilt)."""
         if schema != self._schema:
             self._tables.clear()
             self._schema = schema
         for name, table in list(self._tables.items()):
-            if state.get(name) != table.generation:
+            if generations.get(name) != table.generation:
                 del self._tables[name]
-        self._generations = state
+        self._generations = generations
 
     def clear(self) -> None:
         """Forget everything (another file now stands at the store's path)."""
         self._tables.clear()
+        self._generations = {}
         self._schema = None
+
+    def _table(self, name: str) -> CachedTable[V] | None:
+        """The table's cache at its current generation; None: the table has no generation
+        (never cached, read it with SQL)."""
+        generation = self._generations.get(name)
+        if generation is None:
+            return None
+        table = self._tables.get(name)
+        if table is None:
+            table = self._tables[name] = CachedTable(generation)
+        return table
+
+    def _make_room(self, table: CachedTable[V], added: int, wanted: Collection[Any]) -> None:
+        """Past the bound with ``added`` more rows, start over with the keys of this read
+        (``wanted``) only, so that every key it asks for is held."""
+        if table.rows + added > self._max_rows:
+            table.keys = {k: v for k, v in table.keys.items() if k in wanted}
+            table.rows = sum(self._size(v) for v in table.keys.values())
+
+    @staticmethod
+    def _size(held: V) -> int:
+        raise NotImplementedError
+
+
+class AsOfCache(GenerationCache[tuple[list[int], list[tuple[Any, ...]]]]):
+    def __init__(self, max_rows_per_table: int = MAX_ROWS_PER_TABLE) -> None:
+        super().__init__(max_rows_per_table)
+
+    @staticmethod
+    def _size(held: tuple[list[int], list[tuple[Any, ...]]]) -> int:
+        return len(held[1])
 
     def newest_as_of(
         self,
@@ -114,12 +152,9 @@ class AsOfCache:
         """Per distinct (key, T) (T None: the newest), the key's newest row at or before T,
         like the SQL read; ``read_keys`` fetches the keys not held yet. None: the table is not
         cached (no generation), read it with SQL."""
-        generation = self._generations.get(table_name)
-        if generation is None:
-            return None
-        table = self._tables.get(table_name)
+        table = self._table(table_name)
         if table is None:
-            table = self._tables[table_name] = _Table(generation)
+            return None
         wanted = [k for k in dict.fromkeys(keys) if None not in k]
         missing = [k for k in wanted if k not in table.keys]
         if missing:
@@ -138,17 +173,14 @@ class AsOfCache:
 
     def _hold(
         self,
-        table: _Table,
+        table: CachedTable[tuple[list[int], list[tuple[Any, ...]]]],
         wanted: list[tuple[Any, ...]],
         missing: list[tuple[Any, ...]],
         stored: dict[tuple[Any, ...], list[Any]],
         event_at: int,
     ) -> None:
-        """Hold ``missing``'s ``stored`` rows; past the bound, start over with the keys of this
-        read (``wanted``) only, so that every key it asks for is held."""
-        if table.rows + sum(len(stored.get(k, ())) for k in missing) > self._max_rows:
-            table.keys = {k: table.keys[k] for k in wanted if k in table.keys}
-            table.rows = sum(len(rows) for _, rows in table.keys.values())
+        """Hold ``missing``'s ``stored`` rows (within the bound: `_make_room`)."""
+        self._make_room(table, sum(len(stored.get(k, ())) for k in missing), set(wanted))
         for key in missing:
             rows = stored.get(key, [])[::-1]  # oldest first
             table.keys[key] = ([row[event_at] for row in rows], rows)

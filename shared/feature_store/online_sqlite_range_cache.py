@@ -22,8 +22,10 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from shared.feature_store.online_sqlite_cache import CachedTable, GenerationCache
 
 # Bounds the memory (a departure event is a dict of 8 values, about 1 KiB): past this many rows,
 # a table's cache starts over. A day of 2013 departures is about 1,000 rows per index table.
@@ -41,37 +43,13 @@ class _Span:
     rows: list[dict[str, Any]]
 
 
-@dataclass
-class _Table:
-    generation: int
-    keys: dict[Key, _Span] = field(default_factory=dict)
-    rows: int = 0
-
-
-class RangeCache:
+class RangeCache(GenerationCache[_Span]):
     def __init__(self, max_rows_per_table: int = MAX_ROWS_PER_TABLE) -> None:
-        self._max_rows = max_rows_per_table
-        self._tables: dict[str, _Table] = {}
-        self._generations: dict[str, int] = {}
-        self._schema: int | None = None
+        super().__init__(max_rows_per_table)
 
-    def sync(self, schema: int, generations: dict[str, int]) -> None:
-        """Forget what moved since the last read, from the state just read
-        (`online_sqlite_cache.read_generations`): any table whose generation moved, and every
-        table when the schema changed (a table renamed, dropped or rebuilt)."""
-        if schema != self._schema:
-            self._tables.clear()
-            self._schema = schema
-        for name, table in list(self._tables.items()):
-            if generations.get(name) != table.generation:
-                del self._tables[name]
-        self._generations = generations
-
-    def clear(self) -> None:
-        """Forget everything (another file now stands at the store's path)."""
-        self._tables.clear()
-        self._generations = {}
-        self._schema = None
+    @staticmethod
+    def _size(held: _Span) -> int:
+        return len(held.rows)
 
     def ranges(
         self,
@@ -85,12 +63,9 @@ class RangeCache:
         """Per lookup, the key's rows with ``start <= event_at < end``, oldest first, like the
         SQL read; ``read_since`` fetches what is not held yet. None: the table is not cached
         (no generation), read it with SQL."""
-        generation = self._generations.get(table_name)
-        if generation is None:
-            return None
-        table = self._tables.get(table_name)
+        table = self._table(table_name)
         if table is None:
-            table = self._tables[table_name] = _Table(generation)
+            return None
         wanted = [
             (key, start, end)
             for key, start, end in zip(keys, starts, ends, strict=True)
@@ -115,19 +90,16 @@ class RangeCache:
 
     def _hold(
         self,
-        table: _Table,
+        table: CachedTable[_Span],
         wanted: set[Key],
         missing: dict[Key, int],
         read_since: ReadSince,
         event_at: str,
     ) -> None:
-        """Hold the ``missing`` keys' rows from their ``since`` on; past the bound, start over
-        with the keys of this read (``wanted``) only, so that every key it asks for is held."""
+        """Hold the ``missing`` keys' rows from their ``since`` on (within the bound:
+        `GenerationCache._make_room`)."""
         stored = read_since(list(missing.items()))
-        added = sum(len(rows) for rows in stored.values())
-        if table.rows + added > self._max_rows:
-            table.keys = {k: span for k, span in table.keys.items() if k in wanted}
-            table.rows = sum(len(span.rows) for span in table.keys.values())
+        self._make_room(table, sum(len(rows) for rows in stored.values()), wanted)
         for key, since in missing.items():
             old = table.keys.get(key)
             rows = stored.get(key, [])

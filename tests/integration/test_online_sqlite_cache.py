@@ -5,7 +5,6 @@ read, a table renamed under it not served from memory."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -21,18 +20,6 @@ from shared.feature_store.protocol import OnlineLookup
 from tests.integration.test_online_stores import HOURLY, as_of, hourly_rows
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "online.sqlite"
-
-
-@pytest.fixture
-def cached(path: Path) -> Iterator[SQLiteOnlineStore]:
-    store = SQLiteOnlineStore(path)
-    yield store
-    store.close()
 
 
 def _temps(store: SQLiteOnlineStore, keys: list[str], times: list[int | None]) -> list[Any]:

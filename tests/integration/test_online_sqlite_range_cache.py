@@ -6,7 +6,6 @@ held span served without touching the event table."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
@@ -31,18 +30,6 @@ TAILS = ["N1", "N2", None]
 BY_ORIGIN = index_table(DEPARTURE_EVENTS, ("origin",))
 
 
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "online.sqlite"
-
-
-@pytest.fixture
-def cached(path: Path) -> Iterator[SQLiteOnlineStore]:
-    store = SQLiteOnlineStore(path)
-    yield store
-    store.close()
-
-
 def _minutes(at: int) -> int:
     return epoch_us(T0 + timedelta(minutes=at))
 
@@ -58,21 +45,13 @@ def _read(store: SQLiteOnlineStore, lookups: list[OnlineRangeLookup]) -> list[An
 def _lookups(reads: list[tuple[int, int, int]]) -> list[OnlineRangeLookup]:
     """Per read (key number, start minute, length in minutes): one range by origin and one by
     aircraft."""
+    starts = [_minutes(s) for _, s, _ in reads]
+    ends = [_minutes(s + n) for _, s, n in reads]
     return [
         OnlineRangeLookup(
-            DEPARTURE_EVENTS,
-            ("origin",),
-            [(ORIGINS[k % 3],) for k, _, _ in reads],
-            [_minutes(s) for _, s, _ in reads],
-            [_minutes(s + n) for _, s, n in reads],
-        ),
-        OnlineRangeLookup(
-            DEPARTURE_EVENTS,
-            ("tailnum",),
-            [(TAILS[k % 3],) for k, _, _ in reads],
-            [_minutes(s) for _, s, _ in reads],
-            [_minutes(s + n) for _, s, n in reads],
-        ),
+            DEPARTURE_EVENTS, (column,), [(values[k % 3],) for k, _, _ in reads], starts, ends
+        )
+        for column, values in (("origin", ORIGINS), ("tailnum", TAILS))
     ]
 
 
