@@ -962,7 +962,8 @@ def main() -> None:
             f"{r['service_machine_cpu_ms_per_request']:.2f} CPU ms per service request "
             f"(bare FastAPI {r['bare_machine_cpu_ms_per_request'] or 0:.2f}); with all "
             f"{budget['cores']} cores busy that is at most ~{r['ceiling_requests_per_s']:,.0f} "
-            f"req/s, against {r['goal_requests_per_s']:,.0f} for 60% of the floor "
+            f"req/s, against {r['goal_requests_per_s']:,.0f} for {GOAL_FLOOR_SHARE_AT_16:.0%} of "
+            "the floor "
             f"(measured {r['measured_requests_per_s']:,.0f}, {r['busy_cores'] or 0:.2f} cores busy)"
         )
     conns = args.py_spy_connections
