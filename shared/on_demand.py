@@ -85,14 +85,15 @@ def on_demand_columns(
     floats with NaN where unknown (the only input allowed to be missing)."""
     day = np.asarray(flight_date, dtype="datetime64[D]")
     hhmm = np.asarray(sched_dep_time, dtype=np.int64)
-    time_sin, time_cos = _cyclic(sched_minute_of_day(hhmm), 24 * 60)
-    season_sin, season_cos = _cyclic(day_of_year(day), 365.25)
+    minute, day_number = sched_minute_of_day(hhmm), day_of_year(day)  # each used twice
+    time_sin, time_cos = _cyclic(minute, 24 * 60)
+    season_sin, season_cos = _cyclic(day_number, 365.25)
     return {
         "sched_hour": sched_hour(hhmm),
-        "sched_minute_of_day": sched_minute_of_day(hhmm),
+        "sched_minute_of_day": minute,
         "weekday": weekday(day),
         "month": month(day),
-        "day_of_year": day_of_year(day),
+        "day_of_year": day_number,
         "is_weekend": is_weekend(day),
         "time_of_day_sin": time_sin,
         "time_of_day_cos": time_cos,
