@@ -112,7 +112,9 @@ def test_a_study_never_reads_the_test_window_and_nests_every_trial_in_mlflow(
         )
         curve = client.get_metric_history(run.info.run_id, "val_roc_auc")
         assert [m.step for m in curve] == list(range(1, len(curve) + 1)) and curve
-        assert 0.5 < run.data.metrics["best_val_roc_auc"] <= 1.0
+        # A valid AUC, not a good one: a trial drawn with lr=1e-4 and batches of 4096 barely
+        # moves in 2 epochs, and such a draw may score under 0.5 on a week of validation.
+        assert 0.0 <= run.data.metrics["best_val_roc_auc"] <= 1.0
         assert run.data.metrics["best_val_roc_auc"] == pytest.approx(max(m.value for m in curve))
     best = next(r for r in trials if r.data.tags["optuna.trial"] == str(outcome.best_trial))
     assert best.data.metrics["best_val_roc_auc"] == pytest.approx(outcome.best_value)
