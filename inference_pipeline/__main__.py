@@ -172,8 +172,9 @@ def log_writer(
 ) -> None:
     """Write the prediction log's sink (FTI_PREDICTION_LOG_SINK) into the predictions table:
     bounded commits, acknowledged after they land, compaction. Runs until SIGTERM/SIGINT,
-    then commits what waits."""
+    then commits what waits; Prometheus metrics on FTI_PREDICTION_LOG_METRICS_PORT."""
     from inference_pipeline.log_writer import LogWriter
+    from inference_pipeline.log_writer_metrics import WriterMetrics
     from inference_pipeline.prediction_sink.configured import open_source
     from shared.feature_store import open_feature_store
 
@@ -187,10 +188,24 @@ def log_writer(
         source = open_source(settings)
     except FTIError as exc:
         fail(f"log writer cannot start: {exc}")
+    metrics, server = WriterMetrics(source), None
+    port = settings.prediction_log_metrics_port
     try:
+        if port is not None and not drain:
+            try:
+                server = metrics.serve(port)
+            except OSError as exc:
+                fail(
+                    f"log writer cannot serve its metrics on port {port} "
+                    f"(FTI_PREDICTION_LOG_METRICS_PORT): {exc}"
+                )
         # Its own process: garbage collection once per commit (see LogWriter.run).
-        summary = LogWriter(store, source, settings).run(stop, drain=drain, collect_per_commit=True)
+        writer = LogWriter(store, source, settings, metrics)
+        summary = writer.run(stop, drain=drain, collect_per_commit=True)
     finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
         source.close()
         store.close()
     typer.echo(json.dumps(summary.as_dict()))

@@ -15,6 +15,10 @@ at the default commit interval) the table's small files are rewritten into large
 ``OPTIMIZE``, one more commit with the same rows), then files unreferenced for
 ``FTI_PREDICTION_LOG_VACUUM_HOURS`` (168, delta-rs's minimum retention, so time travel over a
 week keeps working) are vacuumed. The local Delta store only: Hopsworks compacts its own tables.
+
+Metrics (`inference_pipeline.log_writer_metrics`): records read, rows and commits by kind,
+commit and compaction times, failures, what waits in memory and in the sink; served on
+``FTI_PREDICTION_LOG_METRICS_PORT`` by the ``log-writer`` command.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 import polars as pl
 from deltalake.exceptions import DeltaError
 
+from inference_pipeline.log_writer_metrics import APPEND, UPSERT, WriterMetrics
 from inference_pipeline.prediction_sink.protocol import LogRecord, PredictionSource
 from inference_pipeline.prediction_sink.records import RecordError, decode_batches, prediction_rows
 from inference_pipeline.settings import InferenceSettings
@@ -97,7 +102,11 @@ class _Commit:
 
 class LogWriter:
     def __init__(
-        self, store: FeatureStore, source: PredictionSource, settings: InferenceSettings
+        self,
+        store: FeatureStore,
+        source: PredictionSource,
+        settings: InferenceSettings,
+        metrics: WriterMetrics | None = None,
     ) -> None:
         self._store = store
         self._source = source
@@ -106,6 +115,8 @@ class LogWriter:
         self._committing: _Commit | None = None  # taken, its commit or ack not done
         self._since_compaction = 0
         self.summary = WriterSummary(source=source.name)
+        self.metrics = WriterMetrics(source) if metrics is None else metrics
+        self.metrics.watch(self._waiting)
 
     def run(
         self,
@@ -147,6 +158,7 @@ class LogWriter:
                     if on_commit is not None:
                         on_commit(self.summary)
             except (FTIError, DeltaError, OSError) as exc:
+                self.metrics.failures.labels(type(exc).__name__).inc()
                 if drain:
                     self.summary.error = f"{type(exc).__name__}: {exc}"
                     break
@@ -165,6 +177,17 @@ class LogWriter:
                 self.summary.error = f"{type(exc).__name__}: {exc}"
         self.summary.seconds = time.monotonic() - began
         return self.summary
+
+    def _waiting(self) -> tuple[int, int, float | None]:
+        """Records and rows read and not yet committed and acknowledged, and when the oldest
+        was read (a metrics scrape reads this from its own thread: a snapshot is enough)."""
+        committing, pending = self._committing, self._pending
+        records, rows = len(pending.records), pending.rows
+        since = pending.since
+        if committing is not None:
+            records, rows = records + len(committing.records), rows + committing.rows
+            since = committing.since
+        return records, rows, since
 
     def _alive(self) -> None:
         path = self._settings.prediction_log_alive_file
@@ -188,12 +211,14 @@ class LogWriter:
 
     def _read(self, record: LogRecord) -> None:
         self.summary.records += 1
+        self.metrics.read[record.replayed].inc()
         entries: list[LoggedPredictions] = []
         if record.payload:
             try:
                 entries = decode_batches(record.payload)
             except RecordError as exc:  # no retry can read it: dropped, loudly
                 self.summary.malformed += 1
+                self.metrics.malformed.inc()
                 log.error("prediction log record %s dropped: %s", record.position, exc)
         self._pending.add(record, entries)
 
@@ -203,11 +228,14 @@ class LogWriter:
         if self._committing is None:
             self._committing = self._pending.take(self._settings.prediction_log_commit_rows)
         batch = self._committing
+        began = time.perf_counter()
         rows = prediction_rows([entry for entries in batch.entries for entry in entries])
         if rows.height and not batch.committed:
             self._write(batch, rows)
+            self.metrics.commit_seconds.observe(time.perf_counter() - began)
         self._source.ack(batch.records)
         self._committing = None
+        self.metrics.last_commit.set_to_current_time()
         log.info("committed %d prediction rows (%d records)", rows.height, len(batch.records))
         every = self._settings.prediction_log_compact_commits
         if every and self._since_compaction >= every:
@@ -222,6 +250,9 @@ class LogWriter:
         else:
             self._store.append(PREDICTIONS, rows)
         pending.committed = True
+        kind = UPSERT if replayed else APPEND
+        self.metrics.commits.labels(kind).inc()
+        self.metrics.rows.labels(kind).inc(rows.height)
         self.summary.commits += 1
         self.summary.rows += rows.height
         self._since_compaction += 1
@@ -231,9 +262,10 @@ class LogWriter:
         self._since_compaction = 0
         if not isinstance(self._store, LocalFeatureStore):
             return
-        result = self._store.compact(
-            PREDICTIONS, vacuum_hours=self._settings.prediction_log_vacuum_hours
-        )
+        with self.metrics.compaction_seconds.time():
+            result = self._store.compact(
+                PREDICTIONS, vacuum_hours=self._settings.prediction_log_vacuum_hours
+            )
         self.summary.compactions += 1
         log.info("compacted the predictions table: %s", result)
 

@@ -182,6 +182,13 @@ class InferenceSettings(FeatureStoreSettings, RegistrySettings, PredictionTimeSe
         description="the log writer touches this file after every read of the sink (at most "
         "a second apart while it works): a stale file means a stuck writer (liveness probe)",
     )
+    prediction_log_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="the log writer serves its Prometheus metrics (/metrics) on this port of "
+        "every interface (unset: not served; never with --drain)",
+    )
     prediction_log_vacuum_hours: int | None = Field(
         default=168,
         ge=168,

@@ -54,4 +54,15 @@ class PredictionSource(Protocol):
         """``records`` are committed: never fetch them again (and free their space)."""
         ...
 
+    @property
+    def backlog_unit(self) -> str:
+        """What `backlog` counts ("records", "bytes"): the unit of the writer's backlog
+        metric."""
+        ...
+
+    def backlog(self) -> int:
+        """What the sink holds unacknowledged (read by the writer and not yet committed, or not
+        read yet), in `backlog_unit`; may be called from another thread (a metrics scrape)."""
+        ...
+
     def close(self) -> None: ...

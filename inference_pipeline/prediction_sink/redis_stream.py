@@ -23,6 +23,7 @@ from shared.feature_store.online_redis import redacted
 FIELD = b"r"
 GROUP = "log-writer"
 CONSUMER = "log-writer"
+_PROBE_TIMEOUT_S = 2.0
 
 
 def _client(url: str, timeout_s: float | None) -> redis.Redis:
@@ -60,6 +61,9 @@ class RedisStreamSource:
     def __init__(self, url: str, stream: str) -> None:
         self.url, self.stream = redacted(url), stream
         self._client = _client(url, None)
+        # The backlog is read by metrics scrapes, from their own threads: bounded, so a broker
+        # that stopped answering cannot pile up stuck scrapes.
+        self._probe = _client(url, _PROBE_TIMEOUT_S)
         self._pending_after: bytes | None = b"0"  # reading own pending entries; None: done
         self._call(self._create_group)
 
@@ -106,6 +110,12 @@ class RedisStreamSource:
             return []
         return [(entry_id, fields or {}) for entry_id, fields in reply[0][1]]
 
+    # Acknowledged entries are deleted: the stream's length is what is not acknowledged.
+    backlog_unit = "records"
+
+    def backlog(self) -> int:
+        return int(self._call(self._probe.xlen, self.stream))
+
     def ack(self, records: Sequence[LogRecord]) -> None:
         ids = [record.position for record in records]
         if not ids:
@@ -117,3 +127,4 @@ class RedisStreamSource:
 
     def close(self) -> None:
         self._client.close()
+        self._probe.close()

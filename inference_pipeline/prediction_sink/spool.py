@@ -211,6 +211,23 @@ class SpoolSource:
             records.extend(LogRecord(path.name, payload, replayed) for payload in payloads)
         return records
 
+    # Records are counted only by reading the segments: the backlog is their size.
+    backlog_unit = "bytes"
+
+    def backlog(self) -> int:
+        """The size of every segment not yet deleted: open, sealed, and read but not wholly
+        acknowledged."""
+        total = 0
+        try:
+            entries = list(os.scandir(self.directory))
+        except OSError as exc:
+            raise SinkUnavailable(f"prediction log spool {self.directory}: {exc}") from exc
+        for entry in entries:
+            if entry.name.endswith((OPEN, SEALED, TAKEN)):
+                with contextlib.suppress(FileNotFoundError):  # deleted or renamed meanwhile
+                    total += entry.stat().st_size
+        return total
+
     def ack(self, records: Sequence[LogRecord]) -> None:
         """A segment is deleted once every record of it is acknowledged."""
         for name, count in Counter(record.position for record in records).items():

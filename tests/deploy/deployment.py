@@ -313,6 +313,7 @@ def compose_containers(host_env: dict[str, str] | None = None) -> list[Container
         ports = []
         for mapping in service.get("ports", []):
             ports.append(int(str(mapping).rsplit(":", 1)[-1].split("/")[0]))
+        ports += [int(str(port).split("/")[0]) for port in service.get("expose", [])]
         mounts = {}
         for volume in service.get("volumes", []):
             source, target = str(volume).split(":")[:2]

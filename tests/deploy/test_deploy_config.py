@@ -692,6 +692,30 @@ def test_the_prediction_log_writer_reads_what_the_services_append(platform: str)
         assert deployment["spec"]["strategy"]["type"] == "Recreate"  # never two at once
 
 
+@pytest.mark.parametrize("platform", ["compose", "k8s"])
+def test_the_prediction_log_writer_serves_metrics_where_it_is_scraped(platform: str) -> None:
+    """The writer's metrics port (FTI_PREDICTION_LOG_METRICS_PORT, a valid setting) is a port
+    its container declares, and in Kubernetes the one its pod's scrape annotation names."""
+    from inference_pipeline.settings import InferenceSettings
+
+    containers = d.compose_containers() if platform == "compose" else d.k8s_containers()
+    (writer,) = [c for c in containers if _runs(c, "log-writer")]
+    port = _env_with_config_maps(writer).get("FTI_PREDICTION_LOG_METRICS_PORT")
+    assert port is not None, f"{writer.where}: no FTI_PREDICTION_LOG_METRICS_PORT"
+    InferenceSettings.model_validate({"prediction_log_metrics_port": port})
+    assert int(port) in writer.ports, f"{writer.where}: port {port} not declared"
+    if platform == "k8s":
+        deployment = next(
+            doc
+            for _, doc in d.k8s_documents()
+            if doc.get("kind") == "Deployment" and _name_of(doc) == "prediction-log-writer"
+        )
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == port
+        assert annotations["prometheus.io/path"] == "/metrics"
+
+
 def _name_of(doc: dict[str, Any]) -> str:
     return str(doc.get("metadata", {}).get("name", ""))
 

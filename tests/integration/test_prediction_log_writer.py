@@ -7,8 +7,15 @@ from __future__ import annotations
 
 import gc
 import itertools
+import math
 import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
@@ -21,6 +28,7 @@ import pytest
 import redis
 
 from inference_pipeline.log_writer import LogWriter
+from inference_pipeline.log_writer_metrics import WriterMetrics
 from inference_pipeline.prediction_sink.configured import open_sink, open_source
 from inference_pipeline.prediction_sink.protocol import SinkUnavailable
 from inference_pipeline.prediction_sink.records import encode_batch, prediction_rows
@@ -58,6 +66,15 @@ def _batch(request_id: str, rows: int = 2) -> list[LoggedPredictions]:
             latency_ms=1.0,
         )
     ]
+
+
+def _append(settings: InferenceSettings, request_ids: list[str]) -> list[str]:
+    """One two-row batch per request id, appended to the configured sink as a service would."""
+    sink = open_sink(settings)
+    for request_id in request_ids:
+        sink.append(encode_batch(_batch(request_id), request_id))
+    sink.close()
+    return request_ids
 
 
 def _settings(root: Path, **values: object) -> InferenceSettings:
@@ -123,11 +140,7 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> InferenceSetting
 def test_appended_batches_reach_the_table_once_and_leave_the_sink(
     settings: InferenceSettings,
 ) -> None:
-    sink = open_sink(settings)
-    ids = [f"req-{i}" for i in range(25)]
-    for request_id in ids:
-        sink.append(encode_batch(_batch(request_id), request_id))
-    sink.close()
+    ids = _append(settings, [f"req-{i}" for i in range(25)])
     writer = _drain(settings)
     assert writer.summary.records == 25 and writer.summary.rows == 50
     assert writer.summary.upserts == 0  # nothing was replayed: plain appends
@@ -143,11 +156,7 @@ def test_appended_batches_reach_the_table_once_and_leave_the_sink(
 def test_a_writer_that_died_between_commit_and_acknowledgement_duplicates_nothing(
     settings: InferenceSettings,
 ) -> None:
-    sink = open_sink(settings)
-    ids = [f"req-{i}" for i in range(10)]
-    for request_id in ids:
-        sink.append(encode_batch(_batch(request_id), request_id))
-    sink.close()
+    ids = _append(settings, [f"req-{i}" for i in range(10)])
 
     store = open_feature_store(settings.store_settings())
     source = open_source(settings)
@@ -160,6 +169,9 @@ def test_a_writer_that_died_between_commit_and_acknowledgement_duplicates_nothin
     writer = _drain(settings)  # the restarted writer reads them again ...
     assert writer.summary.records == 10 and writer.summary.upserts == 1
     _assert_once_each(settings.data_root, ids)  # ... and upserts: once each
+    assert _sample(writer.metrics, "fti_log_writer_records_total", replayed="true") == 10
+    assert _sample(writer.metrics, "fti_log_writer_commits_total", kind="upsert") == 1
+    assert _sample(writer.metrics, "fti_log_writer_rows_total", kind="upsert") == 20
 
 
 def test_a_dead_services_unsealed_segment_is_taken_over_without_its_torn_tail(
@@ -199,11 +211,7 @@ def test_commits_are_bounded_by_rows_and_the_table_is_compacted(tmp_path: Path) 
         prediction_log_compact_commits=3,
         prediction_log_vacuum_hours=None,
     )
-    sink = open_sink(settings)
-    ids = [f"req-{i}" for i in range(30)]
-    for request_id in ids:
-        sink.append(encode_batch(_batch(request_id), request_id))
-    sink.close()
+    ids = _append(settings, [f"req-{i}" for i in range(30)])
     writer = _drain(settings)
     assert writer.summary.commits == 6  # 60 rows, 10 a commit
     assert writer.summary.compactions == 2
@@ -222,11 +230,7 @@ def test_one_collection_per_commit_writes_the_same_rows_and_restores_the_collect
     """The ``log-writer`` process's mode: automatic collection off while it runs, one full
     collection after each commit, and the collector as it was afterwards."""
     settings = _settings(tmp_path, prediction_log_commit_rows=10)
-    sink = open_sink(settings)
-    ids = [f"req-{i}" for i in range(30)]
-    for request_id in ids:
-        sink.append(encode_batch(_batch(request_id), request_id))
-    sink.close()
+    ids = _append(settings, [f"req-{i}" for i in range(30)])
     seen: list[tuple[bool, int]] = []
 
     def on_commit(_: object) -> None:  # called after the commit's collection
@@ -259,3 +263,213 @@ def test_every_worker_process_has_its_own_spool_file_and_the_writer_reads_them_a
         sink.close()
     _drain(settings)
     _assert_once_each(tmp_path, ids)
+
+
+def _sample(metrics: WriterMetrics, name: str, **labels: str) -> float | None:
+    value = metrics.registry.get_sample_value(name, labels)
+    return None if value is None else float(value)
+
+
+def _backlog(metrics: WriterMetrics, settings: InferenceSettings) -> float | None:
+    unit = "records" if settings.prediction_log_sink is PredictionLogSink.redis else "bytes"
+    return _sample(metrics, f"fti_prediction_log_backlog_{unit}")
+
+
+def test_the_metrics_count_what_was_read_committed_and_left_waiting(
+    settings: InferenceSettings,
+) -> None:
+    _append(settings, [f"req-{i}" for i in range(25)])
+    store = open_feature_store(settings.store_settings())
+    source = open_source(settings)
+    try:
+        writer = LogWriter(store, source, settings)
+        metrics = writer.metrics
+        backlog_before = _backlog(metrics, settings)
+        if settings.prediction_log_sink is PredictionLogSink.redis:
+            assert backlog_before == 25  # one stream entry per appended batch
+        else:
+            assert backlog_before is not None and backlog_before > 25 * 100  # segment bytes
+        assert _sample(metrics, "fti_log_writer_last_commit_timestamp_seconds") == 0
+        began = time.time()
+        summary = writer.run(threading.Event(), drain=True)
+        assert summary.error is None and summary.commits >= 1
+        assert _sample(metrics, "fti_log_writer_records_total", replayed="false") == 25
+        assert _sample(metrics, "fti_log_writer_rows_total", kind="append") == 50
+        assert _sample(metrics, "fti_log_writer_commits_total", kind="append") == summary.commits
+        assert _sample(metrics, "fti_log_writer_commit_seconds_count") == summary.commits
+        assert (_sample(metrics, "fti_log_writer_last_commit_timestamp_seconds") or 0) >= began
+        for gauge in ("waiting_records", "waiting_rows", "oldest_waiting_seconds"):
+            assert _sample(metrics, f"fti_log_writer_{gauge}") == 0
+        assert _backlog(metrics, settings) == 0  # acknowledged: gone from the sink
+    finally:
+        source.close()
+        store.close()
+
+
+def test_records_read_and_not_committed_show_as_waiting(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, prediction_log_commit_s=3600.0)
+    sink = open_sink(settings)
+    sink.append(encode_batch(_batch("waits", rows=3), "1"))
+    sink.close()
+    store = open_feature_store(settings.store_settings())
+    source = open_source(settings)
+    try:
+        writer = LogWriter(store, source, settings)
+        for record in source.fetch(10, 0.0):  # what the loop does before a commit is due
+            writer._read(record)
+        time.sleep(0.05)
+        assert _sample(writer.metrics, "fti_log_writer_waiting_records") == 1
+        assert _sample(writer.metrics, "fti_log_writer_waiting_rows") == 3
+        assert (_sample(writer.metrics, "fti_log_writer_oldest_waiting_seconds") or 0) >= 0.05
+        assert (_backlog(writer.metrics, settings) or 0) > 0  # read, not acknowledged
+    finally:
+        source.close()
+        store.close()
+
+
+def test_a_malformed_record_is_dropped_counted_and_the_rest_committed(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    sink = open_sink(settings)
+    sink.append(encode_batch(_batch("before"), "1"))
+    sink.append(b'{"format": 99}')  # another writer version's record: cannot be decoded
+    sink.append(encode_batch(_batch("after"), "2"))
+    sink.close()
+    writer = _drain(settings)
+    assert (writer.summary.records, writer.summary.malformed) == (3, 1)
+    assert _sample(writer.metrics, "fti_log_writer_malformed_records_total") == 1
+    _assert_once_each(tmp_path, ["before", "after"])
+    assert _drain(settings).summary.records == 0  # acknowledged with the rest: not read again
+
+
+def test_a_failed_commit_is_counted_and_retried(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    sink = open_sink(settings)
+    sink.append(encode_batch(_batch("retried"), "1"))
+    sink.close()
+    store = open_feature_store(settings.store_settings())
+    source = open_source(settings)
+    real_upsert = store.insert
+    stop = threading.Event()
+
+    def failing(group: Any, rows: pl.DataFrame) -> Any:
+        raise OSError("volume gone for a moment")
+
+    def upsert_then_stop(group: Any, rows: pl.DataFrame) -> Any:
+        result = real_upsert(group, rows)
+        stop.set()
+        return result
+
+    store.append = failing  # type: ignore[method-assign]  # the first try, a plain append
+    store.insert = upsert_then_stop  # type: ignore[method-assign]  # its retry
+    try:
+        writer = LogWriter(store, source, settings)
+        thread = threading.Thread(target=writer.run, args=(stop,), daemon=True)
+        thread.start()
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+    finally:
+        source.close()
+        store.close()
+    assert _sample(writer.metrics, "fti_log_writer_failures_total", error="OSError") == 1
+    # The retry may have landed already: an upsert, so the rows are there once.
+    assert _sample(writer.metrics, "fti_log_writer_commits_total", kind="upsert") == 1
+    _assert_once_each(tmp_path, ["retried"])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _writer_env(root: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FTI_")}
+    return env | {
+        "FTI_DATA_ROOT": str(root),
+        "FTI_PREDICTION_LOG_COMMIT_S": "0.1",
+        "FTI_PREDICTION_LOG_SEGMENT_S": "0.05",
+        **extra,
+    }
+
+
+def _scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+@pytest.mark.slow
+def test_the_log_writer_process_serves_its_metrics_while_it_works(tmp_path: Path) -> None:
+    port = _free_port()
+    env = _writer_env(tmp_path, FTI_PREDICTION_LOG_METRICS_PORT=str(port))
+    log_path = tmp_path / "writer.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "inference_pipeline", "log-writer"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        samples: dict[str, float] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "fti_prediction_log_backlog_bytes" not in samples:
+            assert process.poll() is None, log_path.read_text()
+            try:
+                samples = _scrape(port)
+            except OSError:
+                time.sleep(0.2)
+        assert samples.get("fti_prediction_log_backlog_bytes") == 0, log_path.read_text()
+        _append(_settings(tmp_path), ["a", "b", "c"])
+        while time.monotonic() < deadline:
+            samples = _scrape(port)
+            if samples.get('fti_log_writer_rows_total{kind="append"}') == 6:
+                break
+            time.sleep(0.2)
+        assert samples['fti_log_writer_rows_total{kind="append"}'] == 6, log_path.read_text()
+        assert samples['fti_log_writer_records_total{replayed="false"}'] == 3
+        assert samples["fti_log_writer_commit_seconds_count"] >= 1
+        assert samples["fti_log_writer_last_commit_timestamp_seconds"] > 0
+        assert samples["fti_prediction_log_backlog_bytes"] == 0
+        assert not math.isnan(samples["fti_log_writer_oldest_waiting_seconds"])
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    assert process.returncode == 0, log_path.read_text()
+    _assert_once_each(tmp_path, ["a", "b", "c"])
+
+
+def test_a_metrics_port_in_use_is_one_readable_line_and_exit_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))  # where the writer binds
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "inference_pipeline", "log-writer"],
+            env=_writer_env(tmp_path, FTI_PREDICTION_LOG_METRICS_PORT=str(port)),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: log writer cannot serve its metrics on port")
+    assert "FTI_PREDICTION_LOG_METRICS_PORT" in lines[-1]
+
+
+def test_a_backlog_the_sink_cannot_give_is_nan_not_a_failed_scrape(tmp_path: Path) -> None:
+    source = SpoolSource(tmp_path / "spool")
+    try:
+        metrics = WriterMetrics(source)
+        assert metrics.registry.get_sample_value("fti_prediction_log_backlog_bytes") == 0
+        (tmp_path / "spool" / ".writer.lock").unlink()
+        (tmp_path / "spool").rmdir()  # the volume went away under the writer
+        value = metrics.registry.get_sample_value("fti_prediction_log_backlog_bytes")
+        assert value is not None and math.isnan(value)
+    finally:
+        source.close()
