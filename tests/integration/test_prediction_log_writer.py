@@ -34,6 +34,7 @@ from inference_pipeline.prediction_sink.protocol import SinkUnavailable
 from inference_pipeline.prediction_sink.records import encode_batch, prediction_rows
 from inference_pipeline.prediction_sink.spool import OPEN, SEALED, TAKEN, SpoolSink, SpoolSource
 from inference_pipeline.settings import InferenceSettings, PredictionLogSink
+from inference_pipeline.triton_server import free_loopback_port
 from shared.feature_store import open_feature_store
 from shared.prediction_log import ONLINE_SOURCE, PREDICTIONS, LoggedPredictions
 from shared.settings import FeatureStoreSettings
@@ -376,12 +377,6 @@ def test_a_failed_commit_is_counted_and_retried(tmp_path: Path) -> None:
     _assert_once_each(tmp_path, ["retried"])
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _writer_env(root: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FTI_")}
     return env | {
@@ -405,7 +400,7 @@ def _scrape(port: int) -> dict[str, float]:
 
 @pytest.mark.slow
 def test_the_log_writer_process_serves_its_metrics_while_it_works(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_loopback_port()
     env = _writer_env(tmp_path, FTI_PREDICTION_LOG_METRICS_PORT=str(port))
     log_path = tmp_path / "writer.log"
     with log_path.open("wb") as log:

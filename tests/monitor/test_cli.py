@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from inference_pipeline.monitor.__main__ import app
+from inference_pipeline.triton_server import free_loopback_port
 from shared.recent_departures import FEATURES as FRESH_FEATURES
 from shared.registry import ModelRegistry, RegistrySettings
 from tests.training_fixtures import small_config
@@ -437,16 +437,10 @@ def test_bad_input_is_a_usage_error(
 # -- Pushgateway -----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_an_unreachable_pushgateway_is_reported_not_fatal(
     monitored: Monitored, tmp_path: Path
 ) -> None:
-    url = f"127.0.0.1:{free_port()}"  # nothing listens there
+    url = f"127.0.0.1:{free_loopback_port()}"  # nothing listens there
     done = invoke(monitored.root, *window_args(JULY, tmp_path), FTI_PUSHGATEWAY_URL=url)
     assert done.exit_code == 3
     outputs = stdout_json(done.stdout)["outputs"]
@@ -460,7 +454,7 @@ def pushgateway(tmp_path: Path) -> Iterator[str]:
     binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
     if binary is None:
         pytest.skip("no Prometheus Pushgateway binary on PATH (apt: prometheus-pushgateway)")
-    port = free_port()
+    port = free_loopback_port()
     process = subprocess.Popen(
         [binary, f"--web.listen-address=127.0.0.1:{port}"],
         stdout=subprocess.DEVNULL,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ torch = pytest.importorskip("torch")
 
 from feature_pipeline.pipeline import run_backfill  # noqa: E402
 from feature_pipeline.settings import FeaturePipelineSettings  # noqa: E402
+from inference_pipeline.triton_server import free_loopback_port  # noqa: E402
 from shared.feature_store import open_feature_store  # noqa: E402
 from shared.feature_view import FLIGHT_DELAY_VIEW  # noqa: E402
 from shared.registry import ModelRegistry, RegistrySettings  # noqa: E402
@@ -145,12 +145,6 @@ def registered_model(tmp_path_factory: pytest.TempPathFactory) -> RegisteredMode
     return RegisteredModel(root=root, version=version)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def service_env(root: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FTI_")}
     env.update({"FTI_DATA_ROOT": str(root), "FTI_MODEL_NAME": MODEL_NAME, **extra})
@@ -212,7 +206,7 @@ def start_log_writer(root: Path, log_path: Path, **env: str) -> ServiceProcess:
 
 def start_service(root: Path, log_path: Path, timeout_s: float = 120, **env: str) -> ServiceProcess:
     """``python -m inference_pipeline serve`` on a free loopback port; waits for /readyz."""
-    port = free_port()
+    port = free_loopback_port()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "inference_pipeline", "serve", "--port", str(port)],

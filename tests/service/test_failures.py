@@ -29,6 +29,7 @@ from inference_pipeline.triton_server import (
     TritonEndpoints,
     TritonServer,
     find_tritonserver,
+    free_loopback_port,
     prepare_backends,
     server_command,
     server_environment,
@@ -44,7 +45,6 @@ from tests.service.conftest import (
     RegisteredModel,
     ServiceProcess,
     SharedTriton,
-    free_port,
     inference_settings,
     start_service,
 )
@@ -84,9 +84,9 @@ def test_triton_killed_gives_fast_503_then_recovers_after_restart(
 ) -> None:
     """Over the default lean HTTP client and over gRPC (``FTI_TRITON_PROTOCOL``)."""
     endpoints = TritonEndpoints(
-        http=f"127.0.0.1:{free_port()}",
-        grpc=f"127.0.0.1:{free_port()}",
-        metrics=f"127.0.0.1:{free_port()}",
+        http=f"127.0.0.1:{free_loopback_port()}",
+        grpc=f"127.0.0.1:{free_loopback_port()}",
+        metrics=f"127.0.0.1:{free_loopback_port()}",
     )
     repository = tmp_path / "repository"
     shutil.copytree(triton.repository, repository)
@@ -301,7 +301,7 @@ def test_a_managed_triton_that_cannot_come_back_fails_liveness(
 def redis_server(tmp_path: Path) -> Iterator[tuple[str, int]]:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server not installed")
-    port = free_port()
+    port = free_loopback_port()
 
     def start() -> subprocess.Popen[bytes]:
         process = subprocess.Popen(

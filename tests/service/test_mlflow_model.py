@@ -21,7 +21,7 @@ import pytest
 from inference_pipeline.batch import scoring_frame
 from inference_pipeline.model_artifact import ServingModel, load_serving_model
 from inference_pipeline.scoring import score_with_triton, transform
-from inference_pipeline.triton_server import TritonServer
+from inference_pipeline.triton_server import TritonServer, free_loopback_port
 from shared.feature_store import open_feature_store
 from shared.mlflow_model import PROBABILITY, predict_probabilities, pyfunc_input
 from shared.registry import ModelRegistry, RegistrySettings
@@ -31,7 +31,6 @@ from tests.service.conftest import (
     SCORED_DAY,
     RegisteredModel,
     SharedTriton,
-    free_port,
 )
 
 pytestmark = pytest.mark.integration
@@ -82,7 +81,7 @@ def test_pyfunc_from_the_registry_answers_as_triton(  # type: ignore[no-untyped-
 def mlflow_models_serve(champion) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """``mlflow models serve`` of the champion, from this environment, on a free port."""
     _, _, tracking_uri = champion
-    port = free_port()
+    port = free_loopback_port()
     mlflow_cli = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     env = os.environ | {"MLFLOW_TRACKING_URI": tracking_uri}
     command = [
