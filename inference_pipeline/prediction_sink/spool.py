@@ -164,15 +164,17 @@ class SpoolSource:
     def name(self) -> str:
         return f"spool {self.directory}"
 
-    def _segments(self) -> list[Path]:
+    def _entries(self) -> list[os.DirEntry[str]]:
+        """The folder's segments (open, sealed, taken), as listed now."""
         try:
-            paths = [
-                entry
-                for entry in self.directory.iterdir()
-                if entry.name.endswith((OPEN, SEALED, TAKEN)) and entry.name not in self._taken
-            ]
+            with os.scandir(self.directory) as entries:
+                return [entry for entry in entries if entry.name.endswith((OPEN, SEALED, TAKEN))]
         except OSError as exc:
             raise SinkUnavailable(f"prediction log spool {self.directory}: {exc}") from exc
+
+    def _segments(self) -> list[Path]:
+        """The segments not yet read by this writer, oldest first."""
+        paths = [Path(entry.path) for entry in self._entries() if entry.name not in self._taken]
         return sorted(paths, key=_modified)
 
     def fetch(self, max_records: int, wait_s: float) -> list[LogRecord]:
@@ -218,14 +220,9 @@ class SpoolSource:
         """The size of every segment not yet deleted: open, sealed, and read but not wholly
         acknowledged."""
         total = 0
-        try:
-            entries = list(os.scandir(self.directory))
-        except OSError as exc:
-            raise SinkUnavailable(f"prediction log spool {self.directory}: {exc}") from exc
-        for entry in entries:
-            if entry.name.endswith((OPEN, SEALED, TAKEN)):
-                with contextlib.suppress(FileNotFoundError):  # deleted or renamed meanwhile
-                    total += entry.stat().st_size
+        for entry in self._entries():
+            with contextlib.suppress(FileNotFoundError):  # deleted or renamed meanwhile
+                total += entry.stat().st_size
         return total
 
     def ack(self, records: Sequence[LogRecord]) -> None:
