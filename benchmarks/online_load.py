@@ -39,6 +39,11 @@ deleted: ``results/online_load_triton_client.json``.) Issue 17's goals: p50 <= 2
 5 ms at 1 connection, >= 60% of bare FastAPI's requests/s at 16 connections, p99 <= 15 ms for
 100 flights at 1 connection.
 
+``--online redis`` serves from a real Redis, as the Kubernetes and compose deployments do:
+every online group of the copied root is materialized into a namespace of its own
+(``bench-online-<id>``, dropped at the end), the services read it over the network, and the
+results go to ``results/online_load_redis.json``. The default is the embedded SQLite file.
+
     nice -n -10 python benchmarks/online_load.py --data-root /tmp/main1 --rounds 3
 """
 
@@ -551,6 +556,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     repository = root / "serving" / "model_repository"
     repository.mkdir(parents=True, exist_ok=True)
     env |= {"FTI_DATA_ROOT": str(root), "PYTHONPATH": str(REPO_ROOT)}
+    online: dict[str, Any] = {"backend": args.online}
+    if args.online == "redis":
+        namespace = f"bench-online-{os.getpid()}"
+        online |= materialize_into_redis(root, args.redis_url, namespace)
+        env |= {
+            "FTI_ONLINE_BACKEND": "redis",
+            "FTI_REDIS_URL": args.redis_url,
+            "FTI_REDIS_NAMESPACE": namespace,
+        }
     processes: list[subprocess.Popen[bytes]] = []
     triton = TritonServer.start_local(
         repository, work / "triton", startup_timeout_s=_READY_TIMEOUT_S
@@ -631,6 +645,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         summary = summarise(results, args.services)
         return {
             "flight_date": FLIGHT_DATE,
+            "online_store": online,
             "flights_in_day": len(flights),
             "missing_groups_share": absent,
             "model": {"triton_name": model_name},
@@ -652,8 +667,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for process in reversed(processes):
             stop(process)
         triton.stop()
+        if "namespace" in online:
+            drop_redis_namespace(args.redis_url, online["namespace"])
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def materialize_into_redis(root: Path, url: str, namespace: str) -> dict[str, Any]:
+    """Every online group of ``root``'s offline store written into Redis under ``namespace``
+    (what a deployment's materialization and stream consumer keep there); what was written."""
+    from shared.feature_definitions import FEATURE_GROUPS
+    from shared.feature_store import open_feature_store
+    from shared.settings import FeatureStoreSettings
+
+    settings = FeatureStoreSettings(
+        data_root=root, online_backend="redis", redis_url=url, redis_namespace=namespace
+    )
+    began = time.perf_counter()
+    store = open_feature_store(settings)
+    try:
+        keys = {
+            group.name: store.materialize(group).keys_written
+            for group in FEATURE_GROUPS.values()
+            if group.online
+        }
+    finally:
+        store.close()
+    return {"namespace": namespace, "keys": keys, "seconds": time.perf_counter() - began}
+
+
+def drop_redis_namespace(url: str, namespace: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        doomed = list(client.scan_iter(match=f"{namespace}:*", count=1_000))
+        for start in range(0, len(doomed), 10_000):
+            client.delete(*doomed[start : start + 10_000])
+    finally:
+        client.close()
 
 
 def _row_text(r: dict[str, Any]) -> str:
@@ -888,6 +940,16 @@ def main() -> None:
         default=1,
         help="the 1-flight case --py-spy samples (default 1 connection)",
     )
+    parser.add_argument(
+        "--online",
+        choices=["sqlite", "redis"],
+        default="sqlite",
+        help="online store the services read: the root's SQLite file, or a real Redis the "
+        "root's online groups are materialized into (results/online_load_redis.json)",
+    )
+    parser.add_argument(
+        "--redis-url", default="redis://127.0.0.1:6379/0", help="for --online redis"
+    )
     parser.add_argument("--bare-app", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_app is not None:
@@ -971,7 +1033,7 @@ def main() -> None:
     if gil:
         shares = ", ".join(f"{k} {v:.0%}" for k, v in gil["share_by_work"].items())
         print(f"GIL held at {conns} connection(s) ({gil['samples']} samples): {shares}")
-    path = write_results(NAME, payload)
+    path = write_results(NAME if args.online == "sqlite" else f"{NAME}_{args.online}", payload)
     print(f"wrote {path.relative_to(REPO_ROOT)}")
 
 

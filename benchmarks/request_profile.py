@@ -15,6 +15,11 @@ says what the tail spends its time on. Then one cProfile run of the 100-flight r
 lists the functions that cost most inside the stages.
 
     nice -n -10 python benchmarks/request_profile.py --data-root /tmp/main1
+    nice -n -10 python benchmarks/request_profile.py --data-root /tmp/main1 --online redis
+
+``--online redis`` reads a real Redis instead of the root's SQLite file, as deployments do: the
+root's online groups are materialized into a namespace of its own first (dropped at the end),
+and the results go to ``results/request_profile_redis.json``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import functools
 import gc
 import io
 import json
+import os
 import pstats
 import shutil
 import statistics
@@ -40,7 +46,13 @@ from _harness import REPO_ROOT, print_table, use_repo_packages, write_results
 
 use_repo_packages()
 
-from online_load import _serving_leftovers, real_flights, request_bodies  # noqa: E402
+from online_load import (  # noqa: E402
+    _serving_leftovers,
+    drop_redis_namespace,
+    materialize_into_redis,
+    real_flights,
+    request_bodies,
+)
 
 NAME = "request_profile"
 SIZES = (1, 100)
@@ -126,14 +138,23 @@ def _per_stage(
     return {s: 1e3 * reduce([r.get(s, 0.0) for r in requests]) for s in stages}
 
 
-async def measure(root: Path, requests: int, profile_out: Path | None) -> dict[str, Any]:
+async def measure(
+    root: Path, requests: int, profile_out: Path | None, online: dict[str, Any]
+) -> dict[str, Any]:
     from inference_pipeline.service.app import _freeze_startup_objects as freeze_startup_objects
     from inference_pipeline.service.metrics import ServiceMetrics
     from inference_pipeline.service.prediction_requests import answer_predictions
     from inference_pipeline.service.runtime import ServiceRuntime
     from inference_pipeline.settings import InferenceSettings
 
-    runtime = ServiceRuntime(InferenceSettings(data_root=root), ServiceMetrics())
+    store: dict[str, Any] = {}
+    if online["backend"] == "redis":
+        store = {
+            "online_backend": "redis",
+            "redis_url": online["url"],
+            "redis_namespace": online["namespace"],
+        }
+    runtime = ServiceRuntime(InferenceSettings(data_root=root, **store), ServiceMetrics())
     await runtime.start()
     freeze_startup_objects()  # as the app's lifespan does
     try:
@@ -199,11 +220,18 @@ async def measure(root: Path, requests: int, profile_out: Path | None) -> dict[s
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="request_profile_"))
+    online: dict[str, Any] = {"backend": args.online}
     try:
         root = work / "data"
         shutil.copytree(args.data_root, root, ignore=_serving_leftovers)
-        return asyncio.run(measure(root, args.requests, args.profile_out))
+        if args.online == "redis":
+            online |= {"url": args.redis_url}
+            online |= materialize_into_redis(root, args.redis_url, f"bench-profile-{os.getpid()}")
+        results = asyncio.run(measure(root, args.requests, args.profile_out, online))
+        return {"online_store": online, **results}
     finally:
+        if "namespace" in online:
+            drop_redis_namespace(args.redis_url, online["namespace"])
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -214,6 +242,15 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=300, help="requests per case")
     parser.add_argument("--profile-out", type=Path, help="also write the cProfile stats here")
+    parser.add_argument(
+        "--online",
+        choices=["sqlite", "redis"],
+        default="sqlite",
+        help="online store: the root's SQLite file, or a real Redis it is materialized into",
+    )
+    parser.add_argument(
+        "--redis-url", default="redis://127.0.0.1:6379/0", help="for --online redis"
+    )
     args = parser.parse_args()
     payload = run(args)
     stages = list(payload["100"]["stage_ms_median"])
@@ -240,7 +277,7 @@ def main() -> None:
         rows,
     )
     print(payload["cprofile_100_flights_tottime_top25"])
-    path = write_results(NAME, payload)
+    path = write_results(NAME if args.online == "sqlite" else f"{NAME}_{args.online}", payload)
     print(f"wrote {path.relative_to(REPO_ROOT)}")
 
 

@@ -21,10 +21,11 @@ import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import orjson
 import polars as pl
 import redis
 from redis.backoff import NoBackoff
@@ -33,7 +34,12 @@ from redis.retry import Retry
 from shared.errors import ConfigurationError, StoreUnavailable
 from shared.feature_group import FeatureGroup
 from shared.feature_store.online_as_of import row_as_of, served_window
-from shared.feature_store.online_codec import align_to_keys, from_storable, storable
+from shared.feature_store.online_codec import (
+    align_to_keys,
+    from_storable,
+    row_to_dict,
+    storable,
+)
 from shared.feature_store.protocol import OnlineLookup, OnlineRange, OnlineRangeLookup, OnlineRow
 
 log = logging.getLogger(__name__)
@@ -68,6 +74,25 @@ return #KEYS
 """
 
 
+# Read many sorted sets in one command (see `RedisOnlineStore._read_sets`). KEYS: the sets;
+# ARGV[1]: per set, [newest first?, from, to] as JSON. The bounds are strings ("-inf", "(123"):
+# a Lua number passed to redis.call is written with 14 significant digits, and an event time in
+# microseconds has 16.
+_READ_SETS = """
+local bounds = cjson.decode(ARGV[1])
+local replies = {}
+for i, key in ipairs(KEYS) do
+  local b = bounds[i]
+  if b[1] then
+    replies[i] = redis.call('ZREVRANGEBYSCORE', key, b[2], b[3])
+  else
+    replies[i] = redis.call('ZRANGEBYSCORE', key, b[2], b[3])
+  end
+end
+return replies
+"""
+
+
 # SET a counter to ARGV[1] unless it holds more; returns what it holds after.
 _RAISE_TO = """
 local held = tonumber(redis.call('GET', KEYS[1]) or '-1')
@@ -81,6 +106,28 @@ _US_PER_DAY = 86_400_000_000
 
 def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+@lru_cache(maxsize=1 << 17)
+def _key_name(prefix: str, key: tuple[Any, ...]) -> str:
+    """``prefix`` + the key as compact JSON. Cached: a 100-flight read names ~300 keys of a
+    few thousand distinct ones (airports, routes, aircraft), and ``json.dumps`` per name was a
+    tenth of the read (benchmarks/request_profile.py --online redis)."""
+    return prefix + _compact(list(key))
+
+
+def _decode_rows(raws: Sequence[bytes]) -> list[Any]:
+    """Stored rows (JSON arrays) decoded in one orjson call instead of one ``json.loads``
+    each (a third of a wide read's time). A row holding a float NaN, which ``json.dumps``
+    writes as the bare token ``NaN`` and strict JSON parsers refuse, sends the reply down
+    the standard library's path, which reads it back as written."""
+    if not raws:
+        return []
+    try:
+        rows: list[Any] = orjson.loads(b"[" + b",".join(raws) + b"]")
+    except orjson.JSONDecodeError:
+        return [json.loads(raw) for raw in raws]
+    return rows
 
 
 def redacted(url: str) -> str:
@@ -138,6 +185,7 @@ class RedisOnlineStore:
             raise ConfigurationError(f"invalid Redis URL {self.url}: {exc}") from exc
 
         self._upsert_recent = self._client.register_script(_UPSERT_RECENT)
+        self._read_script = self._client.register_script(_READ_SETS)
         self._raise_to = self._client.register_script(_RAISE_TO)
 
     # -- keys ------------------------------------------------------------------------------
@@ -146,7 +194,7 @@ class RedisOnlineStore:
         return f"{self.namespace}:{_LAYOUT}:{table_name}:"
 
     def _key(self, table_name: str, key: Sequence[Any]) -> str:
-        return self._prefix(table_name) + _compact(list(key))
+        return _key_name(self._prefix(table_name), tuple(key))
 
     @property
     def _materialization_key(self) -> str:
@@ -196,7 +244,7 @@ class RedisOnlineStore:
         for name in names:
             pipe.zrange(name, 0, 0, desc=True)
         replies = self._call(f"read of {group.table_name}", pipe.execute)
-        found = [json.loads(reply[0]) for reply in replies if reply]
+        found = _decode_rows([reply[0] for reply in replies if reply])
         return align_to_keys(group, keys, from_storable(group, found))
 
     def read_rows(self, lookups: Sequence[OnlineLookup]) -> list[list[OnlineRow]]:
@@ -207,30 +255,38 @@ class RedisOnlineStore:
     def read_rows_and_ranges(
         self, lookups: Sequence[OnlineLookup], ranges: Sequence[OnlineRangeLookup]
     ) -> tuple[list[list[OnlineRow]], list[list[OnlineRange]]]:
-        """Key lookups as of T and event-group ranges in one pipeline: one round trip."""
-        pipe = self._client.pipeline(transaction=False)
+        """Key lookups as of T and event-group ranges in one script call: one round trip."""
+        sets: list[str] = []
+        bounds: list[tuple[bool, str, str]] = []  # per set: newest first?, from, to
         distinct = []
         for lookup in lookups:
             keys = [k for k in dict.fromkeys(lookup.keys) if None not in k]
             oldest, newest = served_window(lookup)
-            low = "-inf" if oldest is None else oldest
-            high = "+inf" if newest is None else newest
+            low = "-inf" if oldest is None else str(oldest)
+            high = "+inf" if newest is None else str(newest)
             for key in keys:
-                pipe.zrevrangebyscore(self._key(lookup.group.table_name, key), high, low)
+                sets.append(self._key(lookup.group.table_name, key))
+                bounds.append((True, high, low))
             distinct.append(keys)
-        self._queue_ranges(pipe, ranges)
-        asked = any(distinct) or any(r.keys for r in ranges)
-        replies = iter(self._call("online read", pipe.execute) if asked else [])
+        for range_lookup in ranges:
+            table, index = range_lookup.group.table_name, range_lookup.index
+            for values, start, end in zip(
+                range_lookup.keys, range_lookup.start_us, range_lookup.end_us, strict=True
+            ):  # [start, end)
+                sets.append(self._index_key(table, index, values))
+                bounds.append((False, str(start), f"({end}"))
+        replies = iter(self._read_sets(sets, bounds))
         results: list[list[OnlineRow]] = []
         for lookup, keys in zip(lookups, distinct, strict=True):
-            by_key = {key: [json.loads(raw) for raw in next(replies)] for key in keys}
+            by_key = {key: _decode_rows(next(replies)) for key in keys}
             columns = lookup.group.columns
+            as_dict = row_to_dict(tuple(columns))
             event_at = columns.index(lookup.group.event_time)
             times: Sequence[int | None] = lookup.as_of or [None] * len(lookup.keys)
             tolerance = lookup.tolerance_us
             results.append(
                 [
-                    dict(zip(columns, row, strict=True))
+                    as_dict(row)
                     if (row := row_as_of(by_key.get(key), event_at, t, tolerance)) is not None
                     else None
                     for key, t in zip(lookup.keys, times, strict=True)
@@ -241,7 +297,7 @@ class RedisOnlineStore:
     # -- event groups: rows by index and event-time range ----------------------------------
 
     def _index_key(self, table_name: str, index: Sequence[str], values: Sequence[Any]) -> str:
-        return f"{self._prefix(table_name)}@{','.join(index)}:{_compact(list(values))}"
+        return _key_name(f"{self._prefix(table_name)}@{','.join(index)}:", tuple(values))
 
     def _write_events(self, group: FeatureGroup, rows: pl.DataFrame) -> int:
         """Per index value (an airport, a tail number), one sorted set of whole rows (compact
@@ -294,12 +350,15 @@ class RedisOnlineStore:
     def read_ranges(self, lookups: Sequence[OnlineRangeLookup]) -> list[list[OnlineRange]]:
         return self.read_rows_and_ranges([], lookups)[1]
 
-    def _queue_ranges(self, pipe: Any, lookups: Sequence[OnlineRangeLookup]) -> None:
-        """One ZRANGEBYSCORE per key and range, [start, end)."""
-        for lookup in lookups:
-            table = lookup.group.table_name
-            for values, start, end in zip(lookup.keys, lookup.start_us, lookup.end_us, strict=True):
-                pipe.zrangebyscore(self._index_key(table, lookup.index, values), start, f"({end}")
+    def _read_sets(self, sets: list[str], bounds: list[tuple[bool, str, str]]) -> list[Any]:
+        """Each sorted set's members between its bounds, by one call of `_READ_SETS`: as a
+        pipeline, a 100-flight read was ~300 commands whose packing and reply handling in
+        redis-py cost more than everything else in the read (benchmarks/request_profile.py
+        --online redis)."""
+        if not sets:
+            return []
+        args = [orjson.dumps(bounds)]
+        return self._call("online read", lambda: self._read_script(keys=sets, args=args))
 
     @staticmethod
     def _parse_ranges(
@@ -307,12 +366,9 @@ class RedisOnlineStore:
     ) -> list[list[OnlineRange]]:
         results: list[list[OnlineRange]] = []
         for lookup in lookups:
-            columns = lookup.group.columns
+            as_dict = row_to_dict(tuple(lookup.group.columns))
             results.append(
-                [
-                    [dict(zip(columns, json.loads(raw), strict=True)) for raw in next(found)]
-                    for _ in lookup.keys
-                ]
+                [[as_dict(row) for row in _decode_rows(next(found))] for _ in lookup.keys]
             )
         return results
 

@@ -7,6 +7,7 @@ skipped with the reason.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import time
 import uuid
@@ -214,6 +215,33 @@ def test_request_path_rows_of_several_groups_in_one_read(online: OnlineStore) ->
     expected_planes = storable(PLANES, plane_rows()).to_dicts()
     assert planes[:-1] == expected_planes
     assert online.read_rows([OnlineLookup(PLANES, [])]) == [[]]
+
+
+def test_infinities_round_trip_through_both_reads(online: OnlineStore) -> None:
+    """A float column's infinities come back as written, through the frame read and the
+    request path's."""
+    rows = AIRPORT_WEATHER.conform(
+        weather_rows().with_columns(pl.Series("temp", [float("inf"), -float("inf"), 1.5]))
+    )
+    online.write(AIRPORT_WEATHER, rows)
+    assert_frame_equal(online.read(AIRPORT_WEATHER, keys_of(AIRPORT_WEATHER, rows)), rows)
+    keys = [(o,) for o in rows["origin"].to_list()]
+    (found,) = online.read_rows([OnlineLookup(AIRPORT_WEATHER, keys)])
+    assert [row and row["temp"] for row in found] == [float("inf"), -float("inf"), 1.5]
+
+
+def test_redis_reads_back_a_nan_as_written(redis_store: RedisOnlineStore) -> None:
+    """Redis keeps rows as JSON, whose strict parsers refuse NaN (the reader then falls back
+    to one that takes it). SQLite has no NaN: it stores NULL."""
+    rows = AIRPORT_WEATHER.conform(
+        weather_rows().with_columns(pl.Series("temp", [float("nan"), 2.5, None]))
+    )
+    redis_store.write(AIRPORT_WEATHER, rows)
+    assert_frame_equal(redis_store.read(AIRPORT_WEATHER, keys_of(AIRPORT_WEATHER, rows)), rows)
+    keys = [(o,) for o in rows["origin"].to_list()]
+    (found,) = redis_store.read_rows([OnlineLookup(AIRPORT_WEATHER, keys)])
+    temps = [row and row["temp"] for row in found]
+    assert math.isnan(temps[0]) and temps[1:] == [2.5, None]
 
 
 def test_reading_an_empty_key_set_gives_an_empty_typed_frame(online: OnlineStore) -> None:
