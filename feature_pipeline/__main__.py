@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict
 from datetime import date, datetime, timedelta
 from typing import Annotated
+from wsgiref.simple_server import WSGIServer
 
 import typer
 from rich.console import Console
@@ -27,6 +28,7 @@ from rich.table import Table
 from feature_pipeline.pipeline import run_backfill, run_schedule
 from feature_pipeline.quarantine import QuarantineListing, list_quarantine
 from feature_pipeline.settings import FeaturePipelineSettings
+from feature_pipeline.stream.metrics import StreamMetrics
 from feature_pipeline.stream.processor import StreamSummary
 from feature_pipeline.stream.run import (
     PublishSummary,
@@ -34,6 +36,7 @@ from feature_pipeline.stream.run import (
     parse_speed,
     publish_replay,
     run_stream,
+    stream_metrics,
 )
 from feature_pipeline.stream.settings import Broker, StreamSettings
 from feature_pipeline.summary import ExitCode, RunSummary
@@ -317,7 +320,14 @@ StreamUrl = Annotated[str | None, setting_option(StreamSettings, "stream_url")]
 StreamKey = Annotated[str | None, setting_option(StreamSettings, "stream_key")]
 BrokerOpt = Annotated[Broker | None, setting_option(StreamSettings, "stream_broker", "--broker")]
 ConsumerOpt = Annotated[str | None, setting_option(StreamSettings, "stream_consumer", "--consumer")]
-_STREAM_FLAGS = {"stream_broker": "--broker", "stream_consumer": "--consumer"}
+MetricsPortOpt = Annotated[
+    int | None, setting_option(StreamSettings, "stream_metrics_port", "--metrics-port")
+]
+_STREAM_FLAGS = {
+    "stream_broker": "--broker",
+    "stream_consumer": "--consumer",
+    "stream_metrics_port": "--metrics-port",
+}
 
 
 def _replay(
@@ -338,6 +348,20 @@ def _replay(
         raise typer.BadParameter("--heartbeat-s must be 0 or more")
     every = timedelta(seconds=heartbeat_s) if heartbeat_s else None
     return Replay(first, last, pace, every, max_events)
+
+
+def _serve_metrics(metrics: StreamMetrics, port: int | None) -> WSGIServer | None:
+    """Serve ``metrics`` on ``port`` (None: not served); a port that cannot be bound is one
+    error line and exit 1, before anything is consumed."""
+    if port is None:
+        return None
+    try:
+        return metrics.serve(port)
+    except OSError as exc:
+        fail(
+            f"stream cannot serve its metrics on port {port} (FTI_STREAM_METRICS_PORT): {exc}",
+            ExitCode.failure,
+        )
 
 
 def _stop_on_signals() -> threading.Event:
@@ -407,6 +431,7 @@ def stream(
     max_messages: Annotated[
         int | None, typer.Option("--max-messages", help="stop after N messages", min=1)
     ] = None,
+    metrics_port: MetricsPortOpt = None,
     source: SourceOpt = None,
     stream_url: StreamUrl = None,
     stream_key: StreamKey = None,
@@ -415,7 +440,7 @@ def stream(
 ) -> None:
     """Consume departure events into the stores: online at once, offline in bounded commits,
     acknowledged once both hold them. With --broker embedded, replays the days --start to
-    --end in this process instead of reading Redis."""
+    --end in this process instead of reading Redis. Prometheus metrics on --metrics-port."""
     _configure_logging(log_level)
     replay = _replay(start, end, speed, heartbeat_s, max_events)
     settings = build_settings(
@@ -423,6 +448,7 @@ def stream(
         _STREAM_FLAGS,
         stream_broker=broker,
         stream_consumer=consumer,
+        stream_metrics_port=metrics_port,
         data_root=data_root,
         source=source,
         stream_url=stream_url,
@@ -440,11 +466,27 @@ def stream(
             )
 
     try:
+        metrics = stream_metrics(settings)
+    except FTIError as exc:
+        fail(str(exc), ExitCode.failure)
+    server = None
+    try:
+        server = _serve_metrics(metrics, settings.stream_metrics_port)
         summary = run_stream(
-            settings, replay=replay, stop=stop, max_messages=max_messages, on_batch=show
+            settings,
+            replay=replay,
+            stop=stop,
+            max_messages=max_messages,
+            on_batch=show,
+            metrics=metrics,
         )
     except FTIError as exc:
         fail(str(exc), ExitCode.failure)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        metrics.close()
     shown_columns = ("messages", "events", "heartbeats", "quarantined", "commits", "acked")
     table = Table(title=f"stream: {summary.source}")
     for column in (*shown_columns, "watermark", "seconds"):

@@ -16,6 +16,10 @@ micro-batches and commits them to Delta at most every ``commit_interval_s`` or o
 progress row, then the acknowledgement of every message they came from. At-least-once delivery
 plus idempotent upserts in both stores give exactly-once in effect: a consumer killed anywhere
 re-reads what it had not acknowledged, and writing it again changes nothing.
+
+Both threads update the consumer's metrics (`metrics.StreamMetrics`) once per micro-batch or
+commit; what waits for its commit is read from the committer (`OfflineCommitter.waiting`) when
+Prometheus scrapes.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +40,7 @@ import polars as pl
 from feature_pipeline.features.departures import departure_event_rows
 from feature_pipeline.pipeline import new_quarantine_rows
 from feature_pipeline.stream.messages import MESSAGE, decode
+from feature_pipeline.stream.metrics import StreamMetrics
 from feature_pipeline.stream.source import EventSource, Message
 from feature_pipeline.validate import stamp_quarantine
 from shared.errors import FTIError
@@ -127,6 +133,7 @@ class OfflineCommitter:
         store: FeatureStore,
         source: EventSource,
         summary: StreamSummary,
+        metrics: StreamMetrics,
         *,
         interval_s: float,
         max_events: int,
@@ -135,6 +142,7 @@ class OfflineCommitter:
         self._store = store
         self._source = source
         self._summary = summary
+        self._metrics = metrics
         self._interval_s = interval_s
         self._max_events = max_events
         self._clock = clock
@@ -143,6 +151,12 @@ class OfflineCommitter:
         self._buffered_events = 0
         self._last_commit = clock()
         self._error: BaseException | None = None
+        # What waits for its commit, submitted and not yet acknowledged: (when it was
+        # submitted, events) per micro-batch, oldest first. Written by both threads and read
+        # by metrics scrapes from theirs, hence the lock (taken once per micro-batch).
+        self._lock = threading.Lock()
+        self._waiting: deque[tuple[float, int]] = deque()
+        self._waiting_events = 0
         self._thread = threading.Thread(target=self._run, name="offline-committer", daemon=True)
 
     def start(self) -> None:
@@ -150,7 +164,24 @@ class OfflineCommitter:
 
     def submit(self, pending: _Pending) -> None:
         self.check()
+        if pending.ids:  # what the committer buffers, and settles once committed
+            with self._lock:
+                self._waiting.append((self._clock(), pending.rows.height))
+                self._waiting_events += pending.rows.height
         self._queue.put(pending)
+
+    def waiting(self) -> tuple[int, float]:
+        """Events submitted and not yet committed and acknowledged, and how long (seconds) the
+        oldest micro-batch not yet committed has waited (0: none); safe from any thread."""
+        with self._lock:
+            oldest = self._waiting[0][0] if self._waiting else None
+            events = self._waiting_events
+        return events, 0.0 if oldest is None else max(0.0, self._clock() - oldest)
+
+    @property
+    def error(self) -> BaseException | None:
+        """What stopped the committer, if anything."""
+        return self._error
 
     def check(self) -> None:
         """Raise the committer's failure, if it failed (in the consumer's thread)."""
@@ -182,6 +213,7 @@ class OfflineCommitter:
                     self._commit()
         except BaseException as exc:
             log.exception("offline commit failed; the consumer stops (nothing is acknowledged)")
+            self._metrics.failed(exc)
             self._error = exc
 
     def _commit(self) -> None:
@@ -204,11 +236,20 @@ class OfflineCommitter:
             self._store.insert(STREAM_PROGRESS, progress_row(max(marks), rows.height))
         ids = [i for p in batch for i in p.ids]
         self._source.ack(ids)
+        self._settled(len(batch))
+        seconds = self._clock() - began
         self._summary.commits += 1
         self._summary.acked += len(ids)
-        self._summary.commit_seconds.append(self._clock() - began)
+        self._summary.commit_seconds.append(seconds)
+        self._metrics.committed(seconds, len(ids))
         self._last_commit = self._clock()
         log.info("committed %d events, acknowledged %d messages", rows.height, len(ids))
+
+    def _settled(self, micro_batches: int) -> None:
+        """The oldest ``micro_batches`` waiting are committed and acknowledged."""
+        with self._lock:
+            for _ in range(micro_batches):
+                self._waiting_events -= self._waiting.popleft()[1]
 
 
 class StreamProcessor:
@@ -225,9 +266,11 @@ class StreamProcessor:
         commit_interval_s: float,
         commit_events: int,
         alive_file: Path | None = None,
+        metrics: StreamMetrics | None = None,
     ) -> None:
         self.store = store
         self.alive_file = alive_file
+        self.metrics = StreamMetrics() if metrics is None else metrics
         self.source = source
         self.batch = batch
         self.wait_s = wait_s
@@ -235,8 +278,14 @@ class StreamProcessor:
         self.summary = StreamSummary(source=source.name, consumer=consumer)
         self._watermark: datetime | None = None
         self._committer = OfflineCommitter(
-            store, source, self.summary, interval_s=commit_interval_s, max_events=commit_events
+            store,
+            source,
+            self.summary,
+            self.metrics,
+            interval_s=commit_interval_s,
+            max_events=commit_events,
         )
+        self.metrics.watch(self._committer.waiting)
         for group in (DEPARTURE_EVENTS, QUARANTINE, STREAM_PROGRESS):
             store.register(group)
 
@@ -270,6 +319,8 @@ class StreamProcessor:
         except FTIError as exc:
             self.summary.error = str(exc)
             log.error("stream stopped: %s", exc)
+            if exc is not self._committer.error:  # the committer counted its own
+                self.metrics.failed(exc)
         finally:
             try:
                 self._committer.close()
@@ -291,22 +342,41 @@ class StreamProcessor:
         for position, why in problems:
             log.warning("quarantined message %s: %s", messages[position].id, why)
         quarantined = quarantine_messages(payloads, problems, self.run_id)
-        if rows.height:
-            self.store.write_online(DEPARTURE_EVENTS, rows)
-        newest = _latest(rows, decoded.heartbeat)
-        if newest is not None and (self._watermark is None or newest > self._watermark):
-            self._watermark = newest
-            self.store.write_online(STREAM_PROGRESS, progress_row(newest, rows.height))
+        self._write_online(rows, decoded.heartbeat)
         self._committer.submit(
             _Pending(rows, quarantined, [m.id for m in messages], self._watermark)
         )
+        heartbeats = len(payloads) - decoded.events.height - len(decoded.unreadable)
         s = self.summary
         s.messages += len(messages)
         s.events += rows.height
-        s.heartbeats += len(payloads) - decoded.events.height - len(decoded.unreadable)
+        s.heartbeats += heartbeats
         s.quarantined += len(problems)
         s.micro_batches += 1
         s.watermark = None if self._watermark is None else self._watermark.isoformat()
+        # By message, so that the kinds add up to the messages read: a restated flight's two
+        # events are two event messages and one row; a bad heartbeat is quarantined only.
+        self.metrics.micro_batch(
+            events=decoded.events.height - broken.height,
+            heartbeats=heartbeats - len(decoded.bad_heartbeats),
+            quarantined=len(problems),
+        )
+
+    def _write_online(self, rows: pl.DataFrame, heartbeat: datetime | None) -> None:
+        """Upsert the events online, and the watermark when it moved (timed when anything
+        was written)."""
+        began = time.perf_counter()
+        wrote = rows.height > 0
+        if wrote:
+            self.store.write_online(DEPARTURE_EVENTS, rows)
+        newest = _latest(rows, heartbeat)
+        if newest is not None and (self._watermark is None or newest > self._watermark):
+            self._watermark = newest
+            self.store.write_online(STREAM_PROGRESS, progress_row(newest, rows.height))
+            self.metrics.advanced(newest)
+            wrote = True
+        if wrote:
+            self.metrics.online_seconds.observe(time.perf_counter() - began)
 
 
 def _latest(rows: pl.DataFrame, heartbeat: datetime | None) -> datetime | None:

@@ -16,6 +16,7 @@ bounds what such a loss costs.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 
 import redis
 
+from feature_pipeline.stream.metrics import GroupBacklog
 from feature_pipeline.stream.source import Message
 from shared.errors import BrokerUnavailable, ConfigurationError
 from shared.feature_store.online_redis import redacted
@@ -35,12 +37,18 @@ FIELD = b"e"
 _ACK_CHUNK = 10_000
 # Broker errors that mean "wait and try again" (down, restarting, loading its AOF).
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+# A metrics scrape's wait for the broker, connecting and reading: bounded, so a broker that
+# stopped answering cannot pile up stuck scrapes.
+_PROBE_TIMEOUT_S = 1.0
 
 
-def _client(url: str, timeout_s: float) -> redis.Redis:
+def _client(url: str, timeout_s: float, read_timeout_s: float | None = None) -> redis.Redis:
     try:
         return redis.Redis.from_url(
-            url, socket_connect_timeout=timeout_s, socket_timeout=None, decode_responses=False
+            url,
+            socket_connect_timeout=timeout_s,
+            socket_timeout=read_timeout_s,
+            decode_responses=False,
         )
     except ValueError as exc:
         raise ConfigurationError(f"invalid broker URL {redacted(url)}: {exc}") from exc
@@ -59,6 +67,7 @@ class RedisStreamSource:
         claim_idle_s: float = 30.0,
         retry_max_s: float = 2.0,
         stop: threading.Event | None = None,
+        on_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.url = redacted(url)
         self.stream = stream
@@ -68,6 +77,7 @@ class RedisStreamSource:
         self._claim_idle_ms = int(claim_idle_s * 1000)
         self._retry_max_s = retry_max_s
         self._stop = stop or threading.Event()
+        self._on_failure = on_failure or (lambda _: None)  # each failed try (metrics)
         self._own_pending = True  # re-read what this member fetched and never acked, first
         self._next_claim = 0.0
         self._broker_down_since: float | None = None
@@ -97,6 +107,7 @@ class RedisStreamSource:
             try:
                 result = action()
             except _TRANSIENT as exc:
+                self._on_failure(exc)
                 if self._broker_down_since is None:
                     self._broker_down_since = time.monotonic()
                     log.warning("broker %s unavailable (%s); waiting for it", self.url, exc)
@@ -109,6 +120,7 @@ class RedisStreamSource:
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
+                self._on_failure(exc)
                 # The broker came back without the stream: it kept nothing on disk.
                 log.error(
                     "stream %s or group %s vanished (a broker restarted without persistence? "
@@ -187,6 +199,36 @@ class RedisStreamSource:
                     self._client.xack, self.stream, self.group, *ids[start : start + _ACK_CHUNK]
                 )
             )
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class RedisGroupProbe:
+    """The consumer group's lag and pending entries, for metrics scrapes: a client of its own
+    with short timeouts, so a scrape never waits on the consumer's connection, nor long on a
+    broker that does not answer."""
+
+    def __init__(self, url: str, stream: str, group: str) -> None:
+        self.url = redacted(url)
+        self.stream = stream
+        self.group = group
+        self._client = _client(url, _PROBE_TIMEOUT_S, read_timeout_s=_PROBE_TIMEOUT_S)
+
+    def backlog(self) -> GroupBacklog:
+        """From ``XINFO GROUPS``: ``lag`` (Redis >= 7.0; NaN when it cannot tell, e.g. after
+        entries were deleted from the middle of the stream) and ``pending``."""
+        try:
+            groups: Any = self._client.xinfo_groups(self.stream)
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(
+                f"broker {self.url}: XINFO GROUPS {self.stream} failed: {exc}"
+            ) from exc
+        for found in groups:
+            if found["name"].decode() == self.group:
+                lag = math.nan if found.get("lag") is None else float(found["lag"])
+                return GroupBacklog(lag, float(found["pending"]))
+        raise BrokerUnavailable(f"broker {self.url}: no group {self.group} on {self.stream} yet")
 
     def close(self) -> None:
         self._client.close()

@@ -10,8 +10,13 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from feature_pipeline.extract import Source
+from feature_pipeline.stream.metrics import StreamMetrics
 from feature_pipeline.stream.processor import StreamProcessor, StreamSummary
-from feature_pipeline.stream.redis_streams import RedisStreamPublisher, RedisStreamSource
+from feature_pipeline.stream.redis_streams import (
+    RedisGroupProbe,
+    RedisStreamPublisher,
+    RedisStreamSource,
+)
 from feature_pipeline.stream.replay import Pacer, replay_events, timeline
 from feature_pipeline.stream.settings import Broker, StreamSettings
 from feature_pipeline.stream.source import EventSource, ReplaySource
@@ -97,8 +102,20 @@ def publish_replay(
     return summary
 
 
+def stream_metrics(settings: StreamSettings) -> StreamMetrics:
+    """The consumer's metrics; with Redis, its group's lag and pending read at each scrape
+    (the embedded broker has no group)."""
+    if settings.stream_broker is Broker.embedded:
+        return StreamMetrics()
+    url = settings.stream_url.get_secret_value()
+    return StreamMetrics(RedisGroupProbe(url, settings.stream_key, settings.stream_group))
+
+
 def open_source(
-    settings: StreamSettings, replay: Replay | None, stop: threading.Event
+    settings: StreamSettings,
+    replay: Replay | None,
+    stop: threading.Event,
+    metrics: StreamMetrics | None = None,
 ) -> EventSource:
     if settings.stream_broker is Broker.embedded:
         if replay is None:
@@ -118,6 +135,7 @@ def open_source(
         settings.consumer_name,
         claim_idle_s=settings.stream_claim_idle_s,
         stop=stop,
+        on_failure=None if metrics is None else metrics.failed,
     )
 
 
@@ -128,10 +146,13 @@ def run_stream(
     stop: threading.Event | None = None,
     max_messages: int | None = None,
     on_batch: Callable[[StreamSummary], None] | None = None,
+    metrics: StreamMetrics | None = None,
 ) -> StreamSummary:
-    """Consume until stopped (or, for a replay, until it is exhausted)."""
+    """Consume until stopped (or, for a replay, until it is exhausted), counting in
+    ``metrics`` (None: metrics of its own, served nowhere)."""
     stop = stop or threading.Event()
-    source = open_source(settings, replay, stop)
+    metrics = StreamMetrics() if metrics is None else metrics
+    source = open_source(settings, replay, stop, metrics)
     store = open_feature_store(settings)
     try:
         processor = StreamProcessor(
@@ -143,6 +164,7 @@ def run_stream(
             commit_interval_s=settings.stream_commit_interval_s,
             commit_events=settings.stream_commit_events,
             alive_file=settings.stream_alive_file,
+            metrics=metrics,
         )
         return processor.run(stop, max_messages=max_messages, on_batch=on_batch)
     finally:

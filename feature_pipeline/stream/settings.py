@@ -51,6 +51,13 @@ class StreamSettings(FeaturePipelineSettings):
     stream_maxlen: int | None = Field(
         default=2_000_000, ge=1, description="publishers trim the stream to about this length"
     )
+    stream_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="the consumer serves its Prometheus metrics (/metrics) on this port of "
+        "every interface (unset: not served)",
+    )
 
     @property
     def consumer_name(self) -> str:

@@ -33,7 +33,11 @@ MONITOR = "inference_pipeline.monitor"
 IMAGES: dict[str, dict[str, list[str]]] = {
     "feature.Dockerfile": {
         "help": ["feature_pipeline"],
-        "imports": ["feature_pipeline.pipeline", "shared.feature_store"],
+        "imports": [
+            "feature_pipeline.pipeline",
+            "feature_pipeline.stream.metrics",
+            "shared.feature_store",
+        ],
         "absent": ["torch", "mlflow", "fastapi", "tritonclient", "pytriton"],
     },
     "training.Dockerfile": {
