@@ -652,8 +652,8 @@ def _env_with_config_maps(container: d.Container) -> dict[str, str]:
     return env | container.effective_env
 
 
-def _runs(container: d.Container, command: str) -> bool:
-    return "inference_pipeline" in container.argv and command in container.argv
+def _runs(container: d.Container, command: str, package: str = "inference_pipeline") -> bool:
+    return package in container.argv and command in container.argv
 
 
 @pytest.mark.parametrize("platform", ["compose", "k8s"])
@@ -692,23 +692,45 @@ def test_the_prediction_log_writer_reads_what_the_services_append(platform: str)
         assert deployment["spec"]["strategy"]["type"] == "Recreate"  # never two at once
 
 
-@pytest.mark.parametrize("platform", ["compose", "k8s"])
-def test_the_prediction_log_writer_serves_metrics_where_it_is_scraped(platform: str) -> None:
-    """The writer's metrics port (FTI_PREDICTION_LOG_METRICS_PORT, a valid setting) is a port
-    its container declares, and in Kubernetes the one its pod's scrape annotation names."""
-    from inference_pipeline.settings import InferenceSettings
+# The long-running workers that serve Prometheus metrics: command -> (its package, its
+# Kubernetes Deployment, the settings class and field of its port).
+METRICS_SERVERS = {
+    "log-writer": (
+        "inference_pipeline",
+        "prediction-log-writer",
+        "inference_pipeline.settings:InferenceSettings",
+        "prediction_log_metrics_port",
+    ),
+    "stream": (
+        "feature_pipeline",
+        "feature-stream",
+        "feature_pipeline.stream.settings:StreamSettings",
+        "stream_metrics_port",
+    ),
+}
 
+
+@pytest.mark.parametrize("platform", ["compose", "k8s"])
+@pytest.mark.parametrize("command", sorted(METRICS_SERVERS))
+def test_workers_serve_metrics_where_they_are_scraped(platform: str, command: str) -> None:
+    """A worker's metrics port (FTI_PREDICTION_LOG_METRICS_PORT, FTI_STREAM_METRICS_PORT: a
+    valid setting) is a port its container declares, and in Kubernetes the one its pod's
+    scrape annotation names."""
+    package, name, settings_class, field = METRICS_SERVERS[command]
+    module, _, class_name = settings_class.partition(":")
+    settings = getattr(importlib.import_module(module), class_name)
+    variable = f"FTI_{field.upper()}"
     containers = d.compose_containers() if platform == "compose" else d.k8s_containers()
-    (writer,) = [c for c in containers if _runs(c, "log-writer")]
-    port = _env_with_config_maps(writer).get("FTI_PREDICTION_LOG_METRICS_PORT")
-    assert port is not None, f"{writer.where}: no FTI_PREDICTION_LOG_METRICS_PORT"
-    InferenceSettings.model_validate({"prediction_log_metrics_port": port})
-    assert int(port) in writer.ports, f"{writer.where}: port {port} not declared"
+    (worker,) = [c for c in containers if _runs(c, command, package)]
+    port = _env_with_config_maps(worker).get(variable)
+    assert port is not None, f"{worker.where}: no {variable}"
+    settings.model_validate({field: port})
+    assert int(port) in worker.ports, f"{worker.where}: port {port} not declared"
     if platform == "k8s":
         deployment = next(
             doc
             for _, doc in d.k8s_documents()
-            if doc.get("kind") == "Deployment" and _name_of(doc) == "prediction-log-writer"
+            if doc.get("kind") == "Deployment" and _name_of(doc) == name
         )
         annotations = deployment["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/scrape"] == "true"
