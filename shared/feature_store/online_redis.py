@@ -4,8 +4,8 @@ Layout: one sorted set per entity, ``<namespace>:asof:<table_name>:<json primary
 members are the key's rows (one compact JSON array each, in the group's column order) scored by
 their event time in epoch microseconds (exact in a double until the year 2255): the newest row
 and those within the group's ``online_history`` of it. A read as of T is one
-``ZREVRANGEBYSCORE`` per key between T - tolerance and T, every key and group in one pipeline
-(one round trip). The table name carries the group version, so two versions of a group never
+``ZREVRANGEBYSCORE`` per key between T - tolerance and T, every key and group (and every event
+range) in one call of a read-only Lua script (one round trip, one command). The table name carries the group version, so two versions of a group never
 overwrite each other's keys, and the namespace keeps several deployments (or tests) apart on
 one server. The offline version last materialized for each table lives in one hash,
 ``<namespace>:asof:_materialization``. (``asof`` names the layout: a server still holding the
@@ -249,7 +249,7 @@ class RedisOnlineStore:
 
     def read_rows(self, lookups: Sequence[OnlineLookup]) -> list[list[OnlineRow]]:
         """Plain rows per lookup and key, as of each key's T: per distinct key its rows that
-        can match, every key of every group in one pipeline (one round trip)."""
+        can match, every key of every group in one script call (one round trip)."""
         return self.read_rows_and_ranges(lookups, [])[0]
 
     def read_rows_and_ranges(
