@@ -4,10 +4,11 @@ Layout: one sorted set per entity, ``<namespace>:asof:<table_name>:<json primary
 members are the key's rows (one compact JSON array each, in the group's column order) scored by
 their event time in epoch microseconds (exact in a double until the year 2255): the newest row
 and those within the group's ``online_history`` of it. A read as of T is one
-``ZREVRANGEBYSCORE`` per key between T - tolerance and T, every key and group (and every event
-range) in one call of a read-only Lua script (one round trip, one command). The table name carries the group version, so two versions of a group never
-overwrite each other's keys, and the namespace keeps several deployments (or tests) apart on
-one server. The offline version last materialized for each table lives in one hash,
+``ZREVRANGEBYSCORE`` per key between T - tolerance and T, every key and group (and every
+event range) in one call of a read-only Lua script (one round trip, one command). The table
+name carries the group version, so two versions of a group never overwrite each other's keys,
+and the namespace keeps several deployments (or tests) apart on one server. The offline
+version last materialized for each table lives in one hash,
 ``<namespace>:asof:_materialization``. (``asof`` names the layout: a server still holding the
 older one-string-per-key layout is not read, and the first materialization refills in full.)
 
