@@ -29,18 +29,6 @@ from shared.triton_repository import MAX_BATCH_SIZE
 _TURNS_TO_SEND = 2
 
 
-# Batches of one version in flight at once. A read in process (SQLite) is the loop's own work:
-# a second batch would only split the requests into smaller batches. A network store's read is a
-# wait: with one batch in flight, the store sat idle while Triton computed and Triton while the
-# store answered, and the service used little more than one core at 16 connections (Redis,
-# benchmarks/online_load.py --online redis).
-_IN_FLIGHT_REMOTE = 2
-
-
-def _batches_in_flight(store: StoreAccess) -> int:
-    return 1 if store.store.online_reads_in_process else _IN_FLIGHT_REMOTE
-
-
 @dataclass(frozen=True)
 class OnlineScores:
     """One request's share of a scored batch."""
@@ -66,10 +54,7 @@ class ScoringPipeline:
         # Per batch key: when the batch last in flight passed its store read.
         self._store_passed: dict[tuple[str, str], float] = {}
         self._batches: Coalescer[tuple[str, str], _Job, OnlineScores] = Coalescer(
-            self._score_batch,
-            size=lambda job: len(job.flights),
-            max_size=MAX_BATCH_SIZE,
-            in_flight=_batches_in_flight(store),
+            self._score_batch, size=lambda job: len(job.flights), max_size=MAX_BATCH_SIZE
         )
 
     async def score(self, model: ServingModel, flights: list[dict[str, Any]]) -> OnlineScores:

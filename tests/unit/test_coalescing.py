@@ -4,7 +4,6 @@ reach exactly the callers of the failed batch, and callers that gave up are drop
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
@@ -103,60 +102,3 @@ def test_a_caller_that_gave_up_is_dropped_from_later_batches() -> None:
     batches, patient = asyncio.run(scenario())
     assert [items for _, items in batches] == [[1], [3]]
     assert patient == 30
-
-
-class Gated:
-    """Each batch waits for its own gate, opened by the test."""
-
-    def __init__(self) -> None:
-        self.batches: list[list[int]] = []
-        self.gates: list[asyncio.Event] = []
-
-    async def run(self, key: str, items: list[int]) -> list[int]:
-        self.batches.append(items)
-        gate = asyncio.Event()
-        self.gates.append(gate)
-        await gate.wait()
-        return [item * 10 for item in items]
-
-
-def test_up_to_in_flight_batches_run_at_once_and_the_rest_share_the_next() -> None:
-    async def scenario() -> tuple[list[list[int]], list[int], int]:
-        gated = Gated()
-        coalescer = Coalescer(gated.run, size=lambda _: 1, max_size=8, in_flight=2)
-        first = asyncio.ensure_future(coalescer.submit("k", 1))
-        second = asyncio.ensure_future(coalescer.submit("k", 2))
-        await asyncio.sleep(0)
-        started_together = len(gated.batches)  # both run: two slots
-        rest = [asyncio.ensure_future(coalescer.submit("k", i)) for i in (3, 4, 5)]
-        await asyncio.sleep(0)
-        assert len(gated.batches) == 2  # no slot free: 3, 4 and 5 wait
-        gated.gates[1].set()  # the second batch ends first: its slot takes all that waits
-        assert await second == 20
-        await asyncio.sleep(0)
-        for gate in gated.gates[:1] + gated.gates[2:]:
-            gate.set()
-        results = await asyncio.gather(first, *rest)
-        return gated.batches, results, started_together
-
-    batches, results, started_together = asyncio.run(scenario())
-    assert started_together == 2
-    assert batches == [[1], [2], [3, 4, 5]]
-    assert results == [10, 30, 40, 50]
-
-
-def test_in_flight_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="in_flight"):
-        Coalescer(Gated().run, size=lambda _: 1, max_size=8, in_flight=0)
-
-
-def test_a_network_store_gets_two_batches_in_flight_an_in_process_one_one() -> None:
-    from types import SimpleNamespace
-
-    from inference_pipeline.service.pipeline import _batches_in_flight
-
-    def access(in_process: bool) -> Any:
-        return SimpleNamespace(store=SimpleNamespace(online_reads_in_process=in_process))
-
-    assert _batches_in_flight(access(True)) == 1
-    assert _batches_in_flight(access(False)) == 2
