@@ -66,6 +66,8 @@ from shared.prediction_time import (
     prediction_times,
 )
 
+ON_DEMAND_FAMILY = "on_demand"  # the family of the features computed at request time
+
 
 @dataclass(frozen=True)
 class FeatureView:
@@ -138,6 +140,19 @@ class FeatureView:
         if self.fresh is not None:
             groups.append((FRESH_GROUP_NAME, list(self.fresh.features)))
         return groups
+
+    def feature_families(self) -> dict[str, str]:
+        """Each model feature's family: the group a joined feature comes from, the fresh
+        window features under the departure events' name, the spine's own fields under the
+        spine's name, and the on-demand features under ``on_demand``. Monitoring weighs a
+        drifted share by family, so that a family of many related features (26 fresh window
+        features) counts once, like a family of four."""
+        families = {name: self.spine.name for name in self.spine_features}
+        families |= {name: ON_DEMAND_FAMILY for name in self.on_demand}
+        for join in self.joins:
+            families |= {join.prefix + f: join.group.name for f in join.feature_list()}
+        families |= {name: FRESH_GROUP_NAME for name in self.fresh_columns}
+        return {name: families[name] for name in self.features}
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable description, stored with every model version trained on the view."""

@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from inference_pipeline.monitor.drift import families_text, share_text
 from inference_pipeline.monitor.settings import MonitorSettings, PredictionSource
 from inference_pipeline.monitor.status import DRIFT
 from shared.command_line import (
@@ -299,7 +300,8 @@ def render_summary(console: Console, result: MonitorResult) -> None:
         ("status", f"[{status_style}]{result.status}[/]"),
         ("model", f"{result.model['ref']} -> v{result.model['version']}"),
         ("predictions / flights", flights),
-        ("features drifted", f"{drift['drifted']} of {drift['tested']} ({drift['share']:.0%})"),
+        ("features drifted", share_text(drift)),
+        ("drifted families", families_text(drift)),
         ("drifted", drifted or "-"),
         ("out-of-distribution flights", _share(result.ood["row_rate"])),
         ("prediction PSI", _number(predicted.get("psi"))),

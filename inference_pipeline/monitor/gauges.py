@@ -36,7 +36,11 @@ def build_gauges(result: Mapping[str, Any]) -> CollectorRegistry:
         return metric
 
     drift = result["drift"]
-    gauge("fti_monitor_drift_share", "Share of tested features that drifted", drift["share"])
+    gauge(
+        "fti_monitor_drift_share",
+        "Drifted share of the tested features (by family unless FTI_DRIFT_SHARE_BY=feature)",
+        drift["share"],
+    )
     gauge("fti_monitor_features_drifted", "Features that drifted", drift["drifted"])
     gauge("fti_monitor_features_tested", "Features tested for drift", drift["tested"])
     psi = gauge("fti_monitor_feature_psi", "PSI per feature", None, ("feature",))

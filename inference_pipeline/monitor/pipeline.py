@@ -64,7 +64,7 @@ from inference_pipeline.monitor.quality import (
 )
 from inference_pipeline.monitor.report import render_html, render_shadow_html
 from inference_pipeline.monitor.segments import segment_section
-from inference_pipeline.monitor.settings import MonitorSettings, PredictionSource
+from inference_pipeline.monitor.settings import DriftShareBy, MonitorSettings, PredictionSource
 from inference_pipeline.monitor.shadow import ShadowStep, shadow_step
 from inference_pipeline.monitor.status import DRIFT, HEALTHY
 from inference_pipeline.monitor.window import (
@@ -149,6 +149,21 @@ def drift_rule(settings: MonitorSettings) -> DriftRule:
     )
 
 
+def drift_families(reference: VersionReference, settings: MonitorSettings) -> dict[str, str] | None:
+    """Each feature's family, when the drifted share is taken by family (None: by feature, also
+    for a version whose feature view cannot be read, with a warning)."""
+    if settings.drift_share_by is not DriftShareBy.family:
+        return None
+    if reference.view is None:
+        log.warning(
+            "version %s: no feature view to group its features by; the drifted share is taken "
+            "by feature",
+            reference.version,
+        )
+        return None
+    return reference.view.feature_families()
+
+
 def retrain_policy(settings: MonitorSettings) -> RetrainPolicy:
     return RetrainPolicy(
         drift_share=settings.retrain_drift_share,
@@ -206,7 +221,12 @@ def run_monitor(
     rule = drift_rule(settings)
     features = decode_features(flights, monitored.numeric, monitored.categorical)
     report = drift_report(monitored.reference_stats, features, rule, baseline)
-    summary = summarize_drift(report, settings.retrain_drift_share, settings.drift_ignore_features)
+    summary = summarize_drift(
+        report,
+        settings.retrain_drift_share,
+        settings.drift_ignore_features,
+        families=drift_families(monitored, settings),
+    )
     ood = out_of_distribution(monitored.reference_stats, features)
 
     step("prediction drift and quality per version")

@@ -56,7 +56,8 @@ def retrain_decision(
     if drift.detected and drift.share > policy.drift_share:
         reasons.append(
             f"data drift: {drift.drifted} of {drift.tested} features drifted "
-            f"({drift.share:.0%} > {policy.drift_share:.0%})"
+            f"({drift.share:.0%}{' by family' if drift.share_by == 'family' else ''} > "
+            f"{policy.drift_share:.0%})"
         )
     if auc_drop is not None and labelled >= policy.min_labels and auc_drop > policy.auc_drop:
         reasons.append(

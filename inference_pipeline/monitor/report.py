@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from html import escape
 from typing import Any, TypeGuard
 
-from inference_pipeline.monitor.drift import MISSING
+from inference_pipeline.monitor.drift import MISSING, families_text, share_text
 from inference_pipeline.monitor.status import (
     ABSENT,
     DRIFT,
@@ -105,9 +105,9 @@ def _summary_section(result: Mapping[str, Any]) -> str:
         ("by source", _pairs(result["predictions"]["by_source"])),
         (
             "features drifted",
-            f"{drift['drifted']} of {drift['tested']} tested ({drift['share']:.0%}; "
-            f"drift above {drift['threshold_share']:.0%})",
+            f"{share_text(drift)}; drift above {drift['threshold_share']:.0%}",
         ),
+        ("drifted families (drifted / tested)", families_text(drift)),
         ("features with a warning", str(drift["warned"])),
         ("absent from the logged features", ", ".join(drift["absent_features"]) or "none"),
         ("out-of-distribution flights", _share(result["ood"]["row_rate"])),
@@ -478,8 +478,15 @@ def _rule_section(result: Mapping[str, Any]) -> str:
         f"{t['psi_warn']}. Numeric values are "
         "tested with two-sample Kolmogorov-Smirnov against the training sample and binned on the "
         "training deciles; categorical values with a chi-square test of homogeneity. Both carry "
-        "a bin for missing values. Drift is detected when more than "
-        f"{retrain['drift_share']:.0%} of the tested features drifted. Retraining is recommended "
+        "a bin for missing values. Drift is detected when "
+        + (
+            "the mean over feature families (the group a feature comes from, the fresh window "
+            "features, the on-demand features) of each family's share of drifted features is "
+            f"above {retrain['drift_share']:.0%}"
+            if result["drift"].get("share_by") == "family"
+            else f"more than {retrain['drift_share']:.0%} of the tested features drifted"
+        )
+        + ". Retraining is recommended "
         f"on drift, when the window's ROC AUC is more than {retrain['auc_drop']} below the test "
         f"AUC with at least {retrain['min_labels']} labelled flights"
         + (f", or when the model's data is more than {age} days old" if age else "")

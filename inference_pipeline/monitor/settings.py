@@ -19,6 +19,14 @@ from shared.registry import RegistrySettings
 from shared.settings import FeatureStoreSettings
 
 
+class DriftShareBy(StrEnum):
+    # The mean over feature families of each family's drifted share: a family of many related
+    # features (the 26 fresh window features) counts as much as one of four.
+    family = "family"
+    # Drifted features over tested features, every feature alike.
+    feature = "feature"
+
+
 class PredictionSource(StrEnum):
     all = "all"
     online = "online"
@@ -66,6 +74,11 @@ class MonitorSettings(FeatureStoreSettings, RegistrySettings, ShadowRuleSettings
         gt=0.5,
         le=1.0,
         description="which quantile of the training-period windows' PSI a window must exceed",
+    )
+    drift_share_by: DriftShareBy = Field(
+        default=DriftShareBy.family,
+        description="what the drifted share counts: family (the mean over feature families, "
+        "each the group its features come from, of their drifted share) or feature",
     )
     drift_ignore_features: list[str] = Field(
         default_factory=list,

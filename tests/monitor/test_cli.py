@@ -29,6 +29,7 @@ from typer.testing import CliRunner
 
 from inference_pipeline.monitor.__main__ import app
 from inference_pipeline.triton_server import free_loopback_port
+from shared.feature_view import FLIGHT_DELAY_VIEW
 from shared.recent_departures import FEATURES as FRESH_FEATURES
 from shared.registry import ModelRegistry, RegistrySettings
 from tests.training_fixtures import small_config
@@ -329,6 +330,7 @@ def test_thresholds_and_policy_come_from_the_environment(
         FTI_RETRAIN_AUC_DROP="1.0",
         FTI_QUALITY_MIN_LABELS="1000000",
         FTI_DRIFT_IGNORE_FEATURES='["wx_temp"]',
+        FTI_DRIFT_SHARE_BY="feature",
     )
     assert done.exit_code == 0, done.output
     result = json.loads(Path(stdout_json(done.stdout)["outputs"]["json"]).read_text())
@@ -336,6 +338,32 @@ def test_thresholds_and_policy_come_from_the_environment(
     assert result["quality"]["window"]["status"] == "not enough labels yet"
     assert result["drift"]["ignored_features"] == ["wx_temp"]
     assert result["thresholds"]["retrain"]["drift_share"] == 1.0
+    drift = result["drift"]
+    assert drift["share_by"] == "feature"
+    assert drift["share"] == pytest.approx(drift["drifted"] / drift["tested"])
+
+
+def test_the_drifted_share_is_taken_by_feature_family(july_run) -> None:  # type: ignore[no-untyped-def]
+    """By default: the mean over the version's feature families of their drifted share; the
+    result, the table and the report name the families that drifted."""
+    done, _, _ = july_run
+    result = json.loads(Path(stdout_json(done.stdout)["outputs"]["json"]).read_text())
+    drift = result["drift"]
+    assert drift["share_by"] == "family" and drift["drifted_families"]
+    families = FLIGHT_DELAY_VIEW.feature_families()
+    tested = {
+        r["feature"]: r["status"] == "drift"
+        for r in drift["features"]
+        if r["status"] in ("ok", "warn", "usual", "drift")
+    }
+    per_family: dict[str, list[bool]] = {}
+    for feature, drifted in tested.items():
+        per_family.setdefault(families.get(feature, feature), []).append(drifted)
+    expected = sum(sum(d) / len(d) for d in per_family.values()) / len(per_family)
+    assert drift["share"] == pytest.approx(expected)
+    assert drift["feature_share"] == pytest.approx(drift["drifted"] / drift["tested"])
+    html = Path(stdout_json(done.stdout)["outputs"]["html"]).read_text()
+    assert "drifted families" in html and "by family" in html
 
 
 def test_a_schedule_fires_retraining(monitored: Monitored, tmp_path: Path) -> None:

@@ -323,6 +323,46 @@ def test_the_drifted_share_counts_tested_features_only(synthetic_reference: dict
     assert not summarize_drift(report, 0.5).detected
 
 
+def _report(statuses: dict[str, str]) -> pl.DataFrame:
+    """A drift report's feature and status columns (all summarize_drift reads)."""
+    return pl.DataFrame({"feature": list(statuses), "status": list(statuses.values())})
+
+
+def test_the_drifted_share_by_family_weighs_each_family_once() -> None:
+    # A family of eight with one drifted feature, a family of two with both drifted, and one
+    # feature no family names (a family of its own).
+    statuses = {f"fresh_{i}": OK for i in range(8)} | {"wx_a": DRIFT, "wx_b": DRIFT}
+    statuses |= {"fresh_0": DRIFT, "lone": OK, "absent": "absent"}
+    families = {f"fresh_{i}": "events" for i in range(8)} | {"wx_a": "wx", "wx_b": "wx"}
+    report = _report(statuses)
+    by_feature = summarize_drift(report, 0.3)
+    assert (by_feature.drifted, by_feature.tested) == (3, 11)
+    assert by_feature.share == pytest.approx(3 / 11) and not by_feature.detected
+    by_family = summarize_drift(report, 0.3, families=families)
+    assert by_family.share == pytest.approx((1 / 8 + 2 / 2 + 0 / 1) / 3) and by_family.detected
+    assert by_family.feature_share == pytest.approx(3 / 11)
+    assert (by_family.share_by, by_feature.share_by) == ("family", "feature")
+    assert by_family.drifted_families == {"events": "1/8", "wx": "2/2"}
+    # Ignored features leave their family's count (a family left empty is not a family).
+    ignored = summarize_drift(report, 0.3, ignore=["wx_a", "wx_b"], families=families)
+    assert ignored.share == pytest.approx((1 / 8 + 0 / 1) / 2)
+    assert summarize_drift(_report({}), 0.1, families=families).share == 0.0
+
+
+def test_every_feature_of_the_view_has_a_family() -> None:
+    from shared.feature_view import FLIGHT_DELAY_VIEW
+    from shared.recent_departures import FEATURES as FRESH
+
+    families = FLIGHT_DELAY_VIEW.feature_families()
+    assert list(families) == FLIGHT_DELAY_VIEW.features
+    assert {families[f] for f in FRESH} == {"departure_events"}
+    assert (
+        families["wx_temp"] == "airport_weather" and families["route_flights_28d"] == "route_stats"
+    )
+    assert families["origin"] == "flights" and families["plane_age_years"] == "on_demand"
+    assert len(set(families.values())) == 7
+
+
 def test_drift_report_of_an_empty_window_tests_nothing(synthetic_reference: dict) -> None:
     report = drift_report(synthetic_reference, window(np.random.default_rng(14), 0))
     assert set(report["status"]) == {OK}
