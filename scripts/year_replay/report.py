@@ -138,7 +138,8 @@ def render_markdown(journal: Journal) -> str:
         f"{s['promotions']} promotions; champion at the end: v{s['champion']}. "
         f"Wall time {s['seconds']:.0f} s (scorer {plan['scorer']}, {plan['epochs']} epochs).\n\n"
         "## Weeks\n\nRows scored: the champion's batch predictions (+ the challenger's while "
-        "shadowed). Drift: share of the champion's features drifted on the week's batch scores. "
+        "shadowed). Drift: the champion's drifted share on the week's batch scores (by feature "
+        "family unless FTI_DRIFT_SHARE_BY=feature), with its drifted of tested features. "
         "ROC AUC / log loss: the champion on the week's labelled flights.\n\n"
         + _markdown_table(week_rows(journal))
         + "\n## Versions\n\n"
