@@ -27,8 +27,13 @@ from tritonclient.utils import InferenceServerException
 
 from inference_pipeline.model_artifact import ServingModel
 from shared.errors import ModelOutputInvalid, ModelServerUnavailable
-from shared.feature_store import FeatureStore
-from shared.feature_view import OnlineFeatures, online_feature_columns
+from shared.feature_store import AsyncOnlineReads, FeatureStore, OnlineRange, OnlineRow
+from shared.feature_view import (
+    OnlineFeatures,
+    assemble_online_features,
+    online_feature_columns,
+    plan_online_read,
+)
 from shared.flight_identity import flight_id_of
 from shared.prediction_time import PREDICTION_TIME
 from shared.transforms import OOV_INDEX, FeatureMatrices, MDTState, apply_mdt, apply_mdt_columns
@@ -119,12 +124,40 @@ def model_inputs(
 ) -> ModelInputs:
     """The part of :func:`online_inputs` the model call waits for: features and MDT."""
     began = time.perf_counter()
+    requests, times = _requests_and_times(flights)
+    features = online_feature_columns(store, model.view, requests, times)
+    return _with_mdt(model, requests, features, began)
+
+
+async def model_inputs_async(
+    store: AsyncOnlineReads, model: ServingModel, flights: Sequence[Mapping[str, Any]]
+) -> ModelInputs:
+    """:func:`model_inputs` with the store's round trip awaited on the running loop."""
+    began = time.perf_counter()
+    requests, times = _requests_and_times(flights)
+    read = plan_online_read(model.view, requests, times)
+    found: list[list[OnlineRow]] = [[] for _ in read.lookups]
+    ranges: list[list[OnlineRange]] = []
+    if read.rows:
+        found, ranges = await store.read_rows_and_ranges_async(read.lookups, read.ranges)
+    features = assemble_online_features(model.view, requests, times, read, found, ranges)
+    return _with_mdt(model, requests, features, began)
+
+
+def _requests_and_times(
+    flights: Sequence[Mapping[str, Any]],
+) -> tuple[list[dict[str, Any]], list[int]]:
     requests = [{k: f.get(k) for k in REQUEST_FIELDS} for f in flights]
     try:
         times = [int(f[PREDICTION_TIME]) for f in flights]
     except KeyError:
         raise ValueError(f"every flight needs its {PREDICTION_TIME} (epoch microseconds)") from None
-    features = online_feature_columns(store, model.view, requests, times)
+    return requests, times
+
+
+def _with_mdt(
+    model: ServingModel, requests: list[dict[str, Any]], features: OnlineFeatures, began: float
+) -> ModelInputs:
     read = time.perf_counter()
     matrices = apply_mdt_columns(features.columns, features.rows, model.mdt)
     done = time.perf_counter()

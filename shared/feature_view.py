@@ -41,12 +41,20 @@ from shared.feature_definitions import (
     ROUTE_STATS,
 )
 from shared.feature_group import UTC_TIMESTAMP, FeatureGroup
-from shared.feature_store import FeatureStore, JoinRequest, OnlineLookup
+from shared.feature_store import (
+    FeatureStore,
+    JoinRequest,
+    OnlineLookup,
+    OnlineRange,
+    OnlineRangeLookup,
+    OnlineRow,
+)
 from shared.feature_store.online_as_of import tolerance_us
 from shared.flight_identity import local_day_start_utc
 from shared.fresh_features import (
     FRESH_GROUP_NAME,
     FreshFeatures,
+    FreshReads,
     offline_fresh_frame,
     online_fresh_columns,
     online_fresh_reads,
@@ -447,6 +455,45 @@ def _online_keys(
     )
 
 
+@dataclass(frozen=True)
+class OnlineRead:
+    """The one store read a batch of requests needs, planned without the store: key lookups as
+    of each request's T (the joins', then, with fresh window features, the stream's watermark)
+    and the fresh features' event ranges. Planning and assembling are apart from the read so
+    that a caller can read with a client of its own (an asyncio one: see ``model_inputs_async``
+    in the inference pipeline)."""
+
+    lookups: list[OnlineLookup]
+    ranges: tuple[OnlineRangeLookup, ...]
+    fresh: FreshReads | None
+    rows: int
+
+
+def plan_online_read(
+    view: FeatureView, requests: Sequence[Mapping[str, Any]], times: Sequence[int]
+) -> OnlineRead:
+    """What :func:`online_feature_columns` reads for ``requests`` as of ``times``."""
+    rows = len(requests)
+    if len(times) != rows:
+        raise ValueError(f"{len(times)} prediction times for {rows} requests")
+    lookups = [_online_keys(join, requests, times) for join in view.joins]
+    if view.fresh is None or not rows:
+        return OnlineRead(lookups, (), None, rows)
+    reads = online_fresh_reads(requests, times)
+    return OnlineRead([*lookups, reads.progress], reads.ranges, reads, rows)
+
+
+def read_online(
+    store: FeatureStore, read: OnlineRead
+) -> tuple[list[list[OnlineRow]], list[list[OnlineRange]]]:
+    """The store's answer to ``read``: one call (none for no requests)."""
+    if not read.rows:
+        return [[] for _ in read.lookups], []
+    if read.fresh is None:
+        return store.get_online_rows(read.lookups), []
+    return store.get_online_rows_and_ranges(read.lookups, read.ranges)
+
+
 def online_feature_columns(
     store: FeatureStore,
     view: FeatureView,
@@ -461,18 +508,27 @@ def online_feature_columns(
     tolerances as of T, as the offline join applies them: a row newer than T is never used, and
     keys unknown online or whose row is too old give missing values, imputed by the MDT and
     reported. ``columns`` also holds T under :data:`PREDICTION_TIME`."""
-    rows = len(requests)
-    if len(times) != rows:
-        raise ValueError(f"{len(times)} prediction times for {rows} requests")
-    lookups = [_online_keys(join, requests, times) for join in view.joins]
+    read = plan_online_read(view, requests, times)
+    found, ranges = read_online(store, read)
+    return assemble_online_features(view, requests, times, read, found, ranges)
+
+
+def assemble_online_features(
+    view: FeatureView,
+    requests: Sequence[Mapping[str, Any]],
+    times: Sequence[int],
+    read: OnlineRead,
+    found: list[list[OnlineRow]],
+    ranges: Sequence[Sequence[OnlineRange]],
+) -> OnlineFeatures:
+    """The features of ``requests`` from the store's answer to ``read``
+    (see :func:`online_feature_columns`)."""
+    rows = read.rows
     fresh = None
-    if view.fresh is not None and rows:
-        # The fresh groups in the same read: the watermark row and the events' ranges.
-        reads = online_fresh_reads(requests, times)
-        found, ranges = store.get_online_rows_and_ranges([*lookups, reads.progress], reads.ranges)
-        fresh = online_fresh_columns(view.fresh, reads, found.pop(), ranges)
-    else:
-        found = store.get_online_rows(lookups) if rows else [[] for _ in lookups]
+    if read.fresh is not None and view.fresh is not None:
+        progress = found[-1]
+        found = found[:-1]
+        fresh = online_fresh_columns(view.fresh, read.fresh, progress, ranges)
     fields = requests[0].keys() if requests else ()
     columns: dict[str, Any] = {name: [r.get(name) for r in requests] for name in fields}
     columns[PREDICTION_TIME] = times

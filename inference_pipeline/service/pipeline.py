@@ -17,7 +17,12 @@ from typing import Any
 
 from inference_pipeline.coalescing import Coalescer
 from inference_pipeline.model_artifact import ServingModel
-from inference_pipeline.scoring import OnlineInputs, model_inputs, reported_inputs
+from inference_pipeline.scoring import (
+    OnlineInputs,
+    model_inputs,
+    model_inputs_async,
+    reported_inputs,
+)
 from inference_pipeline.service.store_access import StoreAccess
 from inference_pipeline.service.triton_link import TritonLink
 from shared.errors import ModelServerUnavailable
@@ -77,7 +82,13 @@ class ScoringPipeline:
             prepared = model_inputs(store, model, flights)
         else:
             deadline = self._store_deadline(key, batch[0].arrived)
-            prepared = await self._store.call(model_inputs, store, model, flights, due=deadline)
+            reads = store.online_async
+            if reads is not None:  # Redis: the round trip awaited, the rest on this loop
+                prepared = await self._store.awaited(
+                    model_inputs_async(reads, model, flights), due=deadline
+                )
+            else:
+                prepared = await self._store.call(model_inputs, store, model, flights, due=deadline)
             self._store_passed[key] = asyncio.get_running_loop().time()
         began = time.perf_counter()
         call = asyncio.ensure_future(

@@ -109,4 +109,4 @@ class ServiceRuntime:
         await self.triton.close()
         self.downloads.close()
         if self.store is not None:
-            self.store.close()
+            await self.store.close()

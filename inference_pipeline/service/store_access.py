@@ -1,15 +1,16 @@
-"""Calls into the feature store with a deadline, on threads of their own.
+"""Calls into the feature store with a deadline: awaited on the loop, or on threads of their own.
 
-A network online store (Redis, Hopsworks) is read on a store thread: a hung store leaves
-threads blocked in its client's socket timeouts, and must not starve the default pool that
-registry calls use. Each call answers by a deadline (``FTI_ONLINE_TIMEOUT_S`` unless the caller
-gives one) or raises `StoreUnavailable`.
+A network online store with asyncio reads (Redis) is read on the loop (`awaited`). One without
+(Hopsworks) is read on a store thread: a hung store leaves threads blocked in its client's
+socket timeouts, and must not starve the default pool that registry calls use. Each call
+answers by a deadline (``FTI_ONLINE_TIMEOUT_S`` unless the caller gives one) or raises
+`StoreUnavailable`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -44,6 +45,20 @@ class StoreAccess:
                 f"online feature store did not answer within {self.timeout_s:g} s"
             ) from exc
 
-    def close(self) -> None:
+    async def awaited(self, read: Awaitable[T], *, due: float | None = None) -> T:
+        """Await an asyncio store read, answered by ``due`` as `call` is."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(loop.time() + self.timeout_s if due is None else due):
+                return await read
+        except TimeoutError as exc:
+            raise StoreUnavailable(
+                f"online feature store did not answer within {self.timeout_s:g} s"
+            ) from exc
+
+    async def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
+        reads = self.store.online_async
+        if reads is not None:
+            await reads.aclose()
         self.store.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from shared.feature_store.point_in_time import point_in_time_join
 from shared.feature_store.protocol import (
+    AsyncOnlineReads,
     FeatureStore,
     GroupInfo,
     JoinRequest,
@@ -51,6 +52,7 @@ def open_feature_store(settings: FeatureStoreSettings) -> FeatureStore:
 
 
 __all__ = [
+    "AsyncOnlineReads",
     "FeatureStore",
     "GroupInfo",
     "JoinRequest",

@@ -47,6 +47,7 @@ from shared.feature_store.online_as_of import row_as_of
 from shared.feature_store.online_codec import align_to_keys
 from shared.feature_store.point_in_time import join_from_store
 from shared.feature_store.protocol import (
+    AsyncOnlineReads,
     GroupInfo,
     JoinRequest,
     MaterializeResult,
@@ -198,6 +199,7 @@ class HopsworksFeatureStore:
     """Our ``FeatureStore`` on a Hopsworks project's feature store (see the module docstring)."""
 
     online_reads_in_process = False  # RonDB over the network
+    online_async: AsyncOnlineReads | None = None  # the SDK's reads block: they take a thread
 
     def __init__(
         self,

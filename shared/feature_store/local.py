@@ -14,6 +14,7 @@ from shared.feature_store.offline_delta import DeltaOfflineStore
 from shared.feature_store.online_as_of import recent_per_key
 from shared.feature_store.point_in_time import join_from_store
 from shared.feature_store.protocol import (
+    AsyncOnlineReads,
     CompactResult,
     GroupInfo,
     JoinRequest,
@@ -45,6 +46,10 @@ class LocalFeatureStore:
     @property
     def online_reads_in_process(self) -> bool:
         return self.online.reads_in_process
+
+    @property
+    def online_async(self) -> AsyncOnlineReads | None:
+        return self.online if isinstance(self.online, AsyncOnlineReads) else None
 
     def register(self, group: FeatureGroup) -> None:
         self.offline.register(group)

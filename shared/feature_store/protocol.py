@@ -182,12 +182,33 @@ class OnlineStore(Protocol):
 
 
 @runtime_checkable
+class AsyncOnlineReads(Protocol):
+    """An online store that also reads on an asyncio event loop: its round trip is awaited
+    rather than run on a thread (`RedisOnlineStore`)."""
+
+    async def read_rows_and_ranges_async(
+        self, lookups: Sequence[OnlineLookup], ranges: Sequence[OnlineRangeLookup]
+    ) -> tuple[list[list[OnlineRow]], list[list[OnlineRange]]]:
+        """`OnlineStore.read_rows_and_ranges`, awaited on the running loop."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close what the running loop's reads opened."""
+        ...
+
+
+@runtime_checkable
 class FeatureStore(Protocol):
     """Feature groups offline (history, time travel) and online (newest rows per key)."""
 
     @property
     def online_reads_in_process(self) -> bool:
         """Whether online reads stay in this process (see `OnlineStore.reads_in_process`)."""
+        ...
+
+    @property
+    def online_async(self) -> AsyncOnlineReads | None:
+        """The online store's asyncio reads, where it has them (None: read on a thread)."""
         ...
 
     def register(self, group: FeatureGroup) -> None:

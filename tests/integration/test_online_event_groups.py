@@ -3,6 +3,7 @@ range, in time order, idempotent and order-independent upserts, one read with ke
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -12,10 +13,16 @@ import polars as pl
 import pytest
 import redis
 
+from shared.errors import StoreUnavailable
 from shared.feature_definitions import DEPARTURE_EVENTS, STREAM_PROGRESS
 from shared.feature_store.online_redis import RedisOnlineStore
 from shared.feature_store.online_sqlite import SQLiteOnlineStore
-from shared.feature_store.protocol import OnlineLookup, OnlineRangeLookup, OnlineStore
+from shared.feature_store.protocol import (
+    AsyncOnlineReads,
+    OnlineLookup,
+    OnlineRangeLookup,
+    OnlineStore,
+)
 from shared.recent_departures import DepartureLog, epoch_us
 
 pytestmark = pytest.mark.integration
@@ -135,6 +142,44 @@ def test_key_lookups_and_ranges_in_one_read(online: OnlineStore) -> None:
     assert rows[0][0] is not None and rows[0][0]["watermark"] == epoch_us(T0)
     assert rows[0][1] is None
     assert [r["flight_id"] for r in ranges[0][0]] == ["a"]
+
+
+def test_the_asyncio_read_answers_as_the_blocking_one(online: OnlineStore) -> None:
+    """Redis's asyncio read (what the service awaits on its loop) gives the blocking read's
+    rows and ranges, value for value; SQLite has none (its reads stay on the loop's thread)."""
+    online.write(DEPARTURE_EVENTS, events(("a", "LGA", "N1", 0, 10.0), ("b", "LGA", "N2", 5, None)))
+    lookups = [OnlineLookup(STREAM_PROGRESS, [("departures",)])]
+    ranges = [by_origin("LGA", 0, 10), by_origin("EWR", 0, 10)]
+    if not isinstance(online, AsyncOnlineReads):
+        assert isinstance(online, SQLiteOnlineStore)
+        return
+
+    async def read_twice() -> list[object]:
+        try:
+            # twice: the second reuses the loop's client and its loaded script
+            return [await online.read_rows_and_ranges_async(lookups, ranges) for _ in range(2)]
+        finally:
+            await online.aclose()
+
+    expected = online.read_rows_and_ranges(lookups, ranges)
+    assert asyncio.run(read_twice()) == [expected, expected]
+    assert [r["flight_id"] for r in expected[1][0][0]] == ["a", "b"]
+    # A new loop (another run) gets a client of its own.
+    assert asyncio.run(read_twice())[0] == expected
+
+
+def test_an_unreachable_redis_fails_the_asyncio_read_with_store_unavailable() -> None:
+    store = RedisOnlineStore("redis://127.0.0.1:1/0", namespace="nowhere", timeout_s=0.5)
+
+    async def read() -> None:
+        try:
+            await store.read_rows_and_ranges_async([], [by_origin("LGA", 0, 10)])
+        finally:
+            await store.aclose()
+
+    with pytest.raises(StoreUnavailable, match="Redis online store"):
+        asyncio.run(read())
+    store.close()
 
 
 def test_a_lookup_on_an_index_the_group_lacks_is_refused() -> None:
