@@ -104,6 +104,8 @@ def instrument(runtime: Any) -> StageClock:
     clock.wrap(requests, "flights_as_of", "parse")
     clock.wrap(runtime.store.store, "get_online_rows", "store read")
     clock.wrap(runtime.store.store, "get_online_rows_and_ranges", "store read")
+    if runtime.store.store.online_async is not None:  # Redis: the read awaited on the loop
+        clock.wrap(runtime.store.store.online_async, "read_rows_and_ranges_async", "store read")
     clock.wrap(feature_view, "online_fresh_reads", "fresh features")
     clock.wrap(feature_view, "online_fresh_columns", "fresh features")
     clock.wrap(feature_view, "on_demand_columns", "on-demand")
