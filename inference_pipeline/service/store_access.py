@@ -36,19 +36,14 @@ class StoreAccess:
         """Run a blocking store call on a store thread, answered by ``due`` (loop time;
         default: within the online timeout from now)."""
         loop = asyncio.get_running_loop()
-        try:
-            # asyncio.timeout, not wait_for: no extra task per call (Python 3.11).
-            async with asyncio.timeout_at(loop.time() + self.timeout_s if due is None else due):
-                return await loop.run_in_executor(self._threads, fn, *args)
-        except TimeoutError as exc:
-            raise StoreUnavailable(
-                f"online feature store did not answer within {self.timeout_s:g} s"
-            ) from exc
+        return await self.awaited(loop.run_in_executor(self._threads, fn, *args), due=due)
 
     async def awaited(self, read: Awaitable[T], *, due: float | None = None) -> T:
-        """Await an asyncio store read, answered by ``due`` as `call` is."""
+        """Await a store read (an asyncio one, or `call`'s thread), answered by ``due`` (loop
+        time; default: within the online timeout from now) or `StoreUnavailable`."""
         loop = asyncio.get_running_loop()
         try:
+            # asyncio.timeout, not wait_for: no extra task per call (Python 3.11).
             async with asyncio.timeout_at(loop.time() + self.timeout_s if due is None else due):
                 return await read
         except TimeoutError as exc:

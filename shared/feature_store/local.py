@@ -42,6 +42,9 @@ class LocalFeatureStore:
         self.offline = offline
         self.online = online
         self.pit_join = pit_join
+        # Looked up once: the service asks for it per batch, and a protocol isinstance check
+        # inspects the class each time.
+        self._online_async = online if isinstance(online, AsyncOnlineReads) else None
 
     @property
     def online_reads_in_process(self) -> bool:
@@ -49,7 +52,7 @@ class LocalFeatureStore:
 
     @property
     def online_async(self) -> AsyncOnlineReads | None:
-        return self.online if isinstance(self.online, AsyncOnlineReads) else None
+        return self._online_async
 
     def register(self, group: FeatureGroup) -> None:
         self.offline.register(group)

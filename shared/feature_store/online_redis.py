@@ -224,7 +224,10 @@ class RedisOnlineStore:
         try:
             return action()
         except redis.RedisError as exc:
-            raise StoreUnavailable(f"Redis online store {self.url}: {what} failed: {exc}") from exc
+            raise self._unavailable(what, exc) from exc
+
+    def _unavailable(self, what: str, exc: redis.RedisError) -> StoreUnavailable:
+        return StoreUnavailable(f"Redis online store {self.url}: {what} failed: {exc}")
 
     # -- rows ------------------------------------------------------------------------------
 
@@ -293,9 +296,7 @@ class RedisOnlineStore:
             try:
                 replies = await script(keys=plan.sets, args=[orjson.dumps(plan.bounds)])
             except redis.RedisError as exc:
-                raise StoreUnavailable(
-                    f"Redis online store {self.url}: online read failed: {exc}"
-                ) from exc
+                raise self._unavailable("online read", exc) from exc
         return self._answer(plan, lookups, ranges, replies)
 
     def _plan_read(
