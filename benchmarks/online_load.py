@@ -696,6 +696,25 @@ def materialize_into_redis(root: Path, url: str, namespace: str) -> dict[str, An
     return {"namespace": namespace, "keys": keys, "seconds": time.perf_counter() - began}
 
 
+def add_online_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--online`` and ``--redis-url``, as this benchmark and ``request_profile.py`` take them."""
+    parser.add_argument(
+        "--online",
+        choices=["sqlite", "redis"],
+        default="sqlite",
+        help="online store read: the root's SQLite file, or a real Redis the root's online "
+        "groups are materialized into (results under <name>_redis.json)",
+    )
+    parser.add_argument(
+        "--redis-url", default="redis://127.0.0.1:6379/0", help="for --online redis"
+    )
+
+
+def results_name(name: str, args: argparse.Namespace) -> str:
+    """The results file's name: ``name``, with ``_redis`` for ``--online redis``."""
+    return name if args.online == "sqlite" else f"{name}_{args.online}"
+
+
 def drop_redis_namespace(url: str, namespace: str) -> None:
     import redis
 
@@ -940,16 +959,7 @@ def main() -> None:
         default=1,
         help="the 1-flight case --py-spy samples (default 1 connection)",
     )
-    parser.add_argument(
-        "--online",
-        choices=["sqlite", "redis"],
-        default="sqlite",
-        help="online store the services read: the root's SQLite file, or a real Redis the "
-        "root's online groups are materialized into (results/online_load_redis.json)",
-    )
-    parser.add_argument(
-        "--redis-url", default="redis://127.0.0.1:6379/0", help="for --online redis"
-    )
+    add_online_arguments(parser)
     parser.add_argument("--bare-app", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_app is not None:
@@ -1033,7 +1043,7 @@ def main() -> None:
     if gil:
         shares = ", ".join(f"{k} {v:.0%}" for k, v in gil["share_by_work"].items())
         print(f"GIL held at {conns} connection(s) ({gil['samples']} samples): {shares}")
-    path = write_results(NAME if args.online == "sqlite" else f"{NAME}_{args.online}", payload)
+    path = write_results(results_name(NAME, args), payload)
     print(f"wrote {path.relative_to(REPO_ROOT)}")
 
 

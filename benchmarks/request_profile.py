@@ -48,10 +48,12 @@ use_repo_packages()
 
 from online_load import (  # noqa: E402
     _serving_leftovers,
+    add_online_arguments,
     drop_redis_namespace,
     materialize_into_redis,
     real_flights,
     request_bodies,
+    results_name,
 )
 
 NAME = "request_profile"
@@ -244,15 +246,7 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=300, help="requests per case")
     parser.add_argument("--profile-out", type=Path, help="also write the cProfile stats here")
-    parser.add_argument(
-        "--online",
-        choices=["sqlite", "redis"],
-        default="sqlite",
-        help="online store: the root's SQLite file, or a real Redis it is materialized into",
-    )
-    parser.add_argument(
-        "--redis-url", default="redis://127.0.0.1:6379/0", help="for --online redis"
-    )
+    add_online_arguments(parser)
     args = parser.parse_args()
     payload = run(args)
     stages = list(payload["100"]["stage_ms_median"])
@@ -279,7 +273,7 @@ def main() -> None:
         rows,
     )
     print(payload["cprofile_100_flights_tottime_top25"])
-    path = write_results(NAME if args.online == "sqlite" else f"{NAME}_{args.online}", payload)
+    path = write_results(results_name(NAME, args), payload)
     print(f"wrote {path.relative_to(REPO_ROOT)}")
 
 
