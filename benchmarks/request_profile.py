@@ -1,4 +1,5 @@
-"""Where a prediction request's time goes, in process: one flight and 100 flights per request.
+"""Where a prediction request's time goes, in process: 1, 8 and 100 flights per request (8: the
+batch that 16 connections' one-flight requests coalesce into, about 8 a batch).
 
 The service's runtime is started here as ``serve`` starts it (managed Triton, the copied data
 root's champion, the prediction log on), and ``answer_predictions`` (what both HTTP paths
@@ -57,7 +58,8 @@ from online_load import (  # noqa: E402
 )
 
 NAME = "request_profile"
-SIZES = (1, 100)
+# Flights per request; 8 is the coalesced batch of the 16-connection case of online_load.py.
+SIZES = (1, 8, 100)
 
 
 class StageClock:

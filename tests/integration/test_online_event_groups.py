@@ -168,6 +168,44 @@ def test_the_asyncio_read_answers_as_the_blocking_one(online: OnlineStore) -> No
     assert asyncio.run(read_twice())[0] == expected
 
 
+def test_both_reads_survive_a_redis_restart(online: OnlineStore) -> None:
+    """What a Redis restart or failover does to a serving process's clients: their pooled
+    connections are closed by the server, and the server forgets the loaded read script. The
+    next read, blocking or on the loop, answers as before (one reconnect, the script loaded
+    again), with no error to serve."""
+    if not isinstance(online, RedisOnlineStore):
+        return
+    admin = redis.Redis.from_url(REDIS_URL)
+    before = {client["id"] for client in admin.client_list()}  # the store has none yet
+    online.write(DEPARTURE_EVENTS, events(("a", "LGA", "N1", 0, 10.0)))
+    ranges = [by_origin("LGA", 0, 10)]
+
+    def restart() -> None:
+        """The store's connections dropped and every script forgotten, as on a restart."""
+        opened = {client["id"] for client in admin.client_list()} - before
+        assert opened, "the store holds no connection of its own"
+        for client_id in opened:
+            admin.client_kill_filter(_id=client_id)
+        admin.script_flush()
+
+    async def read_across_a_restart() -> list[object]:
+        try:
+            answers = [await online.read_rows_and_ranges_async([], ranges)]
+            restart()
+            answers.append(await online.read_rows_and_ranges_async([], ranges))
+            return answers
+        finally:
+            await online.aclose()
+
+    try:
+        expected = online.read_rows_and_ranges([], ranges)
+        restart()
+        assert online.read_rows_and_ranges([], ranges) == expected
+        assert asyncio.run(read_across_a_restart()) == [expected, expected]
+    finally:
+        admin.close()
+
+
 def test_an_unreachable_redis_fails_the_asyncio_read_with_store_unavailable() -> None:
     store = RedisOnlineStore("redis://127.0.0.1:1/0", namespace="nowhere", timeout_s=0.5)
 
