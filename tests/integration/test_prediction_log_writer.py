@@ -420,10 +420,19 @@ def test_the_log_writer_process_serves_its_metrics_while_it_works(tmp_path: Path
             except OSError:
                 time.sleep(0.2)
         assert samples.get("fti_prediction_log_backlog_bytes") == 0, log_path.read_text()
+        appended_at = time.time()
         _append(_settings(tmp_path), ["a", "b", "c"])
+        # Until the commit is whole: its rows are counted when written, its time set last,
+        # once the records are acknowledged; a scrape can fall in between (and reads the
+        # metrics one after the other), so the figures are read from one scrape after that.
         while time.monotonic() < deadline:
             samples = _scrape(port)
-            if samples.get('fti_log_writer_rows_total{kind="append"}') == 6:
+            if (
+                samples.get('fti_log_writer_rows_total{kind="append"}') == 6
+                and samples.get("fti_log_writer_last_commit_timestamp_seconds", 0) >= appended_at
+                and samples.get("fti_prediction_log_backlog_bytes") == 0
+            ):
+                samples = _scrape(port)
                 break
             time.sleep(0.2)
         assert samples['fti_log_writer_rows_total{kind="append"}'] == 6, log_path.read_text()

@@ -267,11 +267,17 @@ def test_the_stream_process_serves_its_metrics_while_it_consumes(
     assert samples["fti_stream_micro_batches_total"] == 0
     RedisStreamPublisher(SHARED_REDIS, stream_key).publish(payloads)
     _wait(
-        lambda: scraped("fti_stream_acknowledged_messages_total", len(payloads)),
+        lambda: (
+            scraped("fti_stream_acknowledged_messages_total", len(payloads))
+            and samples.get("fti_stream_last_commit_timestamp_seconds", 0) > 0
+        ),
         "every message acknowledged",
         240.0,
         consumer,
     )
+    # The commit is whole (its time is set last); a scrape reads the metrics one after the
+    # other and could have fallen in the middle of it, so the figures come from one more.
+    samples = _scrape(port)
     events, heartbeats, watermark = _expected(payloads[:-1])
     assert samples['fti_stream_messages_total{kind="event"}'] == events
     assert samples['fti_stream_messages_total{kind="heartbeat"}'] == heartbeats
