@@ -19,7 +19,13 @@ A prediction request passes through each once: HTTP (`app`, `routes`) -> the end
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
+import sys
+import threading
+import traceback
+from collections.abc import Coroutine
+from typing import Any
 
 from inference_pipeline.prediction_sink.configured import open_sink
 from inference_pipeline.service.background import BackgroundTasks
@@ -101,12 +107,55 @@ class ServiceRuntime:
         return self.triton.liveness_problem()
 
     async def close(self) -> None:
+        """Stop the background work and release every dependency, in order. Each awaited step
+        is bounded (`_bounded`): one that hangs is logged with what every task and thread was
+        doing, and the remaining steps still run (the prediction log sealed, the downloads
+        removed, the store closed)."""
         if self.triton.supervisor is not None:
             self.triton.supervisor.close()
-        await self.tasks.close()
+        await _bounded("background tasks", self.tasks.close())
         if self.prediction_log is not None:
             self.prediction_log.close()
-        await self.triton.close()
+        await _bounded("Triton client", self.triton.close())
         self.downloads.close()
         if self.store is not None:
-            await self.store.close()
+            await _bounded("feature store", self.store.close())
+
+
+# How long one step of the shutdown may take before it is left behind. A worker's shutdown
+# once hung in CI past the 60 s its supervisor was given, with nothing in its log to say on
+# what; Kubernetes gives a pod 30 s before it kills it.
+CLOSE_STEP_S = 5.0
+
+
+async def _bounded(what: str, closing: Coroutine[Any, Any, None]) -> None:
+    """Await ``closing`` for at most `CLOSE_STEP_S`; past that, log the stacks of every task
+    and thread (what it waits on) and leave it: it is cancelled with the loop's other tasks
+    when the server stops. Its own failure is raised, as before."""
+    step = asyncio.ensure_future(closing)
+    done, _ = await asyncio.wait({step}, timeout=CLOSE_STEP_S)
+    if step in done:
+        step.result()
+        return
+    log.error(
+        "shutdown: %s did not close within %g s; left behind. What each task and thread was "
+        "doing:\n%s",
+        what,
+        CLOSE_STEP_S,
+        _stacks(),
+    )
+
+
+def _stacks() -> str:
+    """The stack of every pending asyncio task of this loop and of every thread."""
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        if not task.done():
+            out.write(f"task {task.get_name()}:\n")
+            task.print_stack(limit=12, file=out)
+    frames = sys._current_frames()
+    for thread in threading.enumerate():
+        frame = frames.get(thread.ident) if thread.ident is not None else None
+        if frame is not None:
+            out.write(f"thread {thread.name}:\n{''.join(traceback.format_stack(frame, 12))}")
+    return out.getvalue()

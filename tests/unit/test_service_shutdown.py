@@ -1,0 +1,57 @@
+"""The service's shutdown is bounded: a dependency whose close hangs is named in the log with
+what it waits on, and the steps after it still run (a worker once hung past its supervisor's
+60 s with nothing in its log)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import pytest
+
+import inference_pipeline.service.runtime as runtime_module
+from inference_pipeline.service.metrics import ServiceMetrics
+from inference_pipeline.service.runtime import ServiceRuntime
+from inference_pipeline.settings import InferenceSettings
+
+
+def test_a_close_that_hangs_is_named_with_its_stack_and_the_rest_still_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(runtime_module, "CLOSE_STEP_S", 0.2)
+    runtime = ServiceRuntime(InferenceSettings(data_root=tmp_path), ServiceMetrics())
+    runtime.downloads.open()
+    downloads = runtime.downloads.own
+    assert downloads.is_dir()
+
+    async def the_triton_client_never_closes() -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(runtime.triton, "close", the_triton_client_never_closes)
+
+    async def shut_down() -> float:
+        began = time.monotonic()
+        await runtime.close()
+        return time.monotonic() - began
+
+    with caplog.at_level(logging.ERROR, logger=runtime_module.__name__):
+        took = asyncio.run(shut_down())
+    assert took < 2.0
+    assert not downloads.exists()  # the step after the hung one ran
+    [record] = [r for r in caplog.records if "did not close" in r.getMessage()]
+    message = record.getMessage()
+    assert "Triton client did not close within 0.2 s" in message
+    assert "the_triton_client_never_closes" in message  # the stack says where it waits
+
+
+def test_a_close_that_fails_still_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runtime = ServiceRuntime(InferenceSettings(data_root=tmp_path), ServiceMetrics())
+
+    async def the_triton_client_fails() -> None:
+        raise RuntimeError("close failed")
+
+    monkeypatch.setattr(runtime.triton, "close", the_triton_client_fails)
+    with pytest.raises(RuntimeError, match="close failed"):
+        asyncio.run(runtime.close())
