@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -283,3 +284,37 @@ def inference_settings(root: Path, triton: SharedTriton, tmp: Path, **overrides:
         **overrides,
     }
     return InferenceSettings(_env_file=None, **values)  # type: ignore[arg-type, call-arg]
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[tuple[str, dict[str, subprocess.Popen[bytes]]]]:
+    """A redis-server of the test's own, to pause (SIGSTOP) or kill: its URL, and a holder of
+    its process (a test may replace it with a restarted one)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed")
+    import redis
+
+    port = free_loopback_port()
+    process = subprocess.Popen(
+        [
+            *("redis-server", "--port", str(port), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no", "--dir", str(tmp_path)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis(port=port, socket_timeout=0.2).ping()
+            break
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise AssertionError("redis-server did not start") from None
+            time.sleep(0.05)
+    holder = {"process": process}
+    yield f"redis://127.0.0.1:{port}/0", holder
+    holder["process"].send_signal(signal.SIGCONT)  # a test that failed may leave it paused
+    holder["process"].terminate()
+    holder["process"].wait()
