@@ -59,9 +59,8 @@ class DependencyChecks:
             return CheckResult(False, "not opened")
         model = self._models.champion
         try:
-            version = await asyncio.wait_for(
-                asyncio.to_thread(registry.version_for, model.alias), self._registry_timeout_s
-            )
+            async with asyncio.timeout(self._registry_timeout_s):  # see `follow_aliases`
+                version = await asyncio.to_thread(registry.version_for, model.alias)
         except (TimeoutError, RegistryUnavailable) as exc:
             return CheckResult(False, str(exc) or "registry timed out")
         if version is None:

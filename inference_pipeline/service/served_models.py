@@ -211,10 +211,11 @@ class ServedModels:
         while True:
             await asyncio.sleep(self.settings.alias_poll_s)
             try:
-                version = await asyncio.wait_for(
-                    asyncio.to_thread(registry.version_for, self._champion_alias),
-                    self.settings.registry_timeout_s,
-                )
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the result of
+                # a call that completed as the task was cancelled, and drops the cancellation;
+                # this loop would then run on past the service's shutdown.
+                async with asyncio.timeout(self.settings.registry_timeout_s):
+                    version = await asyncio.to_thread(registry.version_for, self._champion_alias)
                 if version is not None and version != self.champion.version:
                     await self.switch(CHAMPION, version)
                 if self.settings.serves_challenger:

@@ -55,3 +55,39 @@ def test_a_close_that_fails_still_raises(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(runtime.triton, "close", the_triton_client_fails)
     with pytest.raises(RuntimeError, match="close failed"):
         asyncio.run(runtime.close())
+
+
+def test_alias_following_stops_when_cancelled_as_its_registry_call_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shutdown cancels the alias follower; a cancellation that arrives in the same loop
+    turn as the registry's answer must still end it. With ``asyncio.wait_for`` around the call
+    (Python 3.11) the answer was returned and the cancellation dropped, every time: the loop
+    polled on and `BackgroundTasks.close` waited on it."""
+    runtime = ServiceRuntime(
+        InferenceSettings(data_root=tmp_path, alias_poll_s=0), ServiceMetrics()
+    )
+    models = runtime.models
+
+    async def on_this_thread(fn, *args):  # type: ignore[no-untyped-def]
+        return fn(*args)  # the call answers within the loop turn that made it
+
+    monkeypatch.setattr(asyncio, "to_thread", on_this_thread)
+    calls: list[str] = []
+
+    async def follow_then_shut_down() -> bool:
+        loop = asyncio.get_running_loop()
+        follower = asyncio.ensure_future(models.follow_aliases())
+
+        class Registry:
+            def version_for(self, alias: str) -> None:
+                calls.append(alias)
+                loop.call_soon(follower.cancel)  # the shutdown, as the answer comes back
+
+        models.registry = Registry()  # type: ignore[assignment]
+        done, _ = await asyncio.wait({follower}, timeout=1.0)
+        follower.cancel()
+        return follower in done and follower.cancelled()
+
+    assert asyncio.run(follow_then_shut_down())
+    assert calls == ["champion"]
