@@ -59,7 +59,8 @@ def test_a_paused_redis_read_answers_503_by_its_deadline(
                 await access.awaited(
                     store.read_rows_and_ranges_async([], [LGA_BEFORE_T0]), due=began + left_s
                 )
-            assert loop.time() - began < max(left_s, 0.0) + 0.2
+            # The margin is for a busy machine; the bug this guards against took 2.0 s.
+            assert loop.time() - began < max(left_s, 0.0) + 0.5
         finally:
             holder["process"].send_signal(signal.SIGCONT)
         # The read left behind ends by its client's timeouts; the next read answers at once.
@@ -123,7 +124,7 @@ def test_a_cancelled_request_cancels_its_read() -> None:
         with pytest.raises(asyncio.CancelledError):
             await request
         await asyncio.sleep(0)
-        assert time.monotonic() - began < 0.1
+        assert time.monotonic() - began < 1.0  # not the read's 10 s
 
     try:
         run_on_uvloop(cancel_the_request)
