@@ -286,35 +286,60 @@ def inference_settings(root: Path, triton: SharedTriton, tmp: Path, **overrides:
     return InferenceSettings(_env_file=None, **values)  # type: ignore[arg-type, call-arg]
 
 
+@dataclass
+class RedisServer:
+    """A redis-server of the test's own, to pause (SIGSTOP), kill or start again on its port."""
+
+    port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start it (again, after a kill: empty, nothing is persisted) and wait until it
+        answers."""
+        import redis
+
+        self.process = subprocess.Popen(
+            [
+                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--dir", str(self.directory)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(port=self.port, socket_timeout=0.2).ping()
+                return
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    self.process.kill()
+                    raise AssertionError("redis-server did not start") from None
+                time.sleep(0.05)
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[tuple[str, dict[str, subprocess.Popen[bytes]]]]:
-    """A redis-server of the test's own, to pause (SIGSTOP) or kill: its URL, and a holder of
-    its process (a test may replace it with a restarted one)."""
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server not installed")
-    import redis
-
-    port = free_loopback_port()
-    process = subprocess.Popen(
-        [
-            *("redis-server", "--port", str(port), "--bind", "127.0.0.1"),
-            *("--save", "", "--appendonly", "no", "--dir", str(tmp_path)),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            redis.Redis(port=port, socket_timeout=0.2).ping()
-            break
-        except redis.RedisError:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise AssertionError("redis-server did not start") from None
-            time.sleep(0.05)
-    holder = {"process": process}
-    yield f"redis://127.0.0.1:{port}/0", holder
-    holder["process"].send_signal(signal.SIGCONT)  # a test that failed may leave it paused
-    holder["process"].terminate()
-    holder["process"].wait()
+    server = RedisServer(free_loopback_port(), tmp_path)
+    server.start()
+    yield server
+    assert server.process is not None
+    server.process.send_signal(signal.SIGCONT)  # a test that failed may leave it paused
+    server.process.terminate()
+    server.process.wait()

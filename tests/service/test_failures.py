@@ -41,6 +41,7 @@ from shared.registry import ModelRegistry, RegistrySettings
 from shared.settings import FeatureStoreSettings
 from tests.service.conftest import (
     MODEL_NAME,
+    RedisServer,
     RegisteredModel,
     ServiceProcess,
     SharedTriton,
@@ -297,9 +298,12 @@ def test_a_managed_triton_that_cannot_come_back_fails_liveness(
 
 
 def test_online_store_down_gives_503_then_recovers(
-    registered_model: RegisteredModel, triton: SharedTriton, tmp_path: Path, redis_server
-) -> None:  # type: ignore[no-untyped-def]
-    url, holder = redis_server
+    registered_model: RegisteredModel,
+    triton: SharedTriton,
+    tmp_path: Path,
+    redis_server: RedisServer,
+) -> None:
+    url = redis_server.url
     store_settings = dict(
         online_backend="redis", redis_url=url, redis_namespace="svc", online_timeout_s=0.5
     )
@@ -318,32 +322,14 @@ def test_online_store_down_gives_503_then_recovers(
     with TestClient(create_app(settings)) as client:
         ok = client.post("/v1/predictions", json=body)
         assert ok.status_code == 200 and ok.json()["predictions"][0]["missing_groups"] == []
-        holder["process"].kill()
-        holder["process"].wait()
+        redis_server.kill()
         began = time.monotonic()
         down = client.post("/v1/predictions", json=body)
         assert time.monotonic() - began < 2.0
         assert down.status_code == 503 and down.json()["dependency"] == "feature_store"
         assert client.get("/readyz").json()["checks"]["feature_store"]["ok"] is False
         # Back, but empty (no persistence): served again, every online group flagged missing.
-        port = int(url.rsplit(":", 1)[1].split("/")[0])
-        holder["process"] = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(tmp_path),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        redis_server.start()
         deadline, response = time.monotonic() + 15, down
         while time.monotonic() < deadline and response.status_code != 200:
             time.sleep(0.2)
@@ -359,13 +345,16 @@ def test_online_store_down_gives_503_then_recovers(
 
 
 def test_a_hung_store_answers_503_within_one_timeout_per_request(
-    registered_model: RegisteredModel, triton: SharedTriton, tmp_path: Path, redis_server
-) -> None:  # type: ignore[no-untyped-def]
+    registered_model: RegisteredModel,
+    triton: SharedTriton,
+    tmp_path: Path,
+    redis_server: RedisServer,
+) -> None:
     """Redis paused (SIGSTOP: connections are accepted, nothing is answered) under concurrent
     requests to the real service process: every 503 comes within the online timeout of its
     request's start, queued requests included (they took up to twice the timeout, waiting
     for the hung read ahead of them and then for their own); back to 200 on SIGCONT."""
-    url, holder = redis_server
+    url = redis_server.url
     namespace = f"hung-{uuid.uuid4().hex[:8]}"
     store = open_feature_store(
         FeatureStoreSettings(
@@ -414,17 +403,17 @@ def test_a_hung_store_answers_503_within_one_timeout_per_request(
         for thread in threads:
             thread.start()
         time.sleep(0.5)
-        holder["process"].send_signal(signal.SIGSTOP)
+        redis_server.signal(signal.SIGSTOP)
         paused = time.monotonic()
         time.sleep(4 * TIMEOUT_S)
-        holder["process"].send_signal(signal.SIGCONT)
+        redis_server.signal(signal.SIGCONT)
         resumed = time.monotonic()
         time.sleep(3.0)
         stop.set()
         for thread in threads:
             thread.join(timeout=30)
     finally:
-        holder["process"].send_signal(signal.SIGCONT)
+        redis_server.signal(signal.SIGCONT)
         stop.set()
         service.stop()
     failed = [a for a in answers if a[2] != 200]

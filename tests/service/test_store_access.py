@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Coroutine
@@ -23,6 +22,7 @@ from shared.feature_definitions import DEPARTURE_EVENTS
 from shared.feature_store.online_redis import RedisOnlineStore
 from shared.feature_store.protocol import OnlineRangeLookup
 from shared.recent_departures import epoch_us
+from tests.service.conftest import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -39,20 +39,21 @@ def run_on_uvloop(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
 
 @pytest.mark.parametrize("left_s", [-0.001, 0.0, 0.0005, 0.2])
 def test_a_paused_redis_read_answers_503_by_its_deadline(
-    redis_server: tuple[str, dict[str, subprocess.Popen[bytes]]], left_s: float
+    redis_server: RedisServer, left_s: float
 ) -> None:
     """A read on a connected client, due now, just past or just ahead (a request queued behind
     a hung read), or later. On Python 3.11 redis-py's asyncio client swallowed a cancellation
     that met its send (``asyncio.wait_for``), and such a read ran on to its socket timeout and
     retry: 2.0 s for each of the first three cases."""
-    url, holder = redis_server
-    store = RedisOnlineStore(url, namespace=f"deadline-{uuid.uuid4().hex[:8]}", timeout_s=TIMEOUT_S)
+    store = RedisOnlineStore(
+        redis_server.url, namespace=f"deadline-{uuid.uuid4().hex[:8]}", timeout_s=TIMEOUT_S
+    )
     access = StoreAccess(store, TIMEOUT_S)  # type: ignore[arg-type]  # its online part suffices
 
     async def read_when_paused() -> None:
         loop = asyncio.get_running_loop()
         await access.awaited(store.read_rows_and_ranges_async([], [LGA_BEFORE_T0]))  # connected
-        holder["process"].send_signal(signal.SIGSTOP)
+        redis_server.signal(signal.SIGSTOP)
         try:
             began = loop.time()
             with pytest.raises(StoreUnavailable, match="did not answer within 1 s"):
@@ -62,7 +63,7 @@ def test_a_paused_redis_read_answers_503_by_its_deadline(
             # The margin is for a busy machine; the bug this guards against took 2.0 s.
             assert loop.time() - began < max(left_s, 0.0) + 0.5
         finally:
-            holder["process"].send_signal(signal.SIGCONT)
+            redis_server.signal(signal.SIGCONT)
         # The read left behind ends by its client's timeouts; the next read answers at once.
         began = loop.time()
         rows, ranges = await access.awaited(store.read_rows_and_ranges_async([], [LGA_BEFORE_T0]))
