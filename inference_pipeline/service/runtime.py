@@ -19,12 +19,13 @@ A prediction request passes through each once: HTTP (`app`, `routes`) -> the end
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
 import sys
 import threading
 import traceback
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from inference_pipeline.prediction_sink.configured import open_sink
@@ -107,19 +108,22 @@ class ServiceRuntime:
         return self.triton.liveness_problem()
 
     async def close(self) -> None:
-        """Stop the background work and release every dependency, in order. Each awaited step
-        is bounded (`_bounded`): one that hangs is logged with what every task and thread was
-        doing, and the remaining steps still run (the prediction log sealed, the downloads
-        removed, the store closed)."""
+        """Stop the background work and release every dependency, in order. Every step runs,
+        whatever the steps before it did (the prediction log sealed, the downloads removed,
+        the store closed): one that hangs is left behind after `CLOSE_STEP_S` and logged with
+        what every task and thread was doing; one that fails is logged, and the first failure
+        is raised once every step has run."""
+        shutdown = _Shutdown()
         if self.triton.supervisor is not None:
-            self.triton.supervisor.close()
-        await _bounded("background tasks", self.tasks.close())
+            shutdown.run("Triton supervisor", self.triton.supervisor.close)
+        await shutdown.bounded("background tasks", self.tasks.close())
         if self.prediction_log is not None:
-            self.prediction_log.close()
-        await _bounded("Triton client", self.triton.close())
-        self.downloads.close()
+            shutdown.run("prediction log", self.prediction_log.close)
+        await shutdown.bounded("Triton client", self.triton.close())
+        shutdown.run("downloads", self.downloads.close)
         if self.store is not None:
-            await _bounded("feature store", self.store.close())
+            await shutdown.bounded("feature store", self.store.close())
+        shutdown.raise_first()
 
 
 # How long one step of the shutdown may take before it is left behind. A worker's shutdown
@@ -128,22 +132,61 @@ class ServiceRuntime:
 CLOSE_STEP_S = 5.0
 
 
-async def _bounded(what: str, closing: Coroutine[Any, Any, None]) -> None:
-    """Await ``closing`` for at most `CLOSE_STEP_S`; past that, log the stacks of every task
-    and thread (what it waits on) and leave it: it is cancelled with the loop's other tasks
-    when the server stops. Its own failure is raised, as before."""
-    step = asyncio.ensure_future(closing)
-    done, _ = await asyncio.wait({step}, timeout=CLOSE_STEP_S)
-    if step in done:
-        step.result()
-        return
-    log.error(
-        "shutdown: %s did not close within %g s; left behind. What each task and thread was "
-        "doing:\n%s",
-        what,
-        CLOSE_STEP_S,
-        _stacks(),
-    )
+class _Shutdown:
+    """The steps of one shutdown: each runs whatever the others did, and their failures are
+    kept for the end."""
+
+    def __init__(self) -> None:
+        self._failures: list[Exception] = []
+
+    def run(self, what: str, close: Callable[[], None]) -> None:
+        try:
+            close()
+        except Exception as exc:
+            self._failed(what, exc)
+
+    async def bounded(self, what: str, closing: Coroutine[Any, Any, None]) -> None:
+        """Await ``closing`` for at most `CLOSE_STEP_S`; past that, log the stacks of every
+        task and thread (what it waits on) and leave it: it is cancelled with the loop's other
+        tasks when the server stops, and a failure it ends with later is logged then."""
+        step = asyncio.ensure_future(closing)
+        done, _ = await asyncio.wait({step}, timeout=CLOSE_STEP_S)
+        if step in done:
+            if step.cancelled():
+                log.error("shutdown: closing the %s was cancelled", what)
+            elif isinstance(exc := step.exception(), Exception):
+                self._failed(what, exc)
+            elif exc is not None:  # KeyboardInterrupt, SystemExit: not ours to hold
+                raise exc
+            return
+        log.error(
+            "shutdown: %s did not close within %g s; left behind. What each task and thread "
+            "was doing:\n%s",
+            what,
+            CLOSE_STEP_S,
+            _stacks(),
+        )
+        step.add_done_callback(functools.partial(_failed_late, what))
+
+    def raise_first(self) -> None:
+        if self._failures:
+            raise self._failures[0]
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        log.error("shutdown: closing the %s failed: %s: %s", what, type(exc).__name__, exc)
+        self._failures.append(exc)
+
+
+def _failed_late(what: str, step: asyncio.Future[None]) -> None:
+    """A step left behind ended: its failure, if any, is logged (retrieved, so asyncio does not
+    report it as never retrieved)."""
+    if not step.cancelled() and (exc := step.exception()) is not None:
+        log.error(
+            "shutdown: closing the %s failed after it was left behind: %s: %s",
+            what,
+            type(exc).__name__,
+            exc,
+        )
 
 
 def _stacks() -> str:

@@ -46,15 +46,67 @@ def test_a_close_that_hangs_is_named_with_its_stack_and_the_rest_still_closes(
     assert "the_triton_client_never_closes" in message  # the stack says where it waits
 
 
-def test_a_close_that_fails_still_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_close_that_fails_is_raised_after_every_other_step_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     runtime = ServiceRuntime(InferenceSettings(data_root=tmp_path), ServiceMetrics())
+    runtime.downloads.open()
+    downloads = runtime.downloads.own
 
     async def the_triton_client_fails() -> None:
         raise RuntimeError("close failed")
 
+    class PredictionLog:
+        def close(self) -> None:
+            raise OSError("disk gone")
+
+    class Store:
+        closed = False
+
+        async def close(self) -> None:
+            self.closed = True
+
+    store = Store()
     monkeypatch.setattr(runtime.triton, "close", the_triton_client_fails)
-    with pytest.raises(RuntimeError, match="close failed"):
+    monkeypatch.setattr(runtime, "prediction_log", PredictionLog())
+    monkeypatch.setattr(runtime, "store", store)
+    with (
+        caplog.at_level(logging.ERROR, logger=runtime_module.__name__),
+        pytest.raises(OSError, match="disk gone"),  # the first failure, in shutdown order
+    ):
         asyncio.run(runtime.close())
+    assert not downloads.exists() and store.closed  # the steps after both failures ran
+    logged = [r.getMessage() for r in caplog.records]
+    assert "shutdown: closing the prediction log failed: OSError: disk gone" in logged
+    assert "shutdown: closing the Triton client failed: RuntimeError: close failed" in logged
+
+
+def test_a_close_left_behind_that_fails_later_is_logged_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(runtime_module, "CLOSE_STEP_S", 0.1)
+    runtime = ServiceRuntime(InferenceSettings(data_root=tmp_path), ServiceMetrics())
+    unretrieved: list[dict[str, object]] = []
+
+    async def the_triton_client_fails_late() -> None:
+        await asyncio.sleep(0.3)
+        raise RuntimeError("closed too late")
+
+    monkeypatch.setattr(runtime.triton, "close", the_triton_client_fails_late)
+
+    async def shut_down_then_stay() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, c: unretrieved.append(c))
+        await runtime.close()  # leaves the Triton client behind after 0.1 s
+        await asyncio.sleep(0.5)  # the server's loop runs on: the step fails meanwhile
+
+    with caplog.at_level(logging.ERROR, logger=runtime_module.__name__):
+        asyncio.run(shut_down_then_stay())
+    logged = [r.getMessage() for r in caplog.records]
+    assert (
+        "shutdown: closing the Triton client failed after it was left behind: "
+        "RuntimeError: closed too late" in logged
+    )
+    assert not unretrieved  # asyncio had no "exception was never retrieved" to report
 
 
 def test_alias_following_stops_when_cancelled_as_its_registry_call_answers(
