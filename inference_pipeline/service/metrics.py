@@ -3,10 +3,41 @@ one process, as in tests, never collide)."""
 
 from __future__ import annotations
 
+from collections import Counter as Counts
+from collections.abc import Iterable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily
 
 # Latency buckets from 0.5 ms to 5 s: one-flight requests take a few ms, a 503 takes the timeout.
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class ImputedFeatures:
+    """``fti_imputed_features_total{feature}``: plain counts, exposed through the registry's
+    custom-collector interface when scraped (no ``_created`` series). A one-flight request of
+    the benchmark's day misses 11 to 23 features: one locked ``Counter.inc`` each took 8-15 us
+    of the request, one ``collections.Counter.update`` per flight (C) takes 1-1.5 us, about 2%
+    of a request's CPU at 16 connections."""
+
+    name = "fti_imputed_features"
+    documentation = "Features missing at serving time, by feature"
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._counts: Counts[str] = Counts()
+        registry.register(self)
+
+    def add(self, features: Iterable[str]) -> None:
+        self._counts.update(features)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=["feature"])
+        for feature, count in sorted(self._counts.items()):  # a copy taken in one C call
+            family.add_metric([feature], count)
+        yield family
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.name, self.documentation, labels=["feature"])
 
 
 class _Stages:
@@ -48,13 +79,7 @@ class ServiceMetrics:
         self.errors = Counter(
             "fti_prediction_errors", "Failed predictions by cause", ["cause"], registry=r
         )
-        self.imputed = Counter(
-            "fti_imputed_features",
-            "Features missing at serving time, by feature",
-            ["feature"],
-            registry=r,
-        )
-        self._imputed: dict[str, Counter] = {}
+        self.imputed = ImputedFeatures(r)
         self.prediction_log_rows = Counter(
             "fti_prediction_log_rows", "Prediction log rows by outcome", ["outcome"], registry=r
         )
@@ -89,14 +114,6 @@ class ServiceMetrics:
         self.shadow_failures = Counter(
             "fti_shadow_failures", "Shadow scorings that failed (never seen by clients)", registry=r
         )
-
-    def imputed_feature(self, feature: str) -> Counter:
-        """The imputed-features counter of ``feature``, its child looked up once (a request
-        with a dozen features missing paid a dozen ``labels()`` calls)."""
-        child = self._imputed.get(feature)
-        if child is None:
-            child = self._imputed[feature] = self.imputed.labels(feature)
-        return child
 
     def set_model(self, version: str, alias: str, triton_name: str) -> None:
         self.model_version.set(float(version))

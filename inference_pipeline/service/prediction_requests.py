@@ -12,7 +12,6 @@ flights, and the answer is serialised once.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from typing import Any
 
 import orjson
@@ -60,12 +59,12 @@ async def answer_predictions(
     metrics.stages.total.observe(time.perf_counter() - began)
     metrics.flights.inc(len(flights))
     answers: list[dict[str, Any]] = [{}] * len(flights)
-    imputed: Counter[str] = Counter()
+    imputed = metrics.imputed
     for part in scored:
         version = part.model.version
         for i, row in enumerate(part.rows):
             report = part.inputs.reports[i]
-            imputed.update(report.missing_features)
+            imputed.add(report.missing_features)
             answers[row] = {
                 "flight_id": part.inputs.flight_ids[i],
                 "probability": part.probabilities[i],
@@ -76,10 +75,6 @@ async def answer_predictions(
                 "unknown_categories": report.unknown_categories,
                 "missing_groups": report.missing_groups,
             }
-    # One increment per feature and request: one per feature and flight was a fifth of a
-    # 100-flight request (benchmarks/request_profile.py).
-    for feature, count in imputed.items():
-        metrics.imputed_feature(feature).inc(count)
     versions = {part.model.version for part in scored}
     response = {
         "request_id": request_id,
