@@ -31,13 +31,16 @@ class ImputedFeatures:
         self._counts.update(features)
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily(self.name, self.documentation, labels=["feature"])
+        family = self._family()
         for feature, count in sorted(self._counts.items()):  # a copy taken in one C call
             family.add_metric([feature], count)
         yield family
 
     def describe(self) -> Iterator[CounterMetricFamily]:
-        yield CounterMetricFamily(self.name, self.documentation, labels=["feature"])
+        yield self._family()
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.name, self.documentation, labels=["feature"])
 
 
 class _Stages:
