@@ -339,7 +339,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(free_loopback_port(), tmp_path)
     server.start()
     yield server
+    server.signal(signal.SIGCONT)  # a test that failed may leave it paused
+    server.signal(signal.SIGTERM)
     assert server.process is not None
-    server.process.send_signal(signal.SIGCONT)  # a test that failed may leave it paused
-    server.process.terminate()
     server.process.wait()
