@@ -36,11 +36,11 @@ from shared.feature_definitions import (
 )
 from shared.feature_group import FeatureGroup
 from shared.feature_store import FeatureStore, OnlineLookup, OnlineRangeLookup
-from shared.feature_store.protocol import OnlineRange, OnlineRow
+from shared.feature_store.protocol import HeldRows, OnlineRange, OnlineRow
 from shared.flight_identity import local_day_start_utc
 from shared.prediction_time import PREDICTION_TIME, epoch_us, instant_of
 from shared.recent_departure_rows import MAX_QUERIES as ROW_PATH_MAX_QUERIES
-from shared.recent_departure_rows import recent_departure_rows
+from shared.recent_departure_rows import recent_departure_held, recent_departure_rows
 from shared.recent_departures import (
     EVENT_LOOKBACK,
     FEATURES,
@@ -268,8 +268,11 @@ def online_fresh_columns(
         if watermark is None
         else online_known_since(watermark, DEPARTURE_EVENTS.online_horizon)
     )
-    values = None
-    if len(reads.queries) <= ROW_PATH_MAX_QUERIES:  # a request's few flights: no numpy setup
+    # A request's few flights: no numpy setup; from the held rows' indexes where the store
+    # has them, else from the rows read.
+    few = len(reads.queries) <= ROW_PATH_MAX_QUERIES
+    values = held_fresh_values(fresh, reads, found, watermark, known_since) if few else None
+    if values is None and few:
         values = recent_departure_rows(
             events,
             schedule_rows,
@@ -288,3 +291,34 @@ def online_fresh_columns(
             known_since=known_since,
         )
     return {name: values[name] for name in fresh.features}
+
+
+def held_fresh_values(
+    fresh: FreshFeatures,
+    reads: FreshReads,
+    found: Sequence[Sequence[OnlineRange]],
+    watermark: int | None,
+    known_since: int | None,
+) -> dict[str, np.ndarray] | None:
+    """The features from the indexes kept with the store's held rows, where it answered every
+    range from memory (`HeldRows`: the SQLite store's range cache); None: it did not, or an
+    index declined."""
+    held: list[dict[Any, HeldRows]] = []
+    for lookup, ranges in zip(reads.ranges, found, strict=True):
+        by_key: dict[Any, HeldRows] = {}
+        for (key,), rows in zip(lookup.keys, ranges, strict=True):
+            if isinstance(rows, HeldRows):
+                by_key[key] = rows
+            elif rows:  # read with SQL (an empty range is not read at all)
+                return None
+        held.append(by_key)
+    origin_events, tail_events, origin_schedule = held
+    return recent_departure_held(
+        origin_events,
+        origin_schedule,
+        tail_events,
+        reads.queries,
+        covered_until=watermark,
+        tolerance_us=fresh.tolerance // _US,
+        known_since=known_since,
+    )

@@ -16,16 +16,19 @@ next write are served from memory. A table with no generation (written by an old
 this code, or by hand) is never cached.
 
 The rows handed out are the cache's own dicts, shared between reads: callers read them only.
+Each range comes as `HeldRows`: with the key's held rows and a memo dict for what a caller
+derives from them, both replaced (never changed) when the key's rows are read again.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shared.feature_store.online_sqlite_cache import CachedTable, GenerationCache
+from shared.feature_store.protocol import HeldRows
 
 # Bounds the memory (a departure event is a dict of 8 values, about 1 KiB): past this many rows,
 # a table's cache starts over. A day of 2013 departures is about 1,000 rows per index table.
@@ -41,6 +44,7 @@ class _Span:
     since: int  # every stored row of the key at or after this instant is held
     instants: list[int]
     rows: list[dict[str, Any]]
+    memo: dict[Any, Any] = field(default_factory=dict)  # HeldRows.memo
 
 
 class RangeCache(GenerationCache[_Span]):
@@ -61,8 +65,8 @@ class RangeCache(GenerationCache[_Span]):
         read_since: ReadSince,
     ) -> list[list[dict[str, Any]]] | None:
         """Per lookup, the key's rows with ``start <= event_at < end``, oldest first, like the
-        SQL read; ``read_since`` fetches what is not held yet. None: the table is not cached
-        (no generation), read it with SQL."""
+        SQL read (as `HeldRows`, where the key is held); ``read_since`` fetches what is not
+        held yet. None: the table is not cached (no generation), read it with SQL."""
         table = self._table(table_name)
         if table is None:
             return None
@@ -85,7 +89,8 @@ class RangeCache(GenerationCache[_Span]):
                 found.append([])
                 continue
             instants = span.instants
-            found.append(span.rows[bisect_left(instants, start) : bisect_left(instants, end)])
+            rows = span.rows[bisect_left(instants, start) : bisect_left(instants, end)]
+            found.append(HeldRows(rows, span.rows, span.memo))
         return found
 
     def _hold(

@@ -105,6 +105,27 @@ OnlineRow = dict[str, Any] | None
 OnlineRange = list[dict[str, Any]]
 
 
+class HeldRows(list[dict[str, Any]]):
+    """An `OnlineRange` answered from rows the store holds in memory for the key.
+
+    ``held`` is every row the store holds for the key, oldest first: the range's rows and
+    those around it (from the earliest instant any read asked for, to the newest stored). A
+    store never changes a held list: when the key's rows change it holds a new one, with a new
+    ``memo``. ``memo`` is a dict for the caller, shared by every read answered from the same
+    held rows, to keep what it derives from them (`shared.fresh_features` keeps its window
+    index there); it lives as long as the store holds those rows. Callers read ``held`` and
+    the rows only."""
+
+    __slots__ = ("held", "memo")
+
+    def __init__(
+        self, rows: list[dict[str, Any]], held: list[dict[str, Any]], memo: dict[Any, Any]
+    ) -> None:
+        super().__init__(rows)
+        self.held = held
+        self.memo = memo
+
+
 @dataclass(frozen=True)
 class OnlineRangeLookup:
     """Ranges to read in one event group (a group with ``online_indexes``): for each key (the

@@ -19,7 +19,7 @@ from shared.feature_definitions import DEPARTURE_EVENTS
 from shared.feature_store.online_sqlite import SQLiteOnlineStore
 from shared.feature_store.online_sqlite_cache import GENERATIONS_TABLE
 from shared.feature_store.online_sqlite_events import index_table
-from shared.feature_store.protocol import OnlineRangeLookup
+from shared.feature_store.protocol import HeldRows, OnlineRangeLookup
 from shared.recent_departures import epoch_us
 from tests.integration.test_online_event_groups import T0, by_origin, events
 
@@ -186,3 +186,24 @@ def test_a_read_far_before_the_held_days_scans_only_those_days(
     assert _read(cached, [by_origin("EWR", -months, 90)]) == [
         [[("a", _minutes(0), 10.0), ("b", _minutes(60), 1.0)]]
     ]
+
+
+def test_a_range_read_from_memory_comes_with_the_held_rows_and_their_memo(
+    cached: SQLiteOnlineStore,
+) -> None:
+    """`HeldRows`: the key's held rows, and one memo per held rows, shared by every read they
+    answer and replaced with them (a write, or a read from before what is held)."""
+    cached.write(DEPARTURE_EVENTS, events(("a", "EWR", "N1", 0, 10.0), ("b", "EWR", "N1", 30, 2.0)))
+    [[first]] = cached.read_ranges([by_origin("EWR", -60, 10)])
+    [[second]] = cached.read_ranges([by_origin("EWR", 20, 60)])
+    assert isinstance(first, HeldRows) and isinstance(second, HeldRows)
+    assert [r["flight_id"] for r in first] == ["a"] and [r["flight_id"] for r in second] == ["b"]
+    assert [r["flight_id"] for r in first.held] == ["a", "b"]
+    assert first.memo is second.memo
+    first.memo["derived"] = 1
+    [[earlier]] = cached.read_ranges([by_origin("EWR", -120, 10)])  # held again from -120
+    assert earlier.memo is not first.memo and "derived" not in earlier.memo
+    cached.write(DEPARTURE_EVENTS, events(("c", "EWR", "N2", 40, 1.0)))
+    [[after]] = cached.read_ranges([by_origin("EWR", -120, 60)])
+    assert after.memo is not earlier.memo
+    assert [r["flight_id"] for r in after.held] == ["a", "b", "c"]
