@@ -16,6 +16,12 @@ the vectorised path: a departure at a query's origin whose delay is missing or n
 of minutes (sums of fractional delays round differently in a different order, and a missing one
 makes the vectorised path's sums NaN from there on; whole minutes, as the data hold, sum exactly
 in any order).
+
+Indexing the rows is most of the cost (a pass over every row a batch read). Where the store
+answers from rows it holds in memory (`HeldRows`: the SQLite store), :func:`recent_departure_held`
+keeps the index with them, built once per key until the store's rows change, and a batch pays
+only its queries' bisections; it declines (the caller takes :func:`recent_departure_rows`)
+wherever reading the held rows instead of the batch's could change a number.
 """
 
 from __future__ import annotations
