@@ -58,23 +58,18 @@ def main() -> None:
 
     from inference_pipeline.model_artifact import load_serving_model
     from inference_pipeline.settings import InferenceSettings
-    from shared.feature_definitions import DEPARTURE_EVENTS
     from shared.feature_store import open_feature_store
     from shared.fresh_features import (
         FreshFeatures,
         FreshReads,
         held_fresh_values,
+        online_fresh_known_since,
         online_fresh_reads,
         online_fresh_rows,
     )
     from shared.prediction_time import epoch_us
     from shared.recent_departure_rows import MAX_QUERIES, recent_departure_rows
-    from shared.recent_departures import (
-        DepartureLog,
-        Schedule,
-        online_known_since,
-        recent_departure_features,
-    )
+    from shared.recent_departures import DepartureLog, Schedule, recent_departure_features
     from shared.registry import ModelRegistry
 
     settings = InferenceSettings(data_root=args.data_root)
@@ -104,9 +99,7 @@ def main() -> None:
         reads = online_fresh_reads(requests, times)
         found, ranges = store.get_online_rows_and_ranges([reads.progress], reads.ranges)
         events, schedule, watermark = online_fresh_rows(found[0], ranges)
-        known = None
-        if watermark is not None:
-            known = online_known_since(watermark, DEPARTURE_EVENTS.online_horizon)
+        known = online_fresh_known_since(watermark)
         return Batch(events, schedule, reads, ranges, watermark, known)
 
     def held_path(b: Batch) -> Any:

@@ -250,9 +250,20 @@ def online_fresh_rows(
     """What the store answered to a batch's fresh reads as (event rows, schedule rows, the
     stream's watermark or None): the origins' and the aircraft's events together."""
     origin_events, tail_events, schedule = found
-    watermark = progress[0]["watermark"] if progress and progress[0] is not None else None
     events = [row for rows in (*origin_events, *tail_events) for row in rows]
-    return events, [row for rows in schedule for row in rows], watermark
+    return events, [row for rows in schedule for row in rows], online_watermark(progress)
+
+
+def online_watermark(progress: Sequence[OnlineRow]) -> int | None:
+    """The stream's watermark the store answered (epoch us), or None: none yet."""
+    return progress[0]["watermark"] if progress and progress[0] is not None else None
+
+
+def online_fresh_known_since(watermark: int | None) -> int | None:
+    """The first instant the online store surely still holds, by the stream's watermark."""
+    if watermark is None:
+        return None
+    return online_known_since(watermark, DEPARTURE_EVENTS.online_horizon)
 
 
 def online_fresh_columns(
@@ -262,17 +273,16 @@ def online_fresh_columns(
     found: Sequence[Sequence[OnlineRange]],
 ) -> dict[str, np.ndarray]:
     """The fresh features of the requests, from what the store answered to ``reads``."""
-    events, schedule_rows, watermark = online_fresh_rows(progress, found)
-    known_since = (
-        None
-        if watermark is None
-        else online_known_since(watermark, DEPARTURE_EVENTS.online_horizon)
-    )
+    watermark = online_watermark(progress)
+    known_since = online_fresh_known_since(watermark)
     # A request's few flights: no numpy setup; from the held rows' indexes where the store
-    # has them, else from the rows read.
+    # has them (the rows read are then not gathered at all), else from the rows read.
     few = len(reads.queries) <= ROW_PATH_MAX_QUERIES
     values = held_fresh_values(fresh, reads, found, watermark, known_since) if few else None
-    if values is None and few:
+    if values is not None:
+        return {name: values[name] for name in fresh.features}
+    events, schedule_rows, _ = online_fresh_rows(progress, found)
+    if few:
         values = recent_departure_rows(
             events,
             schedule_rows,

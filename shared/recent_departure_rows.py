@@ -396,9 +396,8 @@ def _index_tail(event_rows: list[dict[str, Any]]) -> _Line | None:
         by_origin.setdefault(origin, []).append(row)
         if not cancelled:
             departures.append(((moment, flight), delay))
-    departures.sort(key=_FIRST)
-    marks = [m for m, _ in departures]
-    return _Line(marks, [d for _, d in departures], frozenset(flights), by_origin)
+    marks, delays = _in_time_order(departures)
+    return _Line(marks, delays, frozenset(flights), by_origin)
 
 
 class _Aircraft:
@@ -420,9 +419,17 @@ class _Aircraft:
         """The aircraft's (time, flight id) marks and delays, oldest first."""
         found = self._sorted.get(tail)
         if found is None:
-            pairs = sorted(self._rows.get(tail, ()), key=itemgetter(0))
-            found = self._sorted[tail] = ([m for m, _ in pairs], [d for _, d in pairs])
+            found = self._sorted[tail] = _in_time_order(list(self._rows.get(tail, ())))
         return found
+
+
+def _in_time_order(
+    departures: list[tuple[tuple[int, Any], Any]],
+) -> tuple[list[tuple[int, Any]], list[Any]]:
+    """An aircraft's (time, flight id) marks and delays, oldest first (``departures`` is
+    sorted in place)."""
+    departures.sort(key=_FIRST)
+    return [m for m, _ in departures], [d for _, d in departures]
 
 
 class _Windows:
