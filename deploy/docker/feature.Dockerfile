@@ -6,10 +6,10 @@ FROM python:3.11-slim AS build
 ARG EXTRAS=feature
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY shared ./shared
 COPY feature_pipeline ./feature_pipeline
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir "numpy<2" ".[${EXTRAS}]"
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir --constraint constraints.txt "numpy<2" ".[${EXTRAS}]"
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 fti

@@ -6,10 +6,10 @@
 FROM python:3.11-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY orchestration ./orchestration
 COPY deploy/dagster ./dagster
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir ".[orchestration]"
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir --constraint constraints.txt ".[orchestration]"
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 fti \

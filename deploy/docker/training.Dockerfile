@@ -13,10 +13,10 @@ COPY --from=ghcr.io/astral-sh/uv:0.8 /uv /usr/local/bin/uv
 ENV UV_PYTHON_INSTALL_DIR=/opt/python UV_LINK_MODE=copy UV_NO_CACHE=1
 RUN uv venv --python 3.11 /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY shared ./shared
 COPY training_pipeline ./training_pipeline
-RUN uv pip install --python /opt/venv/bin/python "torch==2.13.0" "numpy<2" ".[${EXTRAS}]"
+RUN uv pip install --python /opt/venv/bin/python --constraint constraints.txt "torch==2.13.0" "numpy<2" ".[${EXTRAS}]"
 
 FROM ${CUDA_IMAGE}
 RUN useradd --create-home --uid 10001 fti

@@ -6,13 +6,13 @@
 FROM python:3.11-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY shared ./shared
 COPY inference_pipeline ./inference_pipeline
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu \
         "torch==2.13.0" \
-    && /opt/venv/bin/pip install --no-cache-dir "numpy<2" ".[inference]"
+    && /opt/venv/bin/pip install --no-cache-dir --constraint constraints.txt "numpy<2" ".[inference]"
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 fti
