@@ -504,9 +504,18 @@ def _unavailable_as_error(uri: str) -> Iterator[None]:
 
 
 def _unreachable(exc: BaseException) -> bool:
-    """Whether the HTTP client failed to reach the server: connection refused or reset, no
-    answer in time, or retries used up on 5xx answers. MLflow wraps these in a plain
-    MlflowException, the client's own exception in its chain (cause or context)."""
+    """Whether the server could not be reached or could not serve: connection refused or reset,
+    no answer in time, or retries used up on the answers MLflow retries (429 and 5xx).
+
+    The HTTP client's own exception, where MLflow wraps one (cause or context), tells the first
+    two. The last depends on the MLflow version: before 3.18 its client raised the client's
+    ``RetryError``; since, it returns the last answer and raises the error that answer names
+    (`RestException` for an MLflow error body, else an exception with the status's error code),
+    so the code tells it: 429, 503 and 504's own codes, and ``INTERNAL_ERROR`` where the server
+    answered it (a client-side MLflowException defaults to that code too, so only a
+    `RestException` counts). A proxy's 502 page without an MLflow body is left as it is: MLflow
+    gives it no code of its own."""
+    from mlflow.exceptions import RestException
     from requests import exceptions as http
 
     seen: BaseException | None = exc
@@ -514,4 +523,13 @@ def _unreachable(exc: BaseException) -> bool:
         if isinstance(seen, http.ConnectionError | http.RetryError | http.Timeout):
             return True
         seen = seen.__cause__ or seen.__context__
-    return False
+    code = getattr(exc, "error_code", None)
+    return code in _UNAVAILABLE_CODES or (isinstance(exc, RestException) and code == _SERVER_ERROR)
+
+
+# The error codes MLflow gives the answers it retries (429, 503, 504), as its exceptions carry
+# them (names: MLflow's ErrorCode enum), and the code of a 500.
+_UNAVAILABLE_CODES = frozenset(
+    {"TEMPORARILY_UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "REQUEST_LIMIT_EXCEEDED"}
+)
+_SERVER_ERROR = "INTERNAL_ERROR"

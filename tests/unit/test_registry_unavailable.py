@@ -13,7 +13,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from shared.errors import RegistryUnavailable
-from shared.registry import ModelRegistry, RegistrySettings
+from shared.registry import ModelRegistry, RegistrySettings, _unreachable
 
 pytestmark = pytest.mark.unit
 
@@ -86,3 +86,26 @@ def test_a_server_that_answers_an_error_is_not_an_outage(refusing_server: str) -
     with pytest.raises(MlflowException) as raised:
         _registry(refusing_server).next_version()
     assert not isinstance(raised.value, RegistryUnavailable)
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (500, b'{"error_code": "INTERNAL_ERROR", "message": "database is down"}'),
+        (504, b"<html>gateway timeout</html>"),  # a proxy's page: MLflow names it by its status
+        (429, b'{"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "slow down"}'),
+    ],
+    ids=["500 from MLflow", "504 from a proxy", "429"],
+)
+def test_every_answer_mlflow_retries_is_unavailable_once_retries_run_out(
+    status: int, body: bytes
+) -> None:
+    for url in _serving(status, body):
+        with pytest.raises(RegistryUnavailable, match="cannot be reached") as raised:
+            _registry(url).next_version()
+        assert isinstance(raised.value.__cause__, MlflowException)
+
+
+def test_an_mlflow_error_raised_without_a_server_is_not_an_outage() -> None:
+    # INTERNAL_ERROR is also the default code of MLflow's client-side errors.
+    assert not _unreachable(MlflowException("no such artifact path"))
