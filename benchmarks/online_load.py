@@ -27,7 +27,8 @@ keep-or-delete rule is one-flight requests/s at 16 connections (the service is b
 core: what a hand-written part saves is Python per request); the gain is taken per round
 against the library variant, and ``--rounds`` rounds give its range and median. Beside it, each
 service's CPU milliseconds per request (from ``/proc``), which the machine's other work
-disturbs less than requests/s, and the log writer's CPU over the same run per request (it
+disturbs less than requests/s, and its requests per coalesced batch (``fti_scored_batch_requests``
+between two scrapes of its ``/metrics``), and the log writer's CPU over the same run per request (it
 commits what the service answered, on the same cores). The whole machine's cost of a request is
 accounted too: Triton's CPU (server and Python-backend stubs), wrk's own (its rusage), their sum
 with the target's and the writer's (``machine_cpu_ms_per_request``) and the cores busy over the
@@ -360,7 +361,9 @@ def check_once(url: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def stage_totals(metrics_url: str) -> dict[str, tuple[float, float]]:
-    """Cumulative (seconds, count) per stage from the service's Prometheus histograms."""
+    """Cumulative (seconds, count) per stage from the service's Prometheus histograms, and
+    (requests, batches) under :data:`BATCHES` where the service counts its batches (a baseline
+    commit from before ``fti_scored_batch_requests`` does not)."""
     with urllib.request.urlopen(metrics_url, timeout=5) as response:
         text = response.read().decode()
     found: dict[str, dict[str, float]] = {}
@@ -368,7 +371,21 @@ def stage_totals(metrics_url: str) -> dict[str, tuple[float, float]]:
         r'^fti_prediction_stage_seconds_(sum|count)\{stage="(\w+)"\} (\S+)$', text, re.M
     ):
         found.setdefault(stage, {})[kind] = float(value)
+    for kind, value in re.findall(r"^fti_scored_batch_requests_(sum|count) (\S+)$", text, re.M):
+        found.setdefault(BATCHES, {})[kind] = float(value)
     return {s: (v.get("sum", 0.0), v.get("count", 0.0)) for s, v in found.items()}
+
+
+BATCHES = "batches"  # stage_totals' key of the batches' (requests, count)
+
+
+def mean_batch(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> float | None:
+    """Requests per coalesced batch over the observations made between two scrapes."""
+    requests, batches = after.get(BATCHES, (0.0, 0.0))
+    requests0, batches0 = before.get(BATCHES, (0.0, 0.0))
+    return (requests - requests0) / (batches - batches0) if batches > batches0 else None
 
 
 def stage_means_ms(
@@ -377,6 +394,8 @@ def stage_means_ms(
     """Mean milliseconds per stage over the observations made between two scrapes."""
     means = {}
     for stage, (total, count) in after.items():
+        if stage == BATCHES:
+            continue
         total0, count0 = before.get(stage, (0.0, 0.0))
         if count > count0:
             means[stage] = 1e3 * (total - total0) / (count - count0)
@@ -636,12 +655,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             used = cpu_seconds(pid) - before_s
                             result[key] = 1e3 * used / result["requests"]
                     result["machine_cpu_ms_per_request"] = machine_cpu_ms(result)
+                    if metrics and before is not None:
+                        after = stage_totals(metrics)
+                        batch = mean_batch(before, after)
+                        if batch is not None:
+                            result["mean_batch_requests"] = batch
+                        if target == "service":
+                            key = f"{case} x{connections}"
+                            stages.setdefault(key, []).append(stage_means_ms(before, after))
                     results.append(result)
                     print(_row_text(result), flush=True)
-                    if metrics and before is not None and target == "service":
-                        after = stage_totals(metrics)
-                        key = f"{case} x{connections}"
-                        stages.setdefault(key, []).append(stage_means_ms(before, after))
         summary = summarise(results, args.services)
         return {
             "flight_date": FLIGHT_DATE,
@@ -738,6 +761,7 @@ def _row_text(r: dict[str, Any]) -> str:
             if "log_writer_cpu_ms_per_request" in r
             else ""
         )
+        + (f", {r['mean_batch_requests']:.1f} a batch" if "mean_batch_requests" in r else "")
         + f", {r['errors']} errors, "
         f"load {r['load_average'][0]:.1f}"
     )
@@ -772,6 +796,7 @@ def summarise(results: list[dict[str, Any]], services: list[str]) -> list[dict[s
                 "wrk_cpu_ms_per_request",
                 "machine_cpu_ms_per_request",
                 "machine_busy_cores",
+                "mean_batch_requests",
             ):
                 values = [r[key] for r in runs if key in r]
                 if not values:

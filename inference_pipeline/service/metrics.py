@@ -78,6 +78,13 @@ class ServiceMetrics:
             registry=r,
         )
         self.stages = _Stages(self.stage_seconds)
+        self.batch_requests = Histogram(
+            "fti_scored_batch_requests",
+            "Requests scored together: concurrent requests for one model version share a "
+            "batch (one store read, MDT and Triton call); observed once per batch",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128),
+            registry=r,
+        )
         self.flights = Counter("fti_predicted_flights", "Flights scored", registry=r)
         self.errors = Counter(
             "fti_prediction_errors", "Failed predictions by cause", ["cause"], registry=r

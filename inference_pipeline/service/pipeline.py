@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,9 +54,15 @@ class _Job:
 
 
 class ScoringPipeline:
-    def __init__(self, store: StoreAccess, triton: TritonLink) -> None:
+    def __init__(
+        self,
+        store: StoreAccess,
+        triton: TritonLink,
+        batch_requests: Callable[[int], object] = lambda requests: None,
+    ) -> None:
         self._store = store
         self._triton = triton
+        self._batch_requests = batch_requests  # told each batch's number of requests
         # Per batch key: when the batch last in flight passed its store read.
         self._store_passed: dict[tuple[str, str], float] = {}
         self._batches: Coalescer[tuple[str, str], _Job, OnlineScores] = Coalescer(
@@ -72,6 +79,7 @@ class ScoringPipeline:
         client = self._triton.client
         if client is None:
             raise ModelServerUnavailable("Triton client not connected")
+        self._batch_requests(len(batch))
         model = batch[0].model
         flights = batch[0].flights if len(batch) == 1 else [f for job in batch for f in job.flights]
         store = self._store.store

@@ -80,7 +80,7 @@ class ServiceRuntime:
             sink = await asyncio.to_thread(open_sink, s)
             self.prediction_log = PredictionHandoff(sink, self.metrics, self.failures)
             self.prediction_log.start(self.tasks)
-        pipeline = ScoringPipeline(self.store, self.triton)
+        pipeline = ScoringPipeline(self.store, self.triton, self.metrics.batch_requests.observe)
         self._traffic = Traffic(
             s, self.metrics, self.failures, self.models, pipeline, self.tasks, self.prediction_log
         )

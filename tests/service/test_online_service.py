@@ -775,8 +775,10 @@ def test_concurrent_requests_share_one_batch_and_get_their_own_rows(
         request = PredictionRequest.model_validate_json(json.dumps({"flights": flights}))
         parts.append(flights_as_of(request, now_us()))
 
+    metrics = ServiceMetrics()
+
     async def scenario() -> tuple[list[Any], list[Any], dict[str, int]]:
-        runtime = ServiceRuntime(settings, ServiceMetrics())
+        runtime = ServiceRuntime(settings, metrics)
         await runtime.start()
         calls = {"triton": 0, "store": 0}
         try:
@@ -824,6 +826,11 @@ def test_concurrent_requests_share_one_batch_and_get_their_own_rows(
     assert len({p for s in alone for p in s.probabilities}) > 1  # the flights differ
     # The first request runs at once; the seven arriving meanwhile share the next batch.
     assert calls["triton"] == calls["store"] < len(sizes)
+    # fti_scored_batch_requests: one observation per batch, of its requests (alone, then
+    # together).
+    batches = metrics.registry.get_sample_value("fti_scored_batch_requests_count")
+    requests = metrics.registry.get_sample_value("fti_scored_batch_requests_sum")
+    assert (batches, requests) == (len(sizes) + calls["triton"], 2 * len(sizes))
 
 
 def test_model_downloads_are_removed_when_no_longer_served(
