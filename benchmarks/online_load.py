@@ -85,6 +85,8 @@ SERVICES = {
     "service-route": {"FTI_FAST_PREDICTIONS": "false"},
     # Opt-in (--service): two uvicorn worker processes sharing the benchmark's Triton.
     "service-2-workers": {"FTI_WORKERS": "2"},
+    # Opt-in: inference calls over gRPC (tritonclient.grpc.aio) instead of HTTP.
+    "service-grpc": {"FTI_TRITON_PROTOCOL": "grpc"},
 }
 DEFAULT_SERVICES = ["service", "service-route"]
 # --baseline REF adds the variant "service@REF": the default service of the commit REF (its
