@@ -362,10 +362,13 @@ def check_once(url: str, body: dict[str, Any]) -> dict[str, Any]:
         return payload
 
 
-def stage_totals(metrics_url: str) -> dict[str, tuple[float, float]]:
-    """Cumulative (seconds, count) per stage from the service's Prometheus histograms, and
-    (requests, batches) under :data:`BATCHES` where the service counts its batches (a baseline
-    commit from before ``fti_scored_batch_requests`` does not)."""
+Totals = tuple[float, float]  # a Prometheus histogram's cumulative (sum, count)
+
+
+def service_totals(metrics_url: str) -> tuple[dict[str, Totals], Totals | None]:
+    """From one scrape of the service's ``/metrics``: the cumulative (seconds, count) per
+    stage, and the (requests, batches) of ``fti_scored_batch_requests`` (None: a baseline
+    commit from before that metric)."""
     with urllib.request.urlopen(metrics_url, timeout=5) as response:
         text = response.read().decode()
     found: dict[str, dict[str, float]] = {}
@@ -373,31 +376,23 @@ def stage_totals(metrics_url: str) -> dict[str, tuple[float, float]]:
         r'^fti_prediction_stage_seconds_(sum|count)\{stage="(\w+)"\} (\S+)$', text, re.M
     ):
         found.setdefault(stage, {})[kind] = float(value)
-    for kind, value in re.findall(r"^fti_scored_batch_requests_(sum|count) (\S+)$", text, re.M):
-        found.setdefault(BATCHES, {})[kind] = float(value)
-    return {s: (v.get("sum", 0.0), v.get("count", 0.0)) for s, v in found.items()}
+    stages = {s: (v.get("sum", 0.0), v.get("count", 0.0)) for s, v in found.items()}
+    batch = dict(re.findall(r"^fti_scored_batch_requests_(sum|count) (\S+)$", text, re.M))
+    batches = (float(batch["sum"]), float(batch["count"])) if len(batch) == 2 else None
+    return stages, batches
 
 
-BATCHES = "batches"  # stage_totals' key of the batches' (requests, count)
-
-
-def mean_batch(
-    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
-) -> float | None:
+def mean_batch(before: Totals | None, after: Totals | None) -> float | None:
     """Requests per coalesced batch over the observations made between two scrapes."""
-    requests, batches = after.get(BATCHES, (0.0, 0.0))
-    requests0, batches0 = before.get(BATCHES, (0.0, 0.0))
-    return (requests - requests0) / (batches - batches0) if batches > batches0 else None
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
 
 
-def stage_means_ms(
-    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
-) -> dict[str, float]:
+def stage_means_ms(before: dict[str, Totals], after: dict[str, Totals]) -> dict[str, float]:
     """Mean milliseconds per stage over the observations made between two scrapes."""
     means = {}
     for stage, (total, count) in after.items():
-        if stage == BATCHES:
-            continue
         total0, count0 = before.get(stage, (0.0, 0.0))
         if count > count0:
             means[stage] = 1e3 * (total - total0) / (count - count0)
@@ -625,7 +620,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         url, sent = f"{bases[target]}/v1/predictions", bodies[size]
                     wrk(url, sent, connections, args.warmup, work)
                     metrics = f"{bases[target]}/metrics" if target.startswith("service") else None
-                    before = stage_totals(metrics) if metrics else None
+                    before = service_totals(metrics) if metrics else None
                     # Each process the run goes through -> its CPU so far. The log writer
                     # commits what the services answered: on this one host its CPU is taken
                     # from them, so it is part of what a request costs the machine.
@@ -658,13 +653,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             result[key] = 1e3 * used / result["requests"]
                     result["machine_cpu_ms_per_request"] = machine_cpu_ms(result)
                     if metrics and before is not None:
-                        after = stage_totals(metrics)
-                        batch = mean_batch(before, after)
+                        after = service_totals(metrics)
+                        batch = mean_batch(before[1], after[1])
                         if batch is not None:
                             result["mean_batch_requests"] = batch
                         if target == "service":
                             key = f"{case} x{connections}"
-                            stages.setdefault(key, []).append(stage_means_ms(before, after))
+                            stages.setdefault(key, []).append(stage_means_ms(before[0], after[0]))
                     results.append(result)
                     print(_row_text(result), flush=True)
         summary = summarise(results, args.services)
