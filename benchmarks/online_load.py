@@ -20,6 +20,11 @@ to 20% slower: each result records its position), each for ``--duration`` s afte
 - ``triton``: Triton's HTTP inference endpoint with rows of zeros of the model's inputs (1 or
   100 rows): the model-server floor.
 
+Opt-in variants (``--service``): ``service-2-workers`` (``FTI_WORKERS=2``), ``service-grpc``
+(inference over gRPC) and ``service-split``, the measurement prototype of
+``split_service_prototype.py`` (an HTTP front handing each request to a scoring process; its
+front's own CPU is reported apart, ``front_cpu_ms_per_request``).
+
 Triton is started here (``TritonServer.start_local`` on the copied data root's model
 repository) and shared by every service, and so is the prediction log's writer process
 (``python -m inference_pipeline log-writer``), as deployed. The headline figure of the
@@ -87,7 +92,11 @@ SERVICES = {
     "service-2-workers": {"FTI_WORKERS": "2"},
     # Opt-in: inference calls over gRPC (tritonclient.grpc.aio) instead of HTTP.
     "service-grpc": {"FTI_TRITON_PROTOCOL": "grpc"},
+    # Opt-in: the measurement prototype of split_service_prototype.py (an HTTP front process
+    # handing each request to a scoring process that runs the service's runtime).
+    "service-split": {},
 }
+_SPLIT_PROTOTYPE = Path(__file__).with_name("split_service_prototype.py")
 DEFAULT_SERVICES = ["service", "service-route"]
 # --baseline REF adds the variant "service@REF": the default service of the commit REF (its
 # tree exported beside this one), measured in the same rounds as this one's.
@@ -405,9 +414,13 @@ def stage_means_ms(before: dict[str, Totals], after: dict[str, Totals]) -> dict[
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` and its live descendants so far (threads
     included): a service with several workers is a supervisor and its worker processes."""
+    return own_cpu_seconds(pid) + sum(cpu_seconds(child) for child in child_pids(pid))
+
+
+def own_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` alone (its threads included)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return own + sum(cpu_seconds(child) for child in child_pids(pid))
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 _REQUEST_CPU_PARTS = (
@@ -488,6 +501,16 @@ def start_services(
         if name.startswith(BASELINE_PREFIX):  # the default service of an earlier commit
             cwd = export_tree(name.removeprefix(BASELINE_PREFIX), work / "baseline")
             variant = {"PYTHONPATH": str(cwd)}
+        if name == "service-split":
+            variant = {
+                "FTI_TRITON_MODE": "external",
+                "FTI_TRITON_URL": triton.endpoints.http,
+                "FTI_TRITON_GRPC_URL": str(triton.endpoints.grpc),
+            }
+            command = [sys.executable, str(_SPLIT_PROTOTYPE), "front", "--port", str(port)]
+            processes.append(spawn(command, logs[name], env | variant, cwd))
+            bases[name] = f"http://127.0.0.1:{port}"
+            continue
         processes.append(
             spawn(
                 [
@@ -630,6 +653,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     if target == "triton" or target in args.services:
                         measured["triton_cpu_ms_per_request"] = triton.pid
                     cpu = {key: (pid, cpu_seconds(pid)) for key, pid in measured.items() if pid}
+                    front = pids.get(target) if target == "service-split" else None
+                    front_before_s = own_cpu_seconds(front) if front else 0.0
                     spied = (
                         args.py_spy
                         and target == "service"
@@ -651,6 +676,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         for key, (pid, before_s) in cpu.items():
                             used = cpu_seconds(pid) - before_s
                             result[key] = 1e3 * used / result["requests"]
+                        if front:  # the split prototype's HTTP front alone (the rest: its scorer)
+                            used = own_cpu_seconds(front) - front_before_s
+                            result["front_cpu_ms_per_request"] = 1e3 * used / result["requests"]
                     result["machine_cpu_ms_per_request"] = machine_cpu_ms(result)
                     if metrics and before is not None:
                         after = service_totals(metrics)
@@ -759,6 +787,11 @@ def _row_text(r: dict[str, Any]) -> str:
             else ""
         )
         + (f", {r['mean_batch_requests']:.1f} a batch" if "mean_batch_requests" in r else "")
+        + (
+            f", of which the HTTP front {r['front_cpu_ms_per_request']:.2f}"
+            if "front_cpu_ms_per_request" in r
+            else ""
+        )
         + f", {r['errors']} errors, "
         f"load {r['load_average'][0]:.1f}"
     )
@@ -912,8 +945,11 @@ def floor_share_budget(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def goals(summary: list[dict[str, Any]]) -> dict[str, Any]:
-    """Issue 17's goals for the default service, on the median and the worst round."""
+    """Issue 17's goals for the default service, on the median and the worst round (none
+    when the run left the default service out: ``--service`` names only other variants)."""
     at = {(r["case"], r["connections"]): r for r in summary if r["target"] == "service"}
+    if not at:
+        return {}
     one, many, sixteen = at[("1 flight", 1)], at[(f"{MANY} flights", 1)], at[("1 flight", 16)]
     checks = {
         "p50_ms_1_flight_1_conn": (one["p50_ms"], GOAL_P50_MS_AT_1, "max"),
