@@ -20,29 +20,51 @@ import argparse
 import asyncio
 import gc
 import os
-import random
 import struct
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from _harness import use_repo_packages
 
 use_repo_packages()
 
+from inference_pipeline.service.app import (  # noqa: E402
+    _GIL_SWITCH_INTERVAL_S,
+    _prediction_headers,
+    request_id_for,
+)
+from inference_pipeline.service.prediction_requests import PREDICTIONS_PATH  # noqa: E402
+
 # request: id, body length, meta length; meta is "content-type\0test-traffic\0request-id"
 _REQUEST = struct.Struct("!III")
 # answer: id, HTTP status, body length
 _ANSWER = struct.Struct("!IHI")
+
+
+def _request_length(fields: tuple[int, ...]) -> int:
+    return fields[1] + fields[2]
+
+
+def _answer_length(fields: tuple[int, ...]) -> int:
+    return fields[2]
+
+
 _METRICS = b"metrics"  # the meta of a request for the scoring process's Prometheus text
 
 
 class Frames(asyncio.Protocol):
     """Length-prefixed frames over a stream socket; ``on_frame(header, payload)`` per frame."""
 
-    def __init__(self, header: struct.Struct, on_frame: Any) -> None:
-        self.header, self.on_frame = header, on_frame
+    def __init__(
+        self,
+        header: struct.Struct,
+        length: Callable[[tuple[int, ...]], int],
+        on_frame: Any,
+    ) -> None:
+        self.header, self.length, self.on_frame = header, length, on_frame
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.lost = asyncio.get_running_loop().create_future()
@@ -57,8 +79,7 @@ class Frames(asyncio.Protocol):
         start = 0
         while len(buffer) - start >= size:
             fields = self.header.unpack_from(buffer, start)
-            length = sum(fields[1:]) if self.header is _REQUEST else fields[2]
-            end = start + size + length
+            end = start + size + self.length(fields)
             if len(buffer) < end:
                 break
             self.on_frame(fields, bytes(buffer[start + size : end]))
@@ -82,7 +103,7 @@ async def score(socket_path: str) -> None:
     from inference_pipeline.service.runtime import ServiceRuntime
     from inference_pipeline.settings import InferenceSettings
 
-    sys.setswitchinterval(0.0001)  # as create_app
+    sys.setswitchinterval(_GIL_SWITCH_INTERVAL_S)  # as create_app
     runtime = ServiceRuntime(InferenceSettings(), ServiceMetrics())
     await runtime.start()
     _freeze_startup_objects()
@@ -103,7 +124,7 @@ async def score(socket_path: str) -> None:
             if not done.done():
                 done.set_result(None)
 
-        protocol = Frames(_REQUEST, on_frame)
+        protocol = Frames(_REQUEST, _request_length, on_frame)
         protocol.lost.add_done_callback(front_gone)
         return protocol
 
@@ -160,7 +181,7 @@ class Front:
         self.ready = b'{"status":"ok","lead_minutes":%d}' % int(line.split()[1])
         loop = asyncio.get_running_loop()
         _, self.link = await loop.create_unix_connection(
-            lambda: Frames(_ANSWER, self._answered), socket_path
+            lambda: Frames(_ANSWER, _answer_length, self._answered), socket_path
         )
 
     def _answered(self, fields: tuple[int, int, int], content: bytes) -> None:
@@ -171,7 +192,7 @@ class Front:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
-        elif scope["path"] == "/v1/predictions" and scope["method"] == "POST":
+        elif scope["path"] == PREDICTIONS_PATH and scope["method"] == "POST":
             await self._predict(scope, receive, send)
         elif scope["path"] == "/metrics":
             status, text = await self._ask(b"", _METRICS)
@@ -197,15 +218,9 @@ class Front:
                 return
 
     async def _predict(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        content_type, test_traffic, request_id = "", "", ""
-        for name, value in scope["headers"]:
-            if name == b"content-type":
-                content_type = value.decode("latin-1")
-            elif name == b"x-fti-test-traffic":
-                test_traffic = value.decode("latin-1")
-            elif name == b"x-request-id":
-                request_id = value.decode("latin-1")
-        request_id = request_id or f"{random.getrandbits(128):032x}"
+        # The service's own header reading (the API key is not handed on: happy path only).
+        _, content_type, given_id, test_traffic = _prediction_headers(scope["headers"])
+        request_id = request_id_for(given_id)
         chunks = []
         while True:
             message = await receive()
@@ -213,7 +228,7 @@ class Front:
             if not message.get("more_body"):
                 break
         body = b"".join(chunks)
-        meta = f"{content_type}\0{test_traffic}\0{request_id}".encode("latin-1")
+        meta = f"{content_type or ''}\0{test_traffic or ''}\0{request_id}".encode("latin-1")
         status, content = await self._ask(body, meta)
         await _answer(send, status, content, request_id)
 
